@@ -1,0 +1,98 @@
+// The server's configuration: one table of options, from which the setters, getters, help texts and
+// the status JSON are all derived.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace valve {
+
+enum class LogLevel { debug = 0, info = 1, warn = 2, error = 3 };
+
+// XX(key, member, kind, default, help). kind: str, uint (an integer), secs (seconds, fractions
+// allowed, with an optional ms/s/m suffix), bytes (with an optional k/m/g suffix), bool, level.
+#define VALVE_OPTIONS(XX)                                                                          \
+  XX("host", host, str, "127.0.0.1", "address to listen on")                                       \
+  XX("port", port, uint, "3000", "port to listen on (0 picks a free one)")                         \
+  XX("n-max", n_max, uint, "3", "most workers to run at once")                                    \
+  XX("n-min", n_min, uint, "1", "fewest workers to keep running, even when idle")                 \
+  XX("workers", workers, uint, "0",                                                                \
+     "accepted for valve-rs compatibility; valve serves all connections from one event loop")      \
+  XX("file", file, str, "plumber.R", "the plumber API file each worker serves")                   \
+  XX("cmd", cmd, str, "",                                                                          \
+     "run this shell command as a worker instead of plumber; {port} (or {socket}) is replaced by " \
+     "its address")                                                                                \
+  XX("rscript", rscript, str, "Rscript", "the Rscript program that runs plumber workers")          \
+  XX("check-unused", check_unused, secs, "10", "seconds between checks for idle workers")         \
+  XX("max-age", max_age, secs, "300", "seconds an idle worker lives before it is stopped")        \
+  XX("startup-timeout", startup_timeout, secs, "60", "seconds a new worker has to answer HTTP")   \
+  XX("graceful-timeout", graceful_timeout, secs, "30",                                             \
+     "seconds in-flight requests get to finish on shutdown")                                       \
+  XX("kill-timeout", kill_timeout, secs, "5",                                                      \
+     "seconds between SIGTERM and SIGKILL when a worker is stopped")                               \
+  XX("worker-concurrency", worker_concurrency, uint, "1", "requests one worker serves at once")   \
+  XX("queue-max", queue_max, uint, "1024", "requests that may wait for a worker; beyond, 503")    \
+  XX("queue-timeout", queue_timeout, secs, "30", "seconds a request may wait for a worker; then 503") \
+  XX("timeout", timeout, secs, "60", "seconds a worker has to answer a request; then 504")        \
+  XX("header-timeout", header_timeout, secs, "10", "seconds a client has to send a request head; then 408") \
+  XX("keepalive-timeout", keepalive_timeout, secs, "60", "seconds an idle client connection is kept") \
+  XX("max-header-size", max_header_size, bytes, "16k",                                             \
+     "largest request line plus headers; beyond, 414 or 431")                                      \
+  XX("max-body-size", max_body_size, bytes, "1g", "largest request body; beyond, 413 (0: no limit)") \
+  XX("log-level", log_level, level, "info", "debug, info, warn or error")                          \
+  XX("runtime-dir", runtime_dir, str, "",                                                          \
+     "private directory for worker sockets (default: a new one under $TMPDIR)")                    \
+  XX("handle-signals", handle_signals, bool, "false",                                              \
+     "stop gracefully on SIGINT and SIGTERM (valvectl turns this on)")                             \
+  XX("reap-orphans", reap_orphans, bool, "false",                                                  \
+     "become a child subreaper and reap every orphan, as PID 1 in a container must")
+
+struct Config {
+  std::string host;
+  uint64_t port = 0;
+  uint64_t n_max = 0;
+  uint64_t n_min = 0;
+  uint64_t workers = 0;
+  std::string file;
+  std::string cmd;
+  std::string rscript;
+  double check_unused = 0;
+  double max_age = 0;
+  double startup_timeout = 0;
+  double graceful_timeout = 0;
+  double kill_timeout = 0;
+  uint64_t worker_concurrency = 0;
+  uint64_t queue_max = 0;
+  double queue_timeout = 0;
+  double timeout = 0;
+  double header_timeout = 0;
+  double keepalive_timeout = 0;
+  uint64_t max_header_size = 0;
+  uint64_t max_body_size = 0;
+  LogLevel log_level = LogLevel::info;
+  std::string runtime_dir;
+  bool handle_signals = false;
+  bool reap_orphans = false;
+
+  Config();  // every default from the table
+
+  // Sets one option; on failure returns a message naming the key and value.
+  std::optional<std::string> set(std::string_view key, std::string_view value);
+  std::optional<std::string> get(std::string_view key) const;
+  // Cross-option checks (n-min <= n-max, ...); a message on failure.
+  std::optional<std::string> validate() const;
+  // Every option as a JSON object.
+  std::string to_json() const;
+};
+
+const char *option_key(size_t index);
+const char *option_help(std::string_view key);
+
+// Parsers, exposed for tests. Each returns nullopt on a malformed value.
+std::optional<double> parse_seconds(std::string_view text);
+std::optional<uint64_t> parse_bytes(std::string_view text);
+std::optional<uint64_t> parse_uint(std::string_view text);
+
+}  // namespace valve
