@@ -1,0 +1,273 @@
+#include "client.hpp"
+
+#include <fmt/format.h>
+
+#include "exchange.hpp"
+#include "server.hpp"
+
+namespace valve {
+
+namespace {
+constexpr size_t kHighWater = 256 * 1024;
+constexpr size_t kLowWater = 64 * 1024;
+constexpr size_t kMaxPipelined = 64 * 1024;
+constexpr double kLingerSeconds = 2;
+}  // namespace
+
+ClientConn::ClientConn(Server &server)
+    : server_(server),
+      tcp_(new_handle<uv_tcp_t>(this)),
+      parser_(HTTP_REQUEST, *this, server.config().max_header_size),
+      timer_(server.loop(), [this] {
+        if (closing_) {
+          close();
+        } else if (current_ == nullptr && parser_.in_message()) {
+          fail(408, fmt::format("the request head did not arrive within {} s",
+                                format_seconds(server_.config().header_timeout)));
+        } else if (current_ == nullptr) {
+          close();  // idle keep-alive connection
+        }
+      }) {
+  uv_tcp_init(server.loop(), tcp_);
+}
+
+ClientConn::~ClientConn() { close_handle(tcp_); }
+
+int ClientConn::accept(uv_stream_t *listener) {
+  int rc = uv_accept(listener, reinterpret_cast<uv_stream_t *>(tcp_));
+  if (rc != 0) return rc;
+  uv_tcp_nodelay(tcp_, 1);
+  sockaddr_storage addr{};
+  int len = sizeof addr;
+  char ip[64] = "unknown";
+  if (uv_tcp_getpeername(tcp_, reinterpret_cast<sockaddr *>(&addr), &len) == 0) {
+    if (addr.ss_family == AF_INET) {
+      uv_ip4_name(reinterpret_cast<sockaddr_in *>(&addr), ip, sizeof ip);
+    } else if (addr.ss_family == AF_INET6) {
+      uv_ip6_name(reinterpret_cast<sockaddr_in6 *>(&addr), ip, sizeof ip);
+    }
+  }
+  peer_ip_ = ip;
+  std::string_view v = peer_ip_;
+  peer_trusted_ = v.starts_with("127.") || v == "::1" || v.starts_with("::ffff:127.");
+  timer_.start(server_.config().header_timeout);
+  set_block(kBody, false);
+  return 0;
+}
+
+void ClientConn::set_block(Block b, bool on) {
+  if (on) {
+    blocks_ |= b;
+  } else {
+    blocks_ &= ~static_cast<unsigned>(b);
+  }
+  bool want = blocks_ == 0 && !closing_ && !eof_;
+  if (want == reading_) return;
+  if (want) {
+    start_reading();
+  } else {
+    reading_ = false;
+    uv_read_stop(reinterpret_cast<uv_stream_t *>(tcp_));
+  }
+}
+
+void ClientConn::start_reading() {
+  reading_ = true;
+  uv_read_start(reinterpret_cast<uv_stream_t *>(tcp_), alloc_read_buffer,
+                [](uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
+                  if (auto *self = static_cast<ClientConn *>(s->data)) self->on_read(n, buf);
+                });
+}
+
+void ClientConn::hold_body(bool hold) { set_block(kBody, hold); }
+
+void ClientConn::on_read(ssize_t nread, const uv_buf_t *buf) {
+  if (nread == 0) return;
+  if (nread < 0) {
+    if (nread == UV_EOF && current_ != nullptr && !closing_) {
+      // Half-closed after sending its request: answer it, then close.
+      eof_ = true;
+      reading_ = false;
+      uv_read_stop(reinterpret_cast<uv_stream_t *>(tcp_));
+      if (parser_.in_message()) close();  // the request itself is cut short
+      return;
+    }
+    close();
+    return;
+  }
+  if (closing_) return;  // lingering: drop what still arrives
+  if (paused_) {
+    pipelined_.append(buf->base, static_cast<size_t>(nread));
+    if (pipelined_.size() > kMaxPipelined) set_block(kPipeline, true);
+    return;
+  }
+  feed(buf->base, static_cast<size_t>(nread));
+}
+
+void ClientConn::feed(const char *data, size_t len) {
+  size_t consumed = 0;
+  llhttp_errno_t err = parser_.execute(data, len, &consumed);
+  if (closing_) return;
+  if (err == HPE_OK) return;
+  if (err == HPE_PAUSED) {
+    paused_ = true;
+    pipelined_.append(data + consumed, len - consumed);
+    if (pipelined_.size() > kMaxPipelined) set_block(kPipeline, true);
+    return;
+  }
+  parse_error(err);
+}
+
+void ClientConn::parse_error(llhttp_errno_t err) {
+  int status = 400;
+  std::string message = fmt::format("malformed request: {}", parser_.error_reason());
+  if (parser_.limit_hit() == HttpParser::Limit::start_line) {
+    status = 414;
+    message = fmt::format("the request line is longer than the limit of {} bytes",
+                          server_.config().max_header_size);
+  } else if (parser_.limit_hit() == HttpParser::Limit::headers) {
+    status = 431;
+    message = fmt::format("the request headers are larger than the limit of {} bytes",
+                          server_.config().max_header_size);
+  } else if (err == HPE_INVALID_VERSION) {
+    status = 505;
+    message = "only HTTP/1.0 and HTTP/1.1 are served";
+  }
+  if (current_) {
+    Exchange *ex = current_;
+    current_ = nullptr;
+    bool answered = ex->response_started();
+    ex->on_client_gone();
+    if (answered) {
+      close();
+      return;
+    }
+  }
+  fail(status, message);
+}
+
+int ClientConn::on_head(Head &head) {
+  timer_.stop();
+  if (head.version_major != 1) {
+    fail(505, "only HTTP/1.0 and HTTP/1.1 are served");
+    return -1;
+  }
+  if (head.method == "CONNECT") {
+    fail(405, "CONNECT is not supported: valve is a reverse proxy");
+    return -1;
+  }
+  if (head.upgrade) {
+    fail(501, "protocol upgrades (WebSocket) are not supported yet");
+    return -1;
+  }
+  if (head.version_minor >= 1 && !head.find("host")) {
+    fail(400, "an HTTP/1.1 request needs a Host header");
+    return -1;
+  }
+  Exchange &ex = server_.open_exchange(*this, std::move(head));
+  current_ = &ex;
+  ex.start();
+  return closing_ ? -1 : 0;
+}
+
+int ClientConn::on_body(std::string_view data) {
+  if (current_) current_->on_client_body(data);
+  return closing_ ? -1 : 0;
+}
+
+int ClientConn::on_complete() {
+  if (current_) current_->on_client_complete();
+  return closing_ ? -1 : HPE_PAUSED;
+}
+
+bool ClientConn::send(std::string data) {
+  if (closing_) return true;
+  auto *stream = reinterpret_cast<uv_stream_t *>(tcp_);
+  int rc = write_string(stream, std::move(data), [](uv_stream_t *s, int status) {
+    auto *self = static_cast<ClientConn *>(s->data);
+    if (status != 0) {
+      self->close();
+    } else {
+      self->on_written();
+    }
+  });
+  if (rc != 0) {
+    close();
+    return true;
+  }
+  return write_queue_size(stream) < kHighWater;
+}
+
+void ClientConn::on_written() {
+  auto *stream = reinterpret_cast<uv_stream_t *>(tcp_);
+  if (current_ && write_queue_size(stream) < kLowWater) current_->on_client_drained();
+}
+
+void ClientConn::exchange_done(bool keep_alive) {
+  current_ = nullptr;
+  if (closing_) return;
+  if (!keep_alive || draining_ || eof_) {
+    close_after_response_ = true;
+    // Flush what is written, then close the write side and linger so the client reads it all.
+    auto *req = new uv_shutdown_t{};
+    closing_ = true;
+    int rc = uv_shutdown(req, reinterpret_cast<uv_stream_t *>(tcp_), [](uv_shutdown_t *r, int) {
+      auto *s = r->handle;
+      delete r;
+      if (auto *self = static_cast<ClientConn *>(s->data)) self->timer_.start(kLingerSeconds);
+    });
+    if (rc != 0) {
+      delete req;
+      closing_ = false;
+      close();
+      return;
+    }
+    blocks_ = 0;
+    if (!reading_ && !eof_) start_reading();  // read and drop until the client closes
+    return;
+  }
+  server_.defer([this] {
+    if (closing_ || current_) return;
+    paused_ = false;
+    parser_.resume();
+    set_block(kPipeline, false);
+    timer_.start(server_.config().keepalive_timeout);
+    std::string data = std::move(pipelined_);
+    pipelined_.clear();
+    if (!data.empty()) {
+      // Bytes of a next request are here: the head timeout applies from now.
+      timer_.start(server_.config().header_timeout);
+      feed(data.data(), data.size());
+    }
+  });
+}
+
+void ClientConn::fail(int status, std::string_view message) {
+  if (closing_) return;
+  std::string body = fmt::format("{{\"error\":\"{}\",\"status\":{}}}\n", json_escape(message), status);
+  send(fmt::format("HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n"
+                   "Connection: close\r\n\r\n{}",
+                   status, status_reason(status), body.size(), body));
+  server_.log().debug("client {}: {} {}", peer_ip_, status, message);
+  exchange_done(false);
+}
+
+void ClientConn::drain() {
+  draining_ = true;
+  if (idle() && !closing_) close();
+}
+
+void ClientConn::close() {
+  if (tcp_ == nullptr) return;
+  closing_ = true;
+  timer_.stop();
+  if (current_) {
+    Exchange *ex = current_;
+    current_ = nullptr;
+    ex->on_client_gone();
+  }
+  close_handle(tcp_);
+  server_.close_client(*this);
+}
+
+}  // namespace valve

@@ -1,0 +1,74 @@
+// A client's connection: parses requests (one at a time, pipelined ones held back), enforces the
+// header, idle and size limits, and writes responses.
+#pragma once
+
+#include <uv.h>
+
+#include <string>
+
+#include "http.hpp"
+#include "util.hpp"
+
+namespace valve {
+
+class Server;
+class Exchange;
+
+class ClientConn final : public HttpParser::Handler {
+ public:
+  explicit ClientConn(Server &server);
+  ~ClientConn() override;
+  ClientConn(const ClientConn &) = delete;
+  ClientConn &operator=(const ClientConn &) = delete;
+
+  int accept(uv_stream_t *listener);
+
+  // Writes bytes of the current response. True while the write queue is below its high mark.
+  bool send(std::string data);
+  // The exchange wrote its whole response. The next pipelined request is parsed, or the
+  // connection closes if keep_alive is false.
+  void exchange_done(bool keep_alive);
+  // Writes a final error response outside any exchange, then closes.
+  void fail(int status, std::string_view message);
+  // Block or unblock reading for the request body (the worker is not ready for it).
+  void hold_body(bool hold);
+  // Shutting down: close now if idle, else after the current response.
+  void drain();
+  void close();
+
+  const std::string &peer_ip() const { return peer_ip_; }
+  bool peer_trusted() const { return peer_trusted_; }
+  bool idle() const { return current_ == nullptr && !parser_.in_message(); }
+
+  int on_head(Head &head) override;
+  int on_body(std::string_view data) override;
+  int on_complete() override;
+
+ private:
+  enum Block : unsigned { kBody = 1, kPipeline = 2 };
+  void on_read(ssize_t nread, const uv_buf_t *buf);
+  void feed(const char *data, size_t len);
+  void parse_error(llhttp_errno_t err);
+  void set_block(Block b, bool on);
+  void start_reading();
+  void on_written();
+  void arm_idle_timer();
+
+  Server &server_;
+  uv_tcp_t *tcp_;
+  HttpParser parser_;
+  Timer timer_;
+  Exchange *current_ = nullptr;
+  std::string pipelined_;  // bytes after a complete request, parsed once its response is done
+  bool paused_ = false;
+  unsigned blocks_ = 0;
+  bool reading_ = false;
+  bool closing_ = false;
+  bool close_after_response_ = false;
+  bool draining_ = false;
+  bool eof_ = false;
+  std::string peer_ip_;
+  bool peer_trusted_ = false;
+};
+
+}  // namespace valve

@@ -1,0 +1,212 @@
+#include "config.hpp"
+
+#include <fmt/format.h>
+
+#include <charconv>
+#include <cmath>
+#include <cstring>
+
+#include "log.hpp"
+#include "util.hpp"
+
+namespace valve {
+
+namespace {
+
+struct OptionInfo {
+  const char *key;
+  const char *default_value;
+  const char *help;
+};
+
+constexpr OptionInfo kOptions[] = {
+#define VALVE_OPTION_INFO_(key, member, kind, def, help) {key, def, help},
+    VALVE_OPTIONS(VALVE_OPTION_INFO_)
+#undef VALVE_OPTION_INFO_
+};
+
+std::string quoted(std::string_view v) { return v.empty() ? std::string("\"\"") : std::string(v); }
+
+std::optional<std::string> set_str(std::string &field, std::string_view, std::string_view value) {
+  field = std::string(value);
+  return std::nullopt;
+}
+
+std::optional<std::string> set_uint(uint64_t &field, std::string_view key, std::string_view value) {
+  auto v = parse_uint(value);
+  if (!v) return fmt::format("{} {}: expected a whole number", key, quoted(value));
+  field = *v;
+  return std::nullopt;
+}
+
+std::optional<std::string> set_secs(double &field, std::string_view key, std::string_view value) {
+  auto v = parse_seconds(value);
+  if (!v) return fmt::format("{} {}: expected seconds, like 30, 0.5 or 250ms", key, quoted(value));
+  field = *v;
+  return std::nullopt;
+}
+
+std::optional<std::string> set_bytes(uint64_t &field, std::string_view key, std::string_view value) {
+  auto v = parse_bytes(value);
+  if (!v) return fmt::format("{} {}: expected a size, like 16384, 64k, 100m or 1g", key, quoted(value));
+  field = *v;
+  return std::nullopt;
+}
+
+std::optional<std::string> set_bool(bool &field, std::string_view key, std::string_view value) {
+  if (value == "true" || value == "1" || value == "yes" || value == "on") {
+    field = true;
+  } else if (value == "false" || value == "0" || value == "no" || value == "off") {
+    field = false;
+  } else {
+    return fmt::format("{} {}: expected true or false", key, quoted(value));
+  }
+  return std::nullopt;
+}
+
+std::optional<std::string> set_level(LogLevel &field, std::string_view key, std::string_view value) {
+  for (auto l : {LogLevel::debug, LogLevel::info, LogLevel::warn, LogLevel::error}) {
+    if (value == level_name(l)) {
+      field = l;
+      return std::nullopt;
+    }
+  }
+  return fmt::format("{} {}: expected debug, info, warn or error", key, quoted(value));
+}
+
+std::string show(const std::string &v) { return v; }
+std::string show(uint64_t v) { return std::to_string(v); }
+std::string show(double v) { return format_seconds(v); }
+std::string show(bool v) { return v ? "true" : "false"; }
+std::string show(LogLevel v) { return level_name(v); }
+
+std::string json_value(const std::string &v) { return fmt::format("\"{}\"", json_escape(v)); }
+std::string json_value(uint64_t v) { return std::to_string(v); }
+std::string json_value(double v) { return format_seconds(v); }
+std::string json_value(bool v) { return v ? "true" : "false"; }
+std::string json_value(LogLevel v) { return fmt::format("\"{}\"", level_name(v)); }
+
+}  // namespace
+
+
+Config::Config() {
+#define VALVE_OPTION_DEFAULT_(key, member, kind, def, help) set(key, def);
+  VALVE_OPTIONS(VALVE_OPTION_DEFAULT_)
+#undef VALVE_OPTION_DEFAULT_
+}
+
+std::optional<std::string> Config::set(std::string_view key, std::string_view value) {
+#define VALVE_OPTION_SET_(k, member, kind, def, help) \
+  if (key == k) return set_##kind(member, key, value);
+  VALVE_OPTIONS(VALVE_OPTION_SET_)
+#undef VALVE_OPTION_SET_
+  return fmt::format("{} {}: unknown option", key, quoted(value));
+}
+
+std::optional<std::string> Config::get(std::string_view key) const {
+#define VALVE_OPTION_GET_(k, member, kind, def, help) \
+  if (key == k) return show(member);
+  VALVE_OPTIONS(VALVE_OPTION_GET_)
+#undef VALVE_OPTION_GET_
+  return std::nullopt;
+}
+
+std::optional<std::string> Config::validate() const {
+  if (port > 65535) return fmt::format("port {}: must be at most 65535", port);
+  if (n_max < 1) return fmt::format("n-max {}: must be at least 1", n_max);
+  if (n_min > n_max) return fmt::format("n-min {}: must be at most n-max ({})", n_min, n_max);
+  if (worker_concurrency < 1)
+    return fmt::format("worker-concurrency {}: must be at least 1", worker_concurrency);
+  if (host.empty()) return std::string("host \"\": must not be empty");
+  if (file.empty() && cmd.empty()) return std::string("file \"\": give a plumber file or --cmd");
+  if (!cmd.empty() && cmd.find("{port}") == std::string::npos &&
+      cmd.find("{socket}") == std::string::npos)
+    return fmt::format("cmd {}: must contain {{port}} or {{socket}}", cmd);
+  struct Positive {
+    const char *key;
+    double value;
+  };
+  for (auto [k, v] : {Positive{"check-unused", check_unused}, Positive{"startup-timeout", startup_timeout},
+                      Positive{"timeout", timeout}, Positive{"queue-timeout", queue_timeout},
+                      Positive{"header-timeout", header_timeout},
+                      Positive{"keepalive-timeout", keepalive_timeout}}) {
+    if (!(v > 0)) return fmt::format("{} {}: must be more than 0", k, format_seconds(v));
+  }
+  if (max_header_size < 1024)
+    return fmt::format("max-header-size {}: must be at least 1024", max_header_size);
+  return std::nullopt;
+}
+
+std::string Config::to_json() const {
+  std::string out = "{";
+  bool first = true;
+#define VALVE_OPTION_JSON_(k, member, kind, def, help)                   \
+  out += fmt::format("{}\"{}\":{}", first ? "" : ",", k, json_value(member)); \
+  first = false;
+  VALVE_OPTIONS(VALVE_OPTION_JSON_)
+#undef VALVE_OPTION_JSON_
+  out += "}";
+  return out;
+}
+
+const char *option_key(size_t index) {
+  return index < std::size(kOptions) ? kOptions[index].key : nullptr;
+}
+
+const char *option_help(std::string_view key) {
+  static thread_local std::string text;
+  for (const auto &o : kOptions) {
+    if (key == o.key) {
+      text = fmt::format("{} (default: {})", o.help, *o.default_value ? o.default_value : "none");
+      return text.c_str();
+    }
+  }
+  return nullptr;
+}
+
+std::optional<uint64_t> parse_uint(std::string_view text) {
+  uint64_t v = 0;
+  if (text.empty()) return std::nullopt;
+  auto [p, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+  if (ec != std::errc() || p != text.data() + text.size()) return std::nullopt;
+  return v;
+}
+
+std::optional<double> parse_seconds(std::string_view text) {
+  double scale = 1;
+  if (text.ends_with("ms")) {
+    scale = 0.001;
+    text.remove_suffix(2);
+  } else if (text.ends_with("s")) {
+    text.remove_suffix(1);
+  } else if (text.ends_with("m")) {
+    scale = 60;
+    text.remove_suffix(1);
+  }
+  if (text.empty()) return std::nullopt;
+  double v = 0;
+  auto [p, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+  if (ec != std::errc() || p != text.data() + text.size() || !std::isfinite(v) || v < 0)
+    return std::nullopt;
+  v *= scale;
+  if (v > 365.0 * 24 * 3600) return std::nullopt;
+  return v;
+}
+
+std::optional<uint64_t> parse_bytes(std::string_view text) {
+  uint64_t scale = 1;
+  if (!text.empty()) {
+    switch (text.back()) {
+      case 'k': case 'K': scale = uint64_t{1} << 10; break;
+      case 'm': case 'M': scale = uint64_t{1} << 20; break;
+      case 'g': case 'G': scale = uint64_t{1} << 30; break;
+      default: break;
+    }
+    if (scale != 1) text.remove_suffix(1);
+  }
+  auto v = parse_uint(text);
+  if (!v || *v > (UINT64_MAX / scale)) return std::nullopt;
+  return *v * scale;
+}
+
+}  // namespace valve

@@ -1,0 +1,332 @@
+#include "exchange.hpp"
+
+#include <fmt/format.h>
+
+#include "client.hpp"
+#include "pool.hpp"
+#include "server.hpp"
+#include "upstream.hpp"
+#include "worker.hpp"
+
+namespace valve {
+
+namespace {
+
+bool is_token_in(const Head &h, std::string_view header, std::string_view name) {
+  return h.has_token(header, name);
+}
+
+std::string chunk(std::string_view data) {
+  return fmt::format("{:x}\r\n{}\r\n", data.size(), data);
+}
+
+}  // namespace
+
+Exchange::Exchange(Server &server, ClientConn &client, Head request)
+    : server_(server),
+      client_(&client),
+      request_(std::move(request)),
+      peer_ip_(client.peer_ip()),
+      arrived_ms_(monotonic_ms()),
+      timer_(server.loop(), [this] { on_timeout(); }) {
+  const std::string *id = request_.find("x-request-id");
+  request_id_ = id && !id->empty() && id->size() <= 200 ? *id : random_hex(16);
+}
+
+Exchange::~Exchange() = default;
+
+bool Exchange::retryable() const {
+  return !retried_ && !has_body_ && (request_.method == "GET" || request_.method == "HEAD");
+}
+
+void Exchange::start() {
+  has_body_ = request_.chunked || request_.content_length.value_or(0) > 0;
+  body_chunked_ = request_.chunked;
+  uint64_t limit = server_.config().max_body_size;
+  if (limit > 0 && request_.content_length.value_or(0) > limit) {
+    send_error(413, fmt::format("request body of {} bytes is larger than the limit of {} bytes",
+                                *request_.content_length, limit));
+    return;
+  }
+  if (server_.stopping()) {
+    send_error(503, "the server is shutting down", "Retry-After: 1\r\n");
+    return;
+  }
+  if (has_body_ && client_) client_->hold_body(true);
+  server_.pool().submit(*this);
+}
+
+void Exchange::on_client_body(std::string_view data) {
+  body_bytes_ += data.size();
+  uint64_t limit = server_.config().max_body_size;
+  if (limit > 0 && body_bytes_ > limit) {
+    // Only a chunked body can get here: a too-long Content-Length was refused up front.
+    if (queued_) server_.pool().cancel(*this), queued_ = false;
+    if (upstream_) detach_upstream(false);
+    send_error(413, fmt::format("request body is larger than the limit of {} bytes", limit));
+    return;
+  }
+  if (response_done_) return;
+  if (!upstream_) {
+    pending_body_.append(data);
+    return;
+  }
+  if (!upstream_->send(body_chunked_ ? chunk(data) : std::string(data)) && client_)
+    client_->hold_body(true);
+}
+
+void Exchange::on_client_complete() {
+  request_complete_ = true;
+  if (upstream_ && body_chunked_) upstream_->send("0\r\n\r\n");  // before dispatch: added then
+}
+
+void Exchange::on_client_gone() {
+  client_ = nullptr;
+  if (queued_) {
+    server_.pool().cancel(*this);
+    queued_ = false;
+  }
+  // A worker that has the whole request is busy with it: it gets no new request until it answers
+  // (the response is read and dropped). One that got part of a body never started on it.
+  if (upstream_ && !request_complete_) detach_upstream(false);
+  maybe_finish();
+}
+
+void Exchange::on_client_drained() {
+  if (upstream_) upstream_->resume_reading();
+}
+
+void Exchange::on_queued() {
+  queued_ = true;
+  timer_.start(server_.config().queue_timeout);
+}
+
+void Exchange::reject(int status, std::string_view message) {
+  queued_ = false;
+  send_error(status, message, "Retry-After: 1\r\n");
+}
+
+void Exchange::dispatch(Worker &worker, UpstreamConn &conn) {
+  queued_ = false;
+  worker_ = &worker;
+  upstream_ = &conn;
+  conn.attach(*this);
+  timer_.start(server_.config().timeout);
+  std::string out = upstream_head();
+  if (!pending_body_.empty()) {
+    out += body_chunked_ ? chunk(pending_body_) : pending_body_;
+    pending_body_.clear();
+  }
+  if (body_chunked_ && request_complete_) out += "0\r\n\r\n";
+  bool room = conn.send(std::move(out));
+  if (client_ && !request_complete_) {
+    if (const std::string *expect = request_.find("expect"); expect && iequals(*expect, "100-continue"))
+      client_->send("HTTP/1.1 100 Continue\r\n\r\n");
+    client_->hold_body(!room);
+  }
+}
+
+std::string Exchange::upstream_head() const {
+  const ClientConn *c = client_;
+  bool trusted = c && c->peer_trusted();
+  std::string out = fmt::format("{} {} HTTP/1.1\r\n", request_.method, request_.target);
+  const std::string *xff = nullptr;
+  const std::string *xfproto = nullptr;
+  const std::string *xfhost = nullptr;
+  bool has_request_id = false;
+  for (const auto &h : request_.headers) {
+    if (is_hop_by_hop(h.name) || is_token_in(request_, "connection", h.name)) continue;
+    if (iequals(h.name, "expect")) continue;
+    if (iequals(h.name, "content-length") && body_chunked_) continue;
+    if (iequals(h.name, "x-forwarded-for")) {
+      xff = &h.value;
+      continue;
+    }
+    if (iequals(h.name, "x-forwarded-proto")) {
+      xfproto = &h.value;
+      continue;
+    }
+    if (iequals(h.name, "x-forwarded-host")) {
+      xfhost = &h.value;
+      continue;
+    }
+    if (iequals(h.name, "x-request-id")) {
+      if (has_request_id) continue;
+      has_request_id = true;
+      out += fmt::format("X-Request-Id: {}\r\n", request_id_);
+      continue;
+    }
+    out += fmt::format("{}: {}\r\n", h.name, h.value);
+  }
+  if (!has_request_id) out += fmt::format("X-Request-Id: {}\r\n", request_id_);
+  out += xff ? fmt::format("X-Forwarded-For: {}, {}\r\n", *xff, peer_ip_)
+             : fmt::format("X-Forwarded-For: {}\r\n", peer_ip_);
+  // A loopback peer is a front proxy we trust to say how the client reached it.
+  out += fmt::format("X-Forwarded-Proto: {}\r\n", trusted && xfproto ? *xfproto : "http");
+  const std::string *host = request_.find("host");
+  if (trusted && xfhost) {
+    out += fmt::format("X-Forwarded-Host: {}\r\n", *xfhost);
+  } else if (host) {
+    out += fmt::format("X-Forwarded-Host: {}\r\n", *host);
+  }
+  if (body_chunked_) out += "Transfer-Encoding: chunked\r\n";
+  out += "\r\n";
+  return out;
+}
+
+int Exchange::on_upstream_head(Head &head) {
+  status_ = head.status;
+  timer_.start(server_.config().timeout);  // the rest of the answer gets a full timeout too
+  bool head_request = request_.method == "HEAD";
+  bool bodyless = head_request || head.status == 204 || head.status == 304;
+  bool client_11 = request_.version_major == 1 && request_.version_minor >= 1;
+  if (bodyless) {
+    framing_ = Framing::none;
+  } else if (head.content_length && !head.chunked) {
+    framing_ = Framing::length;
+  } else if (client_11) {
+    framing_ = Framing::chunked;
+  } else {
+    framing_ = Framing::close;
+  }
+  client_keep_alive_ = request_.keep_alive && framing_ != Framing::close && !server_.stopping();
+
+  std::string out = fmt::format("HTTP/1.1 {} {}\r\n", head.status,
+                                head.reason.empty() ? status_reason(head.status) : head.reason);
+  bool has_request_id = false;
+  for (const auto &h : head.headers) {
+    if (is_hop_by_hop(h.name) || head.has_token("connection", h.name)) continue;
+    if (iequals(h.name, "content-length") && framing_ != Framing::length && framing_ != Framing::none)
+      continue;
+    if (iequals(h.name, "x-request-id")) has_request_id = true;
+    out += fmt::format("{}: {}\r\n", h.name, h.value);
+  }
+  if (!has_request_id) out += fmt::format("X-Request-Id: {}\r\n", request_id_);
+  if (framing_ == Framing::chunked) out += "Transfer-Encoding: chunked\r\n";
+  out += client_keep_alive_ ? (client_11 ? "" : "Connection: keep-alive\r\n") : "Connection: close\r\n";
+  out += "\r\n";
+  write_client(std::move(out));
+  return head_request ? 1 : 0;
+}
+
+void Exchange::on_upstream_body(std::string_view data) {
+  if (data.empty() || framing_ == Framing::none) return;
+  write_client(framing_ == Framing::chunked ? chunk(data) : std::string(data));
+}
+
+void Exchange::on_upstream_complete(bool reusable) {
+  if (framing_ == Framing::chunked) write_client("0\r\n\r\n");
+  end_response();
+  detach_upstream(reusable && request_complete_);
+  maybe_finish();
+}
+
+void Exchange::on_upstream_failed(std::string_view reason) {
+  Worker *w = worker_;
+  uint64_t worker_id = w ? w->id() : 0;
+  detach_upstream(false);
+  if (response_started_) {
+    server_.log().warn("request {} {} {}: worker {} failed mid-answer ({}); closing the client",
+                       request_id_, request_.method, request_.target, worker_id, reason);
+    if (client_) client_->close();
+    client_ = nullptr;
+    maybe_finish();
+    return;
+  }
+  if (client_ && retryable() && !server_.stopping()) {
+    server_.log().warn("request {} {} {}: worker {} failed before answering ({}); retrying once",
+                       request_id_, request_.method, request_.target, worker_id, reason);
+    retried_ = true;
+    excluded_worker_ = worker_id;
+    server_.pool().submit(*this, true);
+    return;
+  }
+  send_error(502, fmt::format("the worker failed before answering: {}", reason));
+}
+
+void Exchange::on_upstream_drained() {
+  if (client_ && !request_complete_) client_->hold_body(false);
+}
+
+void Exchange::on_worker_lost(std::string_view reason) { on_upstream_failed(reason); }
+
+void Exchange::on_timeout() {
+  if (queued_) {
+    server_.pool().cancel(*this);
+    reject(503, fmt::format("no worker was free within the queue timeout ({} s)",
+                            format_seconds(server_.config().queue_timeout)));
+    return;
+  }
+  Worker *w = worker_;
+  if (!w) return;
+  server_.log().warn("request {} {} {}: worker {} gave no answer within {} s; replacing it",
+                     request_id_, request_.method, request_.target, w->id(),
+                     format_seconds(server_.config().timeout));
+  w->kill("a request timed out");  // first, so the pool gives it nothing more
+  send_error(504, fmt::format("the worker gave no answer within {} s",
+                              format_seconds(server_.config().timeout)));
+}
+
+void Exchange::send_error(int status, std::string_view message, std::string_view extra_headers) {
+  timer_.stop();
+  if (upstream_) detach_upstream(false);
+  status_ = status;
+  if (!client_ || response_started_) {
+    if (client_) client_->close();
+    client_ = nullptr;
+    maybe_finish();
+    return;
+  }
+  std::string body = fmt::format("{{\"error\":\"{}\",\"status\":{},\"request_id\":\"{}\"}}\n",
+                                 json_escape(message), status, json_escape(request_id_));
+  // After an error the rest of the request may still be on the wire: close unless it was all read.
+  client_keep_alive_ = request_.keep_alive && request_complete_ && !server_.stopping();
+  write_client(fmt::format("HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: "
+                           "{}\r\nX-Request-Id: {}\r\n{}{}\r\n{}",
+                           status, status_reason(status), body.size(), request_id_, extra_headers,
+                           client_keep_alive_ ? "" : "Connection: close\r\n", body));
+  end_response();
+  maybe_finish();
+}
+
+void Exchange::write_client(std::string data) {
+  if (!client_) return;
+  response_started_ = true;
+  if (!client_->send(std::move(data)) && upstream_) upstream_->pause_reading();
+}
+
+void Exchange::end_response() {
+  timer_.stop();
+  if (response_done_) return;
+  response_done_ = true;
+  if (ClientConn *c = client_) {
+    client_ = nullptr;
+    c->exchange_done(client_keep_alive_ && request_complete_);
+  }
+}
+
+void Exchange::detach_upstream(bool reusable) {
+  UpstreamConn *conn = upstream_;
+  Worker *w = worker_;
+  upstream_ = nullptr;
+  worker_ = nullptr;
+  if (conn && w) {
+    conn->detach();
+    w->release(*conn, reusable);
+  }
+}
+
+void Exchange::maybe_finish() {
+  if (finished_ || queued_ || upstream_) return;
+  if (client_ && !response_done_) return;
+  finished_ = true;
+  timer_.stop();
+  if (client_) {
+    ClientConn *c = client_;
+    client_ = nullptr;
+    c->exchange_done(false);
+  }
+  server_.close_exchange(*this);
+}
+
+}  // namespace valve

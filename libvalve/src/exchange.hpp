@@ -1,0 +1,91 @@
+// One request and its response: the object that joins a client connection to a worker.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "http.hpp"
+#include "util.hpp"
+
+namespace valve {
+
+class Server;
+class ClientConn;
+class UpstreamConn;
+class Worker;
+
+class Exchange {
+ public:
+  Exchange(Server &server, ClientConn &client, Head request);
+  ~Exchange();
+  Exchange(const Exchange &) = delete;
+  Exchange &operator=(const Exchange &) = delete;
+
+  // ---- from the client connection
+  void start();
+  void on_client_body(std::string_view data);
+  void on_client_complete();
+  void on_client_gone();
+  void on_client_drained();
+
+  // ---- from the pool
+  void on_queued();
+  void dispatch(Worker &worker, UpstreamConn &conn);
+  // Ends a queued request with 503 (queue full, queue timeout, shutting down).
+  void reject(int status, std::string_view message);
+
+  // ---- from the upstream connection
+  int on_upstream_head(Head &head);
+  void on_upstream_body(std::string_view data);
+  void on_upstream_complete(bool reusable);
+  void on_upstream_failed(std::string_view reason);
+  void on_upstream_drained();
+
+  // Kills the request at once: the worker is assumed stuck (timeout) or gone.
+  void on_worker_lost(std::string_view reason);
+
+  bool retryable() const;
+  uint64_t excluded_worker() const { return excluded_worker_; }
+  const Head &request() const { return request_; }
+  const std::string &request_id() const { return request_id_; }
+  bool finished() const { return finished_; }
+  bool response_started() const { return response_started_; }
+
+ private:
+  enum class Framing { none, length, chunked, close };
+
+  void send_error(int status, std::string_view message, std::string_view extra_headers = {});
+  void write_client(std::string data);
+  void end_response();
+  void detach_upstream(bool reusable);
+  void on_timeout();
+  void maybe_finish();
+  std::string upstream_head() const;
+
+  Server &server_;
+  ClientConn *client_;
+  UpstreamConn *upstream_ = nullptr;
+  Worker *worker_ = nullptr;
+  Head request_;
+  std::string request_id_;
+  std::string peer_ip_;
+  std::string pending_body_;   // body read before the worker's connection could take it
+  bool body_chunked_ = false;  // forwarded to the worker with chunked framing
+  bool has_body_ = false;
+  uint64_t body_bytes_ = 0;
+  bool request_complete_ = false;
+  bool queued_ = false;
+  bool retried_ = false;
+  uint64_t excluded_worker_ = 0;
+  bool response_started_ = false;
+  bool response_done_ = false;
+  bool client_keep_alive_ = true;
+  Framing framing_ = Framing::none;
+  int status_ = 0;
+  bool finished_ = false;
+  uint64_t arrived_ms_;
+  Timer timer_;
+};
+
+}  // namespace valve

@@ -1,0 +1,149 @@
+#include "http.hpp"
+
+#include "util.hpp"
+
+namespace valve {
+
+const std::string *Head::find(std::string_view name) const {
+  for (const auto &h : headers) {
+    if (iequals(h.name, name)) return &h.value;
+  }
+  return nullptr;
+}
+
+bool Head::has_token(std::string_view name, std::string_view token) const {
+  for (const auto &h : headers) {
+    if (!iequals(h.name, name)) continue;
+    std::string_view rest = h.value;
+    while (!rest.empty()) {
+      size_t comma = rest.find(',');
+      std::string_view item = trim(rest.substr(0, comma));
+      if (iequals(item, token)) return true;
+      if (comma == std::string_view::npos) break;
+      rest.remove_prefix(comma + 1);
+    }
+  }
+  return false;
+}
+
+HttpParser::HttpParser(llhttp_type_t type, Handler &handler, size_t max_head_size)
+    : handler_(handler), max_head_size_(max_head_size) {
+  llhttp_settings_init(&settings_);
+  settings_.on_message_begin = [](llhttp_t *p) {
+    auto &s = self(p);
+    s.head_ = Head{};
+    s.head_bytes_ = 0;
+    s.in_message_ = true;
+    s.value_last_ = false;
+    return 0;
+  };
+  settings_.on_url = [](llhttp_t *p, const char *at, size_t len) {
+    auto &s = self(p);
+    s.head_.target.append(at, len);
+    return s.count(len, Limit::start_line);
+  };
+  settings_.on_status = [](llhttp_t *p, const char *at, size_t len) {
+    auto &s = self(p);
+    s.head_.reason.append(at, len);
+    return s.count(len, Limit::start_line);
+  };
+  settings_.on_method = [](llhttp_t *p, const char *at, size_t len) {
+    auto &s = self(p);
+    s.head_.method.append(at, len);
+    return s.count(len, Limit::start_line);
+  };
+  settings_.on_header_field = [](llhttp_t *p, const char *at, size_t len) {
+    auto &s = self(p);
+    if (s.value_last_ || s.head_.headers.empty()) s.head_.headers.push_back({});
+    s.value_last_ = false;
+    s.head_.headers.back().name.append(at, len);
+    return s.count(len + 4, Limit::headers);
+  };
+  settings_.on_header_value = [](llhttp_t *p, const char *at, size_t len) {
+    auto &s = self(p);
+    s.value_last_ = true;
+    s.head_.headers.back().value.append(at, len);
+    return s.count(len, Limit::headers);
+  };
+  settings_.on_headers_complete = [](llhttp_t *p) {
+    auto &s = self(p);
+    Head &h = s.head_;
+    h.version_major = p->http_major;
+    h.version_minor = p->http_minor;
+    h.status = p->status_code;
+    h.keep_alive = llhttp_should_keep_alive(p) != 0;
+    h.chunked = (p->flags & F_CHUNKED) != 0;
+    h.upgrade = p->upgrade != 0;
+    if (p->flags & F_CONTENT_LENGTH) h.content_length = p->content_length;
+    for (auto &hd : h.headers) hd.value = std::string(trim(hd.value));
+    return s.handler_.on_head(h);
+  };
+  settings_.on_body = [](llhttp_t *p, const char *at, size_t len) {
+    return self(p).handler_.on_body(std::string_view(at, len));
+  };
+  settings_.on_message_complete = [](llhttp_t *p) {
+    auto &s = self(p);
+    s.in_message_ = false;
+    return s.handler_.on_complete();
+  };
+  llhttp_init(&parser_, type, &settings_);
+  parser_.data = this;
+}
+
+int HttpParser::count(size_t n, Limit what) {
+  head_bytes_ += n;
+  if (head_bytes_ > max_head_size_) {
+    limit_ = what;
+    return -1;
+  }
+  return 0;
+}
+
+llhttp_errno_t HttpParser::execute(const char *data, size_t len, size_t *consumed) {
+  llhttp_errno_t err = llhttp_execute(&parser_, data, len);
+  if (err == HPE_PAUSED || err == HPE_PAUSED_UPGRADE) {
+    *consumed = static_cast<size_t>(llhttp_get_error_pos(&parser_) - data);
+  } else {
+    *consumed = err == HPE_OK ? len : 0;
+  }
+  return err;
+}
+
+llhttp_errno_t HttpParser::finish() { return llhttp_finish(&parser_); }
+
+void HttpParser::resume() { llhttp_resume(&parser_); }
+
+const char *status_reason(int status) {
+  switch (status) {
+    case 100: return "Continue";
+    case 101: return "Switching Protocols";
+    case 200: return "OK";
+    case 204: return "No Content";
+    case 400: return "Bad Request";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 411: return "Length Required";
+    case 413: return "Content Too Large";
+    case 414: return "URI Too Long";
+    case 417: return "Expectation Failed";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    case 505: return "HTTP Version Not Supported";
+    default: return "Unknown";
+  }
+}
+
+bool is_hop_by_hop(std::string_view name) {
+  for (std::string_view h : {"connection", "keep-alive", "proxy-connection", "te", "trailer",
+                             "transfer-encoding", "upgrade", "proxy-authenticate"}) {
+    if (iequals(name, h)) return true;
+  }
+  return false;
+}
+
+}  // namespace valve

@@ -1,0 +1,88 @@
+// A wrapper over llhttp: collects a message's head (with size limits), then streams its body.
+#pragma once
+
+#include <llhttp.h>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace valve {
+
+struct Header {
+  std::string name;
+  std::string value;
+};
+
+struct Head {
+  std::string method;  // requests
+  std::string target;  // requests
+  int status = 0;      // responses
+  std::string reason;  // responses
+  int version_major = 1;
+  int version_minor = 1;
+  std::vector<Header> headers;
+  bool keep_alive = true;
+  bool chunked = false;
+  bool upgrade = false;
+  std::optional<uint64_t> content_length;
+
+  const std::string *find(std::string_view name) const;
+  bool has_token(std::string_view name, std::string_view token) const;  // comma-separated list
+};
+
+class HttpParser {
+ public:
+  class Handler {
+   public:
+    virtual ~Handler() = default;
+    // 0 to go on, 1 to read no body (a response to HEAD), -1 to fail.
+    virtual int on_head(Head &head) = 0;
+    virtual int on_body(std::string_view data) = 0;
+    // 0 to go on, HPE_PAUSED to stop after this message (execute() returns HPE_PAUSED).
+    virtual int on_complete() = 0;
+  };
+
+  enum class Limit { none, start_line, headers };
+
+  HttpParser(llhttp_type_t type, Handler &handler, size_t max_head_size);
+  HttpParser(const HttpParser &) = delete;
+  HttpParser &operator=(const HttpParser &) = delete;
+
+  // Parses data. On HPE_PAUSED, *consumed tells how much was used; on an error, error() and
+  // limit_hit() tell why.
+  llhttp_errno_t execute(const char *data, size_t len, size_t *consumed);
+  // The peer closed the connection: ends a close-delimited message.
+  llhttp_errno_t finish();
+  void resume();
+
+  const char *error_reason() const { return llhttp_get_error_reason(&parser_); }
+  Limit limit_hit() const { return limit_; }
+  bool in_message() const { return in_message_; }
+  bool head_started() const { return in_message_ && head_bytes_ > 0; }
+  bool message_needs_eof() const { return llhttp_message_needs_eof(&parser_) != 0; }
+  bool should_keep_alive() const { return llhttp_should_keep_alive(&parser_) != 0; }
+
+ private:
+  static HttpParser &self(llhttp_t *p) { return *static_cast<HttpParser *>(p->data); }
+  int count(size_t n, Limit what);
+
+  llhttp_t parser_;
+  llhttp_settings_t settings_;
+  Handler &handler_;
+  size_t max_head_size_;
+  size_t head_bytes_ = 0;
+  Limit limit_ = Limit::none;
+  bool in_message_ = false;
+  bool value_last_ = false;
+  Head head_;
+};
+
+// The reason phrase for a status code ("Service Unavailable"); "Unknown" if none.
+const char *status_reason(int status);
+// Hop-by-hop headers, never forwarded (RFC 9110 7.6.1).
+bool is_hop_by_hop(std::string_view name);
+
+}  // namespace valve

@@ -1,0 +1,54 @@
+// Starting worker processes: fork and exec with the guarantees libuv's uv_spawn cannot give (a
+// parent-death signal, a process group of their own), and watching them through a pidfd.
+#pragma once
+
+#include <sys/types.h>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace valve {
+
+struct SpawnSpec {
+  std::string path;               // resolved executable
+  std::vector<std::string> argv;  // argv[0] included
+  std::vector<std::string> env;   // KEY=VALUE, the whole environment
+  std::string cwd;                // empty: inherit
+};
+
+struct Spawned {
+  pid_t pid = -1;
+  int pidfd = -1;  // readable once the process exits; -1 where the kernel lacks pidfds
+  int out_fd = -1; // the read ends of the child's stdout and stderr
+  int err_fd = -1;
+};
+
+// Forks and execs spec. The child leads its own process group (so its whole tree can be signalled,
+// and a terminal's Ctrl-C reaches only valve), dies with its parent thread (PR_SET_PDEATHSIG), gets
+// default signal dispositions, stdin from /dev/null and no other inherited descriptor.
+// Returns 0 or a negative errno.
+int spawn_process(const SpawnSpec &spec, Spawned *out);
+
+// Finds an executable: a path with a slash is checked as it is, otherwise looked up in PATH.
+std::optional<std::string> find_executable(const std::string &name);
+
+// Signals a worker's whole process group (falls back to the pid alone).
+void signal_group(pid_t pid, int sig);
+
+// True when a socket listening on 127.0.0.1/::1 port `port` is held by a process in group pgid.
+bool port_listener_in_group(int port, pid_t pgid);
+
+// Picks a loopback TCP port that is free right now (the worker may still lose it in a race).
+int pick_free_port();
+
+// Makes this process a child subreaper, so orphans in its tree are reparented to it.
+void become_subreaper();
+
+// A human-readable exit: "exited with status 1" / "was killed by signal 9 (SIGKILL)".
+std::string describe_exit(int wait_status);
+
+// Environment of this process as KEY=VALUE strings.
+std::vector<std::string> current_environment();
+
+}  // namespace valve

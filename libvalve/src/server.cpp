@@ -1,0 +1,405 @@
+#include "server.hpp"
+
+#include <dirent.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <future>
+
+#include "client.hpp"
+#include "exchange.hpp"
+#include "pool.hpp"
+#include "process.hpp"
+#include "valve/valve.h"
+#include "worker.hpp"
+
+namespace valve {
+
+namespace {
+
+// Run by every plumber worker: load the API, serve it on the Unix socket valve assigned. httpuv's
+// pipe server has no Nagle/delayed-ACK stall on kept-alive connections, unlike plumber over TCP.
+constexpr const char *kWorkerScript = R"R(# Written by valve. Serves one plumber API on the Unix socket valve assigns.
+local({
+  file <- Sys.getenv("VALVE_FILE")
+  socket <- Sys.getenv("VALVE_SOCKET")
+  if (!requireNamespace("plumber", quietly = TRUE) || !requireNamespace("httpuv", quietly = TRUE)) {
+    message("valve: the R package 'plumber' is not installed (library paths: ",
+            paste(.libPaths(), collapse = ", "), ")")
+    quit(save = "no", status = 78)
+  }
+  router <- tryCatch(plumber::pr(file), error = function(e) {
+    message("valve: cannot load ", file, ": ", conditionMessage(e))
+    quit(save = "no", status = 1)
+  })
+  httpuv::startPipeServer(socket, strtoi("077", 8L), router)
+  repeat httpuv::service(1000)
+})
+)R";
+
+}  // namespace
+
+Server::Server(Config config, LogSink sink, void *sink_data)
+    : config_(std::move(config)), log_(config_.log_level, sink, sink_data) {
+  uv_loop_init(&loop_);
+  inbox_ = std::make_unique<Inbox>(&loop_);
+  pool_ = std::make_unique<Pool>(*this, config_);
+}
+
+Server::~Server() {
+  if (thread_.joinable()) {
+    stop(0);
+    thread_.join();
+  }
+  pool_.reset();
+  inbox_.reset();
+  run_deferred();
+  if (deferred_check_) close_handle(deferred_check_);
+  if (deferred_idle_) close_handle(deferred_idle_);
+  uv_run(&loop_, UV_RUN_DEFAULT);
+  uv_loop_close(&loop_);
+}
+
+std::optional<std::string> Server::check() { return pool_->check_environment(); }
+
+void Server::set_result(int code, std::string message) {
+  std::lock_guard lock(mutex_);
+  if (result_ == 0) {
+    result_ = code;
+    last_error_ = std::move(message);
+  }
+}
+
+int Server::run() {
+  {
+    std::lock_guard lock(mutex_);
+    if (running_ || done_) return VALVE_ESTATE;
+    running_ = true;
+    loop_thread_ = std::this_thread::get_id();
+  }
+  int rc = prepare();
+  if (rc == 0) {
+    pool_->start();
+    if (config_.n_min == 0) on_first_ready();
+    uv_run(&loop_, UV_RUN_DEFAULT);
+  } else {
+    finish();
+  }
+  while (!deferred_.empty()) run_deferred();
+  uv_run(&loop_, UV_RUN_NOWAIT);
+  remove_runtime_dir();
+  std::lock_guard lock(mutex_);
+  done_ = true;
+  running_ = false;
+  cv_.notify_all();
+  return result_;
+}
+
+int Server::start_background() {
+  std::unique_lock lock(mutex_);
+  if (running_ || done_ || thread_.joinable()) return VALVE_ESTATE;
+  thread_ = std::thread([this] { run(); });
+  cv_.wait(lock, [this] { return started_ || done_; });
+  return done_ ? result_ : 0;
+}
+
+int Server::wait() {
+  if (thread_.joinable() && thread_.get_id() != std::this_thread::get_id()) thread_.join();
+  std::lock_guard lock(mutex_);
+  return result_;
+}
+
+void Server::stop(double deadline_seconds) {
+  inbox_->post([this, deadline_seconds] { begin_stop(deadline_seconds); });
+}
+
+std::string Server::address() {
+  std::lock_guard lock(mutex_);
+  return address_;
+}
+
+std::string Server::last_error() {
+  std::lock_guard lock(mutex_);
+  return last_error_;
+}
+
+std::string Server::status_json() {
+  if (std::this_thread::get_id() == loop_thread_) return status_json_now();
+  auto promise = std::make_shared<std::promise<std::string>>();
+  auto future = promise->get_future();
+  if (inbox_->post([this, promise] { promise->set_value(status_json_now()); })) {
+    try {
+      return future.get();
+    } catch (const std::future_error &) {
+      // The loop ended before it got to the request.
+    }
+  }
+  return fmt::format("{{\"state\":\"stopped\",\"workers\":[],\"queue\":0,\"config\":{}}}", config_.to_json());
+}
+
+std::string Server::status_json_now() {
+  const char *state = finished_ ? "stopped" : stopping_ ? "stopping" : started_ ? "running" : "starting";
+  return fmt::format(
+      "{{\"version\":\"{}\",\"state\":\"{}\",\"address\":\"{}\",\"pid\":{},\"workers\":{},\"queue\":{},"
+      "\"requests_in_progress\":{},\"connections\":{},\"config\":{}}}",
+      VALVE_VERSION_STRING, state, json_escape(address_), getpid(), pool_->workers_json(),
+      pool_->queue_depth(), exchanges_.size(), clients_.size(), config_.to_json());
+}
+
+int Server::prepare() {
+  deferred_check_ = new_handle<uv_check_t>(this);
+  deferred_idle_ = new_handle<uv_idle_t>(this);
+  uv_check_init(&loop_, deferred_check_);
+  uv_idle_init(&loop_, deferred_idle_);
+  uv_check_start(deferred_check_, [](uv_check_t *h) {
+    if (auto *self = static_cast<Server *>(h->data)) self->run_deferred();
+  });
+
+  // Writing to a closed socket must fail with EPIPE, not kill the process.
+  struct sigaction old{};
+  if (sigaction(SIGPIPE, nullptr, &old) == 0 && old.sa_handler == SIG_DFL) signal(SIGPIPE, SIG_IGN);
+
+  if (config_.runtime_dir.empty()) {
+    const char *tmp = getenv("TMPDIR");
+    std::string templ = fmt::format("{}/valve-XXXXXX", tmp && *tmp ? tmp : "/tmp");
+    if (!mkdtemp(templ.data())) {
+      int e = errno;
+      set_result(-e, fmt::format("runtime-dir {}: cannot create: {}", templ, strerror(e)));
+      return -e;
+    }
+    runtime_dir_ = templ;
+    own_runtime_dir_ = true;
+  } else {
+    runtime_dir_ = config_.runtime_dir;
+    if (mkdir(runtime_dir_.c_str(), 0700) != 0 && errno != EEXIST) {
+      int e = errno;
+      set_result(VALVE_EINVALID, fmt::format("runtime-dir {}: cannot create: {}", runtime_dir_, strerror(e)));
+      return VALVE_EINVALID;
+    }
+    chmod(runtime_dir_.c_str(), 0700);
+  }
+  if (config_.cmd.empty()) {
+    std::ofstream script(pool_->script_path());
+    script << kWorkerScript;
+    if (!script) {
+      set_result(VALVE_EINVALID, fmt::format("runtime-dir {}: cannot write there", runtime_dir_));
+      return VALVE_EINVALID;
+    }
+  }
+
+  if (config_.handle_signals) {
+    auto on_signal = [](uv_signal_t *h, int signum) {
+      auto *self = static_cast<Server *>(h->data);
+      if (!self) return;
+      if (self->stopping_) {
+        self->log_.warn("{} again: stopping now", signum == SIGINT ? "SIGINT" : "SIGTERM");
+        self->begin_stop(0);
+      } else {
+        self->log_.info("{}: shutting down gracefully", signum == SIGINT ? "SIGINT" : "SIGTERM");
+        self->begin_stop(-1);
+      }
+    };
+    sigint_ = new_handle<uv_signal_t>(this);
+    sigterm_ = new_handle<uv_signal_t>(this);
+    uv_signal_init(&loop_, sigint_);
+    uv_signal_init(&loop_, sigterm_);
+    uv_signal_start(sigint_, on_signal, SIGINT);
+    uv_signal_start(sigterm_, on_signal, SIGTERM);
+  }
+  if (config_.reap_orphans) {
+    become_subreaper();
+    sigchld_ = new_handle<uv_signal_t>(this);
+    uv_signal_init(&loop_, sigchld_);
+    uv_signal_start(sigchld_, [](uv_signal_t *h, int) {
+      auto *self = static_cast<Server *>(h->data);
+      int status = 0;
+      pid_t pid;
+      while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+        if (!self) continue;
+        if (Worker *w = self->pool_->find_pid(pid)) {
+          w->on_exit(status);
+        } else {
+          self->log_.debug("reaped orphan process {} ({})", pid, describe_exit(status));
+        }
+      }
+    }, SIGCHLD);
+  }
+  return listen();
+}
+
+int Server::listen() {
+  std::string host = config_.host == "localhost" ? "127.0.0.1" : config_.host;
+  sockaddr_storage addr{};
+  bool v6 = false;
+  if (uv_ip4_addr(host.c_str(), static_cast<int>(config_.port), reinterpret_cast<sockaddr_in *>(&addr)) != 0) {
+    if (uv_ip6_addr(host.c_str(), static_cast<int>(config_.port), reinterpret_cast<sockaddr_in6 *>(&addr)) != 0) {
+      set_result(VALVE_EINVALID, fmt::format("host {}: not an IPv4 or IPv6 address", config_.host));
+      return VALVE_EINVALID;
+    }
+    v6 = true;
+  }
+  listener_ = new_handle<uv_tcp_t>(this);
+  uv_tcp_init(&loop_, listener_);
+  int rc = uv_tcp_bind(listener_, reinterpret_cast<const sockaddr *>(&addr), 0);
+  if (rc == 0) {
+    rc = uv_listen(reinterpret_cast<uv_stream_t *>(listener_), 1024, [](uv_stream_t *s, int status) {
+      auto *self = static_cast<Server *>(s->data);
+      if (self && status == 0) self->on_connection();
+    });
+  }
+  if (rc != 0) {
+    bool host_problem = rc == UV_EADDRNOTAVAIL;
+    set_result(rc, host_problem ? fmt::format("host {}: cannot listen there: {}", config_.host, uv_message(rc))
+                                : fmt::format("port {}: cannot listen on {}: {}", config_.port, config_.host,
+                                              uv_message(rc)));
+    close_handle(listener_);
+    return rc;
+  }
+  sockaddr_storage bound{};
+  int len = sizeof bound;
+  uv_tcp_getsockname(listener_, reinterpret_cast<sockaddr *>(&bound), &len);
+  int port = ntohs(v6 ? reinterpret_cast<sockaddr_in6 *>(&bound)->sin6_port
+                      : reinterpret_cast<sockaddr_in *>(&bound)->sin_port);
+  {
+    std::lock_guard lock(mutex_);
+    address_ = v6 ? fmt::format("[{}]:{}", host, port) : fmt::format("{}:{}", host, port);
+  }
+  log_.info("listening on http://{}", address_);
+  return 0;
+}
+
+void Server::on_connection() {
+  auto *client = new ClientConn(*this);
+  if (client->accept(reinterpret_cast<uv_stream_t *>(listener_)) != 0) {
+    delete client;
+    return;
+  }
+  clients_.insert(client);
+}
+
+Exchange &Server::open_exchange(ClientConn &client, Head head) {
+  auto *ex = new Exchange(*this, client, std::move(head));
+  exchanges_.insert(ex);
+  return *ex;
+}
+
+void Server::close_exchange(Exchange &ex) {
+  exchanges_.erase(&ex);
+  defer_delete(&ex);
+  if (stopping_) maybe_terminate_pool();
+}
+
+void Server::close_client(ClientConn &client) {
+  if (clients_.erase(&client)) defer_delete(&client);
+}
+
+void Server::defer(std::function<void()> fn) {
+  deferred_.push_back(std::move(fn));
+  // An active idle handle keeps the loop from blocking in poll, so the check handle runs soon.
+  if (deferred_idle_ && !uv_is_active(reinterpret_cast<uv_handle_t *>(deferred_idle_)))
+    uv_idle_start(deferred_idle_, [](uv_idle_t *) {});
+}
+
+void Server::run_deferred() {
+  while (!deferred_.empty()) {
+    std::vector<std::function<void()>> now;
+    now.swap(deferred_);
+    for (auto &fn : now) fn();
+  }
+  if (deferred_idle_) uv_idle_stop(deferred_idle_);
+}
+
+void Server::on_first_ready() {
+  std::lock_guard lock(mutex_);
+  if (started_) return;
+  started_ = true;
+  cv_.notify_all();
+}
+
+void Server::fatal(int code, std::string message) {
+  log_.error("{}", message);
+  set_result(code, std::move(message));
+  begin_stop(0);
+}
+
+void Server::begin_stop(double deadline_seconds) {
+  if (finished_) return;
+  if (deadline_seconds < 0) deadline_seconds = config_.graceful_timeout;
+  if (!stopping_) {
+    stopping_ = true;
+    if (listener_) close_handle(listener_);
+    std::vector<ClientConn *> clients(clients_.begin(), clients_.end());
+    for (ClientConn *c : clients) c->drain();
+    if (!exchanges_.empty() && deadline_seconds > 0)
+      log_.info("waiting up to {} s for {} requests in progress", format_seconds(deadline_seconds),
+                exchanges_.size());
+  }
+  if (deadline_seconds <= 0) {
+    terminate_pool();
+    return;
+  }
+  stop_timer_ = std::make_unique<Timer>(&loop_, [this] {
+    log_.warn("graceful timeout: {} requests still in progress are cut off", exchanges_.size());
+    terminate_pool();
+  });
+  stop_timer_->start(deadline_seconds);
+  maybe_terminate_pool();
+}
+
+void Server::maybe_terminate_pool() {
+  if (stopping_ && !terminating_ && exchanges_.empty()) terminate_pool();
+}
+
+void Server::terminate_pool() {
+  if (terminating_) return;
+  terminating_ = true;
+  if (stop_timer_) stop_timer_->stop();
+  pool_->terminate();
+}
+
+void Server::on_pool_terminated() {
+  // Requests still open lost their workers: their clients are closed with them.
+  std::vector<ClientConn *> clients(clients_.begin(), clients_.end());
+  for (ClientConn *c : clients) c->close();
+  finish();
+}
+
+void Server::finish() {
+  if (finished_) return;
+  finished_ = true;
+  stopping_ = true;
+  if (listener_) close_handle(listener_);
+  if (sigint_) close_handle(sigint_);
+  if (sigterm_) close_handle(sigterm_);
+  if (sigchld_) close_handle(sigchld_);
+  stop_timer_.reset();
+  inbox_->close();
+  if (deferred_check_) close_handle(deferred_check_);
+  if (deferred_idle_) close_handle(deferred_idle_);
+  if (result_ == 0) log_.info("stopped");
+}
+
+void Server::remove_runtime_dir() {
+  if (runtime_dir_.empty()) return;
+  unlink(pool_->script_path().c_str());
+  if (own_runtime_dir_) {
+    if (DIR *d = opendir(runtime_dir_.c_str())) {
+      while (dirent *e = readdir(d)) {
+        std::string name = e->d_name;
+        if (name.ends_with(".sock")) unlink((runtime_dir_ + "/" + name).c_str());
+      }
+      closedir(d);
+    }
+    rmdir(runtime_dir_.c_str());
+  }
+}
+
+}  // namespace valve

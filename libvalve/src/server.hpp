@@ -1,0 +1,116 @@
+// The server: one loop thread owning a listener, client connections, exchanges and the pool.
+#pragma once
+
+#include <uv.h>
+
+#include <condition_variable>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <unordered_set>
+#include <vector>
+
+#include "config.hpp"
+#include "log.hpp"
+#include "loop.hpp"
+#include "http.hpp"
+#include "util.hpp"
+
+namespace valve {
+
+class Pool;
+class ClientConn;
+class Exchange;
+
+class Server {
+ public:
+  Server(Config config, LogSink sink, void *sink_data);
+  ~Server();
+  Server(const Server &) = delete;
+  Server &operator=(const Server &) = delete;
+
+  // Checks the environment (R found, the API file readable); a message naming the option.
+  std::optional<std::string> check();
+
+  // ---- any thread
+  int run();                // blocks until the server stops
+  int start_background();   // returns once the first worker is ready, or start-up failed
+  int wait();               // joins the background thread
+  void stop(double deadline_seconds);
+  std::string status_json();
+  std::string address();
+  std::string last_error();
+
+  // ---- loop thread
+  uv_loop_t *loop() { return &loop_; }
+  const Config &config() const { return config_; }
+  const Logger &log() const { return log_; }
+  Pool &pool() { return *pool_; }
+  const std::string &runtime_dir() const { return runtime_dir_; }
+  bool stopping() const { return stopping_; }
+
+  // Start-up cannot succeed (no worker became ready, R or plumber missing): stop with this result.
+  void fatal(int code, std::string message);
+  void on_first_ready();
+  void on_pool_terminated();
+
+  Exchange &open_exchange(ClientConn &client, Head head);
+  void close_exchange(Exchange &ex);
+  void close_client(ClientConn &client);
+  // Runs fn on the loop thread soon, after the current callback has returned.
+  void defer(std::function<void()> fn);
+  template <typename T>
+  void defer_delete(T *p) {
+    defer([p] { delete p; });
+  }
+
+ private:
+  int prepare();
+  int listen();
+  void on_connection();
+  void begin_stop(double deadline_seconds);
+  void maybe_terminate_pool();
+  void terminate_pool();
+  void finish();
+  void remove_runtime_dir();
+  void run_deferred();
+  std::string status_json_now();
+  void set_result(int code, std::string message);
+
+  Config config_;
+  Logger log_;
+  uv_loop_t loop_{};
+  std::unique_ptr<Inbox> inbox_;
+  std::unique_ptr<Pool> pool_;
+  uv_tcp_t *listener_ = nullptr;
+  uv_check_t *deferred_check_ = nullptr;
+  uv_idle_t *deferred_idle_ = nullptr;
+  uv_signal_t *sigint_ = nullptr;
+  uv_signal_t *sigterm_ = nullptr;
+  uv_signal_t *sigchld_ = nullptr;
+  std::unique_ptr<Timer> stop_timer_;
+  std::unordered_set<ClientConn *> clients_;
+  std::unordered_set<Exchange *> exchanges_;
+  std::vector<std::function<void()>> deferred_;
+  std::string runtime_dir_;
+  bool own_runtime_dir_ = false;
+  bool stopping_ = false;
+  bool terminating_ = false;
+  bool finished_ = false;
+
+  std::mutex mutex_;  // guards what other threads read: the fields below
+  std::condition_variable cv_;
+  std::string address_;
+  std::string last_error_;
+  int result_ = 0;
+  bool started_ = false;  // first worker ready
+  bool running_ = false;
+  bool done_ = false;
+  std::thread thread_;
+  std::thread::id loop_thread_;
+};
+
+}  // namespace valve

@@ -1,0 +1,188 @@
+#include "upstream.hpp"
+
+#include <fmt/format.h>
+
+#include "exchange.hpp"
+#include "pool.hpp"
+#include "server.hpp"
+#include "util.hpp"
+#include "worker.hpp"
+
+namespace valve {
+
+namespace {
+constexpr size_t kHighWater = 256 * 1024;
+constexpr size_t kLowWater = 64 * 1024;
+constexpr size_t kMaxResponseHead = 64 * 1024;
+}  // namespace
+
+UpstreamConn::UpstreamConn(Worker &worker)
+    : worker_(worker), parser_(HTTP_RESPONSE, *this, kMaxResponseHead) {}
+
+UpstreamConn::~UpstreamConn() {
+  if (pipe_) close_handle(pipe_);
+  if (tcp_) close_handle(tcp_);
+}
+
+uv_stream_t *UpstreamConn::stream() {
+  return pipe_ ? reinterpret_cast<uv_stream_t *>(pipe_) : reinterpret_cast<uv_stream_t *>(tcp_);
+}
+
+void UpstreamConn::connect() {
+  uv_loop_t *loop = worker_.pool().server().loop();
+  auto *req = new uv_connect_t{};
+  auto done = [](uv_connect_t *r, int status) {
+    auto *self = static_cast<UpstreamConn *>(r->handle->data);
+    delete r;
+    if (self) self->on_connect(status);
+  };
+  if (!worker_.socket_path().empty()) {
+    pipe_ = new_handle<uv_pipe_t>(this);
+    uv_pipe_init(loop, pipe_, 0);
+    uv_pipe_connect(req, pipe_, worker_.socket_path().c_str(), done);
+    return;
+  }
+  tcp_ = new_handle<uv_tcp_t>(this);
+  uv_tcp_init(loop, tcp_);
+  uv_tcp_nodelay(tcp_, 1);
+  sockaddr_in addr{};
+  uv_ip4_addr("127.0.0.1", worker_.port(), &addr);
+  int rc = uv_tcp_connect(req, tcp_, reinterpret_cast<const sockaddr *>(&addr), done);
+  if (rc != 0) {
+    delete req;
+    worker_.pool().server().defer([this, rc] { on_connect(rc); });
+  }
+}
+
+void UpstreamConn::on_connect(int status) {
+  if (broken_) return;
+  if (status != 0) {
+    fail(fmt::format("cannot connect to worker {}: {}", worker_.id(), uv_message(status)));
+    return;
+  }
+  connected_ = true;
+  if (!unsent_.empty()) {
+    std::string data = std::move(unsent_);
+    unsent_.clear();
+    send(std::move(data));
+  }
+  if (!paused_) start_reading();
+}
+
+void UpstreamConn::attach(Exchange &exchange) { exchange_ = &exchange; }
+
+void UpstreamConn::detach() {
+  exchange_ = nullptr;
+  paused_ = false;
+  if (connected_ && !broken_) start_reading();  // an idle connection watches for the worker closing it
+}
+
+bool UpstreamConn::send(std::string data) {
+  if (broken_) return true;
+  if (!connected_) {
+    unsent_ += data;
+    return unsent_.size() < kHighWater;
+  }
+  int rc = write_string(stream(), std::move(data), [](uv_stream_t *s, int status) {
+    auto *self = static_cast<UpstreamConn *>(s->data);
+    if (status != 0) {
+      self->fail(fmt::format("writing to the worker failed: {}", uv_message(status)));
+    } else if (self->exchange_ && write_queue_size(s) < kLowWater) {
+      self->exchange_->on_upstream_drained();
+    }
+  });
+  if (rc != 0) {
+    worker_.pool().server().defer([this, rc] {
+      fail(fmt::format("writing to the worker failed: {}", uv_message(rc)));
+    });
+    return true;
+  }
+  return write_queue_size(stream()) < kHighWater;
+}
+
+void UpstreamConn::start_reading() {
+  uv_read_start(stream(), alloc_read_buffer, [](uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
+    if (auto *self = static_cast<UpstreamConn *>(s->data)) self->on_read(n, buf);
+  });
+}
+
+void UpstreamConn::pause_reading() {
+  paused_ = true;
+  if (connected_ && !broken_) uv_read_stop(stream());
+}
+
+void UpstreamConn::resume_reading() {
+  if (!paused_) return;
+  paused_ = false;
+  if (connected_ && !broken_) start_reading();
+}
+
+void UpstreamConn::on_read(ssize_t nread, const uv_buf_t *buf) {
+  if (nread == 0 || broken_) return;
+  if (nread < 0) {
+    if (nread == UV_EOF && exchange_ && parser_.in_message() && parser_.message_needs_eof()) {
+      parser_.finish();  // a close-delimited body ends here
+      if (complete_) finish_response(0);
+      else fail("the worker closed the connection mid-answer");
+      return;
+    }
+    fail(nread == UV_EOF ? std::string("the worker closed the connection")
+                         : fmt::format("reading from the worker failed: {}", uv_message(static_cast<int>(nread))));
+    return;
+  }
+  if (!exchange_) {
+    fail("the worker sent data with no request pending");
+    return;
+  }
+  size_t consumed = 0;
+  llhttp_errno_t err = parser_.execute(buf->base, static_cast<size_t>(nread), &consumed);
+  if (broken_) return;
+  if (err == HPE_PAUSED && complete_) {
+    finish_response(static_cast<size_t>(nread) - consumed);
+    return;
+  }
+  if (err != HPE_OK) fail(fmt::format("the worker's answer is malformed: {}", parser_.error_reason()));
+}
+
+void UpstreamConn::finish_response(size_t leftover) {
+  complete_ = false;
+  bool reusable = parser_.should_keep_alive() && leftover == 0;
+  parser_.resume();
+  if (!reusable) broken_ = true;  // never reused: no further reads on it
+  if (Exchange *ex = exchange_) ex->on_upstream_complete(reusable);
+}
+
+int UpstreamConn::on_head(Head &head) {
+  if (head.status >= 100 && head.status < 200 && head.status != 101) {
+    interim_ = true;  // 100 Continue, 103 Early Hints: not forwarded
+    return 0;
+  }
+  return exchange_ ? exchange_->on_upstream_head(head) : -1;
+}
+
+int UpstreamConn::on_body(std::string_view data) {
+  if (exchange_) exchange_->on_upstream_body(data);
+  return 0;
+}
+
+int UpstreamConn::on_complete() {
+  if (interim_) {
+    interim_ = false;
+    return 0;
+  }
+  complete_ = true;
+  return HPE_PAUSED;
+}
+
+void UpstreamConn::fail(std::string reason) {
+  if (broken_) return;
+  broken_ = true;
+  if (connected_) uv_read_stop(stream());
+  if (Exchange *ex = exchange_) {
+    ex->on_upstream_failed(reason);  // detaches and releases this connection
+  } else {
+    worker_.drop_idle(*this);
+  }
+}
+
+}  // namespace valve

@@ -1,0 +1,60 @@
+// A connection from valve to one worker, kept alive between requests.
+#pragma once
+
+#include <uv.h>
+
+#include <string>
+
+#include "http.hpp"
+
+namespace valve {
+
+class Worker;
+class Exchange;
+
+class UpstreamConn final : public HttpParser::Handler {
+ public:
+  explicit UpstreamConn(Worker &worker);
+  ~UpstreamConn() override;
+  UpstreamConn(const UpstreamConn &) = delete;
+  UpstreamConn &operator=(const UpstreamConn &) = delete;
+
+  void connect();
+  void attach(Exchange &exchange);
+  void detach();
+  // Writes request bytes; true while the write queue is below its high mark.
+  bool send(std::string data);
+  void pause_reading();
+  void resume_reading();
+  // Fails the connection: its exchange hears of it, or, idle, the worker drops it.
+  void fail(std::string reason);
+  bool broken() const { return broken_; }
+
+  Worker &worker() { return worker_; }
+  Exchange *exchange() { return exchange_; }
+
+  int on_head(Head &head) override;
+  int on_body(std::string_view data) override;
+  int on_complete() override;
+
+ private:
+  void on_connect(int status);
+  void on_read(ssize_t nread, const uv_buf_t *buf);
+  void finish_response(size_t leftover);
+  void start_reading();
+  uv_stream_t *stream();
+
+  Worker &worker_;
+  Exchange *exchange_ = nullptr;
+  uv_pipe_t *pipe_ = nullptr;  // a Unix socket (plumber workers, {socket})
+  uv_tcp_t *tcp_ = nullptr;    // or loopback TCP ({port})
+  HttpParser parser_;
+  std::string unsent_;  // written before the connection was up
+  bool connected_ = false;
+  bool paused_ = false;
+  bool broken_ = false;
+  bool interim_ = false;
+  bool complete_ = false;
+};
+
+}  // namespace valve

@@ -1,0 +1,114 @@
+#include "util.hpp"
+
+#include <fmt/format.h>
+
+#include <cctype>
+#include <random>
+
+namespace valve {
+
+Timer::Timer(uv_loop_t *loop, std::function<void()> cb)
+    : handle_(new_handle<uv_timer_t>(this)), cb_(std::move(cb)) {
+  uv_timer_init(loop, handle_);
+}
+
+Timer::~Timer() { close_handle(handle_); }
+
+void Timer::start(double seconds, double repeat_seconds) {
+  auto ms = [](double s) { return s <= 0 ? uint64_t{0} : static_cast<uint64_t>(s * 1000.0 + 0.5); };
+  uint64_t repeat = repeat_seconds > 0 ? std::max<uint64_t>(1, ms(repeat_seconds)) : 0;
+  uv_timer_start(
+      handle_,
+      [](uv_timer_t *t) {
+        if (auto *self = static_cast<Timer *>(t->data)) self->cb_();
+      },
+      ms(seconds), repeat);
+}
+
+void Timer::stop() { uv_timer_stop(handle_); }
+
+bool Timer::active() const { return uv_is_active(reinterpret_cast<const uv_handle_t *>(handle_)); }
+
+namespace {
+struct WriteReq {
+  uv_write_t req;
+  std::string data;
+  WriteDone done;
+};
+}  // namespace
+
+int write_string(uv_stream_t *stream, std::string data, WriteDone done) {
+  if (data.empty()) return 0;
+  auto *w = new WriteReq{{}, std::move(data), done};
+  uv_buf_t buf = uv_buf_init(w->data.data(), static_cast<unsigned>(w->data.size()));
+  int rc = uv_write(&w->req, stream, &buf, 1, [](uv_write_t *req, int status) {
+    auto *wr = reinterpret_cast<WriteReq *>(req);
+    WriteDone cb = wr->done;
+    uv_stream_t *s = req->handle;
+    delete wr;
+    if (cb && s->data) cb(s, status);
+  });
+  if (rc != 0) delete w;
+  return rc;
+}
+
+size_t write_queue_size(const uv_stream_t *stream) { return uv_stream_get_write_queue_size(stream); }
+
+void alloc_read_buffer(uv_handle_t *handle, size_t, uv_buf_t *buf) {
+  static thread_local char storage[64 * 1024];
+  (void)handle;
+  *buf = uv_buf_init(storage, sizeof storage);
+}
+
+uint64_t monotonic_ms() { return uv_hrtime() / 1000000u; }
+
+std::string json_escape(std::string_view s) {
+  std::string out;
+  out.reserve(s.size() + 2);
+  for (unsigned char c : s) {
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\n': out += "\\n"; break;
+      case '\r': out += "\\r"; break;
+      case '\t': out += "\\t"; break;
+      default:
+        if (c < 0x20) {
+          out += fmt::format("\\u{:04x}", c);
+        } else {
+          out += static_cast<char>(c);
+        }
+    }
+  }
+  return out;
+}
+
+bool iequals(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (std::tolower(static_cast<unsigned char>(a[i])) != std::tolower(static_cast<unsigned char>(b[i])))
+      return false;
+  }
+  return true;
+}
+
+std::string_view trim(std::string_view s) {
+  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
+  return s;
+}
+
+std::string random_hex(size_t bytes) {
+  static thread_local std::mt19937_64 rng{std::random_device{}()};
+  std::string out;
+  out.reserve(bytes * 2);
+  while (out.size() < bytes * 2) out += fmt::format("{:016x}", rng());
+  out.resize(bytes * 2);
+  return out;
+}
+
+std::string format_seconds(double s) { return fmt::format("{:g}", s); }
+
+std::string uv_message(int err) { return fmt::format("{} ({})", uv_strerror(err), uv_err_name(err)); }
+
+}  // namespace valve

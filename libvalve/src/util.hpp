@@ -1,0 +1,66 @@
+// Small shared helpers: libuv handle ownership, timers, writes, strings.
+#pragma once
+
+#include <uv.h>
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <string_view>
+
+namespace valve {
+
+// Every libuv handle is heap-allocated and points at its owner through handle->data. The owner may
+// be destroyed at once: close_handle() clears data (so late callbacks find no owner) and frees the
+// handle in its close callback.
+template <typename H>
+H *new_handle(void *owner) {
+  H *h = new H{};
+  h->data = owner;
+  return h;
+}
+
+template <typename H>
+void close_handle(H *&h) {
+  if (!h) return;
+  auto *base = reinterpret_cast<uv_handle_t *>(h);
+  base->data = nullptr;
+  if (!uv_is_closing(base)) uv_close(base, [](uv_handle_t *x) { delete reinterpret_cast<H *>(x); });
+  h = nullptr;
+}
+
+// A one-shot or repeating timer owned by one object; the callback never runs after destruction.
+class Timer {
+ public:
+  Timer(uv_loop_t *loop, std::function<void()> cb);
+  ~Timer();
+  Timer(const Timer &) = delete;
+  Timer &operator=(const Timer &) = delete;
+
+  void start(double seconds, double repeat_seconds = 0);
+  void stop();
+  bool active() const;
+
+ private:
+  uv_timer_t *handle_;
+  std::function<void()> cb_;
+};
+
+// Writes data to the stream. done(stream, status) runs when the write finished, unless the stream's
+// owner is gone by then (handle->data is null).
+using WriteDone = void (*)(uv_stream_t *stream, int status);
+int write_string(uv_stream_t *stream, std::string data, WriteDone done = nullptr);
+size_t write_queue_size(const uv_stream_t *stream);
+
+// One read buffer per loop: data is parsed before the next read, so it can be reused.
+void alloc_read_buffer(uv_handle_t *handle, size_t suggested, uv_buf_t *buf);
+
+uint64_t monotonic_ms();
+std::string json_escape(std::string_view s);
+bool iequals(std::string_view a, std::string_view b);
+std::string_view trim(std::string_view s);
+std::string random_hex(size_t bytes);
+std::string format_seconds(double s);
+std::string uv_message(int err);  // "address already in use (EADDRINUSE)"
+
+}  // namespace valve

@@ -1,0 +1,376 @@
+#include "worker.hpp"
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+
+#include <algorithm>
+
+#include "pool.hpp"
+#include "process.hpp"
+#include "server.hpp"
+#include "upstream.hpp"
+
+namespace valve {
+
+namespace {
+constexpr size_t kTailLines = 20;
+constexpr size_t kMaxLine = 8192;
+
+std::string replace_all(std::string s, std::string_view from, std::string_view to) {
+  for (size_t at = s.find(from); at != std::string::npos; at = s.find(from, at + to.size()))
+    s.replace(at, from.size(), to);
+  return s;
+}
+}  // namespace
+
+// Reads a child's stdout or stderr as it comes, line by line.
+class LineReader {
+ public:
+  LineReader(Worker &worker, uv_loop_t *loop, int fd, bool is_stderr)
+      : worker_(worker), pipe_(new_handle<uv_pipe_t>(this)), is_stderr_(is_stderr) {
+    uv_pipe_init(loop, pipe_, 0);
+    if (uv_pipe_open(pipe_, fd) != 0) {
+      close(fd);
+      close_handle(pipe_);
+      return;
+    }
+    uv_read_start(reinterpret_cast<uv_stream_t *>(pipe_), alloc_read_buffer,
+                  [](uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
+                    if (auto *self = static_cast<LineReader *>(s->data)) self->on_read(n, buf);
+                  });
+  }
+  ~LineReader() { close_handle(pipe_); }
+
+ private:
+  void on_read(ssize_t n, const uv_buf_t *buf) {
+    if (n < 0) {
+      if (!partial_.empty()) worker_.on_line(is_stderr_, partial_);
+      partial_.clear();
+      close_handle(pipe_);
+      return;
+    }
+    std::string_view data(buf->base, static_cast<size_t>(n));
+    while (!data.empty()) {
+      size_t nl = data.find('\n');
+      if (nl == std::string_view::npos) {
+        partial_.append(data);
+        if (partial_.size() >= kMaxLine) {
+          worker_.on_line(is_stderr_, partial_);
+          partial_.clear();
+        }
+        return;
+      }
+      partial_.append(data.substr(0, nl));
+      if (!partial_.empty() && partial_.back() == '\r') partial_.pop_back();
+      worker_.on_line(is_stderr_, partial_);
+      partial_.clear();
+      data.remove_prefix(nl + 1);
+    }
+  }
+
+  Worker &worker_;
+  uv_pipe_t *pipe_;
+  bool is_stderr_;
+  std::string partial_;
+};
+
+// Polls a starting worker with an HTTP request until it answers (any status counts), backing off
+// from 20 ms to 250 ms between tries. Readiness never depends on what a worker logs.
+class ReadinessProbe {
+ public:
+  ReadinessProbe(Worker &worker, uv_loop_t *loop)
+      : worker_(worker), loop_(loop), retry_(loop, [this] { attempt(); }) {}
+  ~ReadinessProbe() { drop(); }
+
+  void attempt() {
+    drop();
+    auto *req = new uv_connect_t{};
+    auto done = [](uv_connect_t *r, int status) {
+      auto *self = static_cast<ReadinessProbe *>(r->handle->data);
+      delete r;
+      if (self) self->on_connect(status);
+    };
+    if (!worker_.socket_path().empty()) {
+      pipe_ = new_handle<uv_pipe_t>(this);
+      uv_pipe_init(loop_, pipe_, 0);
+      uv_pipe_connect(req, pipe_, worker_.socket_path().c_str(), done);
+    } else {
+      tcp_ = new_handle<uv_tcp_t>(this);
+      uv_tcp_init(loop_, tcp_);
+      sockaddr_in addr{};
+      uv_ip4_addr("127.0.0.1", worker_.port(), &addr);
+      if (uv_tcp_connect(req, tcp_, reinterpret_cast<const sockaddr *>(&addr), done) != 0) {
+        delete req;
+        again();
+      }
+    }
+  }
+
+ private:
+  uv_stream_t *stream() {
+    return pipe_ ? reinterpret_cast<uv_stream_t *>(pipe_) : reinterpret_cast<uv_stream_t *>(tcp_);
+  }
+  void drop() {
+    if (pipe_) close_handle(pipe_);
+    if (tcp_) close_handle(tcp_);
+    seen_.clear();
+  }
+  void again() {
+    drop();
+    retry_.start(delay_);
+    delay_ = std::min(0.25, delay_ * 1.5);
+  }
+  void on_connect(int status) {
+    if (status != 0) return again();
+    write_string(stream(), "GET /__valve/ready HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    uv_read_start(stream(), alloc_read_buffer, [](uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
+      auto *self = static_cast<ReadinessProbe *>(s->data);
+      if (!self) return;
+      if (n < 0) return self->again();
+      self->seen_.append(buf->base, static_cast<size_t>(n));
+      if (self->seen_.size() < 9) return;
+      bool http = self->seen_.starts_with("HTTP/1.");
+      self->drop();
+      if (http) {
+        self->worker_.on_probe_result(true);  // may destroy this probe: nothing after it
+      } else {
+        self->again();
+      }
+    });
+  }
+
+  Worker &worker_;
+  uv_loop_t *loop_;
+  uv_pipe_t *pipe_ = nullptr;
+  uv_tcp_t *tcp_ = nullptr;
+  std::string seen_;
+  double delay_ = 0.02;
+  Timer retry_;
+};
+
+Worker::Worker(Pool &pool, uint64_t id)
+    : pool_(pool),
+      id_(id),
+      startup_timer_(pool.server().loop(),
+                     [this] {
+                       if (state_ != State::starting) return;
+                       pool_.log().warn("{} did not answer HTTP within {} s", label(),
+                                        format_seconds(pool_.config().startup_timeout));
+                       kill("start-up timed out");
+                     }),
+      kill_timer_(pool.server().loop(), [this] {
+        if (state_ == State::stopping) {
+          pool_.log().warn("{} did not exit within {} s of SIGTERM; sending SIGKILL", label(),
+                           format_seconds(pool_.config().kill_timeout));
+          signal_group(pid_, SIGKILL);
+        }
+      }),
+      exit_check_(pool.server().loop(), [this] { check_exit(); }) {}
+
+Worker::~Worker() {
+  probe_.reset();
+  close_handles();
+  if (pidfd_ >= 0) close(pidfd_);
+}
+
+std::string Worker::label() const { return fmt::format("worker {} (pid {})", id_, pid_); }
+
+std::string Worker::address() const {
+  return socket_path_.empty() ? fmt::format("127.0.0.1:{}", port_) : "unix:" + socket_path_;
+}
+
+const char *Worker::state_name() const {
+  switch (state_) {
+    case State::starting: return "starting";
+    case State::ready: return "ready";
+    case State::stopping: return "stopping";
+    case State::exited: return "exited";
+  }
+  return "unknown";
+}
+
+int Worker::launch() {
+  const Config &cfg = pool_.config();
+  Server &server = pool_.server();
+  SpawnSpec spec;
+  spec.env = current_environment();
+  spec.env.push_back(fmt::format("VALVE_WORKER_ID={}", id_));
+  if (cfg.cmd.empty()) {
+    socket_path_ = fmt::format("{}/w{}.sock", server.runtime_dir(), id_);
+    spec.path = pool_.rscript_path();
+    spec.argv = {spec.path, "--no-echo", "--no-restore", pool_.script_path()};
+    spec.env.push_back("VALVE_FILE=" + pool_.api_file());
+    spec.env.push_back("VALVE_SOCKET=" + socket_path_);
+  } else {
+    std::string command = cfg.cmd;
+    if (command.find("{socket}") != std::string::npos) {
+      socket_path_ = fmt::format("{}/w{}.sock", server.runtime_dir(), id_);
+      command = replace_all(command, "{socket}", socket_path_);
+      spec.env.push_back("VALVE_SOCKET=" + socket_path_);
+    }
+    if (command.find("{port}") != std::string::npos) {
+      int port = pick_free_port();
+      if (port < 0) return port;
+      port_ = port;
+      command = replace_all(command, "{port}", std::to_string(port));
+      spec.env.push_back(fmt::format("VALVE_PORT={}", port_));
+      if (!socket_path_.empty()) socket_path_.clear();  // both given: traffic goes to the port
+    }
+    spec.path = "/bin/sh";
+    spec.argv = {"/bin/sh", "-c", command};
+  }
+  if (!socket_path_.empty()) unlink(socket_path_.c_str());
+
+  Spawned child;
+  int rc = spawn_process(spec, &child);
+  if (rc != 0) return rc;
+  pid_ = child.pid;
+  pidfd_ = child.pidfd;
+  started_ms_ = monotonic_ms();
+  uv_loop_t *loop = server.loop();
+  out_ = std::make_unique<LineReader>(*this, loop, child.out_fd, false);
+  err_ = std::make_unique<LineReader>(*this, loop, child.err_fd, true);
+  if (pidfd_ >= 0) {
+    exit_poll_ = new_handle<uv_poll_t>(this);
+    uv_poll_init(loop, exit_poll_, pidfd_);
+    uv_poll_start(exit_poll_, UV_READABLE, [](uv_poll_t *p, int, int) {
+      if (auto *self = static_cast<Worker *>(p->data)) self->check_exit();
+    });
+  } else {
+    exit_check_.start(0.05, 0.05);  // no pidfd on this kernel: poll waitpid
+  }
+  startup_timer_.start(cfg.startup_timeout);
+  pool_.log().info("{} launched, serving on {}", label(), address());
+  probe_ = std::make_unique<ReadinessProbe>(*this, loop);
+  probe_->attempt();
+  return 0;
+}
+
+void Worker::check_exit() {
+  if (state_ == State::exited) return;
+  int status = 0;
+  pid_t r = waitpid(pid_, &status, WNOHANG);
+  if (r == pid_) on_exit(status);
+}
+
+void Worker::on_probe_result(bool answered) {
+  if (!answered || state_ != State::starting) return;
+  if (port_ != 0 && !port_listener_in_group(port_, pid_)) {
+    pool_.log().warn("{} lost the race for port {}: another process answers there; relaunching it "
+                     "on another port",
+                     label(), port_);
+    lost_race_ = true;
+    kill("lost its port");
+    return;
+  }
+  on_ready();
+}
+
+void Worker::on_ready() {
+  state_ = State::ready;
+  ready_ms_ = last_used_ms_ = monotonic_ms();
+  startup_timer_.stop();
+  pool_.log().info("{} ready after {} ms", label(), ready_ms_ - started_ms_);
+  pool_.server().defer([p = probe_.release()] { delete p; });
+  pool_.on_worker_ready(*this);
+}
+
+UpstreamConn &Worker::lease() {
+  ++in_flight_;
+  if (!idle_.empty()) {
+    UpstreamConn *conn = idle_.back();
+    idle_.pop_back();
+    return *conn;
+  }
+  conns_.push_back(std::make_unique<UpstreamConn>(*this));
+  UpstreamConn &conn = *conns_.back();
+  conn.connect();
+  return conn;
+}
+
+void Worker::release(UpstreamConn &conn, bool reusable) {
+  if (in_flight_ > 0) --in_flight_;
+  ++served_;
+  last_used_ms_ = monotonic_ms();
+  if (reusable && state_ == State::ready && !conn.broken()) {
+    idle_.push_back(&conn);
+  } else {
+    forget_conn(conn);
+  }
+  pool_.on_worker_free(*this);
+}
+
+void Worker::drop_idle(UpstreamConn &conn) { forget_conn(conn); }
+
+void Worker::forget_conn(UpstreamConn &conn) {
+  idle_.erase(std::remove(idle_.begin(), idle_.end(), &conn), idle_.end());
+  for (auto it = conns_.begin(); it != conns_.end(); ++it) {
+    if (it->get() == &conn) {
+      pool_.server().defer_delete(it->release());
+      conns_.erase(it);
+      return;
+    }
+  }
+}
+
+void Worker::fail_conns(std::string_view why) {
+  std::vector<UpstreamConn *> all;
+  for (auto &c : conns_) all.push_back(c.get());
+  for (UpstreamConn *c : all) c->fail(std::string(why));
+}
+
+void Worker::stop(std::string_view why) {
+  if (state_ == State::stopping || state_ == State::exited) return;
+  state_ = State::stopping;
+  stop_requested_ = true;
+  pool_.log().info("stopping {}: {}", label(), why);
+  signal_group(pid_, SIGTERM);
+  kill_timer_.start(pool_.config().kill_timeout);
+}
+
+void Worker::kill(std::string_view why) {
+  if (state_ == State::exited) return;
+  if (state_ != State::stopping) pool_.log().warn("killing {}: {}", label(), why);
+  state_ = State::stopping;
+  stop_requested_ = true;
+  signal_group(pid_, SIGKILL);
+}
+
+void Worker::on_exit(int wait_status) {
+  if (state_ == State::exited) return;
+  State before = state_;
+  state_ = State::exited;
+  startup_timer_.stop();
+  kill_timer_.stop();
+  exit_check_.stop();
+  probe_.reset();
+  close_handles();
+  // Anything else left in its process group goes with it.
+  signal_group(pid_, SIGKILL);
+  auto level = stop_requested_ ? LogLevel::info : LogLevel::warn;
+  pool_.log().write(level, fmt::format("{} {}{}", label(), describe_exit(wait_status),
+                                       stop_requested_ ? "" : " unexpectedly"));
+  fail_conns(fmt::format("worker {} {}", id_, describe_exit(wait_status)));
+  if (!socket_path_.empty()) unlink(socket_path_.c_str());
+  pool_.on_worker_exit(*this, wait_status, before == State::starting);
+}
+
+void Worker::close_handles() {
+  if (exit_poll_) close_handle(exit_poll_);
+}
+
+void Worker::on_line(bool is_stderr, std::string_view line) {
+  pool_.log().info("{}{}: {}", label(), is_stderr ? "" : " [stdout]", line);
+  tail_.emplace_back(line);
+  if (tail_.size() > kTailLines) tail_.pop_front();
+}
+
+std::string Worker::tail() const {
+  std::string out;
+  for (const auto &l : tail_) out += "\n  " + l;
+  return out;
+}
+
+}  // namespace valve
