@@ -1,0 +1,37 @@
+// valvectl: runs a pool of R plumber workers behind one HTTP port, using libvalve's C API.
+#include <valve/valve.h>
+
+#include <iostream>
+#include <string>
+
+#include "valvectl.hpp"
+
+namespace valvectl {
+
+void print_error(std::string_view message) { std::cerr << "valvectl: " << message << '\n'; }
+
+}  // namespace valvectl
+
+int main(int argc, char **argv) {
+  CLI::App app{"Serve a plumber API from a supervised pool of R worker processes.", "valvectl"};
+  app.set_help_flag("--help", "print this help and exit");  // -h is --host, as in valve-rs
+  app.set_version_flag("--version", std::string("valvectl ") + valve_version_string(),
+                       "print the version and exit");
+  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+  app.footer(
+      "Exit status: 0 after a clean stop (SIGINT or SIGTERM), 1 when no worker became ready, "
+      "2 for a bad flag or value.");
+
+  // Subcommands (status, reload, check FILE) join here, one file each; without one, valvectl
+  // serves.
+  valvectl::ServeCommand serve(app);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError &e) {
+    if (e.get_exit_code() == static_cast<int>(CLI::ExitCodes::Success)) return app.exit(e);
+    valvectl::print_error(e.what());
+    return valvectl::kExitUsage;
+  }
+  return serve.run();
+}

@@ -1,0 +1,39 @@
+// What valvectl's commands share. Each command lives in its own file and uses only valve.h.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <deque>
+#include <string>
+#include <string_view>
+
+namespace valvectl {
+
+// Exit statuses: 0 after a clean stop, 1 when serving failed, 2 for a bad command line.
+inline constexpr int kExitOk = 0;
+inline constexpr int kExitFailure = 1;
+inline constexpr int kExitUsage = 2;
+
+// Prints "valvectl: <message>" to stderr.
+void print_error(std::string_view message);
+
+// The default command: serve a plumber API. Declares one flag per option of valve's
+// configuration table, then runs a server with the values given.
+class ServeCommand {
+ public:
+  explicit ServeCommand(CLI::App &app);
+  ServeCommand(const ServeCommand &) = delete;
+  ServeCommand &operator=(const ServeCommand &) = delete;
+
+  // Runs until the server stops; returns the exit status.
+  int run() const;
+
+ private:
+  struct Flag {
+    std::string key;
+    std::string value;
+    CLI::Option *option = nullptr;
+  };
+  std::deque<Flag> flags_;  // a deque: CLI11 keeps pointers to each value
+};
+
+}  // namespace valvectl
