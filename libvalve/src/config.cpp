@@ -157,7 +157,7 @@ const char *option_help(std::string_view key) {
   static thread_local std::string text;
   for (const auto &o : kOptions) {
     if (key == o.key) {
-      text = fmt::format("{} (default: {})", o.help, *o.default_value ? o.default_value : "none");
+      text = *o.default_value ? fmt::format("{} (default: {})", o.help, o.default_value) : o.help;
       return text.c_str();
     }
   }

@@ -22,6 +22,7 @@ namespace valve {
 namespace {
 constexpr unsigned kStartupAttempts = 3;  // failed launches, none ever ready: start-up has failed
 constexpr int kExitPlumberMissing = 78;   // set by the R bootstrap script
+constexpr uint64_t kStableMs = 10000;     // a worker up this long after ready ends a crash loop
 }  // namespace
 
 Pool::Pool(Server &server, const Config &config)
@@ -120,8 +121,7 @@ void Pool::drain_queue() {
 
 void Pool::on_worker_ready(Worker &w) {
   (void)w;
-  failures_ = 0;
-  next_launch_ms_ = 0;
+  if (!ever_ready_) failures_ = 0;  // start-up succeeded; later crash loops count from here
   if (!ever_ready_) {
     ever_ready_ = true;
     server_.on_first_ready();
@@ -135,7 +135,7 @@ void Pool::on_worker_free(Worker &w) {
 }
 
 void Pool::on_worker_exit(Worker &w, int wait_status, bool was_starting) {
-  bool expected = w.stop_requested() && !w.lost_race();
+  bool expected = w.stop_requested();  // stopped, killed, or lost its port race
   if (was_starting && !w.lost_race() && !terminating_) {
     ++failures_;
     if (!ever_ready_ && WIFEXITED(wait_status) && WEXITSTATUS(wait_status) == kExitPlumberMissing) {
@@ -154,7 +154,18 @@ void Pool::on_worker_exit(Worker &w, int wait_status, bool was_starting) {
                  failures_ >= 2 ? fmt::format(" ({} launches in a row failed)", failures_) : "");
     }
   } else if (!expected && !terminating_) {
-    log().warn("{} crashed; replacing it if needed", w.label());
+    // A worker that dies soon after becoming ready is part of a crash loop too.
+    bool unstable = monotonic_ms() - w.ready_ms() < kStableMs;
+    failures_ = unstable ? failures_ + 1 : 0;
+    double delay = crash_backoff_seconds(failures_);
+    next_launch_ms_ = monotonic_ms() + static_cast<uint64_t>(delay * 1000);
+    if (failures_ >= 2) {
+      log().warn("crash loop: {} crashed {} s after start; {} workers in a row died young; next "
+                 "launch in {} s",
+                 w.label(), (monotonic_ms() - w.started_ms()) / 1000, failures_, format_seconds(delay));
+    } else {
+      log().warn("{} crashed; replacing it if needed", w.label());
+    }
   }
   // Forget the worker once this callback is over.
   for (auto it = workers_.begin(); it != workers_.end(); ++it) {
@@ -190,6 +201,11 @@ void Pool::launch_needed() {
   size_t n = workers_to_launch(c);
   if (n == 0) return;
   uint64_t now = monotonic_ms();
+  if (failures_ > 0 && ever_ready_) {
+    for (auto &w : workers_) {
+      if (w->accepting() && now - w->ready_ms() >= kStableMs) failures_ = 0;
+    }
+  }
   if (failures_ > 0) {
     if (now < next_launch_ms_) {
       launch_timer_.start(static_cast<double>(next_launch_ms_ - now) / 1000.0);

@@ -132,7 +132,12 @@ std::string Server::last_error() {
 }
 
 std::string Server::status_json() {
-  if (std::this_thread::get_id() == loop_thread_) return status_json_now();
+  bool on_loop_thread;
+  {
+    std::lock_guard lock(mutex_);
+    on_loop_thread = running_ && std::this_thread::get_id() == loop_thread_;
+  }
+  if (on_loop_thread) return status_json_now();
   auto promise = std::make_shared<std::promise<std::string>>();
   auto future = promise->get_future();
   if (inbox_->post([this, promise] { promise->set_value(status_json_now()); })) {

@@ -54,6 +54,7 @@ class Worker {
   uint64_t served() const { return served_; }
   uint64_t last_used_ms() const { return last_used_ms_; }
   uint64_t started_ms() const { return started_ms_; }
+  uint64_t ready_ms() const { return ready_ms_; }
   bool accepting() const { return state_ == State::ready; }
   bool was_ready() const { return ready_ms_ != 0; }
   bool stop_requested() const { return stop_requested_; }
