@@ -114,6 +114,48 @@ int spawn_process(const SpawnSpec &spec, Spawned *out) {
   return 0;
 }
 
+std::optional<std::vector<std::string>> split_command(std::string_view line) {
+  std::vector<std::string> words;
+  std::string word;
+  bool in_word = false;
+  for (size_t i = 0; i < line.size(); ++i) {
+    char c = line[i];
+    if (c == ' ' || c == '\t' || c == '\n') {
+      if (in_word) words.push_back(std::move(word));
+      word.clear();
+      in_word = false;
+      continue;
+    }
+    in_word = true;
+    if (c == '\'') {
+      size_t end = line.find('\'', i + 1);
+      if (end == std::string_view::npos) return std::nullopt;
+      word.append(line.substr(i + 1, end - i - 1));
+      i = end;
+    } else if (c == '"') {
+      for (++i; i < line.size() && line[i] != '"'; ++i) {
+        if (line[i] == '$' || line[i] == '`') return std::nullopt;
+        bool escape = line[i] == '\\' && i + 1 < line.size() &&
+                      std::string_view("\"\\$`").find(line[i + 1]) != std::string_view::npos;
+        if (escape) ++i;
+        word += line[i];
+      }
+      if (i >= line.size()) return std::nullopt;
+    } else if (c == '\\') {
+      if (++i >= line.size()) return std::nullopt;
+      word += line[i];
+    } else if (std::string_view("|&;<>()$`*?[").find(c) != std::string_view::npos ||
+               ((c == '#' || c == '~') && word.empty())) {
+      return std::nullopt;
+    } else {
+      word += c;
+    }
+  }
+  if (in_word) words.push_back(std::move(word));
+  if (words.empty() || words.front().find('=') != std::string::npos) return std::nullopt;  // VAR=x cmd
+  return words;
+}
+
 std::optional<std::string> find_executable(const std::string &name) {
   if (name.empty()) return std::nullopt;
   auto usable = [](const std::string &p) {

@@ -6,6 +6,7 @@
 
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace valve {
@@ -29,6 +30,11 @@ struct Spawned {
 // default signal dispositions, stdin from /dev/null and no other inherited descriptor.
 // Returns 0 or a negative errno.
 int spawn_process(const SpawnSpec &spec, Spawned *out);
+
+// Splits a command line into words as a POSIX shell would for a simple command (quotes and
+// backslashes); nullopt when it uses shell syntax (pipes, lists, redirections, variables, globs).
+// Simple commands are exec'd directly, so the server is valve's child and dies with valve.
+std::optional<std::vector<std::string>> split_command(std::string_view line);
 
 // Finds an executable: a path with a slash is checked as it is, otherwise looked up in PATH.
 std::optional<std::string> find_executable(const std::string &name);

@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <optional>
 
 #include "pool.hpp"
 #include "process.hpp"
@@ -218,8 +219,17 @@ int Worker::launch() {
       spec.env.push_back(fmt::format("VALVE_PORT={}", port_));
       if (!socket_path_.empty()) socket_path_.clear();  // both given: traffic goes to the port
     }
-    spec.path = "/bin/sh";
-    spec.argv = {"/bin/sh", "-c", command};
+    // A simple command is exec'd directly so that it, not a shell, is valve's child: only a child
+    // gets the parent-death signal. Shell syntax runs under /bin/sh (exec its last program).
+    auto words = split_command(command);
+    std::optional<std::string> program = words ? find_executable(words->front()) : std::nullopt;
+    if (program) {
+      spec.path = *program;
+      spec.argv = std::move(*words);
+    } else {
+      spec.path = "/bin/sh";
+      spec.argv = {"/bin/sh", "-c", command};
+    }
   }
   if (!socket_path_.empty()) unlink(socket_path_.c_str());
 
