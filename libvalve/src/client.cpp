@@ -244,10 +244,7 @@ void ClientConn::exchange_done(bool keep_alive) {
 
 void ClientConn::fail(int status, std::string_view message) {
   if (closing_) return;
-  std::string body = fmt::format("{{\"error\":\"{}\",\"status\":{}}}\n", json_escape(message), status);
-  send(fmt::format("HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n"
-                   "Connection: close\r\n\r\n{}",
-                   status, status_reason(status), body.size(), body));
+  send(error_response(status, message, random_hex(16), false));
   server_.log().debug("client {}: {} {}", peer_ip_, status, message);
   exchange_done(false);
 }

@@ -277,14 +277,9 @@ void Exchange::send_error(int status, std::string_view message, std::string_view
     maybe_finish();
     return;
   }
-  std::string body = fmt::format("{{\"error\":\"{}\",\"status\":{},\"request_id\":\"{}\"}}\n",
-                                 json_escape(message), status, json_escape(request_id_));
   // After an error the rest of the request may still be on the wire: close unless it was all read.
   client_keep_alive_ = request_.keep_alive && request_complete_ && !server_.stopping();
-  write_client(fmt::format("HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: "
-                           "{}\r\nX-Request-Id: {}\r\n{}{}\r\n{}",
-                           status, status_reason(status), body.size(), request_id_, extra_headers,
-                           client_keep_alive_ ? "" : "Connection: close\r\n", body));
+  write_client(error_response(status, message, request_id_, client_keep_alive_, extra_headers));
   end_response();
   maybe_finish();
 }

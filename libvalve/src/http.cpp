@@ -1,5 +1,7 @@
 #include "http.hpp"
 
+#include <fmt/format.h>
+
 #include "util.hpp"
 
 namespace valve {
@@ -112,6 +114,17 @@ llhttp_errno_t HttpParser::execute(const char *data, size_t len, size_t *consume
 llhttp_errno_t HttpParser::finish() { return llhttp_finish(&parser_); }
 
 void HttpParser::resume() { llhttp_resume(&parser_); }
+
+std::string error_response(int status, std::string_view message, std::string_view request_id,
+                           bool keep_alive, std::string_view extra_headers) {
+  std::string body = fmt::format("{{\"error\":\"{}\",\"status\":{},\"request_id\":\"{}\"}}\n",
+                                 json_escape(message), status, json_escape(request_id));
+  return fmt::format(
+      "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nX-Request-Id: "
+      "{}\r\n{}{}\r\n{}",
+      status, status_reason(status), body.size(), request_id, extra_headers,
+      keep_alive ? "" : "Connection: close\r\n", body);
+}
 
 const char *status_reason(int status) {
   switch (status) {

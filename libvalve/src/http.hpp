@@ -80,6 +80,12 @@ class HttpParser {
   Head head_;
 };
 
+// A complete JSON error response from valve itself:
+// {"error": message, "status": status, "request_id": id}, with X-Request-Id and, unless keep_alive,
+// Connection: close. extra_headers are whole "Name: value\r\n" lines.
+std::string error_response(int status, std::string_view message, std::string_view request_id,
+                           bool keep_alive, std::string_view extra_headers = {});
+
 // The reason phrase for a status code ("Service Unavailable"); "Unknown" if none.
 const char *status_reason(int status);
 // Hop-by-hop headers, never forwarded (RFC 9110 7.6.1).
