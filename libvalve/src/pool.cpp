@@ -134,9 +134,9 @@ void Pool::on_worker_free(Worker &w) {
   if (w.accepting()) drain_queue();
 }
 
-void Pool::on_worker_exit(Worker &w, int wait_status, bool was_starting) {
+void Pool::on_worker_exit(Worker &w, int wait_status, bool never_ready) {
   bool expected = w.stop_requested();  // stopped, killed, or lost its port race
-  if (was_starting && !w.lost_race() && !terminating_) {
+  if (never_ready && !w.lost_race() && !terminating_) {
     ++failures_;
     if (!ever_ready_ && WIFEXITED(wait_status) && WEXITSTATUS(wait_status) == kExitPlumberMissing) {
       server_.fatal(VALVE_ECONFIG, fmt::format("rscript {}: the R package plumber is not installed{}",

@@ -37,7 +37,7 @@ class Pool {
   // ---- from workers
   void on_worker_ready(Worker &w);
   void on_worker_free(Worker &w);
-  void on_worker_exit(Worker &w, int wait_status, bool was_starting);
+  void on_worker_exit(Worker &w, int wait_status, bool never_ready);
 
   Server &server() { return server_; }
   const Config &config() const { return config_; }

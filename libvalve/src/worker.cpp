@@ -350,7 +350,6 @@ void Worker::kill(std::string_view why) {
 
 void Worker::on_exit(int wait_status) {
   if (state_ == State::exited) return;
-  State before = state_;
   state_ = State::exited;
   startup_timer_.stop();
   kill_timer_.stop();
@@ -364,7 +363,7 @@ void Worker::on_exit(int wait_status) {
                                        stop_requested_ ? "" : " unexpectedly"));
   fail_conns(fmt::format("worker {} {}", id_, describe_exit(wait_status)));
   if (!socket_path_.empty()) unlink(socket_path_.c_str());
-  pool_.on_worker_exit(*this, wait_status, before == State::starting);
+  pool_.on_worker_exit(*this, wait_status, !was_ready());
 }
 
 void Worker::close_handles() {
