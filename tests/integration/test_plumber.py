@@ -1,0 +1,110 @@
+"""Real plumber workers behind valve: the example API, forwarded headers as plumber sees them,
+request bodies, and an API with its docs turned off (which valve-rs never sees as ready)."""
+
+import json
+import statistics
+import time
+import unittest
+
+from harness import ValveTestCase, app_path, example_path
+
+
+class Example(ValveTestCase):
+    def test_hello_example(self):
+        valve = self.start_valve("-f", example_path("hello", "plumber.R"), "-n", "2",
+                                 ready="/echo?msg=ready", ready_timeout=60)
+        echo = valve.get("/echo?msg=hello%20valve")
+        self.assertEqual(echo.status, 200, echo)
+        self.assertEqual(echo.json(), {"msg": "hello valve"})
+
+        total = valve.post("/sum", json.dumps([1, 2, 3.5]),
+                           headers={"Content-Type": "application/json"})
+        self.assertEqual(total.status, 200, total)
+        self.assertEqual(total.json()["sum"], 6.5)
+
+        named = valve.post("/sum", json.dumps({"numbers": [10, -4]}),
+                           headers={"Content-Type": "application/json"})
+        self.assertEqual(named.json()["sum"], 6)
+
+        for bad in ('["a", 1]', "not json", "[]", '{"numbers": "7"}'):
+            with self.subTest(body=bad):
+                refused = valve.post("/sum", bad, headers={"Content-Type": "application/json"})
+                self.assertEqual(refused.status, 400, refused)
+                self.assertIn("numbers", refused.json()["error"])
+
+        slept = valve.get("/sleep?zzz=0.2")
+        self.assertEqual(slept.status, 200, slept)
+        self.assertEqual(slept.json()["slept"], 0.2)
+        self.assertEqual(valve.get("/sleep?zzz=soon").status, 400)
+
+
+class Api(ValveTestCase):
+    def start_api(self, *args):
+        return self.start_valve("-f", app_path("api.R"), *args, ready="/pid", ready_timeout=60)
+
+    def test_worker_is_a_direct_child_running_r(self):
+        valve = self.start_api("-n", "1")
+        pid = valve.get("/pid").json()["pid"]
+        self.assertIn(pid, valve.worker_pids(), "the R process is valvectl's child (fork+exec)")
+
+    def test_forwarded_headers_reach_plumber(self):
+        valve = self.start_api("-n", "1")
+        response = valve.get("/headers", headers={"Host": "example.test:8080",
+                                                  "X-Request-Id": "plumber-req-1",
+                                                  "X-Custom": "kept"})
+        self.assertEqual(response.status, 200, response)
+        seen = response.json()["headers"]
+        self.assertEqual(seen.get("HTTP_HOST"), "example.test:8080")
+        self.assertEqual(seen.get("HTTP_X_FORWARDED_FOR", "").split(",")[-1].strip(), "127.0.0.1",
+                         seen)
+        self.assertEqual(seen.get("HTTP_X_FORWARDED_PROTO"), "http")
+        self.assertEqual(seen.get("HTTP_X_FORWARDED_HOST"), "example.test:8080")
+        self.assertEqual(seen.get("HTTP_X_REQUEST_ID"), "plumber-req-1")
+        self.assertEqual(seen.get("HTTP_X_CUSTOM"), "kept")
+        self.assertEqual(response.header("X-Request-Id"), "plumber-req-1")
+
+        generated = valve.get("/headers").json()["headers"].get("HTTP_X_REQUEST_ID")
+        self.assertTrue(generated, "valve adds an X-Request-Id when the client sent none")
+
+    def test_post_body_reaches_plumber(self):
+        valve = self.start_api("-n", "1")
+        body = bytes(range(256)) * 4096  # 1 MiB, every byte value
+        response = valve.post("/upload", body, headers={"Content-Type": "application/octet-stream"})
+        self.assertEqual(response.status, 200, response)
+        self.assertEqual(response.json()["length"], len(body))
+        small = valve.post("/upload", b"abc", headers={"Content-Type": "text/plain"})
+        self.assertEqual(small.json()["length"], 3)
+
+
+class Latency(ValveTestCase):
+    def test_no_keep_alive_stall_to_plumber(self):
+        # plumber's keep-alive connections stall 40 ms per request (delayed ACK); valve's
+        # connection to its workers must not.
+        valve = self.start_valve("-f", app_path("api.R"), "-n", "1", ready="/pid",
+                                 ready_timeout=60)
+        with valve.raw() as conn:
+            conn.request("GET", "/pid")
+            gets, posts = [], []
+            for _ in range(30):
+                started = time.monotonic()
+                self.assertEqual(conn.request("GET", "/pid").status, 200)
+                gets.append(time.monotonic() - started)
+                started = time.monotonic()
+                self.assertEqual(conn.request("POST", "/upload", body=b"p" * 5000).status, 200)
+                posts.append(time.monotonic() - started)
+        self.assertLess(statistics.median(gets), 0.020, f"GET latencies {gets}")
+        self.assertLess(statistics.median(posts), 0.020, f"POST latencies {posts}")
+
+
+class NoDocs(ValveTestCase):
+    def test_api_without_docs_is_served(self):
+        valve = self.start_valve("-f", app_path("nodocs.R"), "-n", "1", ready="/hello",
+                                 ready_timeout=60)
+        response = valve.get("/hello")
+        self.assertEqual(response.status, 200, response)
+        self.assertEqual(response.json()["msg"], "hello without docs")
+        self.assertEqual(valve.get("/__docs__/").status, 404)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)

@@ -1,0 +1,324 @@
+"""HTTP/1.1 between clients, valve and workers, with the native backend as the worker: keep-alive,
+pipelining, streaming bodies, forwarded headers, and valve's own 4xx answers."""
+
+import time
+import unittest
+
+from harness import ValveTestCase, fnv1a64, vm_hwm_kb
+
+MiB = 1 << 20
+PATTERN = b"0123456789abcdef"  # the backend's /bytes body, repeated from offset 0
+
+
+def echo_headers(response):
+    """The headers the backend received, from its /echo answer: {lowercase name: [values]}."""
+    seen = {}
+    for name, value in response.json()["headers"]:
+        seen.setdefault(name.lower(), []).append(value)
+    return seen
+
+
+class PatternChecker:
+    """Checks a streamed /bytes body piece by piece without holding it."""
+
+    def __init__(self, test):
+        self.test = test
+        self.length = 0
+        self.template = PATTERN * ((2 * MiB) // len(PATTERN) + 2)
+
+    def __call__(self, piece):
+        offset = self.length % len(PATTERN)
+        for start in range(0, len(piece), MiB):
+            part = piece[start:start + MiB]
+            expected = self.template[offset:offset + len(part)]
+            if part != expected:
+                self.test.fail(f"body differs from the pattern near byte {self.length + start}")
+            offset = (offset + len(part)) % len(PATTERN)
+        self.length += len(piece)
+
+
+class KeepAliveAndPipelining(ValveTestCase):
+    def test_keep_alive_serves_many_requests_on_one_connection(self):
+        valve = self.start_backend_valve("-n", "1")
+        ids = set()
+        with valve.raw() as conn:
+            for i in range(5):
+                response = conn.request("GET", f"/echo?i={i}")
+                self.assertEqual(response.status, 200, response)
+                self.assertEqual(response.json()["target"], f"/echo?i={i}")
+                self.assertNotEqual((response.header("Connection") or "").lower(), "close")
+                ids.add(response.header("X-Request-Id"))
+        self.assertNotIn(None, ids)
+        self.assertEqual(len(ids), 5, "each request gets its own X-Request-Id")
+
+    def test_pipelined_requests_are_answered_in_order(self):
+        # The slowest first: answers must still come back in request order.
+        valve = self.start_backend_valve("-n", "3", "--n-min", "3")
+        targets = ["/sleep?ms=600", "/sleep?ms=300", "/hello", "/echo?i=4", "/sleep?ms=1"]
+        with valve.raw(timeout=15) as conn:
+            conn.send(b"".join(
+                f"GET {t} HTTP/1.1\r\nHost: valve.test\r\n\r\n".encode() for t in targets))
+            bodies = [conn.read_response("GET") for _ in targets]
+        self.assertEqual([r.status for r in bodies], [200] * 5, bodies)
+        self.assertEqual(bodies[0].body, b"slept 600\n")
+        self.assertEqual(bodies[1].body, b"slept 300\n")
+        self.assertEqual(bodies[2].body, b"hello\n")
+        self.assertEqual(bodies[3].json()["target"], "/echo?i=4")
+        self.assertEqual(bodies[4].body, b"slept 1\n")
+
+    def test_head_has_no_body_and_keeps_the_connection_usable(self):
+        valve = self.start_backend_valve("-n", "1")
+        with valve.raw() as conn:
+            head = conn.request("HEAD", "/bytes?n=1000")
+            self.assertEqual(head.status, 200, head)
+            self.assertEqual(head.body, b"")
+            if head.header("Content-Length") is not None:
+                self.assertEqual(head.header("Content-Length"), "1000")
+            # Had valve sent body bytes after the HEAD answer, this would read them as garbage.
+            after = conn.request("GET", "/hello")
+            self.assertEqual(after.status, 200, after)
+            self.assertEqual(after.body, b"hello\n")
+
+    def test_close_delimited_worker_answer_reaches_the_client(self):
+        valve = self.start_backend_valve("-n", "1")
+        with valve.raw() as conn:
+            response = conn.request("GET", "/noframe")
+            self.assertEqual(response.status, 200, response)
+            self.assertEqual(response.body, b"no framing\n")
+            framed = (response.header("Content-Length") is not None
+                      or "chunked" in (response.header("Transfer-Encoding") or "").lower())
+            if framed and (response.header("Connection") or "").lower() != "close":
+                self.assertEqual(conn.request("GET", "/hello").body, b"hello\n")
+
+    def test_worker_connection_close_is_hop_by_hop(self):
+        # The worker's "Connection: close" concerns valve's connection to it, not the client's.
+        valve = self.start_backend_valve("-n", "1")
+        with valve.raw() as conn:
+            response = conn.request("GET", "/close")
+            self.assertEqual(response.body, b"bye\n")
+            if (response.header("Connection") or "").lower() == "close":
+                self.assertTrue(conn.wait_closed(3), "said Connection: close but kept it open")
+            else:
+                self.assertEqual(conn.request("GET", "/hello").body, b"hello\n")
+
+    def test_worker_statuses_pass_through(self):
+        valve = self.start_backend_valve("-n", "1")
+        with valve.raw() as conn:
+            for code in (201, 418, 500, 503):
+                response = conn.request("GET", f"/status?code={code}")
+                self.assertEqual(response.status, code, response)
+                # The worker's own body, not a valve error document.
+                self.assertEqual(response.json(), {"status": code})
+            no_content = conn.request("GET", "/status?code=204")
+            self.assertEqual(no_content.status, 204)
+            self.assertEqual(no_content.body, b"")
+            self.assertEqual(conn.request("GET", "/hello").body, b"hello\n")
+
+    def test_any_path_is_proxied(self):
+        valve = self.start_backend_valve("-n", "1")
+        root = valve.get("/")
+        self.assertEqual(root.status, 404)
+        self.assertEqual(root.json(), {"error": "not found"})  # the backend's 404, not valve's
+        odd = "/echo?a=1&b=%20x&c=%E2%9C%93"
+        self.assertEqual(valve.get(odd).json()["target"], odd)
+
+    def test_idle_client_connection_closed_after_keepalive_timeout(self):
+        valve = self.start_backend_valve("-n", "1", "--keepalive-timeout", "1")
+        with valve.raw() as conn:
+            self.assertEqual(conn.request("GET", "/hello").status, 200)
+            started = time.monotonic()
+            self.assertTrue(conn.wait_closed(5), "idle connection still open after 5 s")
+            self.assertGreater(time.monotonic() - started, 0.5)
+
+
+class ForwardedHeaders(ValveTestCase):
+    def test_forwarded_headers_and_host(self):
+        valve = self.start_backend_valve("-n", "1")
+        with valve.raw() as conn:
+            response = conn.request("GET", "/echo", headers=[
+                ("Host", "example.test:8080"), ("X-Custom", "kept as is"),
+                ("X-Forwarded-For", "10.1.2.3")])
+        self.assertEqual(response.status, 200, response)
+        seen = echo_headers(response)
+        self.assertEqual(seen.get("host"), ["example.test:8080"])
+        self.assertEqual(seen.get("x-custom"), ["kept as is"])
+        forwarded_for = ",".join(seen.get("x-forwarded-for", []))
+        self.assertEqual([p.strip() for p in forwarded_for.split(",")][-1], "127.0.0.1",
+                         f"X-Forwarded-For {forwarded_for!r} does not end with the client")
+        self.assertEqual(seen.get("x-forwarded-proto"), ["http"])
+        self.assertEqual(seen.get("x-forwarded-host"), ["example.test:8080"])
+        request_ids = seen.get("x-request-id", [])
+        self.assertEqual(len(request_ids), 1, seen)
+        self.assertTrue(request_ids[0])
+        self.assertEqual(response.header("X-Request-Id"), request_ids[0])
+
+    def test_client_request_id_is_kept(self):
+        valve = self.start_backend_valve("-n", "1")
+        response = valve.get("/echo", headers={"X-Request-Id": "client-id-42"})
+        self.assertEqual(echo_headers(response).get("x-request-id"), ["client-id-42"])
+        self.assertEqual(response.header("X-Request-Id"), "client-id-42")
+
+    def test_hop_by_hop_headers_are_dropped(self):
+        valve = self.start_backend_valve("-n", "1")
+        with valve.raw() as conn:
+            response = conn.request("GET", "/echo", headers=[
+                ("Connection", "keep-alive, X-Hop-Custom"), ("X-Hop-Custom", "secret"),
+                ("Keep-Alive", "timeout=5"), ("TE", "trailers"),
+                ("Proxy-Connection", "keep-alive"), ("X-End-To-End", "yes")])
+        seen = echo_headers(response)
+        for name in ("x-hop-custom", "keep-alive", "te", "proxy-connection"):
+            self.assertNotIn(name, seen, f"hop-by-hop header {name} reached the worker")
+        for value in seen.get("connection", []):
+            self.assertNotIn("x-hop-custom", value.lower())
+        self.assertEqual(seen.get("x-end-to-end"), ["yes"])
+
+
+class Bodies(ValveTestCase):
+    def test_content_length_upload(self):
+        valve = self.start_backend_valve("-n", "1")
+        body = bytes((i * 7 + 3) % 256 for i in range(300_000))
+        response = valve.post("/upload", body, headers={"Content-Type": "application/octet-stream"})
+        self.assertEqual(response.status, 200, response)
+        self.assertEqual(response.json(), {"length": len(body), "fnv1a": f"{fnv1a64(body):016x}"})
+
+    def test_chunked_upload(self):
+        valve = self.start_backend_valve("-n", "1")
+        sizes = [1, 100, 65536, 3000, 7, 150_000, 2]
+        pieces = [bytes((i + n) % 251 for i in range(n)) for n in sizes]
+        with valve.raw(timeout=20) as conn:
+            conn.send("POST /upload HTTP/1.1\r\nHost: valve.test\r\n"
+                      "Transfer-Encoding: chunked\r\n\r\n")
+            for piece in pieces:
+                conn.send(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+                time.sleep(0.01)
+            conn.send(b"0\r\n\r\n")
+            response = conn.read_response()
+        body = b"".join(pieces)
+        self.assertEqual(response.status, 200, response)
+        self.assertEqual(response.json(), {"length": len(body), "fnv1a": f"{fnv1a64(body):016x}"})
+
+    def test_100_mib_up_and_down_without_buffering(self):
+        valve = self.start_backend_valve("-n", "1", "--timeout", "120")
+        size = 100 * MiB
+        block = PATTERN * (MiB // len(PATTERN))
+        with valve.raw(timeout=60) as conn:
+            conn.send(f"POST /upload HTTP/1.1\r\nHost: valve.test\r\nContent-Length: {size}\r\n"
+                      "Content-Type: application/octet-stream\r\n\r\n")
+            for _ in range(size // MiB):
+                conn.send(block)
+            upload = conn.read_response()
+            self.assertEqual(upload.status, 200, upload)
+            self.assertEqual(upload.json()["length"], size)
+
+            for chunked in ("0", "1"):
+                conn.send(f"GET /bytes?n={size}&chunked={chunked} HTTP/1.1\r\n"
+                          "Host: valve.test\r\n\r\n")
+                time.sleep(1.0)  # a slow reader: valve must push back, not buffer the rest
+                checker = PatternChecker(self)
+                download = conn.read_response(sink=checker)
+                self.assertEqual(download.status, 200, download)
+                self.assertEqual(checker.length, size, f"chunked={chunked}")
+        peak_mb = vm_hwm_kb(valve.pid) / 1024
+        self.assertLess(peak_mb, 80, f"valvectl peaked at {peak_mb:.0f} MB: bodies were buffered")
+
+
+class ValveErrors(ValveTestCase):
+    """valve's own answers to bad requests: status, JSON body, and nothing forwarded."""
+
+    def send_raw(self, valve, data, timeout=10):
+        with valve.raw(timeout=timeout) as conn:
+            conn.send(data)
+            return conn.read_response()
+
+    def test_malformed_requests_get_400(self):
+        valve = self.start_backend_valve("-n", "1")
+        for data in (b"THIS IS NOT HTTP\r\n\r\n",
+                     b"GET /hello HTTP/1.1\r\nHost: a\r\nBad Header Line\r\n\r\n",
+                     b"GET /hello HTTP/1.1\r\nHost: a\r\nContent-Length: ten\r\n\r\n"):
+            with self.subTest(data=data):
+                self.assertValveError(self.send_raw(valve, data), 400)
+        self.assertEqual(valve.get("/hello").status, 200, "valve survives bad requests")
+
+    def test_slow_head_gets_408(self):
+        valve = self.start_backend_valve("-n", "1", "--header-timeout", "0.5")
+        with valve.raw(timeout=10) as conn:
+            conn.send(b"GET /hello HTTP/1.1\r\nHost: a\r\n")  # and never the blank line
+            started = time.monotonic()
+            response = conn.read_response()
+            waited = time.monotonic() - started
+        self.assertValveError(response, 408)
+        self.assertGreater(waited, 0.3)
+        self.assertLess(waited, 5)
+
+    def test_long_request_line_gets_414(self):
+        valve = self.start_backend_valve("-n", "1")
+        response = self.send_raw(valve, f"GET /hello?x={'a' * 20000} HTTP/1.1\r\n"
+                                        "Host: a\r\n\r\n".encode())
+        self.assertValveError(response, 414)
+
+    def test_big_headers_get_431(self):
+        valve = self.start_backend_valve("-n", "1")
+        response = self.send_raw(valve, f"GET /hello HTTP/1.1\r\nHost: a\r\n"
+                                        f"X-Big: {'a' * 20000}\r\n\r\n".encode())
+        self.assertValveError(response, 431)
+
+    def test_max_header_size_is_configurable(self):
+        valve = self.start_backend_valve("-n", "1", "--max-header-size", "2k")
+        small = valve.get("/echo", headers={"X-Big": "a" * 1000})
+        self.assertEqual(small.status, 200, small)
+        self.assertEqual(echo_headers(small)["x-big"], ["a" * 1000])
+        self.assertValveError(valve.get("/echo", headers={"X-Big": "a" * 3000}), 431)
+
+    def test_big_bodies_get_413(self):
+        valve = self.start_backend_valve("-n", "1", "--max-body-size", "1k")
+        exact = valve.post("/upload", b"z" * 1024)
+        self.assertEqual(exact.status, 200, exact)
+        self.assertEqual(exact.json()["length"], 1024)
+        # Declared too big: answered from the head alone, without waiting for the body.
+        with valve.raw() as conn:
+            conn.send(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 1025\r\n\r\n")
+            self.assertValveError(conn.read_response(), 413)
+        # Chunked: found out while streaming, before the worker answered.
+        with valve.raw() as conn:
+            conn.send(b"POST /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
+            for _ in range(3):
+                conn.send(b"200\r\n" + b"y" * 512 + b"\r\n")
+            self.assertValveError(conn.read_response(), 413)
+        self.assertEqual(valve.get("/hello").status, 200)
+
+    def test_content_length_with_transfer_encoding_is_refused_not_forwarded(self):
+        valve = self.start_backend_valve("-n", "1")
+
+        def requests_seen():
+            return valve.get("/stats").json()["requests"]
+
+        first = requests_seen()
+        baseline = requests_seen() - first  # what one /stats adds (it counts itself)
+        before = requests_seen()
+        response = self.send_raw(valve, b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n"
+                                        b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+        self.assertValveError(response, 400)
+        after = requests_seen()
+        self.assertEqual(after - before, baseline, "the request reached the worker")
+
+    def test_client_that_disconnects_keeps_its_worker_busy(self):
+        # One worker, one request at a time: a new request must not reach the worker while the
+        # abandoned one still runs there.
+        valve = self.start_backend_valve("-n", "1", "--worker-concurrency", "1")
+        first_pid = int(valve.get("/pid").body)
+        conn = valve.raw()
+        conn.send(b"GET /sleep?ms=1500 HTTP/1.1\r\nHost: a\r\n\r\n")
+        time.sleep(0.3)
+        conn.close()
+        started = time.monotonic()
+        response = valve.get("/pid", timeout=15)
+        waited = time.monotonic() - started
+        self.assertEqual(response.status, 200, response)
+        if int(response.body) == first_pid:
+            self.assertGreater(waited, 0.9, "the worker got a request while still busy")
+        stats = valve.get("/stats").json()
+        self.assertEqual(stats["max_in_flight"], 1, stats)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)

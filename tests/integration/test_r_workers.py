@@ -1,0 +1,118 @@
+"""Supervising real R workers: a broken plumber.R, workers dying (killed, crashing mid-request),
+idle reaping, a graceful stop, and no R process left when valvectl is SIGKILLed."""
+
+import os
+import signal
+import threading
+import time
+import unittest
+
+from harness import ValveTestCase, app_path, is_alive, parallel, run_valvectl, wait_until
+
+
+class BrokenApi(ValveTestCase):
+    def test_syntax_error_exits_1_with_the_r_error(self):
+        code, out, err, elapsed, left = run_valvectl(["--port", "0", "-f", app_path("broken.R")],
+                                                     timeout=60)
+        self.assertEqual(code, 1, err)
+        self.assertLess(elapsed, 20, "must give up in bounded time, not retry forever")
+        self.assertIn("unexpected '}'", err, "stderr lacks R's parse error")
+        self.assertEqual(left, [])
+
+
+class RWorkers(ValveTestCase):
+    def start_api(self, *args):
+        return self.start_valve("-f", app_path("api.R"), *args, ready="/pid", ready_timeout=60)
+
+    def test_killed_worker_under_load_is_replaced(self):
+        valve = self.start_api("-n", "3", "--n-min", "3")
+        wait_until(lambda: len(valve.workers()) == 3, 30, message="three R workers")
+        # Let all three finish starting before the load.
+        parallel([lambda: valve.get("/sleep?zzz=0.5", timeout=60) for _ in range(3)])
+        stop = time.monotonic() + 4.0
+        statuses = []
+        lock = threading.Lock()
+
+        def client():
+            while time.monotonic() < stop:
+                try:
+                    status = valve.get("/sleep?zzz=0.2", timeout=60).status
+                except Exception as exc:  # noqa: BLE001 - counted as a failure
+                    status = repr(exc)
+                with lock:
+                    statuses.append(status)
+
+        threads = [threading.Thread(target=client) for _ in range(3)]
+        for t in threads:
+            t.start()
+        time.sleep(1.0)
+        victim = valve.worker_pids()[0]
+        os.kill(victim, signal.SIGKILL)
+        for t in threads:
+            t.join(90)
+        self.assertGreater(len(statuses), 10)
+        self.assertEqual([s for s in statuses if s != 200], [],
+                         "a GET on the killed worker is retried on another")
+        wait_until(lambda: not is_alive(victim) and victim not in valve.worker_pids(), 5,
+                   message="killed worker reaped")
+        wait_until(lambda: len(valve.workers()) == 3, 30, message="pool back to three")
+        results = parallel([lambda: valve.get("/pid", timeout=60) for _ in range(6)])
+        self.assertEqual([getattr(r, "status", r) for r in results], [200] * 6)
+
+    def test_get_retried_when_worker_dies_mid_request(self):
+        valve = self.start_api("-n", "3", "--n-min", "2")
+        marker = os.path.join(self.tmpdir, "crashed-once")
+        response = valve.get(f"/crash_once?marker={marker}", timeout=60)
+        self.assertEqual(response.status, 200, response)
+        self.assertEqual(response.json()["result"], "survived")
+        self.assertTrue(os.path.exists(marker), "the first worker never crashed")
+
+    def test_post_to_crashing_worker_gets_502(self):
+        valve = self.start_api("-n", "2", "--n-min", "1")
+        first = valve.get("/pid").json()["pid"]
+        response = valve.post("/crash", b"{}", headers={"Content-Type": "application/json"},
+                              timeout=60)
+        self.assertValveError(response, 502)
+        wait_until(lambda: not is_alive(first), 5, message="crashed worker gone")
+        after = valve.get("/pid", timeout=60)
+        self.assertEqual(after.status, 200, after)
+        self.assertNotEqual(after.json()["pid"], first)
+
+    def test_idle_r_workers_reaped_to_n_min(self):
+        valve = self.start_api("-n", "3", "--n-min", "1", "--max-age", "1", "--check-unused", "0.5")
+        results = parallel([lambda: valve.get("/sleep?zzz=1.5", timeout=60) for _ in range(3)])
+        self.assertEqual([getattr(r, "status", r) for r in results], [200] * 3)
+        self.assertEqual(valve.max_children, 3)
+        wait_until(lambda: len(valve.workers()) == 1, 10, message="back to one R worker")
+        counts = []
+        for _ in range(20):
+            time.sleep(0.1)
+            counts.append(len(valve.workers()))
+        self.assertEqual(min(counts), 1, counts)
+        self.assertEqual(valve.get("/pid", timeout=10).status, 200)
+
+    def test_sigterm_lets_r_request_finish(self):
+        valve = self.start_api("-n", "1")
+        result = {}
+        client = threading.Thread(
+            target=lambda: result.setdefault("r", valve.get("/sleep?zzz=1.5", timeout=30)))
+        client.start()
+        time.sleep(0.5)
+        valve.send_signal(signal.SIGTERM)
+        client.join(30)
+        self.assertEqual(result["r"].status, 200)
+        self.assertEqual(result["r"].json()["slept"], 1.5)
+        self.assertEqual(valve.wait_exit(15), 0)
+        self.assertEqual(valve.wait_no_leftovers(5), [])
+
+    def test_sigkill_of_valvectl_leaves_no_r_process(self):
+        valve = self.start_api("-n", "3", "--n-min", "2")
+        wait_until(lambda: len(valve.workers()) == 2, 30, message="two R workers")
+        parallel([lambda: valve.get("/sleep?zzz=0.3", timeout=60) for _ in range(2)])
+        valve.send_signal(signal.SIGKILL)
+        valve.wait_exit(5)
+        self.assertEqual(valve.wait_no_leftovers(3.0), [], "R workers outlived valvectl")
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
