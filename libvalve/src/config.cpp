@@ -90,17 +90,47 @@ std::string json_value(LogLevel v) { return fmt::format("\"{}\"", level_name(v))
 
 
 Config::Config() {
-#define VALVE_OPTION_DEFAULT_(key, member, kind, def, help) set(key, def);
+#define VALVE_OPTION_DEFAULT_(key, member, kind, def, help) assign(key, def);
   VALVE_OPTIONS(VALVE_OPTION_DEFAULT_)
 #undef VALVE_OPTION_DEFAULT_
 }
 
 std::optional<std::string> Config::set(std::string_view key, std::string_view value) {
+  // Parse into a copy, so a value out of range leaves the option as it was.
+  Config trial = *this;
+  if (auto err = trial.assign(key, value)) return err;
+  if (auto err = trial.check(key)) return err;
+  *this = std::move(trial);
+  return std::nullopt;
+}
+
+std::optional<std::string> Config::assign(std::string_view key, std::string_view value) {
 #define VALVE_OPTION_SET_(k, member, kind, def, help) \
   if (key == k) return set_##kind(member, key, value);
   VALVE_OPTIONS(VALVE_OPTION_SET_)
 #undef VALVE_OPTION_SET_
   return fmt::format("{} {}: unknown option", key, quoted(value));
+}
+
+std::optional<std::string> Config::check(std::string_view key) const {
+  if (key == "port" && port > 65535) return fmt::format("port {}: must be at most 65535", port);
+  if (key == "n-max" && n_max < 1) return fmt::format("n-max {}: must be at least 1", n_max);
+  if (key == "worker-concurrency" && worker_concurrency < 1)
+    return fmt::format("worker-concurrency {}: must be at least 1", worker_concurrency);
+  if (key == "host" && host.empty()) return std::string("host \"\": must not be empty");
+  if (key == "max-header-size" && max_header_size < 1024)
+    return fmt::format("max-header-size {}: must be at least 1024", max_header_size);
+  struct Positive {
+    const char *key;
+    double value;
+  };
+  for (auto [k, v] : {Positive{"check-unused", check_unused}, Positive{"startup-timeout", startup_timeout},
+                      Positive{"timeout", timeout}, Positive{"queue-timeout", queue_timeout},
+                      Positive{"header-timeout", header_timeout},
+                      Positive{"keepalive-timeout", keepalive_timeout}}) {
+    if (key == k && !(v > 0)) return fmt::format("{} {}: must be more than 0", k, format_seconds(v));
+  }
+  return std::nullopt;
 }
 
 std::optional<std::string> Config::get(std::string_view key) const {
@@ -112,28 +142,14 @@ std::optional<std::string> Config::get(std::string_view key) const {
 }
 
 std::optional<std::string> Config::validate() const {
-  if (port > 65535) return fmt::format("port {}: must be at most 65535", port);
-  if (n_max < 1) return fmt::format("n-max {}: must be at least 1", n_max);
+  for (size_t i = 0; const char *key = option_key(i); ++i) {
+    if (auto err = check(key)) return err;
+  }
   if (n_min > n_max) return fmt::format("n-min {}: must be at most n-max ({})", n_min, n_max);
-  if (worker_concurrency < 1)
-    return fmt::format("worker-concurrency {}: must be at least 1", worker_concurrency);
-  if (host.empty()) return std::string("host \"\": must not be empty");
   if (file.empty() && cmd.empty()) return std::string("file \"\": give a plumber file or --cmd");
   if (!cmd.empty() && cmd.find("{port}") == std::string::npos &&
       cmd.find("{socket}") == std::string::npos)
     return fmt::format("cmd {}: must contain {{port}} or {{socket}}", cmd);
-  struct Positive {
-    const char *key;
-    double value;
-  };
-  for (auto [k, v] : {Positive{"check-unused", check_unused}, Positive{"startup-timeout", startup_timeout},
-                      Positive{"timeout", timeout}, Positive{"queue-timeout", queue_timeout},
-                      Positive{"header-timeout", header_timeout},
-                      Positive{"keepalive-timeout", keepalive_timeout}}) {
-    if (!(v > 0)) return fmt::format("{} {}: must be more than 0", k, format_seconds(v));
-  }
-  if (max_header_size < 1024)
-    return fmt::format("max-header-size {}: must be at least 1024", max_header_size);
   return std::nullopt;
 }
 

@@ -81,10 +81,15 @@ struct Config {
   // Sets one option; on failure returns a message naming the key and value.
   std::optional<std::string> set(std::string_view key, std::string_view value);
   std::optional<std::string> get(std::string_view key) const;
-  // Cross-option checks (n-min <= n-max, ...); a message on failure.
+  // Every option's range, then the checks across options (n-min <= n-max, ...).
   std::optional<std::string> validate() const;
+  // One option's range.
+  std::optional<std::string> check(std::string_view key) const;
   // Every option as a JSON object.
   std::string to_json() const;
+
+ private:
+  std::optional<std::string> assign(std::string_view key, std::string_view value);
 };
 
 const char *option_key(size_t index);

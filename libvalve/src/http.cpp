@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <cctype>
+
 #include "util.hpp"
 
 namespace valve {
@@ -35,6 +37,7 @@ HttpParser::HttpParser(llhttp_type_t type, Handler &handler, size_t max_head_siz
     auto &s = self(p);
     s.head_ = Head{};
     s.head_bytes_ = 0;
+    s.error_.clear();
     s.in_message_ = true;
     s.value_last_ = false;
     return 0;
@@ -56,10 +59,14 @@ HttpParser::HttpParser(llhttp_type_t type, Handler &handler, size_t max_head_siz
   };
   settings_.on_header_field = [](llhttp_t *p, const char *at, size_t len) {
     auto &s = self(p);
-    if (s.value_last_ || s.head_.headers.empty()) s.head_.headers.push_back({});
+    size_t extra = 0;
+    if (s.value_last_ || s.head_.headers.empty()) {
+      s.head_.headers.push_back({});
+      extra = 4;  // ": " and CRLF, once a header
+    }
     s.value_last_ = false;
     s.head_.headers.back().name.append(at, len);
-    return s.count(len + 4, Limit::headers);
+    return s.count(len + extra, Limit::headers);
   };
   settings_.on_header_value = [](llhttp_t *p, const char *at, size_t len) {
     auto &s = self(p);
@@ -77,7 +84,16 @@ HttpParser::HttpParser(llhttp_type_t type, Handler &handler, size_t max_head_siz
     h.chunked = (p->flags & F_CHUNKED) != 0;
     h.upgrade = p->upgrade != 0;
     if (p->flags & F_CONTENT_LENGTH) h.content_length = p->content_length;
-    for (auto &hd : h.headers) hd.value = std::string(trim(hd.value));
+    for (auto &hd : h.headers) {
+      // llhttp checks the names it tracks; any other name must be a token too (RFC 9110 5.1),
+      // with no whitespace before the colon (RFC 9112 5.1).
+      if (!is_token(hd.name)) return s.reject(fmt::format("invalid header name \"{}\"", hd.name));
+      hd.value = std::string(trim(hd.value));
+    }
+    // llhttp refuses a request's Transfer-Encoding without a final "chunked" only after this
+    // callback: refuse it here, before the request is handed on.
+    if (p->type == HTTP_REQUEST && h.find("transfer-encoding") && !h.chunked)
+      return s.reject("Transfer-Encoding must end in chunked");
     return s.handler_.on_head(h);
   };
   settings_.on_body = [](llhttp_t *p, const char *at, size_t len) {
@@ -90,6 +106,21 @@ HttpParser::HttpParser(llhttp_type_t type, Handler &handler, size_t max_head_siz
   };
   llhttp_init(&parser_, type, &settings_);
   parser_.data = this;
+}
+
+int HttpParser::reject(std::string reason) {
+  error_ = std::move(reason);
+  return -1;
+}
+
+bool is_token(std::string_view s) {
+  if (s.empty()) return false;
+  for (unsigned char c : s) {
+    if (std::isalnum(c) || std::string_view("!#$%&'*+-.^_`|~").find(static_cast<char>(c)) != std::string_view::npos)
+      continue;
+    return false;
+  }
+  return true;
 }
 
 int HttpParser::count(size_t n, Limit what) {
@@ -153,7 +184,8 @@ const char *status_reason(int status) {
 
 bool is_hop_by_hop(std::string_view name) {
   for (std::string_view h : {"connection", "keep-alive", "proxy-connection", "te", "trailer",
-                             "transfer-encoding", "upgrade", "proxy-authenticate"}) {
+                             "transfer-encoding", "upgrade", "proxy-authenticate",
+                             "proxy-authorization"}) {
     if (iequals(name, h)) return true;
   }
   return false;

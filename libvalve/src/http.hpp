@@ -58,7 +58,9 @@ class HttpParser {
   llhttp_errno_t finish();
   void resume();
 
-  const char *error_reason() const { return llhttp_get_error_reason(&parser_); }
+  const char *error_reason() const {
+    return error_.empty() ? llhttp_get_error_reason(&parser_) : error_.c_str();
+  }
   Limit limit_hit() const { return limit_; }
   bool in_message() const { return in_message_; }
   bool head_started() const { return in_message_ && head_bytes_ > 0; }
@@ -68,6 +70,7 @@ class HttpParser {
  private:
   static HttpParser &self(llhttp_t *p) { return *static_cast<HttpParser *>(p->data); }
   int count(size_t n, Limit what);
+  int reject(std::string reason);
 
   llhttp_t parser_;
   llhttp_settings_t settings_;
@@ -78,7 +81,11 @@ class HttpParser {
   bool in_message_ = false;
   bool value_last_ = false;
   Head head_;
+  std::string error_;  // why this wrapper failed the message, when llhttp did not
 };
+
+// True for an HTTP token (a valid header name).
+bool is_token(std::string_view s);
 
 // A complete JSON error response from valve itself:
 // {"error": message, "status": status, "request_id": id}, with X-Request-Id and, unless keep_alive,

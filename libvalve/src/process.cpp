@@ -120,7 +120,8 @@ std::optional<std::vector<std::string>> split_command(std::string_view line) {
   bool in_word = false;
   for (size_t i = 0; i < line.size(); ++i) {
     char c = line[i];
-    if (c == ' ' || c == '\t' || c == '\n') {
+    if (c == '\n') return std::nullopt;  // ends a command: a list, for the shell
+    if (c == ' ' || c == '\t') {
       if (in_word) words.push_back(std::move(word));
       word.clear();
       in_word = false;
@@ -142,7 +143,7 @@ std::optional<std::vector<std::string>> split_command(std::string_view line) {
       }
       if (i >= line.size()) return std::nullopt;
     } else if (c == '\\') {
-      if (++i >= line.size()) return std::nullopt;
+      if (++i >= line.size() || line[i] == '\n') return std::nullopt;
       word += line[i];
     } else if (std::string_view("|&;<>()$`*?[").find(c) != std::string_view::npos ||
                ((c == '#' || c == '~') && word.empty())) {

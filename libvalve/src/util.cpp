@@ -107,7 +107,7 @@ std::string random_hex(size_t bytes) {
   return out;
 }
 
-std::string format_seconds(double s) { return fmt::format("{:g}", s); }
+std::string format_seconds(double s) { return fmt::format("{}", s); }  // shortest round trip
 
 std::string uv_message(int err) { return fmt::format("{} ({})", uv_strerror(err), uv_err_name(err)); }
 

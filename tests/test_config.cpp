@@ -1,0 +1,317 @@
+// config.hpp: the option table, its parsers, set/get/validate and the JSON view.
+#include "config.hpp"
+
+#include <doctest/doctest.h>
+
+#include <cstdint>
+#include <set>
+#include <string>
+
+#include "support.hpp"
+
+using valve::Config;
+using valve::parse_bytes;
+using valve::parse_seconds;
+using valve::parse_uint;
+
+namespace {
+
+// What get() shows for a default as the table spells it: sizes come back in bytes.
+std::string canonical_str(const char *def) { return def; }
+std::string canonical_uint(const char *def) { return def; }
+std::string canonical_secs(const char *def) { return def; }
+std::string canonical_bool(const char *def) { return def; }
+std::string canonical_level(const char *def) { return def; }
+std::string canonical_bytes(const char *def) { return std::to_string(parse_bytes(def).value()); }
+
+size_t option_count() {
+  size_t n = 0;
+  while (valve::option_key(n)) ++n;
+  return n;
+}
+
+}  // namespace
+
+TEST_CASE("config: get() returns every default of the VALVE_OPTIONS table") {
+  Config c;
+#define CHECK_DEFAULT_(key, member, kind, def, help) \
+  {                                                  \
+    INFO("option " << key);                          \
+    auto got = c.get(key);                           \
+    REQUIRE(got.has_value());                        \
+    CHECK(*got == canonical_##kind(def));            \
+  }
+  VALVE_OPTIONS(CHECK_DEFAULT_)
+#undef CHECK_DEFAULT_
+}
+
+TEST_CASE("config: the defaults, spelled out independently of the table") {
+  // A second oracle: a changed default must be a deliberate change here too.
+  const std::pair<const char *, const char *> expected[] = {
+      {"host", "127.0.0.1"},
+      {"port", "3000"},
+      {"n-max", "3"},
+      {"n-min", "1"},
+      {"workers", "0"},
+      {"file", "plumber.R"},
+      {"cmd", ""},
+      {"rscript", "Rscript"},
+      {"check-unused", "10"},
+      {"max-age", "300"},
+      {"startup-timeout", "60"},
+      {"graceful-timeout", "30"},
+      {"kill-timeout", "5"},
+      {"worker-concurrency", "1"},
+      {"queue-max", "1024"},
+      {"queue-timeout", "30"},
+      {"timeout", "60"},
+      {"header-timeout", "10"},
+      {"keepalive-timeout", "60"},
+      {"max-header-size", "16384"},
+      {"max-body-size", "1073741824"},
+      {"log-level", "info"},
+      {"runtime-dir", ""},
+      {"handle-signals", "false"},
+      {"reap-orphans", "false"},
+  };
+  Config c;
+  CHECK(option_count() == std::size(expected));
+  for (auto [key, value] : expected) {
+    INFO("option " << key);
+    CHECK(c.get(key) == std::optional<std::string>(value));
+  }
+  // The typed members agree with the strings.
+  CHECK(c.port == 3000);
+  CHECK(c.n_max == 3);
+  CHECK(c.n_min == 1);
+  CHECK(c.worker_concurrency == 1);
+  CHECK(c.max_header_size == 16 * 1024);
+  CHECK(c.max_body_size == uint64_t{1} << 30);
+  CHECK(c.queue_timeout == 30.0);
+  CHECK(c.log_level == valve::LogLevel::info);
+  CHECK_FALSE(c.handle_signals);
+  CHECK_FALSE(c.validate().has_value());  // the defaults are a valid configuration
+}
+
+TEST_CASE("config: option_key lists each option once, in table order, then nullptr") {
+  std::set<std::string> seen;
+  size_t i = 0;
+  for (; valve::option_key(i); ++i) {
+    INFO("index " << i);
+    CHECK(seen.insert(valve::option_key(i)).second);
+  }
+  CHECK(i == 25);
+  CHECK(std::string(valve::option_key(0)) == "host");
+  CHECK(std::string(valve::option_key(i - 1)) == "reap-orphans");
+  CHECK(valve::option_key(i + 1000) == nullptr);
+  CHECK(std::string(valve::option_help("n-max")) == "most workers to run at once (default: 3)");
+  // An empty default is not shown.
+  CHECK(std::string(valve::option_help("runtime-dir")) ==
+        "private directory for worker sockets (default: a new one under $TMPDIR)");
+  CHECK(std::string(valve::option_help("cmd")).find("(default:") == std::string::npos);
+  CHECK(std::string(valve::option_help("cmd")).starts_with("run this shell command as a worker"));
+  CHECK(valve::option_help("no-such-option") == nullptr);
+}
+
+TEST_CASE("config: parse_seconds") {
+  CHECK(parse_seconds("30") == 30.0);
+  CHECK(parse_seconds("0.5") == 0.5);
+  CHECK(parse_seconds("0") == 0.0);
+  CHECK(parse_seconds("250ms") == doctest::Approx(0.25));
+  CHECK(parse_seconds("30s") == 30.0);
+  CHECK(parse_seconds("2m") == 120.0);
+  CHECK(parse_seconds("1.5m") == 90.0);
+  CHECK(parse_seconds(std::to_string(365 * 24 * 3600)) == 365.0 * 24 * 3600);  // a year: the cap
+
+  for (const char *bad : {"-1", "-0.5", "abc", "1e400", "", "ms", "s", "m", "inf", "nan", "1 s",
+                          " 1", "1 ", "+1", "0x10", "1h", "5mss", "31536001", "1,5"}) {
+    INFO("input '" << bad << "'");
+    CHECK_FALSE(parse_seconds(bad).has_value());
+  }
+}
+
+TEST_CASE("config: parse_bytes") {
+  CHECK(parse_bytes("0") == uint64_t{0});
+  CHECK(parse_bytes("1024") == uint64_t{1024});
+  CHECK(parse_bytes("16k") == uint64_t{16384});
+  CHECK(parse_bytes("16K") == uint64_t{16384});
+  CHECK(parse_bytes("100m") == uint64_t{100} << 20);
+  CHECK(parse_bytes("1g") == uint64_t{1} << 30);
+  CHECK(parse_bytes("18446744073709551615") == UINT64_MAX);
+  // The largest multiple that fits, and the first that does not.
+  CHECK(parse_bytes("17179869183g") == (uint64_t{17179869183} << 30));
+  CHECK_FALSE(parse_bytes("17179869184g").has_value());
+  CHECK_FALSE(parse_bytes("18014398509481984k").has_value());
+  CHECK_FALSE(parse_bytes("18446744073709551616").has_value());
+
+  for (const char *bad : {"", "k", "-1", "1kb", "1.5k", " 1k", "1t", "abc", "0x10"}) {
+    INFO("input '" << bad << "'");
+    CHECK_FALSE(parse_bytes(bad).has_value());
+  }
+}
+
+TEST_CASE("config: parse_uint") {
+  CHECK(parse_uint("0") == uint64_t{0});
+  CHECK(parse_uint("42") == uint64_t{42});
+  CHECK(parse_uint("007") == uint64_t{7});
+  CHECK(parse_uint("18446744073709551615") == UINT64_MAX);
+  for (const char *bad :
+       {"", "-1", "+1", " 1", "1 ", "1.0", "0x10", "1e3", "18446744073709551616", "abc"}) {
+    INFO("input '" << bad << "'");
+    CHECK_FALSE(parse_uint(bad).has_value());
+  }
+}
+
+TEST_CASE("config: set() parses each kind and get() shows it back") {
+  Config c;
+  CHECK_FALSE(c.set("n-max", "8").has_value());
+  CHECK(c.n_max == 8);
+  CHECK(c.get("n-max") == "8");
+
+  CHECK_FALSE(c.set("timeout", "250ms").has_value());
+  CHECK(c.timeout == doctest::Approx(0.25));
+  CHECK(c.get("timeout") == "0.25");
+
+  CHECK_FALSE(c.set("max-body-size", "2m").has_value());
+  CHECK(c.max_body_size == uint64_t{2} << 20);
+  CHECK(c.get("max-body-size") == "2097152");
+
+  for (auto [text, value] : {std::pair{"true", true},
+                             {"1", true},
+                             {"yes", true},
+                             {"on", true},
+                             {"false", false},
+                             {"0", false},
+                             {"no", false},
+                             {"off", false}}) {
+    INFO("bool '" << text << "'");
+    CHECK_FALSE(c.set("handle-signals", text).has_value());
+    CHECK(c.handle_signals == value);
+    CHECK(c.get("handle-signals") == (value ? "true" : "false"));
+  }
+
+  CHECK_FALSE(c.set("log-level", "debug").has_value());
+  CHECK(c.log_level == valve::LogLevel::debug);
+  CHECK_FALSE(c.set("log-level", "error").has_value());
+  CHECK(c.get("log-level") == "error");
+
+  CHECK_FALSE(c.set("host", "::1").has_value());
+  CHECK(c.get("host") == "::1");
+  CHECK_FALSE(c.get("no-such-option").has_value());
+}
+
+TEST_CASE("config: every value get() shows is accepted by set() unchanged") {
+  Config c;
+  for (size_t i = 0; valve::option_key(i); ++i) {
+    const char *key = valve::option_key(i);
+    INFO("option " << key);
+    std::string shown = c.get(key).value();
+    CHECK_FALSE(c.set(key, shown).has_value());
+    CHECK(c.get(key) == shown);
+  }
+}
+
+TEST_CASE("config: seconds with more than 6 significant digits survive get()") {
+  Config c;
+  REQUIRE_FALSE(c.set("max-age", "1234567").has_value());
+  CHECK(c.max_age == 1234567.0);
+  CHECK(c.get("max-age") == "1234567");
+  REQUIRE_FALSE(c.set("timeout", "0.1234567").has_value());
+  CHECK(c.get("timeout") == "0.1234567");
+}
+
+TEST_CASE("config: set() errors start with the key and the value") {
+  Config c;
+  const std::pair<std::pair<const char *, const char *>, const char *> cases[] = {
+      {{"n-max", "abc"}, "n-max abc: expected a whole number"},
+      {{"n-max", ""}, "n-max \"\": expected a whole number"},
+      {{"port", "-1"}, "port -1: expected a whole number"},
+      {{"timeout", "soon"}, "timeout soon: expected seconds, like 30, 0.5 or 250ms"},
+      {{"timeout", "-1"}, "timeout -1: expected seconds, like 30, 0.5 or 250ms"},
+      {{"max-body-size", "1t"}, "max-body-size 1t: expected a size, like 16384, 64k, 100m or 1g"},
+      {{"handle-signals", "maybe"}, "handle-signals maybe: expected true or false"},
+      {{"log-level", "loud"}, "log-level loud: expected debug, info, warn or error"},
+      {{"no-such-option", "x"}, "no-such-option x: unknown option"},
+  };
+  for (auto [kv, message] : cases) {
+    INFO("set " << kv.first << " " << kv.second);
+    auto err = c.set(kv.first, kv.second);
+    REQUIRE(err.has_value());
+    CHECK(*err == message);
+  }
+  // A failed set() leaves the old value.
+  CHECK(c.n_max == 3);
+  CHECK(c.timeout == 60.0);
+  CHECK(c.log_level == valve::LogLevel::info);
+}
+
+TEST_CASE("config: set() refuses a value out of range at once, naming it, and keeps the old one") {
+  auto refused = [](const char *key, const char *value) {
+    Config c;
+    auto before = c.get(key);
+    auto err = c.set(key, value);
+    if (err) CHECK(c.get(key) == before);
+    return err.value_or("(accepted)");
+  };
+  CHECK(refused("n-max", "0") == "n-max 0: must be at least 1");
+  CHECK(refused("worker-concurrency", "0") == "worker-concurrency 0: must be at least 1");
+  CHECK(refused("port", "65536") == "port 65536: must be at most 65535");
+  CHECK(refused("host", "") == "host \"\": must not be empty");
+  CHECK(refused("timeout", "0") == "timeout 0: must be more than 0");
+  CHECK(refused("header-timeout", "0ms") == "header-timeout 0: must be more than 0");
+  CHECK(refused("max-header-size", "1023") == "max-header-size 1023: must be at least 1024");
+  CHECK(refused("port", "65535") == "(accepted)");
+}
+
+TEST_CASE("config: validate() checks the options together") {
+  auto invalid = [](std::initializer_list<std::pair<const char *, const char *>> settings) {
+    Config c;
+    for (auto [k, v] : settings) REQUIRE_FALSE(c.set(k, v).has_value());
+    return c.validate().value_or("(valid)");
+  };
+  CHECK(invalid({{"n-min", "5"}, {"n-max", "2"}}) == "n-min 5: must be at most n-max (2)");
+  CHECK(invalid({{"cmd", "my-server --listen 8080"}}) ==
+        "cmd my-server --listen 8080: must contain {port} or {socket}");
+  CHECK(invalid({{"file", ""}}) == "file \"\": give a plumber file or --cmd");
+
+  // And what is fine.
+  CHECK(invalid({{"n-min", "0"}, {"n-max", "1"}}) == "(valid)");
+  CHECK(invalid({{"n-min", "4"}, {"n-max", "4"}}) == "(valid)");
+  CHECK(invalid({{"port", "0"}}) == "(valid)");
+  CHECK(invalid({{"port", "65535"}}) == "(valid)");
+  CHECK(invalid({{"cmd", "srv --port {port}"}}) == "(valid)");
+  CHECK(invalid({{"cmd", "srv --socket {socket}"}, {"file", ""}}) == "(valid)");
+  CHECK(invalid({{"max-header-size", "1k"}}) == "(valid)");
+}
+
+TEST_CASE("config: to_json() is a well-formed object with every option, typed") {
+  Config c;
+  std::string json = c.to_json();
+  CHECK(json.find("\"n-max\":3") != std::string::npos);
+  CHECK(json.find("\"host\":\"127.0.0.1\"") != std::string::npos);
+
+  test::Json doc = test::parse_json(json);
+  REQUIRE(doc.kind == test::Json::Kind::object);
+  REQUIRE(doc.members.size() == option_count());
+  for (size_t i = 0; i < doc.members.size(); ++i)
+    CHECK(doc.members[i].first == valve::option_key(i));
+  CHECK(doc["n-max"].kind == test::Json::Kind::number);
+  CHECK(doc["n-max"].number == 3);
+  CHECK(doc["port"].number == 3000);
+  CHECK(doc["timeout"].number == 60);
+  CHECK(doc["max-header-size"].number == 16384);
+  CHECK(doc["host"].text == "127.0.0.1");
+  CHECK(doc["cmd"].kind == test::Json::Kind::string);
+  CHECK(doc["cmd"].text == "");
+  CHECK(doc["log-level"].text == "info");
+  CHECK(doc["handle-signals"].kind == test::Json::Kind::boolean);
+  CHECK_FALSE(doc["handle-signals"].boolean);
+
+  // Strings are escaped: quotes, backslashes and control characters survive a round trip.
+  std::string tricky = "sh -c \"srv\\x --port {port}\"\t\n\x01";
+  REQUIRE_FALSE(c.set("cmd", tricky).has_value());
+  REQUIRE_FALSE(c.set("queue-timeout", "250ms").has_value());
+  test::Json doc2 = test::parse_json(c.to_json());
+  CHECK(doc2["cmd"].text == tricky);
+  CHECK(doc2["queue-timeout"].number == doctest::Approx(0.25));
+}

@@ -1,0 +1,94 @@
+// spawn_policy.hpp: how many workers to launch, and the crash-loop backoff.
+#include "spawn_policy.hpp"
+
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <climits>
+#include <string>
+
+using valve::PoolCounts;
+using valve::workers_to_launch;
+
+namespace {
+
+struct Row {
+  const char *what;
+  PoolCounts counts;
+  size_t launch;
+};
+
+PoolCounts counts(size_t alive, size_t starting, size_t free_slots, size_t waiting, size_t n_min,
+                  size_t n_max, size_t concurrency) {
+  PoolCounts c;
+  c.alive = alive;
+  c.starting = starting;
+  c.free_slots = free_slots;
+  c.waiting = waiting;
+  c.n_min = n_min;
+  c.n_max = n_max;
+  c.concurrency = concurrency;
+  return c;
+}
+
+}  // namespace
+
+TEST_CASE("spawn_policy: workers_to_launch") {
+  //                                   alive start free wait min max conc
+  const Row rows[] = {
+      {"empty pool fills up to n_min", counts(0, 0, 0, 0, 2, 5, 1), 2},
+      {"one short of n_min", counts(1, 1, 0, 0, 2, 5, 1), 1},
+      {"n_min reached, nothing waiting", counts(2, 0, 2, 0, 2, 5, 1), 0},
+      {"n_min 0 and idle: none", counts(0, 0, 0, 0, 0, 5, 1), 0},
+      {"n_min above n_max: capped", counts(0, 0, 0, 0, 5, 2, 1), 2},
+      {"5 waiting, 2 starting, concurrency 1", counts(2, 2, 0, 5, 1, 10, 1), 3},
+      {"5 waiting, none starting, concurrency 4: ceil(5/4)", counts(1, 0, 0, 5, 1, 10, 4), 2},
+      {"9 waiting, 1 starting, concurrency 4: ceil(5/4)", counts(1, 1, 0, 9, 1, 10, 4), 2},
+      {"8 waiting, concurrency 4: exactly 2", counts(0, 0, 0, 8, 0, 10, 4), 2},
+      {"free slots absorb the queue", counts(3, 0, 3, 3, 1, 10, 1), 0},
+      {"one more than the free slots", counts(3, 0, 3, 4, 1, 10, 1), 1},
+      {"free slots and starting workers both count", counts(4, 2, 3, 6, 1, 10, 1), 1},
+      {"queue of 100 capped at n_max", counts(1, 0, 0, 100, 1, 3, 1), 2},
+      {"at n_max: none", counts(3, 1, 0, 100, 1, 3, 1), 0},
+      {"above n_max (n_max lowered): none", counts(5, 0, 0, 100, 1, 3, 1), 0},
+      {"n_min and queue: the larger need wins", counts(0, 0, 0, 1, 3, 10, 1), 3},
+      {"queue beyond n_min", counts(0, 0, 0, 5, 2, 10, 1), 5},
+      {"concurrency 0 counts as 1", counts(0, 0, 0, 3, 0, 10, 0), 3},
+  };
+  for (const Row &r : rows) {
+    INFO(std::string(r.what));
+    CHECK(workers_to_launch(r.counts) == r.launch);
+  }
+}
+
+TEST_CASE("spawn_policy: the result never exceeds n_max - alive") {
+  for (size_t alive = 0; alive <= 6; ++alive)
+    for (size_t starting = 0; starting <= alive; ++starting)
+      for (size_t waiting = 0; waiting <= 20; waiting += 3)
+        for (size_t conc = 1; conc <= 4; ++conc)
+          for (size_t n_min = 0; n_min <= 6; n_min += 2) {
+            PoolCounts c = counts(alive, starting, 0, waiting, n_min, 5, conc);
+            size_t n = workers_to_launch(c);
+            INFO("alive " << alive << " starting " << starting << " waiting " << waiting << " conc "
+                          << conc << " n_min " << n_min);
+            CHECK(alive + n <= std::max<size_t>(alive, 5));
+            // Enough capacity comes for the queue unless n_max stops it.
+            if (alive + n < 5) CHECK((starting + n) * conc >= waiting);
+          }
+}
+
+TEST_CASE("spawn_policy: crash_backoff_seconds doubles from 0.5 s up to 30 s") {
+  CHECK(valve::crash_backoff_seconds(0) == 0.0);
+  CHECK(valve::crash_backoff_seconds(1) == 0.5);
+  CHECK(valve::crash_backoff_seconds(2) == 1.0);
+  CHECK(valve::crash_backoff_seconds(3) == 2.0);
+  CHECK(valve::crash_backoff_seconds(4) == 4.0);
+  CHECK(valve::crash_backoff_seconds(5) == 8.0);
+  CHECK(valve::crash_backoff_seconds(6) == 16.0);
+  CHECK(valve::crash_backoff_seconds(7) == 30.0);
+  CHECK(valve::crash_backoff_seconds(8) == 30.0);
+  CHECK(valve::crash_backoff_seconds(100) == 30.0);
+  CHECK(valve::crash_backoff_seconds(UINT_MAX) == 30.0);
+  for (unsigned f = 1; f < 64; ++f)
+    CHECK(valve::crash_backoff_seconds(f) >= valve::crash_backoff_seconds(f - 1));
+}

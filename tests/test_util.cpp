@@ -1,0 +1,203 @@
+// util.hpp: handle ownership, Timer, write_string, and the string helpers.
+#include "util.hpp"
+
+#include <doctest/doctest.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <memory>
+#include <set>
+#include <string>
+
+#include "support.hpp"
+
+namespace {
+
+// A loop of the test's own; the destructor checks it ends with no handle left.
+struct TestLoop {
+  uv_loop_t loop{};
+  TestLoop() { REQUIRE(uv_loop_init(&loop) == 0); }
+  ~TestLoop() {
+    uv_run(&loop, UV_RUN_DEFAULT);  // runs pending close callbacks
+    CHECK(uv_loop_close(&loop) == 0);
+  }
+  uv_loop_t *get() { return &loop; }
+};
+
+}  // namespace
+
+TEST_CASE("util: a Timer fires once") {
+  TestLoop l;
+  int fired = 0;
+  {
+    valve::Timer t(l.get(), [&] { ++fired; });
+    CHECK_FALSE(t.active());
+    t.start(0.005);
+    CHECK(t.active());
+    uint64_t before = uv_hrtime();
+    uv_run(l.get(), UV_RUN_DEFAULT);  // returns once the timer is done: it keeps nothing alive
+    CHECK(uv_hrtime() - before >= 4'000'000u);
+    CHECK(fired == 1);
+    CHECK_FALSE(t.active());
+  }
+  CHECK(fired == 1);
+}
+
+TEST_CASE("util: a Timer repeats until stopped from its callback") {
+  TestLoop l;
+  int fired = 0;
+  std::unique_ptr<valve::Timer> t;
+  t = std::make_unique<valve::Timer>(l.get(), [&] {
+    if (++fired == 5) t->stop();
+  });
+  t->start(0.001, 0.001);
+  uv_run(l.get(), UV_RUN_DEFAULT);
+  CHECK(fired == 5);
+  CHECK_FALSE(t->active());
+  // Restarted, it fires again.
+  t->start(0);
+  uv_run(l.get(), UV_RUN_DEFAULT);
+  CHECK(fired == 6);
+  t.reset();
+}
+
+TEST_CASE("util: stop() before the deadline means no call") {
+  TestLoop l;
+  int fired = 0;
+  valve::Timer t(l.get(), [&] { ++fired; });
+  t.start(0.001);
+  t.stop();
+  CHECK_FALSE(t.active());
+  usleep(3000);
+  CHECK(uv_run(l.get(), UV_RUN_NOWAIT) == 0);
+  CHECK(fired == 0);
+}
+
+TEST_CASE("util: destroying a Timer's owner before it fires means no call") {
+  TestLoop l;
+  int fired = 0;
+  auto t = std::make_unique<valve::Timer>(l.get(), [&] { ++fired; });
+  t->start(0);
+  t.reset();  // the handle closes later, on the loop; its callback must find no owner
+  usleep(2000);
+  uv_run(l.get(), UV_RUN_DEFAULT);
+  CHECK(fired == 0);
+}
+
+TEST_CASE("util: one Timer's callback may destroy another due in the same loop turn") {
+  TestLoop l;
+  int first = 0, second = 0;
+  std::unique_ptr<valve::Timer> b;
+  valve::Timer a(l.get(), [&] {
+    ++first;
+    b.reset();
+  });
+  b = std::make_unique<valve::Timer>(l.get(), [&] { ++second; });
+  a.start(0.002);
+  b->start(0.002);
+  usleep(3000);
+  uv_run(l.get(), UV_RUN_DEFAULT);
+  CHECK(first == 1);
+  CHECK(second == 0);
+}
+
+namespace {
+int g_write_done = 0;
+int g_write_status = 1;
+}  // namespace
+
+TEST_CASE("util: write_string writes, and reports only to a living owner") {
+  TestLoop l;
+  int fds[2];
+  REQUIRE(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) == 0);
+  test::FdGuard peer(fds[1]);
+  int owner = 0;
+  auto *pipe = valve::new_handle<uv_pipe_t>(&owner);
+  REQUIRE(uv_pipe_init(l.get(), pipe, 0) == 0);
+  REQUIRE(uv_pipe_open(pipe, fds[0]) == 0);
+  auto *stream = reinterpret_cast<uv_stream_t *>(pipe);
+  g_write_done = 0;
+  g_write_status = 1;
+  auto done = [](uv_stream_t *s, int status) {
+    CHECK(s->data != nullptr);
+    ++g_write_done;
+    g_write_status = status;
+  };
+
+  CHECK(valve::write_string(stream, "", done) == 0);  // nothing to write: no callback
+  REQUIRE(valve::write_string(stream, "hello ", done) == 0);
+  REQUIRE(valve::write_string(stream, "world", done) == 0);
+  uv_run(l.get(), UV_RUN_DEFAULT);
+  CHECK(g_write_done == 2);
+  CHECK(g_write_status == 0);
+  CHECK(valve::write_queue_size(stream) == 0);
+  char buf[64];
+  ssize_t n = read(peer.fd, buf, sizeof buf);
+  CHECK(std::string(buf, n > 0 ? static_cast<size_t>(n) : 0) == "hello world");
+
+  // The owner goes away with a write queued: the write completes (or is cancelled) silently.
+  REQUIRE(valve::write_string(stream, "late", done) == 0);
+  valve::close_handle(pipe);
+  CHECK(pipe == nullptr);
+  uv_run(l.get(), UV_RUN_DEFAULT);
+  CHECK(g_write_done == 2);
+}
+
+TEST_CASE("util: json_escape") {
+  CHECK(valve::json_escape("") == "");
+  CHECK(valve::json_escape("plain text") == "plain text");
+  CHECK(valve::json_escape("a\"b\\c") == "a\\\"b\\\\c");
+  CHECK(valve::json_escape("\n\r\t") == "\\n\\r\\t");
+  CHECK(valve::json_escape(std::string("\x01\x1f\0", 3)) == "\\u0001\\u001f\\u0000");
+  CHECK(valve::json_escape("\x7f") == "\x7f");                // DEL is allowed in JSON strings
+  CHECK(valve::json_escape("caf\xc3\xa9") == "caf\xc3\xa9");  // UTF-8 passes through
+  CHECK(valve::json_escape("</script>") == "</script>");
+  // Whatever goes in comes back out of a JSON reader.
+  std::string all;
+  for (int c = 1; c < 128; ++c) all += static_cast<char>(c);
+  CHECK(test::parse_json("\"" + valve::json_escape(all) + "\"").text == all);
+}
+
+TEST_CASE("util: iequals") {
+  CHECK(valve::iequals("Content-Length", "content-length"));
+  CHECK(valve::iequals("", ""));
+  CHECK(valve::iequals("ABC", "abc"));
+  CHECK_FALSE(valve::iequals("abc", "abd"));
+  CHECK_FALSE(valve::iequals("abc", "ab"));
+  CHECK_FALSE(valve::iequals("ab", "abc"));
+  CHECK_FALSE(valve::iequals("a", ""));
+  CHECK(valve::iequals("\xc3\xa9", "\xc3\xa9"));
+  CHECK_FALSE(valve::iequals("[", "{"));  // 0x5b and 0x7b differ by 0x20 but are not letters
+}
+
+TEST_CASE("util: trim removes spaces and tabs at both ends only") {
+  CHECK(valve::trim("  a b \t") == "a b");
+  CHECK(valve::trim("\t\t") == "");
+  CHECK(valve::trim("") == "");
+  CHECK(valve::trim("x") == "x");
+  CHECK(valve::trim(" \tx y\t ") == "x y");
+  CHECK(valve::trim("\r\nx\r\n") == "\r\nx\r\n");  // line ends are the parser's business
+}
+
+TEST_CASE("util: format_seconds, random_hex, uv_message, monotonic_ms") {
+  CHECK(valve::format_seconds(30) == "30");
+  CHECK(valve::format_seconds(0.25) == "0.25");
+  CHECK(valve::format_seconds(0) == "0");
+
+  std::string h = valve::random_hex(8);
+  CHECK(h.size() == 16);
+  CHECK(h.find_first_not_of("0123456789abcdef") == std::string::npos);
+  CHECK(valve::random_hex(3).size() == 6);
+  CHECK(valve::random_hex(0).empty());
+  std::set<std::string> seen;
+  for (int i = 0; i < 100; ++i) seen.insert(valve::random_hex(16));
+  CHECK(seen.size() == 100);
+
+  CHECK(valve::uv_message(UV_EADDRINUSE) == "address already in use (EADDRINUSE)");
+
+  uint64_t a = valve::monotonic_ms();
+  usleep(20000);
+  uint64_t b = valve::monotonic_ms();
+  CHECK(b - a >= 19);
+  CHECK(b - a < 2000);
+}
