@@ -60,10 +60,12 @@ extern "C" {
 const char *valve_err_name(int err) {
   switch (err) {
 #define VALVE_ERR_NAME_(name, code, text) \
-  case code: return "VALVE_E" #name;
+  case code:                              \
+    return "VALVE_E" #name;
     VALVE_ERRNO_MAP(VALVE_ERR_NAME_)
 #undef VALVE_ERR_NAME_
-    default: break;
+    default:
+      break;
   }
   static thread_local char buf[64];
   return uv_err_name_r(err, buf, sizeof buf);
@@ -72,10 +74,12 @@ const char *valve_err_name(int err) {
 const char *valve_strerror(int err) {
   switch (err) {
 #define VALVE_ERR_TEXT_(name, code, text) \
-  case code: return text;
+  case code:                              \
+    return text;
     VALVE_ERRNO_MAP(VALVE_ERR_TEXT_)
 #undef VALVE_ERR_TEXT_
-    default: break;
+    default:
+      break;
   }
   static thread_local char buf[128];
   return uv_strerror_r(err, buf, sizeof buf);
@@ -135,7 +139,9 @@ const char *valve_config_describe(const char *key) {
   }
 }
 
-const char *valve_config_last_error(const valve_config_t *cfg) { return cfg ? cfg->error.c_str() : ""; }
+const char *valve_config_last_error(const valve_config_t *cfg) {
+  return cfg ? cfg->error.c_str() : "";
+}
 
 int valve_config_set_log_callback(valve_config_t *cfg, valve_log_cb cb, void *user_data,
                                   void (*destroy)(void *)) {

@@ -46,9 +46,11 @@ std::optional<std::string> set_secs(double &field, std::string_view key, std::st
   return std::nullopt;
 }
 
-std::optional<std::string> set_bytes(uint64_t &field, std::string_view key, std::string_view value) {
+std::optional<std::string> set_bytes(uint64_t &field, std::string_view key,
+                                     std::string_view value) {
   auto v = parse_bytes(value);
-  if (!v) return fmt::format("{} {}: expected a size, like 16384, 64k, 100m or 1g", key, quoted(value));
+  if (!v)
+    return fmt::format("{} {}: expected a size, like 16384, 64k, 100m or 1g", key, quoted(value));
   field = *v;
   return std::nullopt;
 }
@@ -64,7 +66,8 @@ std::optional<std::string> set_bool(bool &field, std::string_view key, std::stri
   return std::nullopt;
 }
 
-std::optional<std::string> set_level(LogLevel &field, std::string_view key, std::string_view value) {
+std::optional<std::string> set_level(LogLevel &field, std::string_view key,
+                                     std::string_view value) {
   for (auto l : {LogLevel::debug, LogLevel::info, LogLevel::warn, LogLevel::error}) {
     if (value == level_name(l)) {
       field = l;
@@ -87,7 +90,6 @@ std::string json_value(bool v) { return v ? "true" : "false"; }
 std::string json_value(LogLevel v) { return fmt::format("\"{}\"", level_name(v)); }
 
 }  // namespace
-
 
 Config::Config() {
 #define VALVE_OPTION_DEFAULT_(key, member, kind, def, help) assign(key, def);
@@ -124,11 +126,13 @@ std::optional<std::string> Config::check(std::string_view key) const {
     const char *key;
     double value;
   };
-  for (auto [k, v] : {Positive{"check-unused", check_unused}, Positive{"startup-timeout", startup_timeout},
-                      Positive{"timeout", timeout}, Positive{"queue-timeout", queue_timeout},
-                      Positive{"header-timeout", header_timeout},
-                      Positive{"keepalive-timeout", keepalive_timeout}}) {
-    if (key == k && !(v > 0)) return fmt::format("{} {}: must be more than 0", k, format_seconds(v));
+  for (auto [k, v] :
+       {Positive{"check-unused", check_unused}, Positive{"startup-timeout", startup_timeout},
+        Positive{"timeout", timeout}, Positive{"queue-timeout", queue_timeout},
+        Positive{"header-timeout", header_timeout},
+        Positive{"keepalive-timeout", keepalive_timeout}}) {
+    if (key == k && !(v > 0))
+      return fmt::format("{} {}: must be more than 0", k, format_seconds(v));
   }
   return std::nullopt;
 }
@@ -156,7 +160,7 @@ std::optional<std::string> Config::validate() const {
 std::string Config::to_json() const {
   std::string out = "{";
   bool first = true;
-#define VALVE_OPTION_JSON_(k, member, kind, def, help)                   \
+#define VALVE_OPTION_JSON_(k, member, kind, def, help)                        \
   out += fmt::format("{}\"{}\":{}", first ? "" : ",", k, json_value(member)); \
   first = false;
   VALVE_OPTIONS(VALVE_OPTION_JSON_)
@@ -213,10 +217,20 @@ std::optional<uint64_t> parse_bytes(std::string_view text) {
   uint64_t scale = 1;
   if (!text.empty()) {
     switch (text.back()) {
-      case 'k': case 'K': scale = uint64_t{1} << 10; break;
-      case 'm': case 'M': scale = uint64_t{1} << 20; break;
-      case 'g': case 'G': scale = uint64_t{1} << 30; break;
-      default: break;
+      case 'k':
+      case 'K':
+        scale = uint64_t{1} << 10;
+        break;
+      case 'm':
+      case 'M':
+        scale = uint64_t{1} << 20;
+        break;
+      case 'g':
+      case 'G':
+        scale = uint64_t{1} << 30;
+        break;
+      default:
+        break;
     }
     if (scale != 1) text.remove_suffix(1);
   }

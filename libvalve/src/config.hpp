@@ -13,6 +13,7 @@ enum class LogLevel { debug = 0, info = 1, warn = 2, error = 3 };
 
 // XX(key, member, kind, default, help). kind: str, uint (an integer), secs (seconds, fractions
 // allowed, with an optional ms/s/m suffix), bytes (with an optional k/m/g suffix), bool, level.
+// clang-format off
 #define VALVE_OPTIONS(XX)                                                                          \
   XX("host", host, str, "127.0.0.1", "address to listen on")                                       \
   XX("port", port, uint, "3000", "port to listen on (0 picks a free one)")                         \
@@ -48,6 +49,7 @@ enum class LogLevel { debug = 0, info = 1, warn = 2, error = 3 };
      "stop gracefully on SIGINT and SIGTERM (valvectl turns this on)")                             \
   XX("reap-orphans", reap_orphans, bool, "false",                                                  \
      "become a child subreaper and reap every orphan, as PID 1 in a container must")
+// clang-format on
 
 struct Config {
   std::string host;

@@ -120,7 +120,8 @@ void Exchange::dispatch(Worker &worker, UpstreamConn &conn) {
   if (body_chunked_ && request_complete_) out += "0\r\n\r\n";
   bool room = conn.send(std::move(out));
   if (client_ && !request_complete_) {
-    if (const std::string *expect = request_.find("expect"); expect && iequals(*expect, "100-continue"))
+    if (const std::string *expect = request_.find("expect");
+        expect && iequals(*expect, "100-continue"))
       client_->send("HTTP/1.1 100 Continue\r\n\r\n");
     client_->hold_body(!room);
   }
@@ -196,14 +197,16 @@ int Exchange::on_upstream_head(Head &head) {
   bool has_request_id = false;
   for (const auto &h : head.headers) {
     if (is_hop_by_hop(h.name) || head.has_token("connection", h.name)) continue;
-    if (iequals(h.name, "content-length") && framing_ != Framing::length && framing_ != Framing::none)
+    if (iequals(h.name, "content-length") && framing_ != Framing::length &&
+        framing_ != Framing::none)
       continue;
     if (iequals(h.name, "x-request-id")) has_request_id = true;
     out += fmt::format("{}: {}\r\n", h.name, h.value);
   }
   if (!has_request_id) out += fmt::format("X-Request-Id: {}\r\n", request_id_);
   if (framing_ == Framing::chunked) out += "Transfer-Encoding: chunked\r\n";
-  out += client_keep_alive_ ? (client_11 ? "" : "Connection: keep-alive\r\n") : "Connection: close\r\n";
+  out += client_keep_alive_ ? (client_11 ? "" : "Connection: keep-alive\r\n")
+                            : "Connection: close\r\n";
   out += "\r\n";
   write_client(std::move(out));
   return head_request ? 1 : 0;

@@ -22,13 +22,21 @@ class Logger {
   void write(LogLevel level, std::string_view message) const;
 
   template <typename... A>
-  void debug(fmt::format_string<A...> f, A &&...a) const { emit(LogLevel::debug, f, std::forward<A>(a)...); }
+  void debug(fmt::format_string<A...> f, A &&...a) const {
+    emit(LogLevel::debug, f, std::forward<A>(a)...);
+  }
   template <typename... A>
-  void info(fmt::format_string<A...> f, A &&...a) const { emit(LogLevel::info, f, std::forward<A>(a)...); }
+  void info(fmt::format_string<A...> f, A &&...a) const {
+    emit(LogLevel::info, f, std::forward<A>(a)...);
+  }
   template <typename... A>
-  void warn(fmt::format_string<A...> f, A &&...a) const { emit(LogLevel::warn, f, std::forward<A>(a)...); }
+  void warn(fmt::format_string<A...> f, A &&...a) const {
+    emit(LogLevel::warn, f, std::forward<A>(a)...);
+  }
   template <typename... A>
-  void error(fmt::format_string<A...> f, A &&...a) const { emit(LogLevel::error, f, std::forward<A>(a)...); }
+  void error(fmt::format_string<A...> f, A &&...a) const {
+    emit(LogLevel::error, f, std::forward<A>(a)...);
+  }
 
  private:
   template <typename... A>

@@ -40,15 +40,18 @@ std::string Pool::script_path() const { return server_.runtime_dir() + "/worker.
 std::optional<std::string> Pool::check_environment() {
   if (!config_.cmd.empty()) return std::nullopt;
   auto rscript = find_executable(config_.rscript);
-  if (!rscript) return fmt::format("rscript {}: not found (is R installed? apt-get install r-base-core)",
-                                   config_.rscript);
+  if (!rscript)
+    return fmt::format("rscript {}: not found (is R installed? apt-get install r-base-core)",
+                       config_.rscript);
   rscript_path_ = *rscript;
-  struct stat st{};
+  struct stat st {};
   if (stat(config_.file.c_str(), &st) != 0 || !S_ISREG(st.st_mode))
     return fmt::format("file {}: no such file", config_.file);
-  if (access(config_.file.c_str(), R_OK) != 0) return fmt::format("file {}: not readable", config_.file);
+  if (access(config_.file.c_str(), R_OK) != 0)
+    return fmt::format("file {}: not readable", config_.file);
   char resolved[PATH_MAX];
-  if (!realpath(config_.file.c_str(), resolved)) return fmt::format("file {}: cannot resolve", config_.file);
+  if (!realpath(config_.file.c_str(), resolved))
+    return fmt::format("file {}: cannot resolve", config_.file);
   api_file_ = resolved;
   return std::nullopt;
 }
@@ -90,7 +93,8 @@ void Pool::submit(Exchange &ex, bool front) {
   if (queue_.size() >= config_.queue_max) {
     log().warn("queue full ({} waiting): rejecting {} {}", queue_.size(), ex.request().method,
                ex.request().target);
-    ex.reject(503, fmt::format("all workers are busy and the queue is full ({} waiting)", queue_.size()));
+    ex.reject(
+        503, fmt::format("all workers are busy and the queue is full ({} waiting)", queue_.size()));
     return;
   }
   if (front) {
@@ -102,7 +106,9 @@ void Pool::submit(Exchange &ex, bool front) {
   launch_needed();
 }
 
-void Pool::cancel(Exchange &ex) { queue_.erase(std::remove(queue_.begin(), queue_.end(), &ex), queue_.end()); }
+void Pool::cancel(Exchange &ex) {
+  queue_.erase(std::remove(queue_.begin(), queue_.end(), &ex), queue_.end());
+}
 
 void Pool::drain_queue() {
   for (auto it = queue_.begin(); it != queue_.end();) {
@@ -139,18 +145,20 @@ void Pool::on_worker_exit(Worker &w, int wait_status, bool never_ready) {
   if (never_ready && !w.lost_race() && !terminating_) {
     ++failures_;
     if (!ever_ready_ && WIFEXITED(wait_status) && WEXITSTATUS(wait_status) == kExitPlumberMissing) {
-      server_.fatal(VALVE_ECONFIG, fmt::format("rscript {}: the R package plumber is not installed{}",
-                                               config_.rscript, w.tail()));
+      server_.fatal(VALVE_ECONFIG,
+                    fmt::format("rscript {}: the R package plumber is not installed{}",
+                                config_.rscript, w.tail()));
     } else if (!ever_ready_ && failures_ >= kStartupAttempts) {
-      server_.fatal(VALVE_ESTARTUP,
-                    fmt::format("no worker became ready: {} launches failed; the last {} {}. Its last "
-                                "output:{}",
-                                failures_, w.label(), describe_exit(wait_status), w.tail()));
+      server_.fatal(
+          VALVE_ESTARTUP,
+          fmt::format("no worker became ready: {} launches failed; the last {} {}. Its last "
+                      "output:{}",
+                      failures_, w.label(), describe_exit(wait_status), w.tail()));
     } else {
       double delay = crash_backoff_seconds(failures_);
       next_launch_ms_ = monotonic_ms() + static_cast<uint64_t>(delay * 1000);
-      log().warn("{}{} failed to start; next launch in {} s{}", failures_ >= 2 ? "crash loop: " : "",
-                 w.label(), format_seconds(delay),
+      log().warn("{}{} failed to start; next launch in {} s{}",
+                 failures_ >= 2 ? "crash loop: " : "", w.label(), format_seconds(delay),
                  failures_ >= 2 ? fmt::format(" ({} launches in a row failed)", failures_) : "");
     }
   } else if (!expected && !terminating_) {
@@ -160,9 +168,10 @@ void Pool::on_worker_exit(Worker &w, int wait_status, bool never_ready) {
     double delay = crash_backoff_seconds(failures_);
     next_launch_ms_ = monotonic_ms() + static_cast<uint64_t>(delay * 1000);
     if (failures_ >= 2) {
-      log().warn("crash loop: {} crashed {} s after start; {} workers in a row died young; next "
-                 "launch in {} s",
-                 w.label(), (monotonic_ms() - w.started_ms()) / 1000, failures_, format_seconds(delay));
+      log().warn(
+          "crash loop: {} crashed {} s after start; {} workers in a row died young; next "
+          "launch in {} s",
+          w.label(), (monotonic_ms() - w.started_ms()) / 1000, failures_, format_seconds(delay));
     } else {
       log().warn("{} crashed; replacing it if needed", w.label());
     }
@@ -195,7 +204,8 @@ void Pool::launch_needed() {
       ++c.alive;
     } else if (w->state() == Worker::State::ready) {
       ++c.alive;
-      c.free_slots += config_.worker_concurrency - std::min(w->in_flight(), config_.worker_concurrency);
+      c.free_slots +=
+          config_.worker_concurrency - std::min(w->in_flight(), config_.worker_concurrency);
     }
   }
   size_t n = workers_to_launch(c);
@@ -276,10 +286,12 @@ std::string Pool::workers_json() const {
   for (const auto &w : workers_) {
     if (out.size() > 1) out += ",";
     out += fmt::format(
-        "{{\"id\":{},\"pid\":{},\"state\":\"{}\",\"address\":\"{}\",\"requests\":{},\"in_flight\":{},"
+        "{{\"id\":{},\"pid\":{},\"state\":\"{}\",\"address\":\"{}\",\"requests\":{},\"in_flight\":{"
+        "},"
         "\"age_s\":{:.3f},\"idle_s\":{:.3f}}}",
         w->id(), w->pid(), w->state_name(), json_escape(w->address()), w->served(), w->in_flight(),
-        (now - w->started_ms()) / 1000.0, w->in_flight() ? 0.0 : (now - w->last_used_ms()) / 1000.0);
+        (now - w->started_ms()) / 1000.0,
+        w->in_flight() ? 0.0 : (now - w->last_used_ms()) / 1000.0);
   }
   return out + "]";
 }

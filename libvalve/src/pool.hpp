@@ -68,7 +68,7 @@ class Pool {
   std::list<std::unique_ptr<Worker>> workers_;
   std::deque<Exchange *> queue_;
   uint64_t next_id_ = 1;
-  unsigned failures_ = 0;        // launches in a row that never became ready
+  unsigned failures_ = 0;  // launches in a row that never became ready
   bool ever_ready_ = false;
   bool terminating_ = false;
   uint64_t next_launch_ms_ = 0;  // crash-loop backoff

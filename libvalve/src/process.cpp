@@ -153,14 +153,15 @@ std::optional<std::vector<std::string>> split_command(std::string_view line) {
     }
   }
   if (in_word) words.push_back(std::move(word));
-  if (words.empty() || words.front().find('=') != std::string::npos) return std::nullopt;  // VAR=x cmd
+  if (words.empty() || words.front().find('=') != std::string::npos)
+    return std::nullopt;  // VAR=x cmd
   return words;
 }
 
 std::optional<std::string> find_executable(const std::string &name) {
   if (name.empty()) return std::nullopt;
   auto usable = [](const std::string &p) {
-    struct stat st{};
+    struct stat st {};
     return stat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode) && access(p.c_str(), X_OK) == 0;
   };
   if (name.find('/') != std::string::npos) {
@@ -195,7 +196,8 @@ std::set<unsigned long> listening_inodes(int port) {
       std::istringstream fields(line);
       std::string sl, local, remote, state, queues, timer, retr, uid, timeout;
       unsigned long inode = 0;
-      fields >> sl >> local >> remote >> state >> queues >> timer >> retr >> uid >> timeout >> inode;
+      fields >> sl >> local >> remote >> state >> queues >> timer >> retr >> uid >> timeout >>
+          inode;
       if (state != "0A") continue;  // LISTEN
       auto colon = local.rfind(':');
       if (colon == std::string::npos) continue;

@@ -20,8 +20,8 @@ struct SpawnSpec {
 
 struct Spawned {
   pid_t pid = -1;
-  int pidfd = -1;  // readable once the process exits; -1 where the kernel lacks pidfds
-  int out_fd = -1; // the read ends of the child's stdout and stderr
+  int pidfd = -1;   // readable once the process exits; -1 where the kernel lacks pidfds
+  int out_fd = -1;  // the read ends of the child's stdout and stderr
   int err_fd = -1;
 };
 

@@ -27,7 +27,8 @@ namespace {
 
 // Run by every plumber worker: load the API, serve it on the Unix socket valve assigned. httpuv's
 // pipe server has no Nagle/delayed-ACK stall on kept-alive connections, unlike plumber over TCP.
-constexpr const char *kWorkerScript = R"R(# Written by valve. Serves one plumber API on the Unix socket valve assigns.
+constexpr const char *kWorkerScript =
+    R"R(# Written by valve. Serves one plumber API on the Unix socket valve assigns.
 local({
   file <- Sys.getenv("VALVE_FILE")
   socket <- Sys.getenv("VALVE_SOCKET")
@@ -147,13 +148,18 @@ std::string Server::status_json() {
       // The loop ended before it got to the request.
     }
   }
-  return fmt::format("{{\"state\":\"stopped\",\"workers\":[],\"queue\":0,\"config\":{}}}", config_.to_json());
+  return fmt::format("{{\"state\":\"stopped\",\"workers\":[],\"queue\":0,\"config\":{}}}",
+                     config_.to_json());
 }
 
 std::string Server::status_json_now() {
-  const char *state = finished_ ? "stopped" : stopping_ ? "stopping" : started_ ? "running" : "starting";
+  const char *state = finished_   ? "stopped"
+                      : stopping_ ? "stopping"
+                      : started_  ? "running"
+                                  : "starting";
   return fmt::format(
-      "{{\"version\":\"{}\",\"state\":\"{}\",\"address\":\"{}\",\"pid\":{},\"workers\":{},\"queue\":{},"
+      "{{\"version\":\"{}\",\"state\":\"{}\",\"address\":\"{}\",\"pid\":{},\"workers\":{},"
+      "\"queue\":{},"
       "\"requests_in_progress\":{},\"connections\":{},\"config\":{}}}",
       VALVE_VERSION_STRING, state, json_escape(address_), getpid(), pool_->workers_json(),
       pool_->queue_depth(), exchanges_.size(), clients_.size(), config_.to_json());
@@ -169,7 +175,7 @@ int Server::prepare() {
   });
 
   // Writing to a closed socket must fail with EPIPE, not kill the process.
-  struct sigaction old{};
+  struct sigaction old {};
   if (sigaction(SIGPIPE, nullptr, &old) == 0 && old.sa_handler == SIG_DFL) signal(SIGPIPE, SIG_IGN);
 
   if (config_.runtime_dir.empty()) {
@@ -186,7 +192,8 @@ int Server::prepare() {
     runtime_dir_ = config_.runtime_dir;
     if (mkdir(runtime_dir_.c_str(), 0700) != 0 && errno != EEXIST) {
       int e = errno;
-      set_result(VALVE_EINVALID, fmt::format("runtime-dir {}: cannot create: {}", runtime_dir_, strerror(e)));
+      set_result(VALVE_EINVALID,
+                 fmt::format("runtime-dir {}: cannot create: {}", runtime_dir_, strerror(e)));
       return VALVE_EINVALID;
     }
     chmod(runtime_dir_.c_str(), 0700);
@@ -223,19 +230,22 @@ int Server::prepare() {
     become_subreaper();
     sigchld_ = new_handle<uv_signal_t>(this);
     uv_signal_init(&loop_, sigchld_);
-    uv_signal_start(sigchld_, [](uv_signal_t *h, int) {
-      auto *self = static_cast<Server *>(h->data);
-      int status = 0;
-      pid_t pid;
-      while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
-        if (!self) continue;
-        if (Worker *w = self->pool_->find_pid(pid)) {
-          w->on_exit(status);
-        } else {
-          self->log_.debug("reaped orphan process {} ({})", pid, describe_exit(status));
-        }
-      }
-    }, SIGCHLD);
+    uv_signal_start(
+        sigchld_,
+        [](uv_signal_t *h, int) {
+          auto *self = static_cast<Server *>(h->data);
+          int status = 0;
+          pid_t pid;
+          while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+            if (!self) continue;
+            if (Worker *w = self->pool_->find_pid(pid)) {
+              w->on_exit(status);
+            } else {
+              self->log_.debug("reaped orphan process {} ({})", pid, describe_exit(status));
+            }
+          }
+        },
+        SIGCHLD);
   }
   return listen();
 }
@@ -244,8 +254,10 @@ int Server::listen() {
   std::string host = config_.host == "localhost" ? "127.0.0.1" : config_.host;
   sockaddr_storage addr{};
   bool v6 = false;
-  if (uv_ip4_addr(host.c_str(), static_cast<int>(config_.port), reinterpret_cast<sockaddr_in *>(&addr)) != 0) {
-    if (uv_ip6_addr(host.c_str(), static_cast<int>(config_.port), reinterpret_cast<sockaddr_in6 *>(&addr)) != 0) {
+  if (uv_ip4_addr(host.c_str(), static_cast<int>(config_.port),
+                  reinterpret_cast<sockaddr_in *>(&addr)) != 0) {
+    if (uv_ip6_addr(host.c_str(), static_cast<int>(config_.port),
+                    reinterpret_cast<sockaddr_in6 *>(&addr)) != 0) {
       set_result(VALVE_EINVALID, fmt::format("host {}: not an IPv4 or IPv6 address", config_.host));
       return VALVE_EINVALID;
     }
@@ -255,16 +267,18 @@ int Server::listen() {
   uv_tcp_init(&loop_, listener_);
   int rc = uv_tcp_bind(listener_, reinterpret_cast<const sockaddr *>(&addr), 0);
   if (rc == 0) {
-    rc = uv_listen(reinterpret_cast<uv_stream_t *>(listener_), 1024, [](uv_stream_t *s, int status) {
-      auto *self = static_cast<Server *>(s->data);
-      if (self && status == 0) self->on_connection();
-    });
+    rc =
+        uv_listen(reinterpret_cast<uv_stream_t *>(listener_), 1024, [](uv_stream_t *s, int status) {
+          auto *self = static_cast<Server *>(s->data);
+          if (self && status == 0) self->on_connection();
+        });
   }
   if (rc != 0) {
     bool host_problem = rc == UV_EADDRNOTAVAIL;
-    set_result(rc, host_problem ? fmt::format("host {}: cannot listen there: {}", config_.host, uv_message(rc))
-                                : fmt::format("port {}: cannot listen on {}: {}", config_.port, config_.host,
-                                              uv_message(rc)));
+    set_result(rc, host_problem ? fmt::format("host {}: cannot listen there: {}", config_.host,
+                                              uv_message(rc))
+                                : fmt::format("port {}: cannot listen on {}: {}", config_.port,
+                                              config_.host, uv_message(rc)));
     close_handle(listener_);
     return rc;
   }

@@ -14,9 +14,9 @@
 #include <vector>
 
 #include "config.hpp"
+#include "http.hpp"
 #include "log.hpp"
 #include "loop.hpp"
-#include "http.hpp"
 #include "util.hpp"
 
 namespace valve {
@@ -36,9 +36,9 @@ class Server {
   std::optional<std::string> check();
 
   // ---- any thread
-  int run();                // blocks until the server stops
-  int start_background();   // returns once the first worker is ready, or start-up failed
-  int wait();               // joins the background thread
+  int run();               // blocks until the server stops
+  int start_background();  // returns once the first worker is ready, or start-up failed
+  int wait();              // joins the background thread
   void stop(double deadline_seconds);
   std::string status_json();
   std::string address();

@@ -19,39 +19,15 @@ constexpr size_t kMaxResponseHead = 64 * 1024;
 UpstreamConn::UpstreamConn(Worker &worker)
     : worker_(worker), parser_(HTTP_RESPONSE, *this, kMaxResponseHead) {}
 
-UpstreamConn::~UpstreamConn() {
-  if (pipe_) close_handle(pipe_);
-  if (tcp_) close_handle(tcp_);
-}
+UpstreamConn::~UpstreamConn() = default;
 
-uv_stream_t *UpstreamConn::stream() {
-  return pipe_ ? reinterpret_cast<uv_stream_t *>(pipe_) : reinterpret_cast<uv_stream_t *>(tcp_);
-}
+uv_stream_t *UpstreamConn::stream() { return stream_.get(); }
 
 void UpstreamConn::connect() {
-  uv_loop_t *loop = worker_.pool().server().loop();
-  auto *req = new uv_connect_t{};
-  auto done = [](uv_connect_t *r, int status) {
-    auto *self = static_cast<UpstreamConn *>(r->handle->data);
-    delete r;
-    if (self) self->on_connect(status);
-  };
-  if (!worker_.socket_path().empty()) {
-    pipe_ = new_handle<uv_pipe_t>(this);
-    uv_pipe_init(loop, pipe_, 0);
-    uv_pipe_connect(req, pipe_, worker_.socket_path().c_str(), done);
-    return;
-  }
-  tcp_ = new_handle<uv_tcp_t>(this);
-  uv_tcp_init(loop, tcp_);
-  uv_tcp_nodelay(tcp_, 1);
-  sockaddr_in addr{};
-  uv_ip4_addr("127.0.0.1", worker_.port(), &addr);
-  int rc = uv_tcp_connect(req, tcp_, reinterpret_cast<const sockaddr *>(&addr), done);
-  if (rc != 0) {
-    delete req;
-    worker_.pool().server().defer([this, rc] { on_connect(rc); });
-  }
+  int rc = stream_.connect(
+      worker_.pool().server().loop(), this, worker_.socket_path(), worker_.port(),
+      [](void *self, int status) { static_cast<UpstreamConn *>(self)->on_connect(status); });
+  if (rc != 0) worker_.pool().server().defer([this, rc] { on_connect(rc); });
 }
 
 void UpstreamConn::on_connect(int status) {
@@ -74,7 +50,8 @@ void UpstreamConn::attach(Exchange &exchange) { exchange_ = &exchange; }
 void UpstreamConn::detach() {
   exchange_ = nullptr;
   paused_ = false;
-  if (connected_ && !broken_) start_reading();  // an idle connection watches for the worker closing it
+  if (connected_ && !broken_)
+    start_reading();  // an idle connection watches for the worker closing it
 }
 
 bool UpstreamConn::send(std::string data) {
@@ -92,9 +69,8 @@ bool UpstreamConn::send(std::string data) {
     }
   });
   if (rc != 0) {
-    worker_.pool().server().defer([this, rc] {
-      fail(fmt::format("writing to the worker failed: {}", uv_message(rc)));
-    });
+    worker_.pool().server().defer(
+        [this, rc] { fail(fmt::format("writing to the worker failed: {}", uv_message(rc))); });
     return true;
   }
   return write_queue_size(stream()) < kHighWater;
@@ -122,12 +98,15 @@ void UpstreamConn::on_read(ssize_t nread, const uv_buf_t *buf) {
   if (nread < 0) {
     if (nread == UV_EOF && exchange_ && parser_.in_message() && parser_.message_needs_eof()) {
       parser_.finish();  // a close-delimited body ends here
-      if (complete_) finish_response(0);
-      else fail("the worker closed the connection mid-answer");
+      if (complete_)
+        finish_response(0);
+      else
+        fail("the worker closed the connection mid-answer");
       return;
     }
     fail(nread == UV_EOF ? std::string("the worker closed the connection")
-                         : fmt::format("reading from the worker failed: {}", uv_message(static_cast<int>(nread))));
+                         : fmt::format("reading from the worker failed: {}",
+                                       uv_message(static_cast<int>(nread))));
     return;
   }
   if (!exchange_) {
@@ -141,7 +120,8 @@ void UpstreamConn::on_read(ssize_t nread, const uv_buf_t *buf) {
     finish_response(static_cast<size_t>(nread) - consumed);
     return;
   }
-  if (err != HPE_OK) fail(fmt::format("the worker's answer is malformed: {}", parser_.error_reason()));
+  if (err != HPE_OK)
+    fail(fmt::format("the worker's answer is malformed: {}", parser_.error_reason()));
 }
 
 void UpstreamConn::finish_response(size_t leftover) {

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "http.hpp"
+#include "util.hpp"
 
 namespace valve {
 
@@ -46,8 +47,7 @@ class UpstreamConn final : public HttpParser::Handler {
 
   Worker &worker_;
   Exchange *exchange_ = nullptr;
-  uv_pipe_t *pipe_ = nullptr;  // a Unix socket (plumber workers, {socket})
-  uv_tcp_t *tcp_ = nullptr;    // or loopback TCP ({port})
+  WorkerStream stream_;  // a Unix socket (plumber workers, {socket}) or loopback TCP ({port})
   HttpParser parser_;
   std::string unsent_;  // written before the connection was up
   bool connected_ = false;

@@ -30,6 +30,50 @@ void Timer::stop() { uv_timer_stop(handle_); }
 bool Timer::active() const { return uv_is_active(reinterpret_cast<const uv_handle_t *>(handle_)); }
 
 namespace {
+struct ConnectReq {
+  uv_connect_t req;
+  WorkerStream::ConnectDone done;
+};
+
+void on_connected(uv_connect_t *r, int status) {
+  auto *req = reinterpret_cast<ConnectReq *>(r);
+  void *owner = r->handle->data;
+  WorkerStream::ConnectDone done = req->done;
+  delete req;
+  if (owner) done(owner, status);
+}
+}  // namespace
+
+int WorkerStream::connect(uv_loop_t *loop, void *owner, const std::string &socket_path, int port,
+                          ConnectDone done) {
+  close();
+  auto *req = new ConnectReq{{}, done};
+  if (!socket_path.empty()) {
+    pipe_ = new_handle<uv_pipe_t>(owner);
+    uv_pipe_init(loop, pipe_, 0);
+    uv_pipe_connect(&req->req, pipe_, socket_path.c_str(), on_connected);
+    return 0;
+  }
+  tcp_ = new_handle<uv_tcp_t>(owner);
+  uv_tcp_init(loop, tcp_);
+  uv_tcp_nodelay(tcp_, 1);
+  sockaddr_in addr{};
+  uv_ip4_addr("127.0.0.1", port, &addr);
+  int rc = uv_tcp_connect(&req->req, tcp_, reinterpret_cast<const sockaddr *>(&addr), on_connected);
+  if (rc != 0) delete req;
+  return rc;
+}
+
+uv_stream_t *WorkerStream::get() const {
+  return pipe_ ? reinterpret_cast<uv_stream_t *>(pipe_) : reinterpret_cast<uv_stream_t *>(tcp_);
+}
+
+void WorkerStream::close() {
+  if (pipe_) close_handle(pipe_);
+  if (tcp_) close_handle(tcp_);
+}
+
+namespace {
 struct WriteReq {
   uv_write_t req;
   std::string data;
@@ -52,7 +96,9 @@ int write_string(uv_stream_t *stream, std::string data, WriteDone done) {
   return rc;
 }
 
-size_t write_queue_size(const uv_stream_t *stream) { return uv_stream_get_write_queue_size(stream); }
+size_t write_queue_size(const uv_stream_t *stream) {
+  return uv_stream_get_write_queue_size(stream);
+}
 
 void alloc_read_buffer(uv_handle_t *handle, size_t, uv_buf_t *buf) {
   static thread_local char storage[64 * 1024];
@@ -67,11 +113,21 @@ std::string json_escape(std::string_view s) {
   out.reserve(s.size() + 2);
   for (unsigned char c : s) {
     switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
       default:
         if (c < 0x20) {
           out += fmt::format("\\u{:04x}", c);
@@ -86,7 +142,8 @@ std::string json_escape(std::string_view s) {
 bool iequals(std::string_view a, std::string_view b) {
   if (a.size() != b.size()) return false;
   for (size_t i = 0; i < a.size(); ++i) {
-    if (std::tolower(static_cast<unsigned char>(a[i])) != std::tolower(static_cast<unsigned char>(b[i])))
+    if (std::tolower(static_cast<unsigned char>(a[i])) !=
+        std::tolower(static_cast<unsigned char>(b[i])))
       return false;
   }
   return true;
@@ -109,6 +166,8 @@ std::string random_hex(size_t bytes) {
 
 std::string format_seconds(double s) { return fmt::format("{}", s); }  // shortest round trip
 
-std::string uv_message(int err) { return fmt::format("{} ({})", uv_strerror(err), uv_err_name(err)); }
+std::string uv_message(int err) {
+  return fmt::format("{} ({})", uv_strerror(err), uv_err_name(err));
+}
 
 }  // namespace valve

@@ -46,6 +46,30 @@ class Timer {
   std::function<void()> cb_;
 };
 
+// A connection to a worker, over a Unix socket or loopback TCP, owned by one object. The handle
+// is closed (and freed) by close() or the destructor; callbacks never outlive the owner.
+class WorkerStream {
+ public:
+  using ConnectDone = void (*)(void *owner, int status);
+
+  WorkerStream() = default;
+  ~WorkerStream() { close(); }
+  WorkerStream(const WorkerStream &) = delete;
+  WorkerStream &operator=(const WorkerStream &) = delete;
+
+  // Starts connecting to socket_path (when not empty) or to 127.0.0.1:port. done(owner, status)
+  // runs once, unless the stream is closed first; an immediate failure is returned instead.
+  int connect(uv_loop_t *loop, void *owner, const std::string &socket_path, int port,
+              ConnectDone done);
+  uv_stream_t *get() const;
+  explicit operator bool() const { return pipe_ || tcp_; }
+  void close();
+
+ private:
+  uv_pipe_t *pipe_ = nullptr;
+  uv_tcp_t *tcp_ = nullptr;
+};
+
 // Writes data to the stream. done(stream, status) runs when the write finished, unless the stream's
 // owner is gone by then (handle->data is null).
 using WriteDone = void (*)(uv_stream_t *stream, int status);

@@ -87,35 +87,15 @@ class ReadinessProbe {
 
   void attempt() {
     drop();
-    auto *req = new uv_connect_t{};
-    auto done = [](uv_connect_t *r, int status) {
-      auto *self = static_cast<ReadinessProbe *>(r->handle->data);
-      delete r;
-      if (self) self->on_connect(status);
-    };
-    if (!worker_.socket_path().empty()) {
-      pipe_ = new_handle<uv_pipe_t>(this);
-      uv_pipe_init(loop_, pipe_, 0);
-      uv_pipe_connect(req, pipe_, worker_.socket_path().c_str(), done);
-    } else {
-      tcp_ = new_handle<uv_tcp_t>(this);
-      uv_tcp_init(loop_, tcp_);
-      sockaddr_in addr{};
-      uv_ip4_addr("127.0.0.1", worker_.port(), &addr);
-      if (uv_tcp_connect(req, tcp_, reinterpret_cast<const sockaddr *>(&addr), done) != 0) {
-        delete req;
-        again();
-      }
-    }
+    int rc = stream_.connect(
+        loop_, this, worker_.socket_path(), worker_.port(),
+        [](void *self, int status) { static_cast<ReadinessProbe *>(self)->on_connect(status); });
+    if (rc != 0) again();
   }
 
  private:
-  uv_stream_t *stream() {
-    return pipe_ ? reinterpret_cast<uv_stream_t *>(pipe_) : reinterpret_cast<uv_stream_t *>(tcp_);
-  }
   void drop() {
-    if (pipe_) close_handle(pipe_);
-    if (tcp_) close_handle(tcp_);
+    stream_.close();
     seen_.clear();
   }
   void again() {
@@ -125,27 +105,28 @@ class ReadinessProbe {
   }
   void on_connect(int status) {
     if (status != 0) return again();
-    write_string(stream(), "GET /__valve/ready HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    uv_read_start(stream(), alloc_read_buffer, [](uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
-      auto *self = static_cast<ReadinessProbe *>(s->data);
-      if (!self) return;
-      if (n < 0) return self->again();
-      self->seen_.append(buf->base, static_cast<size_t>(n));
-      if (self->seen_.size() < 9) return;
-      bool http = self->seen_.starts_with("HTTP/1.");
-      self->drop();
-      if (http) {
-        self->worker_.on_probe_result(true);  // may destroy this probe: nothing after it
-      } else {
-        self->again();
-      }
-    });
+    write_string(stream_.get(),
+                 "GET /__valve/ready HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    uv_read_start(
+        stream_.get(), alloc_read_buffer, [](uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
+          auto *self = static_cast<ReadinessProbe *>(s->data);
+          if (!self) return;
+          if (n < 0) return self->again();
+          self->seen_.append(buf->base, static_cast<size_t>(n));
+          if (self->seen_.size() < 9) return;
+          bool http = self->seen_.starts_with("HTTP/1.");
+          self->drop();
+          if (http) {
+            self->worker_.on_probe_result(true);  // may destroy this probe: nothing after it
+          } else {
+            self->again();
+          }
+        });
   }
 
   Worker &worker_;
   uv_loop_t *loop_;
-  uv_pipe_t *pipe_ = nullptr;
-  uv_tcp_t *tcp_ = nullptr;
+  WorkerStream stream_;
   std::string seen_;
   double delay_ = 0.02;
   Timer retry_;
@@ -161,13 +142,14 @@ Worker::Worker(Pool &pool, uint64_t id)
                                         format_seconds(pool_.config().startup_timeout));
                        kill("start-up timed out");
                      }),
-      kill_timer_(pool.server().loop(), [this] {
-        if (state_ == State::stopping) {
-          pool_.log().warn("{} did not exit within {} s of SIGTERM; sending SIGKILL", label(),
-                           format_seconds(pool_.config().kill_timeout));
-          signal_group(pid_, SIGKILL);
-        }
-      }),
+      kill_timer_(pool.server().loop(),
+                  [this] {
+                    if (state_ == State::stopping) {
+                      pool_.log().warn("{} did not exit within {} s of SIGTERM; sending SIGKILL",
+                                       label(), format_seconds(pool_.config().kill_timeout));
+                      signal_group(pid_, SIGKILL);
+                    }
+                  }),
       exit_check_(pool.server().loop(), [this] { check_exit(); }) {}
 
 Worker::~Worker() {
@@ -184,10 +166,14 @@ std::string Worker::address() const {
 
 const char *Worker::state_name() const {
   switch (state_) {
-    case State::starting: return "starting";
-    case State::ready: return "ready";
-    case State::stopping: return "stopping";
-    case State::exited: return "exited";
+    case State::starting:
+      return "starting";
+    case State::ready:
+      return "ready";
+    case State::stopping:
+      return "stopping";
+    case State::exited:
+      return "exited";
   }
   return "unknown";
 }
@@ -268,9 +254,10 @@ void Worker::check_exit() {
 void Worker::on_probe_result(bool answered) {
   if (!answered || state_ != State::starting) return;
   if (port_ != 0 && !port_listener_in_group(port_, pid_)) {
-    pool_.log().warn("{} lost the race for port {}: another process answers there; relaunching it "
-                     "on another port",
-                     label(), port_);
+    pool_.log().warn(
+        "{} lost the race for port {}: another process answers there; relaunching it "
+        "on another port",
+        label(), port_);
     lost_race_ = true;
     kill("lost its port");
     return;

@@ -25,6 +25,7 @@ extern "C" {
 
 /* valve's own error codes. libuv's codes (negative errno values) are passed through as they are;
  * valve's codes live below -10000 so the two never collide. */
+/* clang-format off */
 #define VALVE_ERRNO_MAP(XX)                                                                        \
   XX(INVALID, -10001, "invalid argument or configuration value")                                  \
   XX(STATE, -10002, "operation not allowed in the server's current state")                        \
@@ -32,12 +33,13 @@ extern "C" {
   XX(NOMEM, -10004, "out of memory")                                                              \
   XX(INTERNAL, -10005, "internal error")                                                          \
   XX(CONFIG, -10006, "the worker environment is unusable (R or plumber missing)")
+/* clang-format on */
 
 typedef enum {
 #define VALVE_ERR_ENUM_(name, code, text) VALVE_E##name = code,
   VALVE_ERRNO_MAP(VALVE_ERR_ENUM_)
 #undef VALVE_ERR_ENUM_
-  VALVE_E_LAST_ = -10006
+      VALVE_E_LAST_ = -10006
 } valve_errno_t;
 
 /* The symbolic name of an error code ("VALVE_EINVALID", "EADDRINUSE"); never NULL. */
@@ -45,7 +47,8 @@ VALVE_API const char *valve_err_name(int err);
 /* A human-readable description of an error code; never NULL. */
 VALVE_API const char *valve_strerror(int err);
 
-/* The runtime library version as "MAJOR.MINOR.PATCH", and as the number MAJOR*10000+MINOR*100+PATCH. */
+/* The runtime library version as "MAJOR.MINOR.PATCH", and as the number
+ * MAJOR*10000+MINOR*100+PATCH. */
 VALVE_API const char *valve_version_string(void);
 VALVE_API unsigned valve_version(void);
 
