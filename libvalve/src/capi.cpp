@@ -14,15 +14,30 @@
 
 namespace {
 
-// Owns a host's log callback; destroy(user_data) runs when the last holder goes.
-struct LogTarget {
-  valve_log_cb cb = nullptr;
+// Owns a host's callback; destroy(user_data) runs when the last holder goes.
+template <typename Fn>
+struct Callback {
+  Fn cb = nullptr;
   void *user_data = nullptr;
   void (*destroy)(void *) = nullptr;
-  ~LogTarget() {
+  ~Callback() {
     if (destroy) destroy(user_data);
   }
 };
+using LogTarget = Callback<valve_log_cb>;
+using EventTarget = Callback<valve_event_cb>;
+
+// Replaces *slot with a new callback (or none when cb is NULL, whose destroy then runs at once).
+template <typename Fn>
+int set_callback(std::shared_ptr<Callback<Fn>> &slot, Fn cb, void *user_data,
+                 void (*destroy)(void *)) {
+  auto target = std::make_shared<Callback<Fn>>();
+  target->cb = cb;
+  target->user_data = user_data;
+  target->destroy = destroy;
+  slot = cb ? std::move(target) : nullptr;
+  return 0;
+}
 
 template <typename F>
 int guarded(std::string *error, F &&f) {
@@ -45,12 +60,14 @@ int guarded(std::string *error, F &&f) {
 struct valve_config {
   valve::Config cfg;
   std::shared_ptr<LogTarget> log;
+  std::shared_ptr<EventTarget> events;
   std::string error;
   std::string value;
 };
 
 struct valve_server {
-  std::shared_ptr<LogTarget> log;  // declared first: outlives the server that calls it
+  std::shared_ptr<LogTarget> log;  // declared first: they outlive the server that calls them
+  std::shared_ptr<EventTarget> events;
   std::unique_ptr<valve::Server> server;
   std::string error;
 };
@@ -149,14 +166,18 @@ int valve_config_set_log_callback(valve_config_t *cfg, valve_log_cb cb, void *us
     if (destroy) destroy(user_data);
     return VALVE_EINVALID;
   }
-  int rc = guarded(&cfg->error, [&] {
-    auto target = std::make_shared<LogTarget>();
-    target->cb = cb;
-    target->user_data = user_data;
-    target->destroy = destroy;
-    cfg->log = cb ? std::move(target) : nullptr;  // clearing: destroy runs now
-    return 0;
-  });
+  int rc = guarded(&cfg->error, [&] { return set_callback(cfg->log, cb, user_data, destroy); });
+  if (rc != 0 && destroy) destroy(user_data);
+  return rc;
+}
+
+int valve_config_set_event_callback(valve_config_t *cfg, valve_event_cb cb, void *user_data,
+                                    void (*destroy)(void *)) {
+  if (!cfg) {
+    if (destroy) destroy(user_data);
+    return VALVE_EINVALID;
+  }
+  int rc = guarded(&cfg->error, [&] { return set_callback(cfg->events, cb, user_data, destroy); });
   if (rc != 0 && destroy) destroy(user_data);
   return rc;
 }
@@ -172,9 +193,11 @@ int valve_server_new(valve_server_t **out, valve_config_t *cfg) {
     }
     auto sv = std::make_unique<valve_server>();
     sv->log = cfg->log;
-    valve::LogSink sink = sv->log ? sv->log->cb : nullptr;
-    void *data = sv->log ? sv->log->user_data : nullptr;
-    sv->server = std::make_unique<valve::Server>(cfg->cfg, sink, data);
+    sv->events = cfg->events;
+    valve::Hooks hooks;
+    if (sv->log) hooks.log = sv->log->cb, hooks.log_data = sv->log->user_data;
+    if (sv->events) hooks.event = sv->events->cb, hooks.event_data = sv->events->user_data;
+    sv->server = std::make_unique<valve::Server>(cfg->cfg, hooks);
     if (auto err = sv->server->check()) {
       cfg->error = *err;
       return static_cast<int>(VALVE_EINVALID);

@@ -27,7 +27,7 @@ Exchange::Exchange(Server &server, ClientConn &client, Head request)
       client_(&client),
       request_(std::move(request)),
       peer_ip_(client.peer_ip()),
-      arrived_ms_(monotonic_ms()),
+      arrived_ns_(uv_hrtime()),
       timer_(server.loop(), [this] { on_timeout(); }) {
   const std::string *id = request_.find("x-request-id");
   request_id_ = id && !id->empty() && id->size() <= 200 ? *id : random_hex(16);
@@ -109,6 +109,7 @@ void Exchange::reject(int status, std::string_view message) {
 void Exchange::dispatch(Worker &worker, UpstreamConn &conn) {
   queued_ = false;
   worker_ = &worker;
+  served_by_ = worker.id();
   upstream_ = &conn;
   conn.attach(*this);
   timer_.start(server_.config().timeout);
@@ -319,6 +320,13 @@ void Exchange::maybe_finish() {
   if (client_ && !response_done_) return;
   finished_ = true;
   timer_.stop();
+  if (server_.wants_events()) {
+    server_.emit(fmt::format(
+        R"({{"event":"request_completed","request_id":"{}","method":"{}","target":"{}","status":{},)"
+        R"("worker":{},"duration_ms":{:.3f}}})",
+        json_escape(request_id_), json_escape(request_.method), json_escape(request_.target),
+        status_, served_by_, (uv_hrtime() - arrived_ns_) / 1e6));
+  }
   if (client_) {
     ClientConn *c = client_;
     client_ = nullptr;

@@ -84,7 +84,8 @@ class Exchange {
   Framing framing_ = Framing::none;
   int status_ = 0;
   bool finished_ = false;
-  uint64_t arrived_ms_;
+  uint64_t arrived_ns_;
+  uint64_t served_by_ = 0;  // the worker that took it last (0: none)
   Timer timer_;
 };
 

@@ -48,8 +48,10 @@ local({
 
 }  // namespace
 
-Server::Server(Config config, LogSink sink, void *sink_data)
-    : config_(std::move(config)), log_(config_.log_level, sink, sink_data) {
+Server::Server(Config config, Hooks hooks)
+    : config_(std::move(config)),
+      hooks_(hooks),
+      log_(config_.log_level, hooks.log, hooks.log_data) {
   uv_loop_init(&loop_);
   inbox_ = std::make_unique<Inbox>(&loop_);
   pool_ = std::make_unique<Pool>(*this, config_);
@@ -334,6 +336,10 @@ void Server::run_deferred() {
     for (auto &fn : now) fn();
   }
   if (deferred_idle_) uv_idle_stop(deferred_idle_);
+}
+
+void Server::emit(const std::string &event_json) const {
+  if (hooks_.event) hooks_.event(hooks_.event_data, event_json.c_str());
 }
 
 void Server::on_first_ready() {

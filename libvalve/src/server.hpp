@@ -25,9 +25,19 @@ class Pool;
 class ClientConn;
 class Exchange;
 
+using EventSink = void (*)(void *user_data, const char *event_json);
+
+// The host's callbacks; null members are unused.
+struct Hooks {
+  LogSink log = nullptr;
+  void *log_data = nullptr;
+  EventSink event = nullptr;
+  void *event_data = nullptr;
+};
+
 class Server {
  public:
-  Server(Config config, LogSink sink, void *sink_data);
+  Server(Config config, Hooks hooks);
   ~Server();
   Server(const Server &) = delete;
   Server &operator=(const Server &) = delete;
@@ -55,6 +65,9 @@ class Server {
   // Start-up cannot succeed (no worker became ready, R or plumber missing): stop with this result.
   void fatal(int code, std::string message);
   void on_first_ready();
+  bool wants_events() const { return hooks_.event != nullptr; }
+  // Hands one event (a JSON object) to the host, if it asked for events.
+  void emit(const std::string &event_json) const;
   void on_pool_terminated();
 
   Exchange &open_exchange(ClientConn &client, Head head);
@@ -81,6 +94,7 @@ class Server {
   void set_result(int code, std::string message);
 
   Config config_;
+  Hooks hooks_;
   Logger log_;
   uv_loop_t loop_{};
   std::unique_ptr<Inbox> inbox_;

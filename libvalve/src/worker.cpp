@@ -239,6 +239,8 @@ int Worker::launch() {
   }
   startup_timer_.start(cfg.startup_timeout);
   pool_.log().info("{} launched, serving on {}", label(), address());
+  if (server.wants_events())
+    server.emit(fmt::format(R"({{"event":"worker_launched","worker":{},"pid":{}}})", id_, pid_));
   probe_ = std::make_unique<ReadinessProbe>(*this, loop);
   probe_->attempt();
   return 0;
@@ -270,6 +272,10 @@ void Worker::on_ready() {
   ready_ms_ = last_used_ms_ = monotonic_ms();
   startup_timer_.stop();
   pool_.log().info("{} ready after {} ms", label(), ready_ms_ - started_ms_);
+  if (pool_.server().wants_events())
+    pool_.server().emit(
+        fmt::format(R"({{"event":"worker_ready","worker":{},"pid":{},"startup_ms":{}}})", id_, pid_,
+                    ready_ms_ - started_ms_));
   pool_.server().defer([p = probe_.release()] { delete p; });
   pool_.on_worker_ready(*this);
 }
@@ -348,6 +354,10 @@ void Worker::on_exit(int wait_status) {
   auto level = stop_requested_ ? LogLevel::info : LogLevel::warn;
   pool_.log().write(level, fmt::format("{} {}{}", label(), describe_exit(wait_status),
                                        stop_requested_ ? "" : " unexpectedly"));
+  if (pool_.server().wants_events())
+    pool_.server().emit(fmt::format(
+        R"({{"event":"worker_exited","worker":{},"pid":{},"status":"{}","expected":{}}})", id_,
+        pid_, json_escape(describe_exit(wait_status)), stop_requested_ ? "true" : "false"));
   fail_conns(fmt::format("worker {} {}", id_, describe_exit(wait_status)));
   if (!socket_path_.empty()) unlink(socket_path_.c_str());
   pool_.on_worker_exit(*this, wait_status, !was_ready());

@@ -85,6 +85,18 @@ typedef void (*valve_log_cb)(void *user_data, int level, const char *line);
 VALVE_API int valve_config_set_log_callback(valve_config_t *cfg, valve_log_cb cb, void *user_data,
                                             void (*destroy)(void *user_data));
 
+/* Events, as one JSON object each, for hosts that watch the pool:
+ *   {"event":"worker_launched","worker":3,"pid":1234}
+ *   {"event":"worker_ready","worker":3,"pid":1234,"startup_ms":512}
+ *   {"event":"worker_exited","worker":3,"pid":1234,"status":"exited with status 0","expected":true}
+ *   {"event":"request_completed","request_id":"...","method":"GET","target":"/echo","status":200,
+ *    "worker":3,"duration_ms":12.5}
+ * The string is valid only during the call. Runs on the loop thread: it must not block, and must
+ * not call valve_server_free(). destroy(user_data) runs as for valve_config_set_log_callback(). */
+typedef void (*valve_event_cb)(void *user_data, const char *event_json);
+VALVE_API int valve_config_set_event_callback(valve_config_t *cfg, valve_event_cb cb,
+                                              void *user_data, void (*destroy)(void *user_data));
+
 /* ---- Server ------------------------------------------------------------------------------- */
 
 typedef struct valve_server valve_server_t;
