@@ -4,6 +4,7 @@
 #include <valve/valve.h>
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <doctest/doctest.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -489,4 +490,102 @@ TEST_CASE("capi: a request refused for its Transfer-Encoding never reaches a wor
   CHECK(valve_server_stop(s.sv, 5) == 0);
   CHECK(valve_server_wait(s.sv) == 0);
   CHECK(no_children_left());
+}
+
+namespace {
+size_t thread_count() {
+  size_t n = 0;
+  if (DIR *d = opendir("/proc/self/task")) {
+    while (dirent *e = readdir(d)) n += e->d_name[0] != '.';
+    closedir(d);
+  }
+  return n;
+}
+
+struct EventSink {
+  std::mutex mutex;
+  std::vector<std::string> events;
+  static void on_event(void *self, const char *json) {
+    auto *sink = static_cast<EventSink *>(self);
+    std::lock_guard lock(sink->mutex);
+    sink->events.emplace_back(json);
+  }
+  size_t count(std::string_view kind) {
+    std::lock_guard lock(mutex);
+    std::string needle = "\"event\":\"" + std::string(kind) + "\"";
+    size_t n = 0;
+    for (const auto &e : events) n += e.find(needle) != std::string::npos;
+    return n;
+  }
+};
+}  // namespace
+
+TEST_CASE("capi: 100 start/stop cycles in one process leave no thread, child or leak behind") {
+  const char *backend = getenv("VALVE_BACKEND");
+  REQUIRE_MESSAGE(backend != nullptr, "VALVE_BACKEND is not set: run the tests through meson");
+  REQUIRE(no_children_left());
+  size_t threads_before = thread_count();
+  for (int round = 0; round < 100; ++round) {
+    INFO("round " << round);
+    ServerGuard s;
+    {
+      ConfigGuard c;
+      c.set("cmd", std::string(backend) + " --port {port}");
+      c.set("port", "0");
+      c.set("log-level", "error");
+      REQUIRE_MESSAGE(valve_server_new(&s.sv, c.cfg) == 0, valve_config_last_error(c.cfg));
+    }
+    REQUIRE_MESSAGE(valve_server_start(s.sv) == 0, valve_server_last_error(s.sv));
+    REQUIRE(thread_count() == threads_before + 1);  // exactly one loop thread while running
+    REQUIRE(valve_server_stop(s.sv, 5) == 0);
+    REQUIRE(valve_server_wait(s.sv) == 0);
+    valve_server_free(s.sv);
+    s.sv = nullptr;
+    REQUIRE(thread_count() == threads_before);
+    REQUIRE(no_children_left());
+  }
+}
+
+TEST_CASE("capi: the event callback reports workers and requests as JSON") {
+  const char *backend = getenv("VALVE_BACKEND");
+  REQUIRE_MESSAGE(backend != nullptr, "VALVE_BACKEND is not set: run the tests through meson");
+  EventSink sink;
+  int destroyed = 0;
+  ServerGuard s;
+  {
+    ConfigGuard c;
+    REQUIRE(valve_config_set_event_callback(c.cfg, EventSink::on_event, &sink, nullptr) == 0);
+    // Replacing a callback destroys the old one's user data at once.
+    REQUIRE(valve_config_set_event_callback(c.cfg, EventSink::on_event, &destroyed,
+                                            [](void *p) { ++*static_cast<int *>(p); }) == 0);
+    REQUIRE(valve_config_set_event_callback(c.cfg, EventSink::on_event, &sink, nullptr) == 0);
+    CHECK(destroyed == 1);
+    c.set("cmd", std::string(backend) + " --port {port}");
+    c.set("port", "0");
+    c.set("log-level", "error");
+    REQUIRE(valve_server_new(&s.sv, c.cfg) == 0);
+  }
+  REQUIRE(valve_server_start(s.sv) == 0);
+  char address[64];
+  REQUIRE(valve_server_address(s.sv, address, sizeof address) == 0);
+  CHECK(http_get(port_of(address), "/hello").starts_with("HTTP/1.1 200 "));
+  REQUIRE(valve_server_stop(s.sv, 5) == 0);
+  REQUIRE(valve_server_wait(s.sv) == 0);
+  CHECK(sink.count("worker_launched") == 1);
+  CHECK(sink.count("worker_ready") == 1);
+  CHECK(sink.count("worker_exited") == 1);
+  CHECK(sink.count("request_completed") == 1);
+  std::lock_guard lock(sink.mutex);
+  for (const auto &e : sink.events) {
+    INFO(e);
+    test::Json j = test::parse_json(e);  // each is one well-formed JSON object
+    if (j["event"].text == "request_completed") {
+      CHECK(j["status"].number == 200);
+      CHECK(j["method"].text == "GET");
+      CHECK(j["target"].text == "/hello");
+      CHECK(j["worker"].number == 1);
+      CHECK(j["duration_ms"].number >= 0);
+    }
+    if (j["event"].text == "worker_exited") CHECK(j["expected"].kind == test::Json::Kind::boolean);
+  }
 }
