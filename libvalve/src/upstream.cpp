@@ -37,6 +37,7 @@ void UpstreamConn::on_connect(int status) {
     return;
   }
   connected_ = true;
+  stream_.quickack();
   if (!unsent_.empty()) {
     std::string data = std::move(unsent_);
     unsent_.clear();
@@ -95,6 +96,9 @@ void UpstreamConn::resume_reading() {
 
 void UpstreamConn::on_read(ssize_t nread, const uv_buf_t *buf) {
   if (nread == 0 || broken_) return;
+  // Over TCP, a worker that writes a response in pieces with Nagle on (plumber/httpuv does) meets
+  // our delayed ACK and stalls 40 ms a request. Linux clears TCP_QUICKACK after use: re-arm it.
+  stream_.quickack();
   if (nread < 0) {
     if (nread == UV_EOF && exchange_ && parser_.in_message() && parser_.message_needs_eof()) {
       parser_.finish();  // a close-delimited body ends here

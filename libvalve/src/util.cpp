@@ -2,6 +2,10 @@
 
 #include <fmt/format.h>
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+
 #include <cctype>
 #include <random>
 
@@ -66,6 +70,13 @@ int WorkerStream::connect(uv_loop_t *loop, void *owner, const std::string &socke
 
 uv_stream_t *WorkerStream::get() const {
   return pipe_ ? reinterpret_cast<uv_stream_t *>(pipe_) : reinterpret_cast<uv_stream_t *>(tcp_);
+}
+
+void WorkerStream::quickack() const {
+  uv_os_fd_t fd;
+  if (!tcp_ || uv_fileno(reinterpret_cast<const uv_handle_t *>(tcp_), &fd) != 0) return;
+  int on = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &on, sizeof on);
 }
 
 void WorkerStream::close() {

@@ -63,6 +63,8 @@ class WorkerStream {
               ConnectDone done);
   uv_stream_t *get() const;
   explicit operator bool() const { return pipe_ || tcp_; }
+  // TCP only: acknowledge at once instead of delaying (re-armed after every read).
+  void quickack() const;
   void close();
 
  private:

@@ -77,11 +77,7 @@ class Api(ValveTestCase):
 
 
 class Latency(ValveTestCase):
-    def test_no_keep_alive_stall_to_plumber(self):
-        # plumber's keep-alive connections stall 40 ms per request (delayed ACK); valve's
-        # connection to its workers must not.
-        valve = self.start_valve("-f", app_path("api.R"), "-n", "1", ready="/pid",
-                                 ready_timeout=60)
+    def assert_no_stall(self, valve):
         with valve.raw() as conn:
             conn.request("GET", "/pid")
             gets, posts = [], []
@@ -94,6 +90,21 @@ class Latency(ValveTestCase):
                 posts.append(time.monotonic() - started)
         self.assertLess(statistics.median(gets), 0.020, f"GET latencies {gets}")
         self.assertLess(statistics.median(posts), 0.020, f"POST latencies {posts}")
+
+    def test_no_keep_alive_stall_to_plumber(self):
+        # plumber's keep-alive connections stall 40 ms per request (delayed ACK); valve's
+        # connection to its workers must not.
+        valve = self.start_valve("-f", app_path("api.R"), "-n", "1", ready="/pid",
+                                 ready_timeout=60)
+        self.assert_no_stall(valve)
+
+    def test_no_keep_alive_stall_to_plumber_over_tcp(self):
+        # The same plumber API supervised through --cmd on a TCP port: valve re-arms TCP_QUICKACK
+        # on its kept-alive connection, so httpuv's Nagle does not meet a delayed ACK.
+        serve = (f"Rscript -e 'plumber::pr_run(plumber::pr(\"{app_path('api.R')}\"), "
+                 "host=\"127.0.0.1\", port={port}, docs=FALSE)'")
+        valve = self.start_valve("--cmd", serve, "-n", "1", ready="/pid", ready_timeout=60)
+        self.assert_no_stall(valve)
 
 
 class NoDocs(ValveTestCase):
