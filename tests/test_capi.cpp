@@ -14,10 +14,12 @@
 
 #include <atomic>
 #include <cerrno>
+#include <csignal>
 #include <cstring>
 #include <mutex>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "support.hpp"
@@ -588,4 +590,68 @@ TEST_CASE("capi: the event callback reports workers and requests as JSON") {
     }
     if (j["event"].text == "worker_exited") CHECK(j["expected"].kind == test::Json::Kind::boolean);
   }
+}
+
+TEST_CASE("capi: status before start answers at once; wait() also waits for run() elsewhere") {
+  const char *backend = getenv("VALVE_BACKEND");
+  REQUIRE_MESSAGE(backend != nullptr, "VALVE_BACKEND is not set: run the tests through meson");
+  ServerGuard s;
+  {
+    ConfigGuard c;
+    c.set("cmd", std::string(backend) + " --port {port}");
+    c.set("port", "0");
+    c.set("log-level", "error");
+    REQUIRE(valve_server_new(&s.sv, c.cfg) == 0);
+  }
+  char *json = nullptr;
+  REQUIRE(valve_server_status(s.sv, &json) == 0);  // used to wait forever for a loop not running
+  CHECK(test::parse_json(json)["state"].text == "created");
+  valve_free(json);
+
+  std::atomic<int> run_result{-1};
+  std::thread runner([&] { run_result = valve_server_run(s.sv); });
+  char address[64];
+  for (int i = 0; i < 500 && valve_server_address(s.sv, address, sizeof address) != 0; ++i)
+    usleep(10000);
+  std::atomic<bool> waited{false};
+  std::thread waiter([&] {
+    CHECK(valve_server_wait(s.sv) == 0);
+    waited = true;
+  });
+  usleep(200000);
+  CHECK_FALSE(waited.load());  // run() still serving: wait() must not return yet
+  REQUIRE(valve_server_stop(s.sv, 5) == 0);
+  runner.join();
+  waiter.join();
+  CHECK(waited.load());
+  CHECK(run_result.load() == 0);
+  CHECK(no_children_left());
+}
+
+TEST_CASE("capi: handle-signals gives the host its SIGTERM handler back when the server ends") {
+  const char *backend = getenv("VALVE_BACKEND");
+  REQUIRE_MESSAGE(backend != nullptr, "VALVE_BACKEND is not set: run the tests through meson");
+  static volatile sig_atomic_t seen = 0;
+  struct sigaction mine {}, before {};
+  mine.sa_handler = [](int) { seen = 1; };
+  sigemptyset(&mine.sa_mask);
+  REQUIRE(sigaction(SIGTERM, &mine, &before) == 0);
+  {
+    ServerGuard s;
+    ConfigGuard c;
+    c.set("cmd", std::string(backend) + " --port {port}");
+    c.set("port", "0");
+    c.set("log-level", "error");
+    c.set("handle-signals", "true");
+    REQUIRE(valve_server_new(&s.sv, c.cfg) == 0);
+    REQUIRE(valve_server_start(s.sv) == 0);
+    REQUIRE(valve_server_stop(s.sv, 5) == 0);
+    REQUIRE(valve_server_wait(s.sv) == 0);
+  }
+  struct sigaction now {};
+  REQUIRE(sigaction(SIGTERM, nullptr, &now) == 0);
+  CHECK(now.sa_handler == mine.sa_handler);
+  raise(SIGTERM);
+  CHECK(seen == 1);
+  sigaction(SIGTERM, &before, nullptr);
 }

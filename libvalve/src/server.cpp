@@ -98,6 +98,10 @@ int Server::run() {
   }
   while (!deferred_.empty()) run_deferred();
   uv_run(&loop_, UV_RUN_NOWAIT);
+  if (restore_signals_) {
+    sigaction(SIGINT, &saved_sigint_, nullptr);
+    sigaction(SIGTERM, &saved_sigterm_, nullptr);
+  }
   remove_runtime_dir();
   std::lock_guard lock(mutex_);
   done_ = true;
@@ -116,7 +120,9 @@ int Server::start_background() {
 
 int Server::wait() {
   if (thread_.joinable() && thread_.get_id() != std::this_thread::get_id()) thread_.join();
-  std::lock_guard lock(mutex_);
+  std::unique_lock lock(mutex_);
+  // Serving through run() on another thread: wait for that to end (not from the loop thread).
+  if (std::this_thread::get_id() != loop_thread_) cv_.wait(lock, [this] { return !running_; });
   return result_;
 }
 
@@ -135,12 +141,14 @@ std::string Server::last_error() {
 }
 
 std::string Server::status_json() {
-  bool on_loop_thread;
+  bool on_loop_thread, running;
   {
     std::lock_guard lock(mutex_);
+    running = running_;
     on_loop_thread = running_ && std::this_thread::get_id() == loop_thread_;
   }
   if (on_loop_thread) return status_json_now();
+  if (!running) return idle_status_json();
   auto promise = std::make_shared<std::promise<std::string>>();
   auto future = promise->get_future();
   if (inbox_->post([this, promise] { promise->set_value(status_json_now()); })) {
@@ -150,8 +158,17 @@ std::string Server::status_json() {
       // The loop ended before it got to the request.
     }
   }
-  return fmt::format("{{\"state\":\"stopped\",\"workers\":[],\"queue\":0,\"config\":{}}}",
-                     config_.to_json());
+  return idle_status_json();
+}
+
+std::string Server::idle_status_json() {
+  bool done;
+  {
+    std::lock_guard lock(mutex_);
+    done = done_;
+  }
+  return fmt::format(R"({{"version":"{}","state":"{}","workers":[],"queue":0,"config":{}}})",
+                     VALVE_VERSION_STRING, done ? "stopped" : "created", config_.to_json());
 }
 
 std::string Server::status_json_now() {
@@ -210,6 +227,10 @@ int Server::prepare() {
   }
 
   if (config_.handle_signals) {
+    // libuv resets a signal to SIG_DFL when its last watcher closes: keep the host's to restore.
+    sigaction(SIGINT, nullptr, &saved_sigint_);
+    sigaction(SIGTERM, nullptr, &saved_sigterm_);
+    restore_signals_ = true;
     auto on_signal = [](uv_signal_t *h, int signum) {
       auto *self = static_cast<Server *>(h->data);
       if (!self) return;

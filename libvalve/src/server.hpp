@@ -1,6 +1,7 @@
 // The server: one loop thread owning a listener, client connections, exchanges and the pool.
 #pragma once
 
+#include <signal.h>
 #include <uv.h>
 
 #include <condition_variable>
@@ -91,6 +92,7 @@ class Server {
   void remove_runtime_dir();
   void run_deferred();
   std::string status_json_now();
+  std::string idle_status_json();  // before run() and after it ended
   void set_result(int code, std::string message);
 
   Config config_;
@@ -111,6 +113,9 @@ class Server {
   std::vector<std::function<void()>> deferred_;
   std::string runtime_dir_;
   bool own_runtime_dir_ = false;
+  bool restore_signals_ = false;
+  struct sigaction saved_sigint_ {};
+  struct sigaction saved_sigterm_ {};
   bool stopping_ = false;
   bool terminating_ = false;
   bool finished_ = false;
