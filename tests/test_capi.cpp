@@ -650,7 +650,8 @@ TEST_CASE("capi: handle-signals gives the host its SIGTERM handler back when the
   }
   struct sigaction now {};
   REQUIRE(sigaction(SIGTERM, nullptr, &now) == 0);
-  CHECK(now.sa_handler == mine.sa_handler);
+  bool restored = now.sa_handler == mine.sa_handler;
+  CHECK(restored);
   raise(SIGTERM);
   CHECK(seen == 1);
   sigaction(SIGTERM, &before, nullptr);
