@@ -632,7 +632,8 @@ TEST_CASE("capi: handle-signals gives the host its SIGTERM handler back when the
   const char *backend = getenv("VALVE_BACKEND");
   REQUIRE_MESSAGE(backend != nullptr, "VALVE_BACKEND is not set: run the tests through meson");
   static volatile sig_atomic_t seen = 0;
-  struct sigaction mine {}, before {};
+  struct sigaction mine {
+  }, before{};
   mine.sa_handler = [](int) { seen = 1; };
   sigemptyset(&mine.sa_mask);
   REQUIRE(sigaction(SIGTERM, &mine, &before) == 0);
@@ -655,4 +656,27 @@ TEST_CASE("capi: handle-signals gives the host its SIGTERM handler back when the
   raise(SIGTERM);
   CHECK(seen == 1);
   sigaction(SIGTERM, &before, nullptr);
+}
+
+TEST_CASE("capi: a stop before start ends the server; last_error belongs to the last call") {
+  const char *backend = getenv("VALVE_BACKEND");
+  REQUIRE_MESSAGE(backend != nullptr, "VALVE_BACKEND is not set: run the tests through meson");
+  ServerGuard s;
+  {
+    ConfigGuard c;
+    c.set("cmd", std::string(backend) + " --port {port}");
+    c.set("port", "0");
+    c.set("log-level", "error");
+    REQUIRE(valve_server_new(&s.sv, c.cfg) == 0);
+  }
+  REQUIRE(valve_server_stop(s.sv, 0) == 0);
+  CHECK(valve_server_start(s.sv) == VALVE_ESTATE);  // not a launch that stops at once
+  CHECK(no_children_left());
+  char *json = nullptr;
+  REQUIRE(valve_server_status(s.sv, &json) == 0);
+  CHECK(test::parse_json(json)["state"].text == "stopped");
+  valve_free(json);
+  char address[64];
+  CHECK(valve_server_address(s.sv, address, sizeof address) == VALVE_ESTATE);
+  CHECK(std::string(valve_server_last_error(s.sv)) == "the server is not listening");
 }

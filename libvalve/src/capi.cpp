@@ -217,14 +217,21 @@ void valve_server_free(valve_server_t *sv) {
   delete sv;
 }
 
+// The outcome of a run: its message, or none.
+static int run_result(valve_server_t *sv, int rc) {
+  sv->error = rc == 0 ? std::string() : sv->server->last_error();
+  if (rc != 0 && sv->error.empty()) sv->error = valve_strerror(rc);
+  return rc;
+}
+
 int valve_server_run(valve_server_t *sv) {
   if (!sv) return VALVE_EINVALID;
-  return guarded(&sv->error, [&] { return sv->server->run(); });
+  return guarded(&sv->error, [&] { return run_result(sv, sv->server->run()); });
 }
 
 int valve_server_start(valve_server_t *sv) {
   if (!sv) return VALVE_EINVALID;
-  return guarded(&sv->error, [&] { return sv->server->start_background(); });
+  return guarded(&sv->error, [&] { return run_result(sv, sv->server->start_background()); });
 }
 
 int valve_server_stop(valve_server_t *sv, double deadline_seconds) {
@@ -237,7 +244,7 @@ int valve_server_stop(valve_server_t *sv, double deadline_seconds) {
 
 int valve_server_wait(valve_server_t *sv) {
   if (!sv) return VALVE_EINVALID;
-  return guarded(&sv->error, [&] { return sv->server->wait(); });
+  return guarded(&sv->error, [&] { return run_result(sv, sv->server->wait()); });
 }
 
 int valve_server_status(valve_server_t *sv, char **json_out) {
@@ -254,7 +261,10 @@ int valve_server_address(valve_server_t *sv, char *buf, size_t len) {
   if (!sv || !buf || len == 0) return VALVE_EINVALID;
   return guarded(&sv->error, [&] {
     std::string addr = sv->server->address();
-    if (addr.empty()) return static_cast<int>(VALVE_ESTATE);
+    if (addr.empty()) {
+      sv->error = "the server is not listening";
+      return static_cast<int>(VALVE_ESTATE);
+    }
     size_t n = std::min(len - 1, addr.size());
     memcpy(buf, addr.data(), n);
     buf[n] = 0;
@@ -262,15 +272,7 @@ int valve_server_address(valve_server_t *sv, char *buf, size_t len) {
   });
 }
 
-const char *valve_server_last_error(valve_server_t *sv) {
-  if (!sv) return "";
-  try {
-    std::string e = sv->server->last_error();
-    if (!e.empty()) sv->error = e;
-  } catch (...) {
-  }
-  return sv->error.c_str();
-}
+const char *valve_server_last_error(valve_server_t *sv) { return sv ? sv->error.c_str() : ""; }
 
 void valve_free(void *ptr) { free(ptr); }
 

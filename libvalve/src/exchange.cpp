@@ -89,6 +89,8 @@ void Exchange::on_client_gone() {
   // A worker that has the whole request is busy with it: it gets no new request until it answers
   // (the response is read and dropped). One that got part of a body never started on it.
   if (upstream_ && !request_complete_) detach_upstream(false);
+  // Reading may be paused for a slow client: the rest of the answer is now read and dropped.
+  if (upstream_) upstream_->resume_reading();
   maybe_finish();
 }
 

@@ -25,6 +25,22 @@ namespace valve {
 
 namespace {
 
+std::pair<int, struct sigaction> save_signal(int signum) {
+  struct sigaction action {};
+  sigaction(signum, nullptr, &action);
+  return {signum, action};
+}
+
+// libuv installs its handlers without SA_ONSTACK, which Go (a host through cgo) requires of every
+// handler that may run on one of its threads.
+void add_onstack(int signum) {
+  struct sigaction action {};
+  if (sigaction(signum, nullptr, &action) == 0 && !(action.sa_flags & SA_ONSTACK)) {
+    action.sa_flags |= SA_ONSTACK;
+    sigaction(signum, &action, nullptr);
+  }
+}
+
 // Run by every plumber worker: load the API, serve it on the Unix socket valve assigned. httpuv's
 // pipe server has no Nagle/delayed-ACK stall on kept-alive connections, unlike plumber over TCP.
 constexpr const char *kWorkerScript =
@@ -88,6 +104,22 @@ int Server::run() {
     running_ = true;
     loop_thread_ = std::this_thread::get_id();
   }
+  // A write to a closed socket raises SIGPIPE in the writing thread. Whatever the host does with
+  // SIGPIPE (R installs a handler that raises an R error), it must not run on valve's loop: block
+  // it here, and drop any left pending before the host's mask comes back.
+  sigset_t pipe_only, host_mask;
+  sigemptyset(&pipe_only);
+  sigaddset(&pipe_only, SIGPIPE);
+  pthread_sigmask(SIG_BLOCK, &pipe_only, &host_mask);
+  int rc = serve();
+  timespec no_wait{};
+  while (sigtimedwait(&pipe_only, nullptr, &no_wait) == SIGPIPE) {
+  }
+  pthread_sigmask(SIG_SETMASK, &host_mask, nullptr);
+  return rc;
+}
+
+int Server::serve() {
   int rc = prepare();
   if (rc == 0) {
     pool_->start();
@@ -98,10 +130,7 @@ int Server::run() {
   }
   while (!deferred_.empty()) run_deferred();
   uv_run(&loop_, UV_RUN_NOWAIT);
-  if (restore_signals_) {
-    sigaction(SIGINT, &saved_sigint_, nullptr);
-    sigaction(SIGTERM, &saved_sigterm_, nullptr);
-  }
+  for (const auto &[signum, action] : saved_signals_) sigaction(signum, &action, nullptr);
   remove_runtime_dir();
   std::lock_guard lock(mutex_);
   done_ = true;
@@ -115,7 +144,9 @@ int Server::start_background() {
   if (running_ || done_ || thread_.joinable()) return VALVE_ESTATE;
   thread_ = std::thread([this] { run(); });
   cv_.wait(lock, [this] { return started_ || done_; });
-  return done_ ? result_ : 0;
+  if (!done_) return 0;
+  if (result_ == 0) last_error_ = "the server was stopped before a worker became ready";
+  return result_ != 0 ? result_ : VALVE_ESTATE;
 }
 
 int Server::wait() {
@@ -127,6 +158,15 @@ int Server::wait() {
 }
 
 void Server::stop(double deadline_seconds) {
+  {
+    // Never started: it is over now, and a later start is refused rather than stopping at once.
+    std::lock_guard lock(mutex_);
+    if (!running_ && !done_ && !thread_.joinable()) {
+      done_ = true;
+      cv_.notify_all();
+      return;
+    }
+  }
   inbox_->post([this, deadline_seconds] { begin_stop(deadline_seconds); });
 }
 
@@ -193,10 +233,6 @@ int Server::prepare() {
     if (auto *self = static_cast<Server *>(h->data)) self->run_deferred();
   });
 
-  // Writing to a closed socket must fail with EPIPE, not kill the process.
-  struct sigaction old {};
-  if (sigaction(SIGPIPE, nullptr, &old) == 0 && old.sa_handler == SIG_DFL) signal(SIGPIPE, SIG_IGN);
-
   if (config_.runtime_dir.empty()) {
     const char *tmp = getenv("TMPDIR");
     std::string templ = fmt::format("{}/valve-XXXXXX", tmp && *tmp ? tmp : "/tmp");
@@ -228,9 +264,8 @@ int Server::prepare() {
 
   if (config_.handle_signals) {
     // libuv resets a signal to SIG_DFL when its last watcher closes: keep the host's to restore.
-    sigaction(SIGINT, nullptr, &saved_sigint_);
-    sigaction(SIGTERM, nullptr, &saved_sigterm_);
-    restore_signals_ = true;
+    saved_signals_.push_back(save_signal(SIGINT));
+    saved_signals_.push_back(save_signal(SIGTERM));
     auto on_signal = [](uv_signal_t *h, int signum) {
       auto *self = static_cast<Server *>(h->data);
       if (!self) return;
@@ -248,8 +283,11 @@ int Server::prepare() {
     uv_signal_init(&loop_, sigterm_);
     uv_signal_start(sigint_, on_signal, SIGINT);
     uv_signal_start(sigterm_, on_signal, SIGTERM);
+    add_onstack(SIGINT);
+    add_onstack(SIGTERM);
   }
   if (config_.reap_orphans) {
+    saved_signals_.push_back(save_signal(SIGCHLD));
     become_subreaper();
     sigchld_ = new_handle<uv_signal_t>(this);
     uv_signal_init(&loop_, sigchld_);
@@ -269,6 +307,7 @@ int Server::prepare() {
           }
         },
         SIGCHLD);
+    add_onstack(SIGCHLD);
   }
   return listen();
 }

@@ -12,6 +12,7 @@
 #include <string>
 #include <thread>
 #include <unordered_set>
+#include <utility>
 #include <vector>
 
 #include "config.hpp"
@@ -82,6 +83,7 @@ class Server {
   }
 
  private:
+  int serve();  // run() with SIGPIPE blocked
   int prepare();
   int listen();
   void on_connection();
@@ -113,9 +115,7 @@ class Server {
   std::vector<std::function<void()>> deferred_;
   std::string runtime_dir_;
   bool own_runtime_dir_ = false;
-  bool restore_signals_ = false;
-  struct sigaction saved_sigint_ {};
-  struct sigaction saved_sigterm_ {};
+  std::vector<std::pair<int, struct sigaction>> saved_signals_;  // the host's, restored at the end
   bool stopping_ = false;
   bool terminating_ = false;
   bool finished_ = false;

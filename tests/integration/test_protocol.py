@@ -2,6 +2,8 @@
 pipelining, streaming bodies, forwarded headers, and valve's own 4xx answers."""
 
 import os
+import socket
+import struct
 import time
 import unittest
 
@@ -329,6 +331,25 @@ class ValveErrors(ValveTestCase):
             self.assertGreater(waited, 0.9, "the worker got a request while still busy")
         stats = valve.get("/stats").json()
         self.assertEqual(stats["max_in_flight"], 1, stats)
+
+    def test_client_gone_mid_download_frees_its_worker_soon(self):
+        # valve pauses reading from a worker while a slow client catches up; when that client goes
+        # away, the rest of the answer is drained at once, not left until --timeout kills the worker.
+        valve = self.start_backend_valve("-n", "1", "--timeout", "20")
+        first_pid = int(valve.get("/pid").body)
+        sock = socket.create_connection((valve.host, valve.port))
+        sock.sendall(b"GET /bytes?n=200000000 HTTP/1.1\r\nHost: a\r\n\r\n")
+        sock.recv(65536)
+        time.sleep(0.5)  # valve's buffers toward this client fill, and it stops reading the worker
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()  # a reset
+        started = time.monotonic()
+        response = valve.get("/pid", timeout=30)
+        waited = time.monotonic() - started
+        self.assertEqual(response.status, 200, response)
+        self.assertEqual(int(response.body), first_pid, "the worker was replaced, not drained")
+        self.assertLess(waited, 8, "the worker stayed busy with an answer nobody reads")
+        self.assertNotIn("gave no answer", valve.log())
 
 
 if __name__ == "__main__":
