@@ -1,0 +1,3 @@
+module valve.dev/valve
+
+go 1.19

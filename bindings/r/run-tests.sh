@@ -1,0 +1,36 @@
+#!/bin/sh
+# Installs the R package from a copy in the build tree (R CMD INSTALL compiles inside the package
+# directory, and the source tree stays clean) into $VALVE_R_LIB, then runs either the testthat
+# suite (`run-tests.sh test`) or examples/embed.R (`run-tests.sh example`). R runs without
+# LD_LIBRARY_PATH: the package must find libvalve through the rpath its Makevars sets.
+set -eu
+mode=${1:-test}
+: "${VALVE_SRC:?} ${VALVE_BUILD:?} ${VALVE_R_LIB:?}"
+here=$(cd "$(dirname "$0")" && pwd)
+
+stage=$(mktemp -d "$VALVE_BUILD/r-package.XXXXXX")
+trap 'rm -rf "$stage"' EXIT INT TERM
+cp -R "$here" "$stage/valve"
+rm -f "$stage"/valve/src/*.o "$stage"/valve/src/*.so
+mkdir -p "$VALVE_R_LIB"
+R CMD INSTALL --no-test-load --no-multiarch -l "$VALVE_R_LIB" "$stage/valve"
+
+case "$mode" in
+  test)
+    cd "$stage/valve/tests/testthat"
+    env -u LD_LIBRARY_PATH Rscript --vanilla -e '
+      .libPaths(c(Sys.getenv("VALVE_R_LIB"), .libPaths()))
+      library(testthat)
+      library(valve)
+      cat("valve", valve_version(), "from", find.package("valve"), "\n")
+      test_dir(".", package = "valve", load_package = "installed", reporter = "summary",
+               stop_on_failure = TRUE, stop_on_warning = TRUE)'
+    ;;
+  example)
+    env -u LD_LIBRARY_PATH Rscript --vanilla "$VALVE_SRC/examples/embed.R"
+    ;;
+  *)
+    echo "usage: $0 [test|example]" >&2
+    exit 2
+    ;;
+esac
