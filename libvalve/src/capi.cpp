@@ -27,18 +27,7 @@ struct Callback {
 using LogTarget = Callback<valve_log_cb>;
 using EventTarget = Callback<valve_event_cb>;
 
-// Replaces *slot with a new callback (or none when cb is NULL, whose destroy then runs at once).
-template <typename Fn>
-int set_callback(std::shared_ptr<Callback<Fn>> &slot, Fn cb, void *user_data,
-                 void (*destroy)(void *)) {
-  auto target = std::make_shared<Callback<Fn>>();
-  target->cb = cb;
-  target->user_data = user_data;
-  target->destroy = destroy;
-  slot = cb ? std::move(target) : nullptr;
-  return 0;
-}
-
+// Runs f, turning any exception into an error code (and a message in *error).
 template <typename F>
 int guarded(std::string *error, F &&f) {
   try {
@@ -64,6 +53,31 @@ struct valve_config {
   std::string error;
   std::string value;
 };
+
+namespace {
+
+// Replaces a config's callback (none when cb is NULL). destroy(user_data) runs when the last
+// server using it is freed, or at once if the callback is replaced, cleared or this call fails.
+template <typename Fn>
+int set_callback(valve_config_t *cfg, std::shared_ptr<Callback<Fn>> valve_config::*slot, Fn cb,
+                 void *user_data, void (*destroy)(void *)) {
+  if (!cfg) {
+    if (destroy) destroy(user_data);
+    return VALVE_EINVALID;
+  }
+  int rc = guarded(&cfg->error, [&] {
+    auto target = std::make_shared<Callback<Fn>>();
+    target->cb = cb;
+    target->user_data = user_data;
+    target->destroy = destroy;
+    cfg->*slot = cb ? std::move(target) : nullptr;
+    return 0;
+  });
+  if (rc != 0 && destroy) destroy(user_data);
+  return rc;
+}
+
+}  // namespace
 
 struct valve_server {
   std::shared_ptr<LogTarget> log;  // declared first: they outlive the server that calls them
@@ -162,24 +176,12 @@ const char *valve_config_last_error(const valve_config_t *cfg) {
 
 int valve_config_set_log_callback(valve_config_t *cfg, valve_log_cb cb, void *user_data,
                                   void (*destroy)(void *)) {
-  if (!cfg) {
-    if (destroy) destroy(user_data);
-    return VALVE_EINVALID;
-  }
-  int rc = guarded(&cfg->error, [&] { return set_callback(cfg->log, cb, user_data, destroy); });
-  if (rc != 0 && destroy) destroy(user_data);
-  return rc;
+  return set_callback(cfg, &valve_config::log, cb, user_data, destroy);
 }
 
 int valve_config_set_event_callback(valve_config_t *cfg, valve_event_cb cb, void *user_data,
                                     void (*destroy)(void *)) {
-  if (!cfg) {
-    if (destroy) destroy(user_data);
-    return VALVE_EINVALID;
-  }
-  int rc = guarded(&cfg->error, [&] { return set_callback(cfg->events, cb, user_data, destroy); });
-  if (rc != 0 && destroy) destroy(user_data);
-  return rc;
+  return set_callback(cfg, &valve_config::events, cb, user_data, destroy);
 }
 
 int valve_server_new(valve_server_t **out, valve_config_t *cfg) {
