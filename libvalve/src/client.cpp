@@ -8,8 +8,6 @@
 namespace valve {
 
 namespace {
-constexpr size_t kHighWater = 256 * 1024;
-constexpr size_t kLowWater = 64 * 1024;
 constexpr size_t kMaxPipelined = 64 * 1024;
 constexpr double kLingerSeconds = 2;
 }  // namespace
@@ -195,19 +193,18 @@ bool ClientConn::send(std::string data) {
     close();
     return true;
   }
-  return write_queue_size(stream) < kHighWater;
+  return write_queue_size(stream) < kWriteHighWater;
 }
 
 void ClientConn::on_written() {
   auto *stream = reinterpret_cast<uv_stream_t *>(tcp_);
-  if (current_ && write_queue_size(stream) < kLowWater) current_->on_client_drained();
+  if (current_ && write_queue_size(stream) < kWriteLowWater) current_->on_client_drained();
 }
 
 void ClientConn::exchange_done(bool keep_alive) {
   current_ = nullptr;
   if (closing_) return;
   if (!keep_alive || draining_ || eof_) {
-    close_after_response_ = true;
     // Flush what is written, then close the write side and linger so the client reads it all.
     auto *req = new uv_shutdown_t{};
     closing_ = true;

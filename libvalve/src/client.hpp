@@ -64,7 +64,6 @@ class ClientConn final : public HttpParser::Handler {
   unsigned blocks_ = 0;
   bool reading_ = false;
   bool closing_ = false;
-  bool close_after_response_ = false;
   bool draining_ = false;
   bool eof_ = false;
   std::string peer_ip_;

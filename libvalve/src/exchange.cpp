@@ -12,10 +12,6 @@ namespace valve {
 
 namespace {
 
-bool is_token_in(const Head &h, std::string_view header, std::string_view name) {
-  return h.has_token(header, name);
-}
-
 std::string chunk(std::string_view data) {
   return fmt::format("{:x}\r\n{}\r\n", data.size(), data);
 }
@@ -139,7 +135,7 @@ std::string Exchange::upstream_head() const {
   const std::string *xfhost = nullptr;
   bool has_request_id = false;
   for (const auto &h : request_.headers) {
-    if (is_hop_by_hop(h.name) || is_token_in(request_, "connection", h.name)) continue;
+    if (is_hop_by_hop(h.name) || request_.has_token("connection", h.name)) continue;
     if (iequals(h.name, "expect")) continue;
     if (iequals(h.name, "content-length") && body_chunked_) continue;
     if (iequals(h.name, "x-forwarded-for")) {
@@ -234,9 +230,7 @@ void Exchange::on_upstream_failed(std::string_view reason) {
   if (response_started_) {
     server_.log().warn("request {} {} {}: worker {} failed mid-answer ({}); closing the client",
                        request_id_, request_.method, request_.target, worker_id, reason);
-    if (client_) client_->close();
-    client_ = nullptr;
-    maybe_finish();
+    abort_client();
     return;
   }
   if (client_ && retryable() && !server_.stopping()) {
@@ -253,8 +247,6 @@ void Exchange::on_upstream_failed(std::string_view reason) {
 void Exchange::on_upstream_drained() {
   if (client_ && !request_complete_) client_->hold_body(false);
 }
-
-void Exchange::on_worker_lost(std::string_view reason) { on_upstream_failed(reason); }
 
 void Exchange::on_timeout() {
   if (queued_) {
@@ -278,15 +270,20 @@ void Exchange::send_error(int status, std::string_view message, std::string_view
   if (upstream_) detach_upstream(false);
   status_ = status;
   if (!client_ || response_started_) {
-    if (client_) client_->close();
-    client_ = nullptr;
-    maybe_finish();
+    abort_client();
     return;
   }
   // After an error the rest of the request may still be on the wire: close unless it was all read.
   client_keep_alive_ = request_.keep_alive && request_complete_ && !server_.stopping();
   write_client(error_response(status, message, request_id_, client_keep_alive_, extra_headers));
   end_response();
+  maybe_finish();
+}
+
+void Exchange::abort_client() {
+  // Part of an answer went out, or none can: the connection is the only way left to say so.
+  if (client_) client_->close();
+  client_ = nullptr;
   maybe_finish();
 }
 
@@ -328,11 +325,6 @@ void Exchange::maybe_finish() {
         R"("worker":{},"duration_ms":{:.3f}}})",
         json_escape(request_id_), json_escape(request_.method), json_escape(request_.target),
         status_, served_by_, (uv_hrtime() - arrived_ns_) / 1e6));
-  }
-  if (client_) {
-    ClientConn *c = client_;
-    client_ = nullptr;
-    c->exchange_done(false);
   }
   server_.close_exchange(*this);
 }

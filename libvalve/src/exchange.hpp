@@ -42,20 +42,17 @@ class Exchange {
   void on_upstream_failed(std::string_view reason);
   void on_upstream_drained();
 
-  // Kills the request at once: the worker is assumed stuck (timeout) or gone.
-  void on_worker_lost(std::string_view reason);
-
   bool retryable() const;
   uint64_t excluded_worker() const { return excluded_worker_; }
   const Head &request() const { return request_; }
   const std::string &request_id() const { return request_id_; }
-  bool finished() const { return finished_; }
   bool response_started() const { return response_started_; }
 
  private:
   enum class Framing { none, length, chunked, close };
 
   void send_error(int status, std::string_view message, std::string_view extra_headers = {});
+  void abort_client();  // closes the client's connection (if any) and ends the exchange
   void write_client(std::string data);
   void end_response();
   void detach_upstream(bool reusable);

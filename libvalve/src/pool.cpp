@@ -155,8 +155,7 @@ void Pool::on_worker_exit(Worker &w, int wait_status, bool never_ready) {
                       "output:{}",
                       failures_, w.label(), describe_exit(wait_status), w.tail()));
     } else {
-      double delay = crash_backoff_seconds(failures_);
-      next_launch_ms_ = monotonic_ms() + static_cast<uint64_t>(delay * 1000);
+      double delay = back_off();
       log().warn("{}{} failed to start; next launch in {} s{}",
                  failures_ >= 2 ? "crash loop: " : "", w.label(), format_seconds(delay),
                  failures_ >= 2 ? fmt::format(" ({} launches in a row failed)", failures_) : "");
@@ -165,8 +164,7 @@ void Pool::on_worker_exit(Worker &w, int wait_status, bool never_ready) {
     // A worker that dies soon after becoming ready is part of a crash loop too.
     bool unstable = monotonic_ms() - w.ready_ms() < kStableMs;
     failures_ = unstable ? failures_ + 1 : 0;
-    double delay = crash_backoff_seconds(failures_);
-    next_launch_ms_ = monotonic_ms() + static_cast<uint64_t>(delay * 1000);
+    double delay = back_off();
     if (failures_ >= 2) {
       log().warn(
           "crash loop: {} crashed {} s after start; {} workers in a row died young; next "
@@ -176,14 +174,7 @@ void Pool::on_worker_exit(Worker &w, int wait_status, bool never_ready) {
       log().warn("{} crashed; replacing it if needed", w.label());
     }
   }
-  // Forget the worker once this callback is over.
-  for (auto it = workers_.begin(); it != workers_.end(); ++it) {
-    if (it->get() == &w) {
-      server_.defer_delete(it->release());
-      workers_.erase(it);
-      break;
-    }
-  }
+  server_.defer_erase(workers_, &w);  // forget the worker once this callback is over
   if (terminating_) {
     if (all_exited()) server_.on_pool_terminated();
     return;
@@ -227,15 +218,19 @@ void Pool::launch_needed() {
   for (size_t i = 0; i < n; ++i) launch_one();
 }
 
+double Pool::back_off() {
+  double delay = crash_backoff_seconds(failures_);
+  next_launch_ms_ = monotonic_ms() + static_cast<uint64_t>(delay * 1000);
+  return delay;
+}
+
 void Pool::launch_one() {
   auto w = std::make_unique<Worker>(*this, next_id_++);
   int rc = w->launch();
   if (rc != 0) {
     log().error("cannot launch a worker: {}", uv_message(rc));
     ++failures_;
-    double delay = crash_backoff_seconds(failures_);
-    next_launch_ms_ = monotonic_ms() + static_cast<uint64_t>(delay * 1000);
-    launch_timer_.start(delay);
+    launch_timer_.start(back_off());
     return;
   }
   workers_.push_back(std::move(w));

@@ -58,6 +58,8 @@ class Pool {
   void drain_queue();
   void launch_needed();
   void launch_one();
+  // Delays the next launch by the crash-loop backoff for failures_; returns the delay.
+  double back_off();
   void retire_idle();
   void remove_exited();
 

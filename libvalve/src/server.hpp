@@ -6,6 +6,7 @@
 
 #include <condition_variable>
 #include <functional>
+#include <list>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -80,6 +81,17 @@ class Server {
   template <typename T>
   void defer_delete(T *p) {
     defer([p] { delete p; });
+  }
+  // Takes p out of the list that owns it, deleting it after the current callback has returned.
+  template <typename T>
+  void defer_erase(std::list<std::unique_ptr<T>> &owners, T *p) {
+    for (auto it = owners.begin(); it != owners.end(); ++it) {
+      if (it->get() == p) {
+        defer_delete(it->release());
+        owners.erase(it);
+        return;
+      }
+    }
   }
 
  private:

@@ -11,8 +11,6 @@
 namespace valve {
 
 namespace {
-constexpr size_t kHighWater = 256 * 1024;
-constexpr size_t kLowWater = 64 * 1024;
 constexpr size_t kMaxResponseHead = 64 * 1024;
 }  // namespace
 
@@ -59,13 +57,13 @@ bool UpstreamConn::send(std::string data) {
   if (broken_) return true;
   if (!connected_) {
     unsent_ += data;
-    return unsent_.size() < kHighWater;
+    return unsent_.size() < kWriteHighWater;
   }
   int rc = write_string(stream(), std::move(data), [](uv_stream_t *s, int status) {
     auto *self = static_cast<UpstreamConn *>(s->data);
     if (status != 0) {
       self->fail(fmt::format("writing to the worker failed: {}", uv_message(status)));
-    } else if (self->exchange_ && write_queue_size(s) < kLowWater) {
+    } else if (self->exchange_ && write_queue_size(s) < kWriteLowWater) {
       self->exchange_->on_upstream_drained();
     }
   });
@@ -74,7 +72,7 @@ bool UpstreamConn::send(std::string data) {
         [this, rc] { fail(fmt::format("writing to the worker failed: {}", uv_message(rc))); });
     return true;
   }
-  return write_queue_size(stream()) < kHighWater;
+  return write_queue_size(stream()) < kWriteHighWater;
 }
 
 void UpstreamConn::start_reading() {

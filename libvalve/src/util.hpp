@@ -75,6 +75,11 @@ class WorkerStream {
 // Writes data to the stream. done(stream, status) runs when the write finished, unless the stream's
 // owner is gone by then (handle->data is null).
 using WriteDone = void (*)(uv_stream_t *stream, int status);
+
+// Backpressure for every stream valve writes: past the high mark the source stops being read;
+// below the low mark it is read again.
+inline constexpr size_t kWriteHighWater = 256 * 1024;
+inline constexpr size_t kWriteLowWater = 64 * 1024;
 int write_string(uv_stream_t *stream, std::string data, WriteDone done = nullptr);
 size_t write_queue_size(const uv_stream_t *stream);
 

@@ -309,13 +309,7 @@ void Worker::drop_idle(UpstreamConn &conn) { forget_conn(conn); }
 
 void Worker::forget_conn(UpstreamConn &conn) {
   idle_.erase(std::remove(idle_.begin(), idle_.end(), &conn), idle_.end());
-  for (auto it = conns_.begin(); it != conns_.end(); ++it) {
-    if (it->get() == &conn) {
-      pool_.server().defer_delete(it->release());
-      conns_.erase(it);
-      return;
-    }
-  }
+  pool_.server().defer_erase(conns_, &conn);
 }
 
 void Worker::fail_conns(std::string_view why) {
