@@ -375,6 +375,35 @@ def format_request(method, target, headers=None, body=b"", host="valve.test"):
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
+class SteadyLoad:
+    """`clients` threads sending GET `path` back to back for `seconds`, each status (or the
+    exception's repr) recorded. join() waits for them (bounded) and returns every status."""
+
+    def __init__(self, valve, path, seconds, clients=3, timeout=60):
+        self.statuses = []
+        self._lock = threading.Lock()
+        stop = time.monotonic() + seconds
+
+        def client():
+            while time.monotonic() < stop:
+                try:
+                    status = valve.get(path, timeout=timeout).status
+                except Exception as exc:  # noqa: BLE001 - counted as a failure
+                    status = repr(exc)
+                with self._lock:
+                    self.statuses.append(status)
+
+        self._threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
+        for t in self._threads:
+            t.start()
+
+    def join(self, timeout):
+        for t in self._threads:
+            t.join(timeout)
+        with self._lock:
+            return list(self.statuses)
+
+
 def parallel(functions, timeout=120):
     """Runs the functions on threads at once; returns their results in order. An exception in one
     is returned in its place, so a test can count failures."""

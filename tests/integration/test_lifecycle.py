@@ -9,7 +9,8 @@ import threading
 import time
 import unittest
 
-from harness import ValveTestCase, backend_cmd, is_alive, parallel, run_valvectl, wait_until
+from harness import (SteadyLoad, ValveTestCase, backend_cmd, is_alive, parallel, run_valvectl,
+                     wait_until)
 
 
 def backend_pids(valve):
@@ -86,27 +87,11 @@ class WorkerDeath(ValveTestCase):
     def test_worker_killed_under_load(self):
         valve = self.start_backend_valve("-n", "3", "--n-min", "3")
         wait_until(lambda: len(backend_pids(valve)) == 3, 10, message="three backends")
-        stop = time.monotonic() + 3.0
-        statuses = []
-        lock = threading.Lock()
-
-        def client():
-            while time.monotonic() < stop:
-                try:
-                    status = valve.get("/sleep?ms=100", timeout=15).status
-                except Exception as exc:  # noqa: BLE001 - counted as a failure
-                    status = repr(exc)
-                with lock:
-                    statuses.append(status)
-
-        threads = [threading.Thread(target=client) for _ in range(3)]
-        for t in threads:
-            t.start()
+        load = SteadyLoad(valve, "/sleep?ms=100", seconds=3.0, clients=3, timeout=15)
         time.sleep(1.0)
         victim = backend_pids(valve)[0]
         os.kill(victim, signal.SIGKILL)
-        for t in threads:
-            t.join(30)
+        statuses = load.join(30)
         failures = [s for s in statuses if s != 200]
         self.assertGreater(len(statuses), 20)
         self.assertEqual(failures, [], "GETs on a killed worker are retried on another")

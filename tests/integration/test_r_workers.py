@@ -7,7 +7,8 @@ import threading
 import time
 import unittest
 
-from harness import ValveTestCase, app_path, is_alive, parallel, run_valvectl, wait_until
+from harness import (SteadyLoad, ValveTestCase, app_path, is_alive, parallel, run_valvectl,
+                     wait_until)
 
 
 class BrokenApi(ValveTestCase):
@@ -29,27 +30,11 @@ class RWorkers(ValveTestCase):
         wait_until(lambda: len(valve.workers()) == 3, 30, message="three R workers")
         # Let all three finish starting before the load.
         parallel([lambda: valve.get("/sleep?zzz=0.5", timeout=60) for _ in range(3)])
-        stop = time.monotonic() + 4.0
-        statuses = []
-        lock = threading.Lock()
-
-        def client():
-            while time.monotonic() < stop:
-                try:
-                    status = valve.get("/sleep?zzz=0.2", timeout=60).status
-                except Exception as exc:  # noqa: BLE001 - counted as a failure
-                    status = repr(exc)
-                with lock:
-                    statuses.append(status)
-
-        threads = [threading.Thread(target=client) for _ in range(3)]
-        for t in threads:
-            t.start()
+        load = SteadyLoad(valve, "/sleep?zzz=0.2", seconds=4.0, clients=3, timeout=60)
         time.sleep(1.0)
         victim = valve.worker_pids()[0]
         os.kill(victim, signal.SIGKILL)
-        for t in threads:
-            t.join(90)
+        statuses = load.join(90)
         self.assertGreater(len(statuses), 10)
         self.assertEqual([s for s in statuses if s != 200], [],
                          "a GET on the killed worker is retried on another")
