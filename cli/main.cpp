@@ -22,9 +22,10 @@ int main(int argc, char **argv) {
       "Exit status: 0 after a clean stop (SIGINT or SIGTERM), 1 when no worker became ready, "
       "2 for a bad flag or value.");
 
-  // Subcommands (status, reload, check FILE) join here, one file each; without one, valvectl
-  // serves.
+  // Subcommands join here, one file each; without one, valvectl serves.
   valvectl::ServeCommand serve(app);
+  valvectl::AdminCommands admin(app);
+  app.require_subcommand(0, 1);
 
   try {
     app.parse(argc, argv);
@@ -32,6 +33,17 @@ int main(int argc, char **argv) {
     if (e.get_exit_code() == static_cast<int>(CLI::ExitCodes::Success)) return app.exit(e);
     valvectl::print_error(e.what());
     return valvectl::kExitUsage;
+  }
+  if (const CLI::App *command = admin.chosen()) {
+    // "valvectl --admin X status" would silently ignore X: a subcommand's flags follow its name.
+    for (const CLI::Option *option : app.get_options()) {
+      if (option->count() == 0) continue;
+      valvectl::print_error(option->get_name() + ": a flag for serving, not one of " +
+                            command->get_name() + "'s (see valvectl " + command->get_name() +
+                            " --help)");
+      return valvectl::kExitUsage;
+    }
+    return admin.run();
   }
   return serve.run();
 }

@@ -36,4 +36,27 @@ class ServeCommand {
   std::deque<Flag> flags_;  // a deque: CLI11 keeps pointers to each value
 };
 
+// status, reload and scale: clients of a running valvectl's admin interface (its --admin flag).
+// Each takes --admin ADDR (HOST:PORT, [IPv6]:PORT or unix:/path), by default $VALVE_ADMIN.
+class AdminCommands {
+ public:
+  explicit AdminCommands(CLI::App &app);
+  AdminCommands(const AdminCommands &) = delete;
+  AdminCommands &operator=(const AdminCommands &) = delete;
+
+  // The subcommand named on the command line, or nullptr: then valvectl serves.
+  CLI::App *chosen() const;
+  // Runs the chosen subcommand (one request to the admin interface); returns the exit status.
+  int run() const;
+
+ private:
+  CLI::App *status_ = nullptr;
+  CLI::App *reload_ = nullptr;
+  CLI::App *scale_ = nullptr;
+  std::string admin_;      // shared: only one subcommand runs
+  bool raw_json_ = false;  // status --json
+  std::string n_min_;
+  std::string n_max_;
+};
+
 }  // namespace valvectl

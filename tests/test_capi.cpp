@@ -12,10 +12,13 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <csignal>
 #include <cstring>
+#include <functional>
 #include <mutex>
 #include <set>
 #include <string>
@@ -174,7 +177,7 @@ TEST_CASE("capi: valve_config_key lists every option, each described, then NULL"
     // A non-empty default is named in the description.
     if (*value) CHECK(std::string(about).find("(default: ") != std::string::npos);
   }
-  CHECK(i == 25);
+  CHECK(i == 38);
   CHECK(valve_config_key(i) == nullptr);
   CHECK(valve_config_key(static_cast<size_t>(-1)) == nullptr);
   CHECK(keys.count("n-max") == 1);
@@ -679,4 +682,88 @@ TEST_CASE("capi: a stop before start ends the server; last_error belongs to the 
   char address[64];
   CHECK(valve_server_address(s.sv, address, sizeof address) == VALVE_ESTATE);
   CHECK(std::string(valve_server_last_error(s.sv)) == "the server is not listening");
+}
+
+namespace {
+test::Json status_of(valve_server_t *sv) {
+  char *json = nullptr;
+  REQUIRE(valve_server_status(sv, &json) == 0);
+  test::Json status = test::parse_json(json);
+  valve_free(json);
+  return status;
+}
+
+// The pids of the workers in a state, from the status snapshot.
+std::vector<pid_t> pids_in(valve_server_t *sv, std::string_view state) {
+  std::vector<pid_t> out;
+  test::Json status = status_of(sv);
+  for (const auto &w : status["workers"].items)
+    if (w["state"].text == state) out.push_back(static_cast<pid_t>(w["pid"].number));
+  return out;
+}
+
+bool eventually(const std::function<bool()> &done, double seconds = 10) {
+  auto until = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+  while (!done()) {
+    if (std::chrono::steady_clock::now() > until) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return true;
+}
+}  // namespace
+
+TEST_CASE("capi: reload replaces every worker with a new generation; scale sets n-min and n-max") {
+  const char *backend = getenv("VALVE_BACKEND");
+  REQUIRE_MESSAGE(backend != nullptr, "VALVE_BACKEND is not set: run the tests through meson");
+  ServerGuard s;
+  {
+    ConfigGuard c;
+    c.set("cmd", std::string(backend) + " --port {port}");
+    c.set("port", "0");
+    c.set("n-min", "2");
+    c.set("n-max", "4");
+    c.set("log-level", "error");
+    REQUIRE(valve_server_new(&s.sv, c.cfg) == 0);
+  }
+  // Neither works before the server runs.
+  CHECK(valve_server_reload(s.sv) == VALVE_ESTATE);
+  CHECK(std::string(valve_server_last_error(s.sv)) == "the server is not running");
+  CHECK(valve_server_scale(s.sv, 1, 2) == VALVE_ESTATE);
+  REQUIRE_MESSAGE(valve_server_start(s.sv) == 0, valve_server_last_error(s.sv));
+  REQUIRE(eventually([&] { return pids_in(s.sv, "ready").size() == 2; }));
+  std::vector<pid_t> before = pids_in(s.sv, "ready");
+  CHECK(status_of(s.sv)["generation"].number == 1);
+
+  REQUIRE_MESSAGE(valve_server_reload(s.sv) == 0, valve_server_last_error(s.sv));
+  test::Json after = status_of(s.sv);
+  CHECK(after["generation"].number == 2);
+  CHECK(after["reload"]["state"].text == "done");
+  std::vector<pid_t> fresh = pids_in(s.sv, "ready");
+  CHECK(fresh.size() == 2);
+  for (pid_t p : fresh) CHECK(std::find(before.begin(), before.end(), p) == before.end());
+  // The old generation drains and exits.
+  CHECK(eventually([&] {
+    return std::none_of(before.begin(), before.end(), [](pid_t p) { return kill(p, 0) == 0; });
+  }));
+  char address[64];
+  REQUIRE(valve_server_address(s.sv, address, sizeof address) == 0);
+  CHECK(http_get(port_of(address), "/hello").starts_with("HTTP/1.1 200 "));
+
+  CHECK(valve_server_scale(s.sv, 3, 2) == VALVE_EINVALID);
+  CHECK(std::string(valve_server_last_error(s.sv)) == "n-min 3: must be at most n-max (2)");
+  CHECK(valve_server_scale(s.sv, 0, 0) == VALVE_EINVALID);
+  CHECK(std::string(valve_server_last_error(s.sv)) == "n-max 0: must be at least 1");
+  REQUIRE(valve_server_scale(s.sv, 3, 3) == 0);
+  CHECK(eventually([&] { return pids_in(s.sv, "ready").size() == 3; }));
+  test::Json after_scale = status_of(s.sv);
+  const test::Json &config = after_scale["config"];
+  CHECK(config["n-min"].number == 3);
+  CHECK(config["n-max"].number == 3);
+  REQUIRE(valve_server_scale(s.sv, 1, 1) == 0);
+  CHECK(eventually([&] { return status_of(s.sv)["workers"].items.size() == 1; }));
+
+  REQUIRE(valve_server_stop(s.sv, 5) == 0);
+  REQUIRE(valve_server_wait(s.sv) == 0);
+  CHECK(valve_server_reload(s.sv) == VALVE_ESTATE);
+  CHECK(no_children_left());
 }

@@ -69,7 +69,20 @@ TEST_CASE("config: the defaults, spelled out independently of the table") {
       {"keepalive-timeout", "60"},
       {"max-header-size", "16384"},
       {"max-body-size", "1073741824"},
+      {"health-path", ""},
+      {"health-interval", "5"},
+      {"health-timeout", "2"},
+      {"health-rise", "2"},
+      {"health-fall", "3"},
+      {"max-fails", "3"},
+      {"max-requests", "0"},
+      {"max-requests-jitter", "0"},
+      {"max-rss", "0"},
+      {"admin", ""},
+      {"access-log", ""},
+      {"access-log-format", "text"},
       {"log-level", "info"},
+      {"log-format", "text"},
       {"runtime-dir", ""},
       {"handle-signals", "false"},
       {"reap-orphans", "false"},
@@ -100,7 +113,7 @@ TEST_CASE("config: option_key lists each option once, in table order, then nullp
     INFO("index " << i);
     CHECK(seen.insert(valve::option_key(i)).second);
   }
-  CHECK(i == 25);
+  CHECK(i == 38);
   CHECK(std::string(valve::option_key(0)) == "host");
   CHECK(std::string(valve::option_key(i - 1)) == "reap-orphans");
   CHECK(valve::option_key(i + 1000) == nullptr);
@@ -261,6 +274,47 @@ TEST_CASE("config: set() refuses a value out of range at once, naming it, and ke
   CHECK(refused("header-timeout", "0ms") == "header-timeout 0: must be more than 0");
   CHECK(refused("max-header-size", "1023") == "max-header-size 1023: must be at least 1024");
   CHECK(refused("port", "65535") == "(accepted)");
+  CHECK(refused("health-path", "health") == "health-path health: must start with /");
+  CHECK(refused("health-interval", "0") == "health-interval 0: must be more than 0");
+  CHECK(refused("health-fall", "0") == "health-fall 0: must be at least 1");
+  CHECK(refused("health-rise", "0") == "health-rise 0: must be at least 1");
+  CHECK(refused("access-log-format", "xml") == "access-log-format xml: expected text or json");
+  CHECK(refused("log-format", "") == "log-format \"\": expected text or json");
+  CHECK(refused("admin", "9000") ==
+        "admin 9000: expected HOST:PORT (like 127.0.0.1:9000) or unix:/path");
+  CHECK(refused("admin", "127.0.0.1:99999") ==
+        "admin 127.0.0.1:99999: expected a port from 0 to 65535 after the colon");
+  CHECK(refused("admin", "example.com:80") ==
+        "admin example.com:80: expected an IPv4 address, [IPv6] or localhost before the port");
+  CHECK(refused("admin", "unix:") == "admin unix:: expected a socket path after unix:");
+  CHECK(refused("admin", "") == "(accepted)");  // off
+  CHECK(refused("health-path", "/healthz") == "(accepted)");
+}
+
+TEST_CASE("config: parse_listen_address") {
+  auto tcp = valve::parse_listen_address("127.0.0.1:9000");
+  REQUIRE(tcp);
+  CHECK_FALSE(tcp->is_unix());
+  CHECK(tcp->host == "127.0.0.1");
+  CHECK(tcp->port == 9000);
+  auto v6 = valve::parse_listen_address("[::1]:0");
+  REQUIRE(v6);
+  CHECK(v6->host == "::1");
+  CHECK(v6->port == 0);
+  auto local = valve::parse_listen_address("localhost:80");
+  REQUIRE(local);
+  CHECK(local->host == "127.0.0.1");
+  auto unix_socket = valve::parse_listen_address("unix:/run/valve/admin.sock");
+  REQUIRE(unix_socket);
+  CHECK(unix_socket->is_unix());
+  CHECK(unix_socket->path == "/run/valve/admin.sock");
+  std::string why;
+  CHECK_FALSE(valve::parse_listen_address("unix:" + std::string(200, 'a'), &why));
+  CHECK(why == "the socket path is longer than 107 bytes");
+  for (const char *bad : {"", ":", "127.0.0.1:", "127.0.0.1:x", "[::1:80", "[zz]:80", "1.2.3:80"}) {
+    INFO("address " << bad);
+    CHECK_FALSE(valve::parse_listen_address(bad));
+  }
 }
 
 TEST_CASE("config: validate() checks the options together") {

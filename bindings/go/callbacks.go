@@ -18,12 +18,13 @@ const (
 	EventWorkerReady      = "worker_ready"
 	EventWorkerExited     = "worker_exited"
 	EventRequestCompleted = "request_completed"
+	EventReload           = "reload"
 )
 
 // Event is one of valve's pool events, decoded from the JSON object valve sends. Fields that the
 // kind of event does not carry are zero.
 type Event struct {
-	Type       string  // "worker_launched", "worker_ready", "worker_exited", "request_completed"
+	Type       string  // "worker_launched", "worker_ready", "worker_exited", "request_completed", "reload"
 	Worker     int     // the worker's id (the worker that served, for request_completed)
 	PID        int     // the worker's process id
 	StartupMS  float64 // worker_ready: how long the worker took to answer
@@ -34,6 +35,9 @@ type Event struct {
 	Target     string  // request_completed: the request target, "/echo?msg=hi"
 	StatusCode int     // request_completed: the HTTP status sent to the client
 	DurationMS float64 // request_completed
+	OK         bool    // reload: whether the new generation serves
+	Generation int     // reload: the generation the reload started
+	Error      string  // reload: why it failed
 	JSON       string  // the event exactly as valve sent it
 }
 
@@ -49,11 +53,15 @@ func decodeEvent(text string) Event {
 		Method     string          `json:"method"`
 		Target     string          `json:"target"`
 		DurationMS float64         `json:"duration_ms"`
+		OK         bool            `json:"ok"`
+		Generation int             `json:"generation"`
+		Error      string          `json:"error"`
 	}
 	_ = json.Unmarshal([]byte(text), &raw) // a field that does not decode stays zero; JSON keeps all
 	e := Event{Type: raw.Event, Worker: raw.Worker, PID: raw.PID, StartupMS: raw.StartupMS,
 		Expected: raw.Expected, RequestID: raw.RequestID, Method: raw.Method, Target: raw.Target,
-		DurationMS: raw.DurationMS, JSON: text}
+		DurationMS: raw.DurationMS, OK: raw.OK, Generation: raw.Generation, Error: raw.Error,
+		JSON: text}
 	if len(raw.Status) > 0 && raw.Status[0] == '"' {
 		_ = json.Unmarshal(raw.Status, &e.ExitStatus)
 	} else if len(raw.Status) > 0 {

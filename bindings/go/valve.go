@@ -25,6 +25,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math"
 	"runtime/cgo"
 	"sort"
 	"strconv"
@@ -124,9 +125,9 @@ func NMin(n int) Option { return Set("n-min", strconv.Itoa(n)) }
 func NMax(n int) Option { return Set("n-max", strconv.Itoa(n)) }
 
 // OnEvent has fn called with each of the pool's events (workers launched, ready and exited,
-// requests completed). Calls come one at a time, in order, from a goroutine of the Server's own,
-// never from valve's event loop, so a slow fn delays later events but never valve. Close returns
-// once every event has been handed to fn, so fn must not call Close itself.
+// requests completed, reloads). Calls come one at a time, in order, from a goroutine of the
+// Server's own, never from valve's event loop, so a slow fn delays later events but never valve.
+// Close returns once every event has been handed to fn, so fn must not call Close itself.
 func OnEvent(fn func(Event)) Option {
 	return optionFunc(func(b *builder) error { b.onEvent = fn; return nil })
 }
@@ -326,6 +327,54 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 }
 
+// Reload reloads without dropping a request: it starts a new generation of workers (re-reading
+// the API file), moves traffic to it once it is ready, drains the old one, and returns nil once
+// the new generation serves. If it fails to start, Reload returns an ErrStartup whose message
+// holds the reason and the failing worker's last output, and the old generation keeps serving;
+// on a server that is not running it returns ErrState. valve cannot cancel a reload: ctx only
+// bounds the wait. If ctx ends first, Reload returns an error that wraps ctx.Err() while the
+// reload goes on; its outcome comes as an EventReload event and in Status().Reload, and Close
+// waits for it to end.
+func (s *Server) Reload(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("valve: reload not started: %w", err)
+	}
+	result, err := s.background(func(sv *C.valve_server_t) C.int { return C.valve_server_reload(sv) })
+	if err != nil {
+		return err
+	}
+	select {
+	case rc := <-result:
+		return s.resultError(rc)
+	case <-ctx.Done():
+		return fmt.Errorf("valve: stopped waiting for the reload (it goes on): %w", ctx.Err())
+	}
+}
+
+// Scale sets the running pool's "n-min" and "n-max": workers above nMax drain and stop, workers
+// up to nMin are launched. It returns ErrInvalid if nMin > nMax or nMax is 0 (the message names
+// the value at fault: "n-min 3: must be at most n-max (2)"), ErrState if the server is not
+// running.
+func (s *Server) Scale(nMin, nMax uint) error {
+	for _, v := range []struct {
+		key string
+		n   uint
+	}{{"n-min", nMin}, {"n-max", nMax}} {
+		if uint64(v.n) > math.MaxUint32 {
+			return codeError(C.VALVE_EINVALID,
+				fmt.Sprintf("%s %d: must be at most %d", v.key, v.n, uint64(math.MaxUint32)))
+		}
+	}
+	return s.with(func(sv *C.valve_server_t) error {
+		if rc := C.valve_server_scale(sv, C.unsigned(nMin), C.unsigned(nMax)); rc != 0 {
+			s.errMu.Lock()
+			defer s.errMu.Unlock()
+			return codeError(rc, C.GoString(C.valve_server_last_error(sv)))
+		}
+		return nil
+	})
+}
+
 // Addr is the address the server listens on, "host:port" with the real port when port 0 was
 // asked; "" before it listens.
 func (s *Server) Addr() string {
@@ -346,6 +395,8 @@ type Status struct {
 	State              string         `json:"state"` // "created", "starting", "running", "stopping", "stopped"
 	Address            string         `json:"address"`
 	PID                int            `json:"pid"`
+	Generation         int            `json:"generation"` // 1, then one more per reload
+	Reload             ReloadStatus   `json:"reload"`
 	Workers            []WorkerStatus `json:"workers"`
 	Queue              int            `json:"queue"` // requests waiting for a worker
 	RequestsInProgress int            `json:"requests_in_progress"`
@@ -354,10 +405,18 @@ type Status struct {
 	JSON               string         `json:"-"`      // the snapshot exactly as valve sent it
 }
 
+// ReloadStatus is the state of the last reload in a Status.
+type ReloadStatus struct {
+	State      string `json:"state"` // "none", "in_progress", "done", "failed"
+	Generation int    `json:"generation"`
+	Error      string `json:"error"` // why it failed
+}
+
 // WorkerStatus is one worker in a Status.
 type WorkerStatus struct {
 	ID          int     `json:"id"`
 	PID         int     `json:"pid"`
+	Generation  int     `json:"generation"`
 	State       string  `json:"state"` // "starting", "ready", "stopping", "exited"
 	Address     string  `json:"address"`
 	Requests    int64   `json:"requests"` // requests served

@@ -482,3 +482,190 @@ func TestSignalHandlersRunOnTheAlternateStack(t *testing.T) {
 		}
 	}
 }
+
+// pidsIn lists the PIDs of the server's workers in state ("" for all).
+func pidsIn(t *testing.T, srv *Server, state string) []int {
+	t.Helper()
+	st, err := srv.Status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pids []int
+	for _, w := range st.Workers {
+		if state == "" || w.State == state {
+			pids = append(pids, w.PID)
+		}
+	}
+	return pids
+}
+
+// eventually polls done until it holds or seconds pass.
+func eventually(seconds float64, done func() bool) bool {
+	deadline := time.Now().Add(time.Duration(seconds * float64(time.Second)))
+	for !done() {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return true
+}
+
+func TestReloadAndScale(t *testing.T) {
+	cmd := backend(t)
+	requireNoChildren(t)
+	var log logs
+	reloads := make(chan Event, 10)
+	srv, err := New(Cmd(cmd), Port(0), NMin(2), NMax(4), OnLog(log.add), OnEvent(func(e Event) {
+		if e.Type == EventReload {
+			reloads <- e
+		}
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := srv.Reload(ctx); !errors.Is(err, ErrState) {
+		t.Errorf("Reload before Start: %v, want ErrState", err)
+	}
+	if err := srv.Scale(1, 2); !errors.Is(err, ErrState) {
+		t.Errorf("Scale before Start: %v, want ErrState", err)
+	}
+	if err := srv.Start(ctx); err != nil {
+		t.Fatalf("Start: %v\n%s", err, &log)
+	}
+	if !eventually(10, func() bool { return len(pidsIn(t, srv, "ready")) == 2 }) {
+		t.Fatalf("no two ready workers: %v\n%s", pidsIn(t, srv, ""), &log)
+	}
+	before := pidsIn(t, srv, "ready")
+	if st, _ := srv.Status(); st.Generation != 1 || st.Reload.State != "none" {
+		t.Errorf("status before the reload: %s", st.JSON)
+	}
+
+	if err := srv.Reload(ctx); err != nil {
+		t.Fatalf("Reload: %v\n%s", err, &log)
+	}
+	st, err := srv.Status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Generation != 2 || st.Reload.State != "done" || st.Reload.Generation != 2 {
+		t.Errorf("status after the reload: %s", st.JSON)
+	}
+	// Every worker is new, of generation 2; the old ones drain and go.
+	fresh := func() bool {
+		st, err := srv.Status()
+		if err != nil || len(st.Workers) != 2 {
+			return false
+		}
+		for _, w := range st.Workers {
+			for _, old := range before {
+				if w.PID == old || w.Generation != 2 {
+					return false
+				}
+			}
+		}
+		return true
+	}
+	if !eventually(10, fresh) {
+		st, _ := srv.Status()
+		t.Fatalf("workers after the reload, before %v: %s", before, st.JSON)
+	}
+	if code, _ := get(t, srv.Addr(), "/hello"); code != 200 {
+		t.Errorf("GET /hello after the reload: %d", code)
+	}
+	select {
+	case e := <-reloads:
+		if !e.OK || e.Generation != 2 || e.Error != "" {
+			t.Errorf("reload event: %s", e.JSON)
+		}
+	case <-time.After(10 * time.Second):
+		t.Error("no reload event")
+	}
+
+	if err := srv.Scale(3, 3); err != nil {
+		t.Fatalf("Scale(3, 3): %v", err)
+	}
+	if !eventually(10, func() bool { return len(pidsIn(t, srv, "ready")) == 3 }) {
+		t.Errorf("workers after Scale(3, 3): %v", pidsIn(t, srv, ""))
+	}
+	if st, err := srv.Status(); err != nil || st.Config["n-min"] != float64(3) || st.Config["n-max"] != float64(3) {
+		t.Errorf("config after Scale(3, 3): %v %v", st.Config, err)
+	}
+	err = srv.Scale(3, 2)
+	var ve *Error
+	if !errors.Is(err, ErrInvalid) || !errors.As(err, &ve) || ve.Message != "n-min 3: must be at most n-max (2)" {
+		t.Errorf("Scale(3, 2): %v, want ErrInvalid n-min 3: must be at most n-max (2)", err)
+	}
+	if st, _ := srv.Status(); st.Config["n-min"] != float64(3) {
+		t.Errorf("config after a failed Scale: %v", st.Config)
+	}
+
+	if err := srv.Stop(ctx); err != nil {
+		t.Fatalf("Stop: %v\n%s", err, &log)
+	}
+	requireNoChildren(t)
+	if err := srv.Reload(ctx); !errors.Is(err, ErrState) {
+		t.Errorf("Reload after Stop: %v, want ErrState", err)
+	}
+	if err := srv.Scale(1, 1); !errors.Is(err, ErrState) {
+		t.Errorf("Scale after Stop: %v, want ErrState", err)
+	}
+	done, stop := context.WithCancel(context.Background())
+	stop()
+	if err := srv.Reload(done); !errors.Is(err, context.Canceled) {
+		t.Errorf("Reload with an ended context: %v, want context.Canceled", err)
+	}
+	srv.Close()
+	if err := srv.Reload(ctx); !errors.Is(err, ErrState) {
+		t.Errorf("Reload after Close: %v, want ErrState", err)
+	}
+}
+
+// valve cannot cancel a reload: a context that ends first only ends the wait, and Close still
+// returns (stopping the server ends the reload).
+func TestReloadContextBoundsTheWait(t *testing.T) {
+	cmd := backend(t)
+	requireNoChildren(t)
+	// Workers of the next generation never answer once the file "slow" exists.
+	slow := filepath.Join(t.TempDir(), "slow")
+	srv, err := New(Cmd("if [ -e "+slow+" ]; then exec sleep 30; fi; exec "+cmd), Port(0),
+		Set("startup-timeout", "60"), OnLog(func(LogLevel, string) {}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := srv.Start(ctx); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	if err := os.WriteFile(slow, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	short, cancelShort := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancelShort()
+	began := time.Now()
+	if err := srv.Reload(short); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Reload: %v, want context.DeadlineExceeded", err)
+	}
+	if took := time.Since(began); took > 10*time.Second {
+		t.Errorf("Reload took %v after its context ended", took)
+	}
+	if st, err := srv.Status(); err != nil || st.Reload.State != "in_progress" {
+		t.Errorf("status while the reload goes on: %v %v", st, err)
+	}
+	if code, _ := get(t, srv.Addr(), "/hello"); code != 200 {
+		t.Errorf("GET /hello during the reload: %d", code)
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- srv.Close() }()
+	select {
+	case <-closed:
+	case <-time.After(15 * time.Second):
+		t.Fatal("Close did not return while a reload went on")
+	}
+	requireNoChildren(t)
+}

@@ -249,6 +249,16 @@ int valve_server_wait(valve_server_t *sv) {
   return guarded(&sv->error, [&] { return run_result(sv, sv->server->wait()); });
 }
 
+int valve_server_reload(valve_server_t *sv) {
+  if (!sv) return VALVE_EINVALID;
+  return guarded(&sv->error, [&] { return sv->server->reload(&sv->error); });
+}
+
+int valve_server_scale(valve_server_t *sv, unsigned n_min, unsigned n_max) {
+  if (!sv) return VALVE_EINVALID;
+  return guarded(&sv->error, [&] { return sv->server->scale(n_min, n_max, &sv->error); });
+}
+
 int valve_server_status(valve_server_t *sv, char **json_out) {
   if (!sv || !json_out) return VALVE_EINVALID;
   *json_out = nullptr;

@@ -1,5 +1,8 @@
 #include "config.hpp"
 
+#include <arpa/inet.h>
+#include <sys/un.h>
+
 #include <fmt/format.h>
 
 #include <charconv>
@@ -122,6 +125,20 @@ std::optional<std::string> Config::check(std::string_view key) const {
   if (key == "host" && host.empty()) return std::string("host \"\": must not be empty");
   if (key == "max-header-size" && max_header_size < 1024)
     return fmt::format("max-header-size {}: must be at least 1024", max_header_size);
+  if (key == "health-path" && !health_path.empty() && health_path.front() != '/')
+    return fmt::format("health-path {}: must start with /", health_path);
+  if (key == "health-rise" && health_rise < 1)
+    return fmt::format("health-rise {}: must be at least 1", health_rise);
+  if (key == "health-fall" && health_fall < 1)
+    return fmt::format("health-fall {}: must be at least 1", health_fall);
+  if (key == "admin" && !admin.empty()) {
+    if (auto err = check_listen_address(admin)) return fmt::format("admin {}: {}", admin, *err);
+  }
+  for (auto [k, v] :
+       {std::pair{"access-log-format", &access_log_format}, std::pair{"log-format", &log_format}}) {
+    if (key == k && *v != "text" && *v != "json")
+      return fmt::format("{} {}: expected text or json", k, quoted(*v));
+  }
   struct Positive {
     const char *key;
     double value;
@@ -130,7 +147,8 @@ std::optional<std::string> Config::check(std::string_view key) const {
        {Positive{"check-unused", check_unused}, Positive{"startup-timeout", startup_timeout},
         Positive{"timeout", timeout}, Positive{"queue-timeout", queue_timeout},
         Positive{"header-timeout", header_timeout},
-        Positive{"keepalive-timeout", keepalive_timeout}}) {
+        Positive{"keepalive-timeout", keepalive_timeout},
+        Positive{"health-interval", health_interval}, Positive{"health-timeout", health_timeout}}) {
     if (key == k && !(v > 0))
       return fmt::format("{} {}: must be more than 0", k, format_seconds(v));
   }
@@ -182,6 +200,45 @@ const char *option_help(std::string_view key) {
     }
   }
   return nullptr;
+}
+
+std::optional<ListenAddress> parse_listen_address(std::string_view text, std::string *why) {
+  auto fail = [why](std::string reason) -> std::optional<ListenAddress> {
+    if (why) *why = std::move(reason);
+    return std::nullopt;
+  };
+  ListenAddress out;
+  if (text.starts_with("unix:")) {
+    out.path = std::string(text.substr(5));
+    if (out.path.empty()) return fail("expected a socket path after unix:");
+    if (out.path.size() >= sizeof(sockaddr_un{}.sun_path))
+      return fail(fmt::format("the socket path is longer than {} bytes",
+                              sizeof(sockaddr_un{}.sun_path) - 1));
+    return out;
+  }
+  size_t colon = text.rfind(':');
+  if (colon == std::string_view::npos)
+    return fail("expected HOST:PORT (like 127.0.0.1:9000) or unix:/path");
+  std::string_view host = text.substr(0, colon);
+  auto port = parse_uint(text.substr(colon + 1));
+  if (!port || *port > 65535) return fail("expected a port from 0 to 65535 after the colon");
+  out.port = static_cast<uint16_t>(*port);
+  unsigned char buf[sizeof(in6_addr)];
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+    out.host = std::string(host.substr(1, host.size() - 2));
+    if (inet_pton(AF_INET6, out.host.c_str(), buf) != 1) return fail("not an IPv6 address");
+  } else {
+    out.host = host == "localhost" ? "127.0.0.1" : std::string(host);
+    if (inet_pton(AF_INET, out.host.c_str(), buf) != 1)
+      return fail("expected an IPv4 address, [IPv6] or localhost before the port");
+  }
+  return out;
+}
+
+std::optional<std::string> check_listen_address(std::string_view text) {
+  std::string why;
+  if (parse_listen_address(text, &why)) return std::nullopt;
+  return why;
 }
 
 std::optional<uint64_t> parse_uint(std::string_view text) {

@@ -42,7 +42,30 @@ enum class LogLevel { debug = 0, info = 1, warn = 2, error = 3 };
   XX("max-header-size", max_header_size, bytes, "16k",                                             \
      "largest request line plus headers; beyond, 414 or 431")                                      \
   XX("max-body-size", max_body_size, bytes, "1g", "largest request body; beyond, 413 (0: no limit)") \
+  XX("health-path", health_path, str, "",                                                          \
+     "GET this path to check a ready worker's health (empty: check that it accepts a connection)") \
+  XX("health-interval", health_interval, secs, "5", "seconds between health checks of an idle worker") \
+  XX("health-timeout", health_timeout, secs, "2", "seconds a health check may take; then it failed") \
+  XX("health-rise", health_rise, uint, "2",                                                        \
+     "checks in a row that must pass for an unhealthy worker to serve again")                      \
+  XX("health-fall", health_fall, uint, "3",                                                        \
+     "checks in a row that must fail for a worker to be marked unhealthy and replaced")            \
+  XX("max-fails", max_fails, uint, "3",                                                            \
+     "requests in a row the worker itself fails (connection errors, bad answers, 502/503/504) "    \
+     "before it is replaced (0: never)")                                                           \
+  XX("max-requests", max_requests, uint, "0",                                                      \
+     "requests after which a worker is replaced gracefully (0: never)")                            \
+  XX("max-requests-jitter", max_requests_jitter, uint, "0",                                        \
+     "up to this many more requests, at random per worker, so workers do not all recycle at once") \
+  XX("max-rss", max_rss, uint, "0",                                                                \
+     "megabytes of resident memory past which a worker is replaced gracefully (0: no limit)")      \
+  XX("admin", admin, str, "",                                                                      \
+     "serve the admin interface (status, metrics, probes, reload, scale) on 127.0.0.1:PORT or "    \
+     "unix:/path (off when empty)")                                                                \
+  XX("access-log", access_log, str, "", "log each request: - for stdout, or a file path (off when empty)") \
+  XX("access-log-format", access_log_format, str, "text", "text or json")                          \
   XX("log-level", log_level, level, "info", "debug, info, warn or error")                          \
+  XX("log-format", log_format, str, "text", "valve's own log lines: text or json")                 \
   XX("runtime-dir", runtime_dir, str, "",                                                          \
      "private directory for worker sockets (default: a new one under $TMPDIR)")                    \
   XX("handle-signals", handle_signals, bool, "false",                                              \
@@ -73,7 +96,20 @@ struct Config {
   double keepalive_timeout = 0;
   uint64_t max_header_size = 0;
   uint64_t max_body_size = 0;
+  std::string health_path;
+  double health_interval = 0;
+  double health_timeout = 0;
+  uint64_t health_rise = 0;
+  uint64_t health_fall = 0;
+  uint64_t max_fails = 0;
+  uint64_t max_requests = 0;
+  uint64_t max_requests_jitter = 0;
+  uint64_t max_rss = 0;
+  std::string admin;
+  std::string access_log;
+  std::string access_log_format;
   LogLevel log_level = LogLevel::info;
+  std::string log_format;
   std::string runtime_dir;
   bool handle_signals = false;
   bool reap_orphans = false;
@@ -96,6 +132,18 @@ struct Config {
 
 const char *option_key(size_t index);
 const char *option_help(std::string_view key);
+
+// Where a listener binds: a Unix socket path, or an IP address (IPv6 without brackets) and port.
+struct ListenAddress {
+  std::string path;  // set for unix:PATH
+  std::string host;
+  uint16_t port = 0;
+  bool is_unix() const { return !path.empty(); }
+};
+// Parses unix:/path, IPv4:PORT, [IPv6]:PORT or localhost:PORT; nullopt with *why on failure.
+std::optional<ListenAddress> parse_listen_address(std::string_view text,
+                                                  std::string *why = nullptr);
+std::optional<std::string> check_listen_address(std::string_view text);
 
 // Parsers, exposed for tests. Each returns nullopt on a malformed value.
 std::optional<double> parse_seconds(std::string_view text);

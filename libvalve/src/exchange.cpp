@@ -5,6 +5,7 @@
 #include "client.hpp"
 #include "pool.hpp"
 #include "server.hpp"
+#include "stats.hpp"
 #include "upstream.hpp"
 #include "worker.hpp"
 
@@ -101,6 +102,7 @@ void Exchange::on_queued() {
 
 void Exchange::reject(int status, std::string_view message) {
   queued_ = false;
+  ++server_.stats().rejected;
   send_error(status, message, "Retry-After: 1\r\n");
 }
 
@@ -109,6 +111,11 @@ void Exchange::dispatch(Worker &worker, UpstreamConn &conn) {
   worker_ = &worker;
   served_by_ = worker.id();
   upstream_ = &conn;
+  upstream_start_ns_ = uv_hrtime();
+  if (dispatched_ns_ == 0) {
+    dispatched_ns_ = upstream_start_ns_;
+    server_.stats().queue_wait.observe((dispatched_ns_ - arrived_ns_) / 1e9);
+  }
   conn.attach(*this);
   timer_.start(server_.config().timeout);
   std::string out = upstream_head();
@@ -176,6 +183,8 @@ std::string Exchange::upstream_head() const {
 
 int Exchange::on_upstream_head(Head &head) {
   status_ = head.status;
+  // Gateway statuses come from the worker's server, not from the app's own answers (its 500s).
+  if (worker_) worker_->note_request_result(status_ != 502 && status_ != 503 && status_ != 504);
   timer_.start(server_.config().timeout);  // the rest of the answer gets a full timeout too
   bool head_request = request_.method == "HEAD";
   bool bodyless = head_request || head.status == 204 || head.status == 304;
@@ -213,6 +222,7 @@ int Exchange::on_upstream_head(Head &head) {
 
 void Exchange::on_upstream_body(std::string_view data) {
   if (data.empty() || framing_ == Framing::none) return;
+  bytes_out_ += data.size();
   write_client(framing_ == Framing::chunked ? chunk(data) : std::string(data));
 }
 
@@ -226,6 +236,7 @@ void Exchange::on_upstream_complete(bool reusable) {
 void Exchange::on_upstream_failed(std::string_view reason) {
   Worker *w = worker_;
   uint64_t worker_id = w ? w->id() : 0;
+  if (w) w->note_request_result(false);
   detach_upstream(false);
   if (response_started_) {
     server_.log().warn("request {} {} {}: worker {} failed mid-answer ({}); closing the client",
@@ -237,6 +248,7 @@ void Exchange::on_upstream_failed(std::string_view reason) {
     server_.log().warn("request {} {} {}: worker {} failed before answering ({}); retrying once",
                        request_id_, request_.method, request_.target, worker_id, reason);
     retried_ = true;
+    ++server_.stats().retries;
     excluded_worker_ = worker_id;
     server_.pool().submit(*this, true);
     return;
@@ -257,6 +269,7 @@ void Exchange::on_timeout() {
   }
   Worker *w = worker_;
   if (!w) return;
+  ++server_.stats().timeouts;
   server_.log().warn("request {} {} {}: worker {} gave no answer within {} s; replacing it",
                      request_id_, request_.method, request_.target, w->id(),
                      format_seconds(server_.config().timeout));
@@ -306,6 +319,7 @@ void Exchange::end_response() {
 void Exchange::detach_upstream(bool reusable) {
   UpstreamConn *conn = upstream_;
   Worker *w = worker_;
+  if (conn) upstream_end_ns_ = uv_hrtime();
   upstream_ = nullptr;
   worker_ = nullptr;
   if (conn && w) {
@@ -319,14 +333,49 @@ void Exchange::maybe_finish() {
   if (client_ && !response_done_) return;
   finished_ = true;
   timer_.stop();
+  record();
+  server_.close_exchange(*this);
+}
+
+void Exchange::record() {
+  uint64_t now = uv_hrtime();
+  // Nothing was answered: the client left first (499, as nginx logs it).
+  int status = status_ != 0 ? status_ : 499;
+  double total_ms = (now - arrived_ns_) / 1e6;
+  double queue_ms = ((dispatched_ns_ ? dispatched_ns_ : now) - arrived_ns_) / 1e6;
+  double upstream_ms =
+      upstream_start_ns_ ? ((upstream_end_ns_ ? upstream_end_ns_ : now) - upstream_start_ns_) / 1e6
+                         : 0.0;
+  Stats &stats = server_.stats();
+  ++stats.requests;
+  stats.by_class[std::min(status / 100, 5)]++;
+  stats.latency.observe(total_ms / 1000);
   if (server_.wants_events()) {
     server_.emit(fmt::format(
         R"({{"event":"request_completed","request_id":"{}","method":"{}","target":"{}","status":{},)"
         R"("worker":{},"duration_ms":{:.3f}}})",
         json_escape(request_id_), json_escape(request_.method), json_escape(request_.target),
-        status_, served_by_, (uv_hrtime() - arrived_ns_) / 1e6));
+        status, served_by_, total_ms));
   }
-  server_.close_exchange(*this);
+  AccessLog &log = server_.access_log();
+  if (!log.enabled()) return;
+  std::string line =
+      log.json()
+          ? fmt::format(
+                R"({{"time":"{}","request_id":"{}","client":"{}","method":"{}","path":"{}",)"
+                R"("status":{},"bytes":{},"worker":{},"queue_ms":{:.3f},"upstream_ms":{:.3f},)"
+                R"("duration_ms":{:.3f}}})",
+                utc_timestamp(), json_escape(request_id_), json_escape(peer_ip_),
+                json_escape(request_.method), json_escape(request_.target), status, bytes_out_,
+                served_by_, queue_ms, upstream_ms, total_ms)
+          : fmt::format(
+                "{} {} \"{} {} HTTP/{}.{}\" {} {} id={} worker={} queue_ms={:.3f} "
+                "upstream_ms={:.3f} duration_ms={:.3f}",
+                utc_timestamp(), peer_ip_, request_.method, escape_for_log(request_.target),
+                request_.version_major, request_.version_minor, status, bytes_out_,
+                escape_for_log(request_id_), served_by_ ? std::to_string(served_by_) : "-",
+                queue_ms, upstream_ms, total_ms);
+  if (log.add(line)) server_.defer([&log] { log.flush(); });
 }
 
 }  // namespace valve

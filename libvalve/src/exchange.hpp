@@ -58,6 +58,7 @@ class Exchange {
   void detach_upstream(bool reusable);
   void on_timeout();
   void maybe_finish();
+  void record();  // metrics and the access log, once the exchange is over
   std::string upstream_head() const;
 
   Server &server_;
@@ -82,7 +83,11 @@ class Exchange {
   int status_ = 0;
   bool finished_ = false;
   uint64_t arrived_ns_;
-  uint64_t served_by_ = 0;  // the worker that took it last (0: none)
+  uint64_t dispatched_ns_ = 0;      // first handed to a worker (0: never)
+  uint64_t upstream_start_ns_ = 0;  // the last worker got it
+  uint64_t upstream_end_ns_ = 0;    // ... and finished answering or failed
+  uint64_t bytes_out_ = 0;          // body bytes sent to the client
+  uint64_t served_by_ = 0;          // the worker that took it last (0: none)
   Timer timer_;
 };
 

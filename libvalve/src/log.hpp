@@ -3,6 +3,7 @@
 
 #include <fmt/format.h>
 
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -19,6 +20,8 @@ class Logger {
       : threshold_(threshold), sink_(sink), user_data_(user_data) {}
 
   bool enabled(LogLevel level) const { return level >= threshold_; }
+  // Lines to stderr as JSON objects ({"time", "level", "message"}) instead of text.
+  void set_json(bool json) { json_ = json; }
   void write(LogLevel level, std::string_view message) const;
 
   template <typename... A>
@@ -47,7 +50,36 @@ class Logger {
   LogLevel threshold_ = LogLevel::info;
   LogSink sink_ = nullptr;
   void *user_data_ = nullptr;
+  bool json_ = false;
 };
+
+// One line a request, to stdout ("-") or a file opened for appending. Lines are gathered and
+// written once per loop turn (flush()); reopen() starts a new file after log rotation.
+class AccessLog {
+ public:
+  AccessLog() = default;
+  ~AccessLog();
+  AccessLog(const AccessLog &) = delete;
+  AccessLog &operator=(const AccessLog &) = delete;
+
+  // "-" or a path; a message naming the option on failure.
+  std::optional<std::string> open(const std::string &target, bool json);
+  bool enabled() const { return fd_ >= 0; }
+  bool json() const { return json_; }
+  // Adds a line; returns true when it is the first since the last flush (schedule a flush).
+  bool add(std::string_view line);
+  void flush();
+  std::optional<std::string> reopen();
+
+ private:
+  std::string target_;
+  int fd_ = -1;
+  bool json_ = false;
+  std::string buffer_;
+};
+
+// The time now in UTC, as 2026-11-23T10:00:00.123Z.
+std::string utc_timestamp();
 
 const char *level_name(LogLevel level);
 

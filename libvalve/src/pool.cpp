@@ -14,6 +14,7 @@
 #include "process.hpp"
 #include "server.hpp"
 #include "spawn_policy.hpp"
+#include "stats.hpp"
 #include "valve/valve.h"
 #include "worker.hpp"
 
@@ -23,13 +24,15 @@ namespace {
 constexpr unsigned kStartupAttempts = 3;  // failed launches, none ever ready: start-up has failed
 constexpr int kExitPlumberMissing = 78;   // set by the R bootstrap script
 constexpr uint64_t kStableMs = 10000;     // a worker up this long after ready ends a crash loop
+constexpr double kMonitorSeconds = 1;     // how often resident memory is read
 }  // namespace
 
 Pool::Pool(Server &server, const Config &config)
     : server_(server),
       config_(config),
-      launch_timer_(server.loop(), [this] { launch_needed(); }),
-      maintenance_timer_(server.loop(), [this] { retire_idle(); }) {}
+      launch_timer_(server.loop(), [this] { rebalance(); }),
+      maintenance_timer_(server.loop(), [this] { retire_idle(); }),
+      monitor_timer_(server.loop(), [this] { monitor(); }) {}
 
 Pool::~Pool() = default;
 
@@ -58,7 +61,12 @@ std::optional<std::string> Pool::check_environment() {
 
 void Pool::start() {
   maintenance_timer_.start(config_.check_unused, config_.check_unused);
-  launch_needed();
+  monitor_timer_.start(kMonitorSeconds, kMonitorSeconds);
+  rebalance();
+}
+
+bool Pool::is_current(const Worker &w) const {
+  return w.generation() == generation_ && !w.retiring() && !w.unhealthy();
 }
 
 Worker *Pool::find_pid(int pid) {
@@ -73,8 +81,11 @@ Worker *Pool::pick(const Exchange *ex) {
   for (auto &w : workers_) {
     if (!w->accepting() || w->in_flight() >= config_.worker_concurrency) continue;
     if (ex && ex->excluded_worker() == w->id()) continue;
-    // Most recently used first: spare workers fall idle and can be retired.
-    if (!best || w->last_used_ms() > best->last_used_ms()) best = w.get();
+    // A worker being replaced serves only when no other can. Then the most recently used first:
+    // spare workers fall idle and can be retired.
+    if (!best || (best->retiring() && !w->retiring()) ||
+        (best->retiring() == w->retiring() && w->last_used_ms() > best->last_used_ms()))
+      best = w.get();
   }
   return best;
 }
@@ -103,7 +114,7 @@ void Pool::submit(Exchange &ex, bool front) {
     queue_.push_back(&ex);
   }
   ex.on_queued();
-  launch_needed();
+  rebalance();
 }
 
 void Pool::cancel(Exchange &ex) {
@@ -132,8 +143,20 @@ void Pool::on_worker_ready(Worker &w) {
     ever_ready_ = true;
     server_.on_first_ready();
   }
-  drain_queue();
-  launch_needed();
+  rebalance();
+}
+
+void Pool::retire(Worker &w, std::string kind, std::string_view why) {
+  if (w.state() != Worker::State::ready || w.retiring() || terminating_) return;
+  log().info("{} retires: {}; its replacement starts first", w.label(), why);
+  w.set_retiring(std::move(kind));
+  ++owed_;
+  rebalance();
+}
+
+void Pool::on_worker_health(Worker &w) {
+  if (w.unhealthy() && !w.retiring()) ++owed_;
+  rebalance();
 }
 
 void Pool::on_worker_free(Worker &w) {
@@ -142,7 +165,15 @@ void Pool::on_worker_free(Worker &w) {
 
 void Pool::on_worker_exit(Worker &w, int wait_status, bool never_ready) {
   bool expected = w.stop_requested();  // stopped, killed, or lost its port race
-  if (never_ready && !w.lost_race() && !terminating_) {
+  Stats &stats = server_.stats();
+  ++stats.exits;
+  if (!expected && !terminating_) ++stats.crashes;
+  bool failed_start = never_ready && !w.lost_race() && !w.stop_chosen() && !terminating_;
+  if (failed_start && reload_.phase == Reload::Phase::in_progress &&
+      w.generation() == reload_.generation) {
+    abort_reload(fmt::format("new {} {} before it was ready. Its last output:{}", w.label(),
+                             describe_exit(wait_status), w.tail()));
+  } else if (failed_start) {
     ++failures_;
     if (!ever_ready_ && WIFEXITED(wait_status) && WEXITSTATUS(wait_status) == kExitPlumberMissing) {
       server_.fatal(VALVE_ECONFIG,
@@ -179,17 +210,215 @@ void Pool::on_worker_exit(Worker &w, int wait_status, bool never_ready) {
     if (all_exited()) server_.on_pool_terminated();
     return;
   }
+  rebalance();
+}
+
+void Pool::rebalance() {
+  if (terminating_) return;
   launch_needed();
+  size_t starting = 0, ready = 0, replaced = 0;
+  for (auto &w : workers_) {
+    if (is_current(*w)) {
+      starting += w->state() == Worker::State::starting;
+      ready += w->state() == Worker::State::ready;
+    }
+    replaced += w->awaiting_replacement();
+  }
+  // Replacements are all up (or none was needed): those they replace drain and exit.
+  if (starting == 0 && (ready > 0 || replaced == 0)) {
+    std::vector<Worker *> going;
+    for (auto &w : workers_) {
+      if (w->awaiting_replacement()) going.push_back(w.get());
+    }
+    for (Worker *w : going) {
+      std::string kind = w->unhealthy() ? "unhealthy" : w->retire_reason();
+      server_.stats().recycles[kind]++;
+      w->drain(fmt::format("replaced ({})", kind));
+    }
+    if (reload_.phase == Reload::Phase::in_progress) finish_reload(true, {});
+  }
+  drain_queue();
+}
+
+void Pool::reload(ReloadDone done) {
+  if (terminating_) {
+    if (done) done(ReloadResult{false, generation_, 0, 0, "the server is shutting down"});
+    return;
+  }
+  if (reload_.phase == Reload::Phase::in_progress) {
+    log().info("a reload to generation {} is in progress: the new one runs after it",
+               reload_.generation);
+    reload_.again = true;
+    if (done) reload_.again_waiters.push_back(std::move(done));
+    return;
+  }
+  std::vector<ReloadDone> waiters;
+  if (done) waiters.push_back(std::move(done));
+  begin_reload(std::move(waiters));
+}
+
+void Pool::begin_reload(std::vector<ReloadDone> waiters) {
+  reload_.phase = Reload::Phase::in_progress;
+  reload_.previous = generation_;
+  reload_.generation = ++generation_;
+  reload_.started_ms = monotonic_ms();
+  reload_.error.clear();
+  reload_.waiters = std::move(waiters);
+  // The new code gets a fresh start: no crash-loop delay carried over.
+  failures_ = 0;
+  next_launch_ms_ = 0;
+  launch_timer_.stop();
+  log().info("reload: starting generation {}", generation_);
+  std::vector<Worker *> old;
+  for (auto &w : workers_) {
+    if (w->generation() < generation_) old.push_back(w.get());
+  }
+  for (Worker *w : old) {
+    if (w->state() == Worker::State::starting) {
+      w->stop("a reload replaces it");
+    } else if (w->state() == Worker::State::ready && !w->retiring()) {
+      w->set_retiring("reload");
+      if (!w->unhealthy()) ++owed_;
+    }
+  }
+  rebalance();
+}
+
+void Pool::abort_reload(std::string why) {
+  uint64_t failed = reload_.generation;
+  generation_ = reload_.previous;
+  std::vector<Worker *> fresh;
+  for (auto &w : workers_) {
+    if (w->generation() == failed) {
+      fresh.push_back(w.get());
+    } else if (w->retire_reason() == "reload" && w->state() == Worker::State::ready) {
+      w->clear_retiring();
+    }
+  }
+  for (Worker *w : fresh) w->stop("its reload failed");
+  failures_ = 0;
+  next_launch_ms_ = 0;
+  finish_reload(
+      false, fmt::format("reload to generation {} failed; generation {} keeps serving: {}", failed,
+                         generation_, why));
+}
+
+void Pool::finish_reload(bool ok, std::string error) {
+  ReloadResult result;
+  result.ok = ok;
+  result.generation = generation_;
+  result.duration_ms = monotonic_ms() - reload_.started_ms;
+  result.error = std::move(error);
+  for (auto &w : workers_) result.workers += is_current(*w) && w->accepting();
+  reload_.phase = ok ? Reload::Phase::done : Reload::Phase::failed;
+  reload_.error = result.error;
+  server_.stats().reloads[ok ? "ok" : "failed"]++;
+  if (ok) {
+    log().info("reload: generation {} serves with {} workers, {} ms after the reload began",
+               generation_, result.workers, result.duration_ms);
+  } else {
+    log().error("{}", result.error);
+  }
+  if (server_.wants_events())
+    server_.emit(fmt::format(R"({{"event":"reload","ok":{},"generation":{},"error":"{}"}})",
+                             ok ? "true" : "false", generation_, json_escape(result.error)));
+  auto waiters = std::move(reload_.waiters);
+  reload_.waiters.clear();
+  for (auto &done : waiters) done(result);
+  if (reload_.again && !terminating_) {
+    reload_.again = false;
+    begin_reload(std::exchange(reload_.again_waiters, {}));
+  }
+}
+
+std::string Pool::reload_json() const {
+  const char *phase = "none";
+  switch (reload_.phase) {
+    case Reload::Phase::none:
+      break;
+    case Reload::Phase::in_progress:
+      phase = "in_progress";
+      break;
+    case Reload::Phase::done:
+      phase = "done";
+      break;
+    case Reload::Phase::failed:
+      phase = "failed";
+      break;
+  }
+  return fmt::format(R"({{"state":"{}","generation":{},"error":"{}"}})", phase, reload_.generation,
+                     json_escape(reload_.error));
+}
+
+void Pool::on_scaled() {
+  if (terminating_) return;
+  // Above n-max: starting workers go first, then idle ones (least recently used), then busy ones
+  // drain.
+  std::vector<Worker *> current;
+  for (auto &w : workers_) {
+    auto st = w->state();
+    if (is_current(*w) && (st == Worker::State::starting || st == Worker::State::ready))
+      current.push_back(w.get());
+  }
+  auto rank = [](const Worker *w) {
+    if (w->state() == Worker::State::starting) return 0;
+    return w->in_flight() == 0 ? 1 : 2;
+  };
+  std::sort(current.begin(), current.end(), [&](Worker *a, Worker *b) {
+    if (rank(a) != rank(b)) return rank(a) < rank(b);
+    return a->last_used_ms() < b->last_used_ms();
+  });
+  size_t excess = current.size() > config_.n_max ? current.size() - config_.n_max : 0;
+  for (size_t i = 0; i < excess; ++i) {
+    Worker *w = current[i];
+    std::string why = fmt::format("scaled down to n-max {}", config_.n_max);
+    if (w->state() == Worker::State::starting) {
+      w->stop(why);
+    } else {
+      w->drain(why);
+    }
+  }
+  rebalance();
+}
+
+void Pool::monitor() {
+  uint64_t limit = config_.max_rss * 1024 * 1024;
+  std::vector<Worker *> over;
+  for (auto &w : workers_) {
+    if (w->state() == Worker::State::exited || w->state() == Worker::State::starting) continue;
+    uint64_t rss = w->sample_rss();
+    if (limit > 0 && rss > limit && w->state() == Worker::State::ready && !w->retiring())
+      over.push_back(w.get());
+  }
+  for (Worker *w : over) {
+    retire(*w, "max-rss",
+           fmt::format("resident memory {} MB passed max-rss {} MB", w->rss_bytes() >> 20,
+                       config_.max_rss));
+  }
+}
+
+std::vector<std::pair<std::string, size_t>> Pool::count_states() const {
+  std::vector<std::pair<std::string, size_t>> out;
+  for (const char *name : {"starting", "ready", "retiring", "unhealthy", "draining", "stopping"})
+    out.emplace_back(name, 0);
+  for (const auto &w : workers_) {
+    for (auto &[name, n] : out) {
+      if (name == w->state_name()) ++n;
+    }
+  }
+  return out;
 }
 
 void Pool::launch_needed() {
   if (terminating_) return;
   PoolCounts c;
-  c.n_min = config_.n_min;
   c.n_max = config_.n_max;
   c.concurrency = config_.worker_concurrency;
   c.waiting = queue_.size();
+  size_t replaced = 0;
   for (auto &w : workers_) {
+    replaced += w->awaiting_replacement();
+    if (!is_current(*w)) continue;
     if (w->state() == Worker::State::starting) {
       ++c.starting;
       ++c.alive;
@@ -199,6 +428,10 @@ void Pool::launch_needed() {
           config_.worker_concurrency - std::min(w->in_flight(), config_.worker_concurrency);
     }
   }
+  // Each worker to be replaced (a reload, recycling, ill health) is owed one new worker, up to
+  // n-max, even when demand alone would not launch it.
+  owed_ = std::min(owed_, replaced);
+  c.n_min = std::max<size_t>(config_.n_min, std::min<size_t>(config_.n_max, c.alive + owed_));
   size_t n = workers_to_launch(c);
   if (n == 0) return;
   uint64_t now = monotonic_ms();
@@ -215,6 +448,7 @@ void Pool::launch_needed() {
     if (c.starting > 0) return;  // in a crash loop, one launch at a time
     n = 1;
   }
+  owed_ -= std::min(owed_, n);
   for (size_t i = 0; i < n; ++i) launch_one();
 }
 
@@ -225,14 +459,19 @@ double Pool::back_off() {
 }
 
 void Pool::launch_one() {
-  auto w = std::make_unique<Worker>(*this, next_id_++);
+  auto w = std::make_unique<Worker>(*this, next_id_++, generation_);
   int rc = w->launch();
   if (rc != 0) {
     log().error("cannot launch a worker: {}", uv_message(rc));
+    if (reload_.phase == Reload::Phase::in_progress) {
+      abort_reload(fmt::format("cannot launch a worker: {}", uv_message(rc)));
+      return;
+    }
     ++failures_;
     launch_timer_.start(back_off());
     return;
   }
+  ++server_.stats().launches;
   workers_.push_back(std::move(w));
 }
 
@@ -243,6 +482,7 @@ void Pool::retire_idle() {
   size_t alive = 0;
   std::vector<Worker *> idle;
   for (auto &w : workers_) {
+    if (!is_current(*w)) continue;
     if (w->state() == Worker::State::starting || w->state() == Worker::State::ready) ++alive;
     if (w->accepting() && w->in_flight() == 0 && now - w->last_used_ms() >= max_idle_ms)
       idle.push_back(w.get());
@@ -261,6 +501,12 @@ void Pool::terminate() {
   terminating_ = true;
   launch_timer_.stop();
   maintenance_timer_.stop();
+  monitor_timer_.stop();
+  reload_.again = false;
+  for (auto &done : std::exchange(reload_.again_waiters, {}))
+    done(ReloadResult{false, generation_, 0, 0, "the server is shutting down"});
+  if (reload_.phase == Reload::Phase::in_progress)
+    finish_reload(false, "the server is shutting down");
   std::deque<Exchange *> waiting;
   waiting.swap(queue_);
   for (Exchange *ex : waiting) ex->reject(503, "the server is shutting down");
@@ -280,15 +526,37 @@ std::string Pool::workers_json() const {
   uint64_t now = monotonic_ms();
   for (const auto &w : workers_) {
     if (out.size() > 1) out += ",";
+    int64_t used = w->last_used_unix_ms();
     out += fmt::format(
-        "{{\"id\":{},\"pid\":{},\"state\":\"{}\",\"address\":\"{}\",\"requests\":{},\"in_flight\":{"
-        "},"
-        "\"age_s\":{:.3f},\"idle_s\":{:.3f}}}",
-        w->id(), w->pid(), w->state_name(), json_escape(w->address()), w->served(), w->in_flight(),
-        (now - w->started_ms()) / 1000.0,
-        w->in_flight() ? 0.0 : (now - w->last_used_ms()) / 1000.0);
+        R"({{"id":{},"pid":{},"generation":{},"state":"{}","address":"{}","requests":{},)"
+        R"("in_flight":{},"rss_bytes":{},"age_s":{:.3f},"idle_s":{:.3f},"last_used":{}}})",
+        w->id(), w->pid(), w->generation(), w->state_name(), json_escape(w->address()), w->served(),
+        w->in_flight(), w->rss_bytes(), (now - w->started_ms()) / 1000.0,
+        w->in_flight() || !w->was_ready() ? 0.0 : (now - w->last_used_ms()) / 1000.0,
+        used ? fmt::format("\"{}\"", format_utc(used)) : std::string("null"));
   }
   return out + "]";
+}
+
+uint64_t Pool::resident_bytes() const {
+  uint64_t total = 0;
+  for (const auto &w : workers_) total += w->rss_bytes();
+  return total;
+}
+
+bool Pool::ready(std::string *why) const {
+  if (terminating_) {
+    *why = "the server is shutting down";
+    return false;
+  }
+  for (const auto &w : workers_) {
+    if (w->accepting()) return true;
+  }
+  // Scaled to zero: a request launches a worker, unless launches keep failing.
+  if (config_.n_min == 0 && failures_ == 0) return true;
+  *why = failures_ > 0 ? fmt::format("no worker is ready: {} launches in a row failed", failures_)
+                       : std::string("no worker is ready yet");
+  return false;
 }
 
 }  // namespace valve

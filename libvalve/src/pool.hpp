@@ -4,10 +4,14 @@
 
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <list>
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
 
 #include "config.hpp"
 #include "util.hpp"
@@ -18,6 +22,16 @@ class Server;
 class Worker;
 class Exchange;
 class Logger;
+
+// How a reload ended.
+struct ReloadResult {
+  bool ok = false;
+  uint64_t generation = 0;  // the generation that serves now
+  size_t workers = 0;       // its ready workers
+  uint64_t duration_ms = 0;
+  std::string error;
+};
+using ReloadDone = std::function<void(const ReloadResult &)>;
 
 class Pool {
  public:
@@ -34,8 +48,22 @@ class Pool {
   void terminate();
   bool all_exited() const;
 
+  // Starts a new generation of workers; once it is ready, traffic moves to it and the old one
+  // drains. If a new worker fails before it is ready, the old generation keeps serving. done runs
+  // (on the loop thread) when the reload is over; a reload asked for during another runs after it.
+  void reload(ReloadDone done);
+  // n-min or n-max changed: stop or drain workers above n-max, launch up to n-min.
+  void on_scaled();
+  uint64_t generation() const { return generation_; }
+  std::string reload_json() const;
+
   // ---- from workers
   void on_worker_ready(Worker &w);
+  // The worker should be replaced gracefully: its replacement starts first (kind: max-requests,
+  // max-rss).
+  void retire(Worker &w, std::string kind, std::string_view why);
+  // A worker turned unhealthy or healthy again.
+  void on_worker_health(Worker &w);
   void on_worker_free(Worker &w);
   void on_worker_exit(Worker &w, int wait_status, bool never_ready);
 
@@ -51,6 +79,11 @@ class Pool {
   size_t queue_depth() const { return queue_.size(); }
   std::string workers_json() const;
   Worker *find_pid(int pid);
+  // Workers by state name, for metrics.
+  std::vector<std::pair<std::string, size_t>> count_states() const;
+  uint64_t resident_bytes() const;
+  // Whether traffic can be served now (a worker is ready and healthy); else why not.
+  bool ready(std::string *why) const;
 
  private:
   Worker *pick(const Exchange *ex);
@@ -61,7 +94,14 @@ class Pool {
   // Delays the next launch by the crash-loop backoff for failures_; returns the delay.
   double back_off();
   void retire_idle();
-  void remove_exited();
+  // Launches what is needed, drains replaced workers once their replacements are ready, completes
+  // a reload, and hands queued requests to free workers. Called after every change.
+  void rebalance();
+  void begin_reload(std::vector<ReloadDone> waiters);
+  void abort_reload(std::string why);
+  void finish_reload(bool ok, std::string error);
+  void monitor();  // resident memory, max-rss
+  bool is_current(const Worker &w) const;
 
   Server &server_;
   const Config &config_;
@@ -74,8 +114,21 @@ class Pool {
   bool ever_ready_ = false;
   bool terminating_ = false;
   uint64_t next_launch_ms_ = 0;  // crash-loop backoff
+  uint64_t generation_ = 1;
+  size_t owed_ = 0;  // replacements still to launch for workers awaiting them
+  struct Reload {
+    enum class Phase { none, in_progress, done, failed } phase = Phase::none;
+    uint64_t generation = 1;
+    uint64_t previous = 1;
+    uint64_t started_ms = 0;
+    std::string error;
+    std::vector<ReloadDone> waiters;
+    bool again = false;  // another reload was asked for meanwhile
+    std::vector<ReloadDone> again_waiters;
+  } reload_;
   Timer launch_timer_;
   Timer maintenance_timer_;
+  Timer monitor_timer_;
 };
 
 }  // namespace valve

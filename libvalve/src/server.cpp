@@ -14,6 +14,7 @@
 #include <fstream>
 #include <future>
 
+#include "admin.hpp"
 #include "client.hpp"
 #include "exchange.hpp"
 #include "pool.hpp"
@@ -68,9 +69,12 @@ Server::Server(Config config, Hooks hooks)
     : config_(std::move(config)),
       hooks_(hooks),
       log_(config_.log_level, hooks.log, hooks.log_data) {
+  log_.set_json(config_.log_format == "json");
+  stats_.started_unix_ms = static_cast<uint64_t>(unix_ms());
   uv_loop_init(&loop_);
   inbox_ = std::make_unique<Inbox>(&loop_);
   pool_ = std::make_unique<Pool>(*this, config_);
+  admin_ = std::make_unique<AdminServer>(*this);
 }
 
 Server::~Server() {
@@ -78,6 +82,7 @@ Server::~Server() {
     stop(0);
     thread_.join();
   }
+  admin_.reset();
   pool_.reset();
   inbox_.reset();
   run_deferred();
@@ -216,12 +221,119 @@ std::string Server::status_json_now() {
                       : stopping_ ? "stopping"
                       : started_  ? "running"
                                   : "starting";
+  const Stats &st = stats_;
+  auto count = [&st](const std::map<std::string, uint64_t> &m) {
+    uint64_t n = 0;
+    for (const auto &[k, v] : m) n += v;
+    return n;
+  };
+  std::string totals = fmt::format(
+      R"({{"requests":{},"latency_sum_s":{:.6f},"queue_wait_sum_s":{:.6f},"2xx":{},"3xx":{},)"
+      R"("4xx":{},"5xx":{},"rejected":{},"timeouts":{},"retries":{},"launches":{},"exits":{},)"
+      R"("crashes":{},"recycles":{},"health_check_failures":{}}})",
+      st.requests, st.latency.sum(), st.queue_wait.sum(), st.by_class[2], st.by_class[3],
+      st.by_class[4], st.by_class[5], st.rejected, st.timeouts, st.retries, st.launches, st.exits,
+      st.crashes, count(st.recycles), st.health_check_failures);
   return fmt::format(
-      "{{\"version\":\"{}\",\"state\":\"{}\",\"address\":\"{}\",\"pid\":{},\"workers\":{},"
-      "\"queue\":{},"
-      "\"requests_in_progress\":{},\"connections\":{},\"config\":{}}}",
-      VALVE_VERSION_STRING, state, json_escape(address_), getpid(), pool_->workers_json(),
-      pool_->queue_depth(), exchanges_.size(), clients_.size(), config_.to_json());
+      R"({{"version":"{}","state":"{}","address":"{}","admin":"{}","pid":{},"uptime_s":{:.3f},)"
+      R"("generation":{},"reload":{},"queue":{},"requests_in_progress":{},"connections":{},)"
+      R"("totals":{},"workers":{},"config":{}}})",
+      VALVE_VERSION_STRING, state, json_escape(address_), json_escape(admin_->address()), getpid(),
+      (unix_ms() - static_cast<int64_t>(st.started_unix_ms)) / 1000.0, pool_->generation(),
+      pool_->reload_json(), pool_->queue_depth(), exchanges_.size(), clients_.size(), totals,
+      pool_->workers_json(), config_.to_json());
+}
+
+bool Server::ready(std::string *why) {
+  if (stopping_) {
+    *why = "the server is shutting down";
+    return false;
+  }
+  return pool_->ready(why);
+}
+
+std::optional<std::string> Server::scale(const std::optional<std::string> &n_min,
+                                         const std::optional<std::string> &n_max) {
+  Config trial = config_;
+  if (n_min) {
+    if (auto err = trial.set("n-min", *n_min)) return err;
+  }
+  if (n_max) {
+    if (auto err = trial.set("n-max", *n_max)) return err;
+  }
+  if (trial.n_min > trial.n_max) {
+    return n_min ? fmt::format("n-min {}: must be at most n-max ({})", trial.n_min, trial.n_max)
+                 : fmt::format("n-max {}: must be at least n-min ({})", trial.n_max, trial.n_min);
+  }
+  if (stopping_) return std::string("the server is shutting down");
+  config_.n_min = trial.n_min;
+  config_.n_max = trial.n_max;
+  log_.info("scaled: n-min {}, n-max {}", config_.n_min, config_.n_max);
+  pool_->on_scaled();
+  return std::nullopt;
+}
+
+int Server::scale(std::optional<uint64_t> n_min, std::optional<uint64_t> n_max,
+                  std::string *error) {
+  auto text = [](std::optional<uint64_t> v) {
+    return v ? std::optional<std::string>(std::to_string(*v)) : std::nullopt;
+  };
+  auto result = std::make_shared<std::promise<std::optional<std::string>>>();
+  auto future = result->get_future();
+  auto work = [this, result, a = text(n_min), b = text(n_max)] { result->set_value(scale(a, b)); };
+  if (on_running_loop(error)) {
+    work();
+  } else if (!error->empty() || !inbox_->post(work)) {
+    return not_running(error);
+  }
+  std::optional<std::string> err;
+  try {
+    err = future.get();
+  } catch (const std::future_error &) {
+    return not_running(error);
+  }
+  if (!err) return 0;
+  *error = *err;
+  return VALVE_EINVALID;
+}
+
+int Server::not_running(std::string *error) {
+  *error = "the server is not running";
+  return VALVE_ESTATE;
+}
+
+bool Server::on_running_loop(std::string *error) {
+  std::lock_guard lock(mutex_);
+  error->clear();
+  if (!running_ || done_) *error = "the server is not running";
+  return running_ && std::this_thread::get_id() == loop_thread_;
+}
+
+int Server::reload(std::string *error) {
+  if (on_running_loop(error)) {
+    start_reload("asked by the host");
+    return 0;
+  }
+  if (!error->empty()) return not_running(error);
+  auto result = std::make_shared<std::promise<ReloadResult>>();
+  auto future = result->get_future();
+  bool posted = inbox_->post(
+      [this, result] { pool_->reload([result](const ReloadResult &r) { result->set_value(r); }); });
+  if (!posted) return not_running(error);
+  ReloadResult r;
+  try {
+    r = future.get();
+  } catch (const std::future_error &) {
+    return not_running(error);
+  }
+  if (r.ok) return 0;
+  *error = r.error;
+  return VALVE_ESTARTUP;
+}
+
+void Server::start_reload(std::string_view why) {
+  log_.info("reload ({})", why);
+  pool_->reload(nullptr);
 }
 
 int Server::prepare() {
@@ -286,6 +398,38 @@ int Server::prepare() {
     add_onstack(SIGINT);
     add_onstack(SIGTERM);
   }
+  if (config_.handle_signals) {
+    saved_signals_.push_back(save_signal(SIGHUP));
+    saved_signals_.push_back(save_signal(SIGUSR1));
+    sighup_ = new_handle<uv_signal_t>(this);
+    sigusr1_ = new_handle<uv_signal_t>(this);
+    uv_signal_init(&loop_, sighup_);
+    uv_signal_init(&loop_, sigusr1_);
+    uv_signal_start(
+        sighup_,
+        [](uv_signal_t *h, int) {
+          if (auto *self = static_cast<Server *>(h->data)) self->start_reload("SIGHUP");
+        },
+        SIGHUP);
+    uv_signal_start(
+        sigusr1_,
+        [](uv_signal_t *h, int) {
+          auto *self = static_cast<Server *>(h->data);
+          if (!self) return;
+          if (auto err = self->access_log_.reopen()) {
+            self->log_.error("SIGUSR1: {}", *err);
+          } else {
+            self->log_.info("SIGUSR1: log files reopened");
+          }
+        },
+        SIGUSR1);
+    add_onstack(SIGHUP);
+    add_onstack(SIGUSR1);
+  }
+  if (auto err = access_log_.open(config_.access_log, config_.access_log_format == "json")) {
+    set_result(VALVE_EINVALID, *err);
+    return VALVE_EINVALID;
+  }
   if (config_.reap_orphans) {
     saved_signals_.push_back(save_signal(SIGCHLD));
     become_subreaper();
@@ -309,7 +453,17 @@ int Server::prepare() {
         SIGCHLD);
     add_onstack(SIGCHLD);
   }
-  return listen();
+  if (int rc = listen(); rc != 0) return rc;
+  if (!config_.admin.empty()) {
+    std::string why;
+    if (int rc = admin_->listen(config_.admin, &why); rc != 0) {
+      set_result(rc, fmt::format("admin {}: {}", config_.admin, why));
+      return rc;
+    }
+    log_.info("admin interface on {}{}", admin_->address().starts_with("unix:") ? "" : "http://",
+              admin_->address());
+  }
+  return 0;
 }
 
 int Server::listen() {
@@ -465,6 +619,10 @@ void Server::finish() {
   if (sigint_) close_handle(sigint_);
   if (sigterm_) close_handle(sigterm_);
   if (sigchld_) close_handle(sigchld_);
+  if (sighup_) close_handle(sighup_);
+  if (sigusr1_) close_handle(sigusr1_);
+  admin_->close();
+  access_log_.flush();
   stop_timer_.reset();
   inbox_->close();
   if (deferred_check_) close_handle(deferred_check_);

@@ -20,6 +20,7 @@
 #include "http.hpp"
 #include "log.hpp"
 #include "loop.hpp"
+#include "stats.hpp"
 #include "util.hpp"
 
 namespace valve {
@@ -27,6 +28,7 @@ namespace valve {
 class Pool;
 class ClientConn;
 class Exchange;
+class AdminServer;
 
 using EventSink = void (*)(void *user_data, const char *event_json);
 
@@ -56,11 +58,28 @@ class Server {
   std::string status_json();
   std::string address();
   std::string last_error();
+  // Reloads (see Pool::reload) and waits for the outcome: 0, or VALVE_ESTARTUP with *error saying
+  // why (the old generation keeps serving). From the loop thread it starts the reload and returns
+  // 0 at once.
+  int reload(std::string *error);
+  // Sets n-min and n-max (either may be absent) of the running pool: 0, or VALVE_EINVALID with
+  // *error naming the option.
+  int scale(std::optional<uint64_t> n_min, std::optional<uint64_t> n_max, std::string *error);
 
   // ---- loop thread
   uv_loop_t *loop() { return &loop_; }
   const Config &config() const { return config_; }
   const Logger &log() const { return log_; }
+  Stats &stats() { return stats_; }
+  AccessLog &access_log() { return access_log_; }
+  std::string status_json_now();
+  // Whether /readyz passes: not stopping, and a worker can take a request; else why not.
+  bool ready(std::string *why);
+  // Sets n-min and/or n-max from their text: a message naming the option, or nullopt.
+  std::optional<std::string> scale(const std::optional<std::string> &n_min,
+                                   const std::optional<std::string> &n_max);
+  size_t requests_in_progress() const { return exchanges_.size(); }
+  size_t client_connections() const { return clients_.size(); }
   Pool &pool() { return *pool_; }
   const std::string &runtime_dir() const { return runtime_dir_; }
   bool stopping() const { return stopping_; }
@@ -105,22 +124,30 @@ class Server {
   void finish();
   void remove_runtime_dir();
   void run_deferred();
-  std::string status_json_now();
+  void start_reload(std::string_view why);  // SIGHUP
+  // Whether the caller is the loop thread of a running server; *error says if it is not running.
+  bool on_running_loop(std::string *error);
+  int not_running(std::string *error);
   std::string idle_status_json();  // before run() and after it ended
   void set_result(int code, std::string message);
 
   Config config_;
   Hooks hooks_;
   Logger log_;
+  Stats stats_;
+  AccessLog access_log_;
   uv_loop_t loop_{};
   std::unique_ptr<Inbox> inbox_;
   std::unique_ptr<Pool> pool_;
+  std::unique_ptr<AdminServer> admin_;
   uv_tcp_t *listener_ = nullptr;
   uv_check_t *deferred_check_ = nullptr;
   uv_idle_t *deferred_idle_ = nullptr;
   uv_signal_t *sigint_ = nullptr;
   uv_signal_t *sigterm_ = nullptr;
   uv_signal_t *sigchld_ = nullptr;
+  uv_signal_t *sighup_ = nullptr;
+  uv_signal_t *sigusr1_ = nullptr;
   std::unique_ptr<Timer> stop_timer_;
   std::unordered_set<ClientConn *> clients_;
   std::unordered_set<Exchange *> exchanges_;

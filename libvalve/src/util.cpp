@@ -7,6 +7,7 @@
 #include <sys/socket.h>
 
 #include <cctype>
+#include <ctime>
 #include <random>
 
 namespace valve {
@@ -118,6 +119,34 @@ void alloc_read_buffer(uv_handle_t *handle, size_t, uv_buf_t *buf) {
 }
 
 uint64_t monotonic_ms() { return uv_hrtime() / 1000000u; }
+
+int64_t unix_ms() {
+  timespec ts{};
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return static_cast<int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
+}
+
+std::string format_utc(int64_t ms) {
+  time_t secs = static_cast<time_t>(ms / 1000);
+  tm parts{};
+  gmtime_r(&secs, &parts);
+  return fmt::format("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z", parts.tm_year + 1900,
+                     parts.tm_mon + 1, parts.tm_mday, parts.tm_hour, parts.tm_min, parts.tm_sec,
+                     ms % 1000);
+}
+
+std::string escape_for_log(std::string_view s) {
+  std::string out;
+  out.reserve(s.size());
+  for (unsigned char c : s) {
+    if (c <= ' ' || c == '"' || c == '\\' || c == 0x7f) {
+      out += fmt::format("\\x{:02x}", c);
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  return out;
+}
 
 std::string json_escape(std::string_view s) {
   std::string out;

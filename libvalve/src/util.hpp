@@ -87,7 +87,12 @@ size_t write_queue_size(const uv_stream_t *stream);
 void alloc_read_buffer(uv_handle_t *handle, size_t suggested, uv_buf_t *buf);
 
 uint64_t monotonic_ms();
+int64_t unix_ms();  // wall-clock time
+// A wall-clock time in UTC as 2026-11-23T10:00:00.123Z.
+std::string format_utc(int64_t unix_ms);
 std::string json_escape(std::string_view s);
+// For a text log line: quotes, backslashes, spaces and control bytes as \xNN.
+std::string escape_for_log(std::string_view s);
 bool iequals(std::string_view a, std::string_view b);
 std::string_view trim(std::string_view s);
 std::string random_hex(size_t bytes);

@@ -6,11 +6,14 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <functional>
 #include <optional>
+#include <random>
 
 #include "pool.hpp"
 #include "process.hpp"
 #include "server.hpp"
+#include "stats.hpp"
 #include "upstream.hpp"
 
 namespace valve {
@@ -77,64 +80,123 @@ class LineReader {
   std::string partial_;
 };
 
-// Polls a starting worker with an HTTP request until it answers (any status counts), backing off
-// from 20 ms to 250 ms between tries. Readiness never depends on what a worker logs.
-class ReadinessProbe {
+// One check of a worker over a connection of its own: connect and, when a path is given, GET it
+// and read the status line. done(status, why) runs once: the HTTP status, 0 when only the connect
+// was asked for, or -1 with the reason. It may destroy the probe.
+class Probe {
  public:
-  ReadinessProbe(Worker &worker, uv_loop_t *loop)
-      : worker_(worker), loop_(loop), retry_(loop, [this] { attempt(); }) {}
-  ~ReadinessProbe() { drop(); }
+  using Done = std::function<void(int status, std::string why)>;
+  Probe(Worker &worker, uv_loop_t *loop, Done done)
+      : worker_(worker),
+        loop_(loop),
+        done_(std::move(done)),
+        timer_(loop, [this] { finish(-1, "no answer in time"); }) {}
+  ~Probe() {
+    *alive_ = false;
+    stream_.close();
+  }
 
-  void attempt() {
-    drop();
+  bool running() const { return running_; }
+
+  void start(std::string path, double timeout) {
+    stream_.close();
+    seen_.clear();
+    path_ = std::move(path);
+    running_ = true;
+    if (timeout > 0) timer_.start(timeout);
     int rc = stream_.connect(
         loop_, this, worker_.socket_path(), worker_.port(),
-        [](void *self, int status) { static_cast<ReadinessProbe *>(self)->on_connect(status); });
-    if (rc != 0) again();
+        [](void *self, int status) { static_cast<Probe *>(self)->on_connect(status); });
+    if (rc != 0) {
+      // Reported from the loop, never from inside start().
+      worker_.pool().server().defer([alive = alive_, this, rc] {
+        if (*alive) finish(-1, uv_message(rc));
+      });
+    }
   }
 
  private:
-  void drop() {
+  void finish(int status, std::string why) {
+    if (!running_) return;
+    running_ = false;
+    timer_.stop();
     stream_.close();
-    seen_.clear();
+    done_(status, std::move(why));  // may destroy this probe: nothing after it
   }
-  void again() {
-    drop();
-    retry_.start(delay_);
-    delay_ = std::min(0.25, delay_ * 1.5);
-  }
+
   void on_connect(int status) {
-    if (status != 0) return again();
-    write_string(stream_.get(),
-                 "GET /__valve/ready HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    uv_read_start(
-        stream_.get(), alloc_read_buffer, [](uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
-          auto *self = static_cast<ReadinessProbe *>(s->data);
-          if (!self) return;
-          if (n < 0) return self->again();
-          self->seen_.append(buf->base, static_cast<size_t>(n));
-          if (self->seen_.size() < 9) return;
-          bool http = self->seen_.starts_with("HTTP/1.");
-          self->drop();
-          if (http) {
-            self->worker_.on_probe_result(true);  // may destroy this probe: nothing after it
-          } else {
-            self->again();
-          }
-        });
+    if (status != 0) return finish(-1, uv_message(status));
+    if (path_.empty()) return finish(0, {});
+    write_string(stream_.get(), fmt::format("GET {} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: "
+                                            "valve-probe\r\nConnection: close\r\n\r\n",
+                                            path_));
+    uv_read_start(stream_.get(), alloc_read_buffer,
+                  [](uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
+                    if (auto *self = static_cast<Probe *>(s->data)) self->on_read(n, buf);
+                  });
+  }
+
+  void on_read(ssize_t n, const uv_buf_t *buf) {
+    if (n < 0) return finish(-1, "the connection closed before an answer");
+    seen_.append(buf->base, static_cast<size_t>(n));
+    size_t eol = seen_.find('\n');
+    if (eol == std::string::npos) {
+      if (seen_.size() > 1024) finish(-1, "not an HTTP answer");
+      return;
+    }
+    // "HTTP/1.1 200 OK"
+    int status = 0;
+    if (seen_.starts_with("HTTP/1.") && seen_.size() >= 12) {
+      auto code = parse_uint(std::string_view(seen_).substr(9, 3));
+      if (code && *code >= 100 && *code <= 999) status = static_cast<int>(*code);
+    }
+    if (status == 0) return finish(-1, "not an HTTP answer");
+    finish(status, {});
   }
 
   Worker &worker_;
   uv_loop_t *loop_;
+  Done done_;
+  Timer timer_;
   WorkerStream stream_;
+  std::string path_;
   std::string seen_;
-  double delay_ = 0.02;
-  Timer retry_;
+  bool running_ = false;
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+
+ public:
+  Probe(const Probe &) = delete;
+  Probe &operator=(const Probe &) = delete;
 };
 
-Worker::Worker(Pool &pool, uint64_t id)
+// Polls a starting worker with GET /__valve/ready until it answers (any status counts), backing
+// off from 20 ms to 250 ms between tries. Readiness never depends on what a worker logs.
+class ReadinessProbe {
+ public:
+  ReadinessProbe(Worker &worker, uv_loop_t *loop)
+      : worker_(worker),
+        probe_(worker, loop, [this](int status, const std::string &) { on_result(status); }),
+        retry_(loop, [this] { attempt(); }) {}
+
+  void attempt() { probe_.start("/__valve/ready", 0); }
+
+ private:
+  void on_result(int status) {
+    if (status > 0) return worker_.on_probe_result(true);  // may destroy this probe
+    retry_.start(delay_);
+    delay_ = std::min(0.25, delay_ * 1.5);
+  }
+
+  Worker &worker_;
+  Probe probe_;
+  Timer retry_;
+  double delay_ = 0.02;
+};
+
+Worker::Worker(Pool &pool, uint64_t id, uint64_t generation)
     : pool_(pool),
       id_(id),
+      generation_(generation),
       startup_timer_(pool.server().loop(),
                      [this] {
                        if (state_ != State::starting) return;
@@ -150,10 +212,19 @@ Worker::Worker(Pool &pool, uint64_t id)
                       signal_group(pid_, SIGKILL);
                     }
                   }),
-      exit_check_(pool.server().loop(), [this] { check_exit(); }) {}
+      exit_check_(pool.server().loop(), [this] { check_exit(); }),
+      health_timer_(pool.server().loop(), [this] { check_health(); }) {
+  const Config &cfg = pool.config();
+  if (cfg.max_requests > 0) {
+    static thread_local std::mt19937_64 rng{std::random_device{}()};
+    request_limit_ =
+        cfg.max_requests + std::uniform_int_distribution<uint64_t>(0, cfg.max_requests_jitter)(rng);
+  }
+}
 
 Worker::~Worker() {
   probe_.reset();
+  health_probe_.reset();
   close_handles();
   if (pidfd_ >= 0) close(pidfd_);
 }
@@ -169,7 +240,9 @@ const char *Worker::state_name() const {
     case State::starting:
       return "starting";
     case State::ready:
-      return "ready";
+      return unhealthy_ ? "unhealthy" : retiring() ? "retiring" : "ready";
+    case State::draining:
+      return "draining";
     case State::stopping:
       return "stopping";
     case State::exited:
@@ -270,6 +343,7 @@ void Worker::on_probe_result(bool answered) {
 void Worker::on_ready() {
   state_ = State::ready;
   ready_ms_ = last_used_ms_ = monotonic_ms();
+  sample_rss();
   startup_timer_.stop();
   pool_.log().info("{} ready after {} ms", label(), ready_ms_ - started_ms_);
   if (pool_.server().wants_events())
@@ -277,7 +351,76 @@ void Worker::on_ready() {
         fmt::format(R"({{"event":"worker_ready","worker":{},"pid":{},"startup_ms":{}}})", id_, pid_,
                     ready_ms_ - started_ms_));
   pool_.server().defer([p = probe_.release()] { delete p; });
+  health_probe_ = std::make_unique<Probe>(
+      *this, pool_.server().loop(),
+      [this](int status, const std::string &why) { on_health_result(status, why); });
+  double interval = pool_.config().health_interval;
+  health_timer_.start(interval, interval);
   pool_.on_worker_ready(*this);
+}
+
+void Worker::check_health() {
+  // A worker busy to its concurrency is not checked: an R worker serving a long request cannot
+  // answer a check, yet is not unhealthy (--timeout covers a stuck request).
+  if (state_ != State::ready || health_probe_->running()) return;
+  if (in_flight_ >= pool_.config().worker_concurrency) return;
+  health_probe_->start(pool_.config().health_path, pool_.config().health_timeout);
+}
+
+void Worker::on_health_result(int status, const std::string &why) {
+  if (state_ != State::ready) return;
+  const Config &cfg = pool_.config();
+  bool ok = cfg.health_path.empty() ? status == 0 : status >= 200 && status < 400;
+  if (ok) {
+    health_fails_ = 0;
+    ++health_passes_;
+    if (unhealthy_ && health_passes_ >= cfg.health_rise)
+      set_unhealthy(false, fmt::format("{} health checks in a row passed", health_passes_));
+    return;
+  }
+  health_passes_ = 0;
+  ++health_fails_;
+  pool_.server().stats().health_check_failures++;
+  std::string what = status > 0 ? fmt::format("GET {} answered {}", cfg.health_path, status)
+                                : fmt::format("{}", why);
+  pool_.log().debug("{}: health check failed: {}", label(), what);
+  if (!unhealthy_ && health_fails_ >= cfg.health_fall)
+    set_unhealthy(true,
+                  fmt::format("{} health checks in a row failed (last: {})", health_fails_, what));
+}
+
+void Worker::note_request_result(bool ok) {
+  if (ok) {
+    request_fails_ = 0;
+    return;
+  }
+  uint64_t limit = pool_.config().max_fails;
+  if (++request_fails_ >= limit && limit > 0 && state_ == State::ready && !unhealthy_)
+    set_unhealthy(true, fmt::format("{} requests in a row failed", request_fails_));
+}
+
+void Worker::set_unhealthy(bool unhealthy, std::string_view why) {
+  unhealthy_ = unhealthy;
+  health_passes_ = health_fails_ = request_fails_ = 0;
+  if (unhealthy) {
+    pool_.log().warn("{} is unhealthy: {}; it gets no new requests and is replaced", label(), why);
+  } else {
+    pool_.log().info("{} is healthy again: {}", label(), why);
+  }
+  pool_.on_worker_health(*this);
+}
+
+uint64_t Worker::sample_rss() {
+  if (pid_ <= 0 || state_ == State::exited) return rss_bytes_ = 0;
+  char path[64];
+  std::snprintf(path, sizeof path, "/proc/%d/statm", static_cast<int>(pid_));
+  FILE *f = std::fopen(path, "r");
+  if (!f) return rss_bytes_;
+  unsigned long size = 0, resident = 0;
+  if (std::fscanf(f, "%lu %lu", &size, &resident) == 2)
+    rss_bytes_ = static_cast<uint64_t>(resident) * static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+  std::fclose(f);
+  return rss_bytes_;
 }
 
 UpstreamConn &Worker::lease() {
@@ -297,12 +440,28 @@ void Worker::release(UpstreamConn &conn, bool reusable) {
   if (in_flight_ > 0) --in_flight_;
   ++served_;
   last_used_ms_ = monotonic_ms();
+  last_used_unix_ms_ = unix_ms();
   if (reusable && state_ == State::ready && !conn.broken()) {
     idle_.push_back(&conn);
   } else {
     forget_conn(conn);
   }
+  if (state_ == State::draining && in_flight_ == 0) {
+    stop("its last request is done");
+    return;
+  }
+  if (request_limit_ > 0 && served_ >= request_limit_ && state_ == State::ready && !retiring())
+    pool_.retire(*this, "max-requests", fmt::format("served {} requests (max-requests)", served_));
   pool_.on_worker_free(*this);
+}
+
+void Worker::drain(std::string_view why) {
+  if (state_ != State::ready) return;
+  state_ = State::draining;
+  health_timer_.stop();
+  pool_.log().info("draining {}: {}", label(), why);
+  for (UpstreamConn *c : std::vector<UpstreamConn *>(idle_)) forget_conn(*c);
+  if (in_flight_ == 0) stop(why);
 }
 
 void Worker::drop_idle(UpstreamConn &conn) { forget_conn(conn); }
@@ -322,6 +481,8 @@ void Worker::stop(std::string_view why) {
   if (state_ == State::stopping || state_ == State::exited) return;
   state_ = State::stopping;
   stop_requested_ = true;
+  stop_chosen_ = true;
+  health_timer_.stop();
   pool_.log().info("stopping {}: {}", label(), why);
   signal_group(pid_, SIGTERM);
   kill_timer_.start(pool_.config().kill_timeout);
@@ -341,6 +502,7 @@ void Worker::on_exit(int wait_status) {
   startup_timer_.stop();
   kill_timer_.stop();
   exit_check_.stop();
+  health_timer_.stop();
   probe_.reset();
   close_handles();
   // Anything else left in its process group goes with it.

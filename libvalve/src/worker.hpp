@@ -18,13 +18,17 @@ namespace valve {
 class Pool;
 class UpstreamConn;
 class LineReader;
+class Probe;
 class ReadinessProbe;
 
 class Worker {
  public:
-  enum class State { starting, ready, stopping, exited };
+  // starting: launched, not yet answering. ready: serving (unless unhealthy; a retiring worker
+  // serves only when no other can). draining: takes nothing new, stops once its requests are done.
+  // stopping: SIGTERM (or SIGKILL) sent.
+  enum class State { starting, ready, draining, stopping, exited };
 
-  Worker(Pool &pool, uint64_t id);
+  Worker(Pool &pool, uint64_t id, uint64_t generation);
   ~Worker();
   Worker(const Worker &) = delete;
   Worker &operator=(const Worker &) = delete;
@@ -41,6 +45,15 @@ class Worker {
   void stop(std::string_view why);
   // Ends the process at once (it is stuck or unwanted); its requests fail.
   void kill(std::string_view why);
+  // Takes no new requests; stops once those in flight are done.
+  void drain(std::string_view why);
+  // Marks the worker for replacement: it still serves, last of all, until the replacement is ready.
+  void set_retiring(std::string reason) { retire_reason_ = std::move(reason); }
+  void clear_retiring() { retire_reason_.clear(); }
+  // The worker's own failure (connection error, malformed answer, 502/503/504) or a good answer.
+  void note_request_result(bool ok);
+  // Reads the resident memory from /proc; returns it (0 when unknown).
+  uint64_t sample_rss();
   // The process has exited (status from waitpid).
   void on_exit(int wait_status);
   // Reaps the process if it has exited.
@@ -55,9 +68,21 @@ class Worker {
   uint64_t last_used_ms() const { return last_used_ms_; }
   uint64_t started_ms() const { return started_ms_; }
   uint64_t ready_ms() const { return ready_ms_; }
-  bool accepting() const { return state_ == State::ready; }
+  uint64_t generation() const { return generation_; }
+  // Ready and healthy: may be given requests (a retiring one only when no other can).
+  bool accepting() const { return state_ == State::ready && !unhealthy_; }
+  bool retiring() const { return !retire_reason_.empty(); }
+  const std::string &retire_reason() const { return retire_reason_; }
+  bool unhealthy() const { return unhealthy_; }
+  // Ready but to be replaced (retiring or unhealthy), and not yet draining.
+  bool awaiting_replacement() const { return state_ == State::ready && (retiring() || unhealthy_); }
+  uint64_t rss_bytes() const { return rss_bytes_; }
+  int64_t last_used_unix_ms() const { return last_used_unix_ms_; }
   bool was_ready() const { return ready_ms_ != 0; }
   bool stop_requested() const { return stop_requested_; }
+  // valve chose to stop it (scaling, idleness, a reload, shutdown), as opposed to killing it for a
+  // failure: its end is no crash.
+  bool stop_chosen() const { return stop_chosen_; }
   bool lost_race() const { return lost_race_; }
   const std::string &socket_path() const { return socket_path_; }
   int port() const { return port_; }
@@ -72,12 +97,16 @@ class Worker {
   friend class ReadinessProbe;
   void on_probe_result(bool answered);
   void on_ready();
+  void check_health();
+  void on_health_result(int status, const std::string &why);
+  void set_unhealthy(bool unhealthy, std::string_view why);
   void close_handles();
   void forget_conn(UpstreamConn &conn);
   void fail_conns(std::string_view why);
 
   Pool &pool_;
   uint64_t id_;
+  uint64_t generation_;
   pid_t pid_ = -1;
   State state_ = State::starting;
   std::string socket_path_;
@@ -87,17 +116,28 @@ class Worker {
   uint64_t started_ms_ = 0;
   uint64_t ready_ms_ = 0;
   uint64_t last_used_ms_ = 0;
+  int64_t last_used_unix_ms_ = 0;  // 0: never served
+  uint64_t request_limit_ = 0;     // max-requests plus this worker's jitter (0: none)
+  uint64_t rss_bytes_ = 0;
+  std::string retire_reason_;
+  bool unhealthy_ = false;
+  uint64_t health_passes_ = 0;  // checks in a row
+  uint64_t health_fails_ = 0;
+  uint64_t request_fails_ = 0;  // requests in a row the worker itself failed
   std::list<std::unique_ptr<UpstreamConn>> conns_;
   std::vector<UpstreamConn *> idle_;
   std::unique_ptr<LineReader> out_, err_;
   std::unique_ptr<ReadinessProbe> probe_;
+  std::unique_ptr<Probe> health_probe_;
   uv_poll_t *exit_poll_ = nullptr;
   int pidfd_ = -1;
   bool stop_requested_ = false;
+  bool stop_chosen_ = false;
   bool lost_race_ = false;
   Timer startup_timer_;
   Timer kill_timer_;
   Timer exit_check_;
+  Timer health_timer_;
   std::deque<std::string> tail_;
 };
 

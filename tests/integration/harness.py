@@ -47,6 +47,7 @@ BACKEND = _default_binary("VALVE_BACKEND", "build/tests/backend/valve-test-backe
 LOOPBACK = "127.0.0.1"
 TAG_VARIABLE = "VALVE_TEST_TAG"
 LISTENING_RE = re.compile(r"listening on http://(\[[^\]]+\]|[^\s:/]+):(\d+)")
+ADMIN_RE = re.compile(r"admin interface on (?:http://)?(\S+)")
 
 
 def app_path(name):
@@ -360,6 +361,19 @@ class RawConnection:
             self.sock.settimeout(old)
 
 
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """http.client over a Unix socket."""
+
+    def __init__(self, path, timeout=30.0):
+        super().__init__("localhost", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.unix_path)
+
+
 def format_request(method, target, headers=None, body=b"", host="valve.test"):
     if isinstance(body, str):
         body = body.encode()
@@ -382,10 +396,10 @@ class SteadyLoad:
     def __init__(self, valve, path, seconds, clients=3, timeout=60):
         self.statuses = []
         self._lock = threading.Lock()
-        stop = time.monotonic() + seconds
+        self._until = time.monotonic() + seconds
 
         def client():
-            while time.monotonic() < stop:
+            while time.monotonic() < self._until:
                 try:
                     status = valve.get(path, timeout=timeout).status
                 except Exception as exc:  # noqa: BLE001 - counted as a failure
@@ -397,11 +411,58 @@ class SteadyLoad:
         for t in self._threads:
             t.start()
 
+    def stop(self):
+        """Ends the load early: each client finishes its request in progress."""
+        self._until = 0
+
     def join(self, timeout):
         for t in self._threads:
             t.join(timeout)
         with self._lock:
             return list(self.statuses)
+
+
+class Wrk:
+    """wrk driving GET url with `connections` kept-alive connections for `seconds`, in the
+    background; result() waits (bounded) and parses its summary."""
+
+    def __init__(self, url, seconds, connections=8, threads=2, timeout_s=10):
+        self.proc = subprocess.Popen(
+            ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s",
+             "--timeout", f"{timeout_s}s", url],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.seconds = seconds
+
+    def result(self):
+        try:
+            out, _ = self.proc.communicate(timeout=self.seconds + 30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, _ = self.proc.communicate(timeout=10)
+            raise AssertionError(f"wrk did not end: {out.decode(errors='replace')}")
+        text = out.decode(errors="replace")
+        if self.proc.returncode != 0:
+            raise AssertionError(f"wrk failed ({self.proc.returncode}):\n{text}")
+        requests = re.search(r"(\d+) requests in", text)
+        non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+        errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)",
+                           text)
+        return {
+            "requests": int(requests.group(1)) if requests else 0,
+            "non2xx": int(non2xx.group(1)) if non2xx else 0,
+            "socket_errors": sum(int(g) for g in errors.groups()) if errors else 0,
+            "text": text,
+        }
+
+    def stop(self):
+        """Ends the run early; wrk prints its summary on SIGINT."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
 
 
 def parallel(functions, timeout=120):
@@ -570,6 +631,33 @@ class Valve:
 
     def raw(self, timeout=10.0):
         return RawConnection(self.host, self.port, timeout)
+
+    # -- the admin interface (started with --admin)
+    def admin_address(self, timeout=10.0):
+        """The admin listener from the log: "127.0.0.1:PORT" or "unix:/path"."""
+        return self.wait_log(ADMIN_RE.pattern, timeout).group(1)
+
+    def admin(self, method, path, body=None, headers=None, timeout=30.0):
+        """One request to the admin interface, TCP or Unix socket; a Response."""
+        address = self.admin_address()
+        if address.startswith("unix:"):
+            conn = UnixHTTPConnection(address[5:], timeout=timeout)
+        else:
+            host, _, port = address.rpartition(":")
+            conn = http.client.HTTPConnection(host.strip("[]"), int(port), timeout=timeout)
+        try:
+            conn.request(method, path, body=body, headers=dict(headers or {}))
+            resp = conn.getresponse()
+            return Response(resp.status, resp.reason, resp.getheaders(), resp.read())
+        finally:
+            conn.close()
+
+    def status(self):
+        """GET /status on the admin interface, as a dict."""
+        response = self.admin("GET", "/status")
+        if response.status != 200:
+            raise AssertionError(f"/status answered {response!r}")
+        return response.json()
 
     # -- processes
     def _sample(self):

@@ -329,3 +329,78 @@ def test_server_dropped_on_its_own_loop_thread():
     assert wait_for(lambda: "server" not in box)
     assert wait_for(lambda: children() == [] and tasks() == tasks_before
                     and threading.active_count() == threads_before)
+
+
+def worker_pids(server, state="ready"):
+    return sorted(w["pid"] for w in server.status()["workers"] if w["state"] == state)
+
+
+@requires_backend
+def test_reload_replaces_every_worker_and_scale_resizes_the_pool():
+    events = []
+    server = valve.Server(cmd=backend_cmd(), port=0, n_min=2, n_max=4, on_event=events.append,
+                          on_log=lambda level, line: None)
+    with pytest.raises(valve.ValveError) as info:
+        server.reload()  # not started yet
+    assert info.value.name == "VALVE_ESTATE"
+    with server:
+        assert wait_for(lambda: len(worker_pids(server)) == 2)
+        before = worker_pids(server)
+        assert server.status()["generation"] == 1
+
+        assert server.reload() is None  # returns once the new generation serves
+        st = server.status()
+        assert st["generation"] == 2
+        assert st["reload"]["state"] == "done" and st["reload"]["generation"] == 2
+        # Every worker is new; the old generation drains and goes.
+        assert wait_for(lambda: len(server.status()["workers"]) == 2
+                        and not set(before) & {w["pid"] for w in server.status()["workers"]})
+        assert all(w["generation"] == 2 for w in server.status()["workers"])
+        assert get(server.url + "/hello")[0] == 200
+        assert wait_for(lambda: any(e["event"] == "reload" for e in events))
+        done = [e for e in events if e["event"] == "reload"]
+        assert done[-1]["ok"] is True and done[-1]["generation"] == 2, done
+
+        server.scale(3, 3)
+        assert wait_for(lambda: len(worker_pids(server)) == 3)
+        config = server.status()["config"]
+        assert config["n-min"] == 3 and config["n-max"] == 3
+
+        with pytest.raises(valve.ValveError) as info:
+            server.scale(3, 2)
+        assert str(info.value) == "n-min 3: must be at most n-max (2)"
+        assert info.value.name == "VALVE_EINVALID"
+        with pytest.raises(valve.ValveError) as info:
+            server.scale(-1, 2)
+        assert str(info.value).startswith("n-min -1")
+        assert server.status()["config"]["n-min"] == 3  # unchanged by the failures
+
+        server.stop(deadline=5)
+        with pytest.raises(valve.ValveError) as info:
+            server.reload()
+        assert info.value.name == "VALVE_ESTATE"
+        with pytest.raises(valve.ValveError) as info:
+            server.scale(1, 1)
+        assert info.value.name == "VALVE_ESTATE"
+    assert children() == []
+
+
+@requires_backend
+def test_failed_reload_raises_with_the_workers_output_and_the_old_workers_serve(tmp_path):
+    broken = tmp_path / "broken"
+    cmd = f"if [ -e {broken} ]; then echo plumber.R is broken >&2; exit 3; fi; exec {backend_cmd()}"
+    events = []
+    with valve.Server(cmd=cmd, port=0, n_min=1, on_event=events.append,
+                      on_log=lambda level, line: None) as server:
+        before = worker_pids(server)
+        broken.touch()
+        with pytest.raises(valve.ValveError) as info:
+            server.reload()
+        assert info.value.name == "VALVE_ESTARTUP"
+        assert "plumber.R is broken" in str(info.value), str(info.value)
+        st = server.status()
+        assert st["generation"] == 1 and st["reload"]["state"] == "failed"
+        assert worker_pids(server) == before
+        assert get(server.url + "/hello")[0] == 200
+        assert wait_for(lambda: any(e["event"] == "reload" for e in events))
+        assert [e["ok"] for e in events if e["event"] == "reload"] == [False]

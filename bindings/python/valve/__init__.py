@@ -99,9 +99,10 @@ class Server:
     strings (True/False as "true"/"false"); None leaves an option at its default.
 
     ``on_event(dict)`` receives each pool event (worker_launched, worker_ready, worker_exited,
-    request_completed); ``on_log(level, line)`` receives each log line (level 0 debug .. 3 error),
-    which otherwise go to stderr. Both run on valve's loop thread: keep them quick. From them,
-    :meth:`stop` only asks for the stop. Exceptions they raise are printed to stderr and ignored.
+    request_completed, reload); ``on_log(level, line)`` receives each log line (level 0 debug ..
+    3 error), which otherwise go to stderr. Both run on valve's loop thread: keep them quick.
+    From them, :meth:`stop` only asks for the stop and :meth:`reload` only starts the reload.
+    Exceptions they raise are printed to stderr and ignored.
 
     Raises :class:`ValveError` if the configuration is invalid or the file does not exist, and
     :class:`TypeError` for an unknown option.
@@ -266,6 +267,28 @@ class Server:
         except Exception:  # noqa: BLE001 - interpreter shutdown
             pass
 
+    # ---- control -----------------------------------------------------------------------------
+
+    def reload(self):
+        """Reloads without dropping a request: starts a new generation of workers (re-reading the
+        API file), moves traffic to it once it is ready and drains the old one. Returns once the
+        new generation serves. Raises ValveError: VALVE_ESTARTUP if it failed to start (the
+        message holds the reason and the failing worker's last output; the old generation keeps
+        serving), VALVE_ESTATE if the server is not running. From a callback it only starts the
+        reload; a "reload" event reports the outcome."""
+        rc = lib.valve_server_reload(self._h())
+        if rc != 0:
+            self._raise(rc)
+
+    def scale(self, n_min, n_max):
+        """Sets the running pool's n-min and n-max: workers above n_max drain and stop, workers up
+        to n_min are launched. Raises ValveError: VALVE_EINVALID if n_min > n_max or n_max is 0
+        (``n-min 3: must be at most n-max (2)``), VALVE_ESTATE if the server is not running."""
+        h = self._h()
+        rc = lib.valve_server_scale(h, _count("n-min", n_min), _count("n-max", n_max))
+        if rc != 0:
+            self._raise(rc)
+
     # ---- inspection --------------------------------------------------------------------------
 
     def status(self):
@@ -307,6 +330,16 @@ class Server:
 def _check(rc):
     if rc != 0:
         raise ValveError(rc)
+
+
+def _count(key, value):
+    # A worker count as valve_server_scale() takes it (a C unsigned): refused here rather than
+    # wrapped around by ctypes.
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValveError(_lib.VALVE_EINVALID, f"{key} {value}: expected a whole number")
+    if value > 0xFFFFFFFF:
+        raise ValveError(_lib.VALVE_EINVALID, f"{key} {value}: must be at most 4294967295")
+    return value
 
 
 def _config_error(cfg, rc):

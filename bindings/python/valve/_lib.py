@@ -63,6 +63,8 @@ _DECLARATIONS = {
     "valve_server_start": (c_int, [server_p]),
     "valve_server_stop": (c_int, [server_p, c_double]),
     "valve_server_wait": (c_int, [server_p]),
+    "valve_server_reload": (c_int, [server_p]),
+    "valve_server_scale": (c_int, [server_p, c_uint, c_uint]),
     # char **json_out: a void pointer, so ctypes hands back the address that valve_free() needs.
     "valve_server_status": (c_int, [server_p, ctypes.POINTER(c_void_p)]),
     "valve_server_address": (c_int, [server_p, c_char_p, c_size_t]),

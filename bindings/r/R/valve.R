@@ -90,6 +90,31 @@ valve_stop <- function(server, deadline = NULL) {
   invisible(server)
 }
 
+# Reload without dropping a request: a new generation of workers (re-reading the API file) takes
+# over once it is ready and the old one drains. Returns once the new generation serves.
+valve_reload <- function(server) {
+  .Call(C_reload, check_server(server))
+  invisible(server)
+}
+
+# One worker count for valve_scale(): a whole number of 0 or more (a C unsigned).
+worker_count <- function(key, value) {
+  if (!is.numeric(value) || length(value) != 1 || is.na(value) || value < 0 ||
+      value > 4294967295 || value != trunc(value)) {
+    valve_abort(-10001L, "VALVE_EINVALID",
+                sprintf("%s: expected a single whole number, 0 or more", key))
+  }
+  as.numeric(value)
+}
+
+# Set the running pool's n-min and n-max: workers above n_max drain and stop, workers up to n_min
+# are launched.
+valve_scale <- function(server, n_min, n_max) {
+  ptr <- check_server(server)
+  .Call(C_scale, ptr, worker_count("n-min", n_min), worker_count("n-max", n_max))
+  invisible(server)
+}
+
 valve_status <- function(server) {
   jsonlite::fromJSON(.Call(C_status, check_server(server)))
 }

@@ -195,6 +195,26 @@ SEXP C_wait(SEXP ptr) {
   return R_NilValue;
 }
 
+/* Reloads: returns once the new generation serves, else raises (the old one keeps serving). */
+SEXP C_reload(SEXP ptr) {
+  r_server *s = get_server(ptr);
+  int rc = valve_server_reload(s->sv);
+  if (rc != 0) raise_error(rc, valve_server_last_error(s->sv));
+  return R_NilValue;
+}
+
+/* Sets n-min and n-max (whole numbers of 0 or more, checked by the R function valve_scale()). */
+SEXP C_scale(SEXP ptr, SEXP n_min, SEXP n_max) {
+  r_server *s = get_server(ptr);
+  double lo = Rf_asReal(n_min), hi = Rf_asReal(n_max);
+  if (!(lo >= 0 && lo <= 4294967295.0 && lo == (double)(unsigned)lo) ||
+      !(hi >= 0 && hi <= 4294967295.0 && hi == (double)(unsigned)hi))
+    Rf_error("n_min and n_max must be whole numbers from 0 to 4294967295");
+  int rc = valve_server_scale(s->sv, (unsigned)lo, (unsigned)hi);
+  if (rc != 0) raise_error(rc, valve_server_last_error(s->sv));
+  return R_NilValue;
+}
+
 SEXP C_status(SEXP ptr) {
   r_server *s = get_server(ptr);
   char *json = NULL;
@@ -246,7 +266,8 @@ static const R_CallMethodDef call_methods[] = {
     {"C_new", (DL_FUNC)&C_new, 3},         {"C_start", (DL_FUNC)&C_start, 1},
     {"C_stop", (DL_FUNC)&C_stop, 2},       {"C_wait", (DL_FUNC)&C_wait, 1},
     {"C_status", (DL_FUNC)&C_status, 1},   {"C_address", (DL_FUNC)&C_address, 1},
-    {"C_events", (DL_FUNC)&C_events, 1},   {NULL, NULL, 0}};
+    {"C_events", (DL_FUNC)&C_events, 1},   {"C_reload", (DL_FUNC)&C_reload, 1},
+    {"C_scale", (DL_FUNC)&C_scale, 3},     {NULL, NULL, 0}};
 
 void R_init_valve(DllInfo *dll) {
   R_registerRoutines(dll, NULL, call_methods, NULL, NULL);

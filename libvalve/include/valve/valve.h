@@ -123,6 +123,18 @@ VALVE_API int valve_server_stop(valve_server_t *sv, double deadline_seconds);
 /* Waits until a server started with valve_server_start() has stopped; returns its result. */
 VALVE_API int valve_server_wait(valve_server_t *sv);
 
+/* Reloads without dropping a request: starts a new generation of workers (re-reading the API
+ * file), moves traffic to it once it is ready, and drains the old one. Blocks until the new
+ * generation serves (0) or failed to start (VALVE_ESTARTUP, with the reason and the failing
+ * worker's last output in valve_server_last_error(); the old generation keeps serving).
+ * VALVE_ESTATE if the server is not running. Called on the loop thread (from a callback) it starts
+ * the reload and returns 0 at once. */
+VALVE_API int valve_server_reload(valve_server_t *sv);
+/* Sets the running pool's n-min and n-max: workers above n-max drain and stop, workers up to
+ * n-min are launched. Returns 0, VALVE_EINVALID (n_min > n_max, n_max 0; the message in
+ * valve_server_last_error()) or VALVE_ESTATE if the server is not running. */
+VALVE_API int valve_server_scale(valve_server_t *sv, unsigned n_min, unsigned n_max);
+
 /* A JSON snapshot of the server: listener, workers, queue, configuration. The caller frees
  * *json_out with valve_free(). */
 VALVE_API int valve_server_status(valve_server_t *sv, char **json_out);

@@ -160,3 +160,58 @@ test_that("clients that hang up mid-response do not bring R down (SIGPIPE on val
   }
   expect_identical(http_get(valve_address(server), "/hello"), "hello")
 })
+
+test_that("valve_reload() replaces every worker and valve_scale() resizes the pool", {
+  before_children <- child_pids()
+  server <- valve_start(cmd = backend_cmd(), port = 0, n_min = 2, n_max = 4)
+  on.exit(valve_stop(server, 0))
+  ready_pids <- function() {
+    workers <- valve_status(server)$workers
+    if (length(workers)) workers$pid[workers$state == "ready"] else integer()
+  }
+  expect_true(wait_until(function() length(ready_pids()) == 2))
+  before <- ready_pids()
+  expect_equal(valve_status(server)$generation, 1)
+
+  expect_invisible(valve_reload(server))
+  status <- valve_status(server)
+  expect_equal(status$generation, 2)
+  expect_identical(status$reload$state, "done")
+  # Every worker is new, of generation 2; the old ones drain and go.
+  expect_true(wait_until(function() {
+    workers <- valve_status(server)$workers
+    NROW(workers) == 2 && !any(workers$pid %in% before) && all(workers$generation == 2)
+  }))
+  expect_false(any(vapply(before, alive, logical(1))))
+  expect_identical(http_get(valve_address(server), "/hello"), "hello")
+  reloads <- Filter(function(e) identical(e$event, "reload"), valve_events(server))
+  expect_length(reloads, 1)
+  expect_true(reloads[[1]]$ok)
+  expect_equal(reloads[[1]]$generation, 2)
+
+  expect_invisible(valve_scale(server, 3, 3))
+  expect_true(wait_until(function() length(ready_pids()) == 3))
+  config <- valve_status(server)$config
+  expect_equal(config$`n-min`, 3)
+  expect_equal(config$`n-max`, 3)
+
+  err <- expect_error(valve_scale(server, 3, 2), class = "valve_error")
+  expect_identical(conditionMessage(err), "n-min 3: must be at most n-max (2)")
+  expect_identical(err$name, "VALVE_EINVALID")
+  expect_match(deparse(conditionCall(err))[[1]], "^valve_scale\\(")
+  for (bad in list(-1, 1.5, NA, "2", c(1, 2), 2^32)) {
+    expect_error(valve_scale(server, bad, 4), "n-min: expected a single whole number",
+                 class = "valve_error")
+    expect_error(valve_scale(server, 1, bad), "n-max: expected a single whole number",
+                 class = "valve_error")
+  }
+  expect_equal(valve_status(server)$config$`n-min`, 3)  # unchanged by the failures
+  expect_error(valve_reload(list()), "valve_start")
+
+  valve_stop(server, 1)
+  err <- expect_error(valve_reload(server), class = "valve_error")
+  expect_identical(err$name, "VALVE_ESTATE")
+  err <- expect_error(valve_scale(server, 1, 1), class = "valve_error")
+  expect_identical(err$name, "VALVE_ESTATE")
+  expect_setequal(child_pids(), before_children)
+})

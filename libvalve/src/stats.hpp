@@ -1,0 +1,29 @@
+// What the server counts for /metrics and /status. Loop thread only.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+
+#include "metrics.hpp"
+
+namespace valve {
+
+struct Stats {
+  uint64_t requests = 0;
+  uint64_t by_class[6] = {};  // answers by status / 100
+  Histogram latency;          // seconds from the request's arrival to the end of its answer
+  Histogram queue_wait;       // seconds from arrival to the first dispatch to a worker
+  uint64_t rejected = 0;      // 503s from valve: queue full, queue timeout, shutting down
+  uint64_t timeouts = 0;      // 504s: a worker gave no answer within --timeout
+  uint64_t retries = 0;       // requests sent again after their worker failed
+  uint64_t launches = 0;
+  uint64_t exits = 0;
+  uint64_t crashes = 0;  // exits valve did not ask for
+  uint64_t health_check_failures = 0;
+  std::map<std::string, uint64_t> recycles;  // by reason: reload, max-requests, max-rss, unhealthy
+  std::map<std::string, uint64_t> reloads;   // by result: ok, failed
+  uint64_t started_unix_ms = 0;
+};
+
+}  // namespace valve

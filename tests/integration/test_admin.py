@@ -1,0 +1,204 @@
+"""The admin interface with real plumber workers: /status, /metrics (checked by promtool),
+/healthz and /readyz through a graceful stop, errors, a Unix socket made 0600, never served on the
+public port; access logs (text and JSON, reopened on SIGUSR1) and JSON log lines."""
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import threading
+import time
+import unittest
+
+from harness import ValveTestCase, app_path, run_valvectl, wait_until
+
+PROMTOOL = "/usr/bin/promtool"
+
+
+class Admin(ValveTestCase):
+    def start_ops(self, *args, admin="127.0.0.1:0"):
+        return self.start_valve("-f", app_path("ops.R"), "--admin", admin, *args, ready="/hello",
+                                ready_timeout=60, env={"VALVE_TEST_DIR": self.tmpdir})
+
+    def test_status_describes_every_worker_and_the_configuration(self):
+        valve = self.start_ops("--n-min", "2", "--n-max", "3")
+        wait_until(lambda: [w["state"] for w in valve.status()["workers"]] == ["ready"] * 2, 60,
+                   message="two ready workers")
+        for _ in range(5):
+            self.assertEqual(valve.get("/hello").status, 200)
+        status = valve.status()
+        self.assertEqual(status["state"], "running")
+        self.assertEqual(status["address"], f"{valve.host}:{valve.port}")
+        self.assertEqual(status["admin"], valve.admin_address())
+        self.assertEqual(status["pid"], valve.pid)
+        self.assertEqual(status["generation"], 1)
+        self.assertEqual(status["queue"], 0)
+        self.assertEqual(status["config"]["n-max"], 3)
+        self.assertEqual(status["config"]["admin"], "127.0.0.1:0")
+        self.assertEqual(sorted(w["pid"] for w in status["workers"]), valve.worker_pids())
+        served = 0
+        for w in status["workers"]:
+            self.assertEqual(set(w), {"id", "pid", "generation", "state", "address", "requests",
+                                      "in_flight", "rss_bytes", "age_s", "idle_s", "last_used"})
+            self.assertEqual(w["generation"], 1)
+            self.assertEqual(w["in_flight"], 0)
+            self.assertGreater(w["age_s"], 0)
+            served += w["requests"]
+            if w["requests"]:
+                self.assertRegex(w["last_used"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+        self.assertGreaterEqual(served, 5)
+        wait_until(lambda: all(w["rss_bytes"] > 10 << 20 for w in valve.status()["workers"]), 5,
+                   message="resident memory sampled")
+        self.assertGreaterEqual(status["totals"]["requests"], 5)
+        self.assertGreaterEqual(status["totals"]["2xx"], 5)
+
+    def test_metrics_pass_promtool_and_count_requests(self):
+        valve = self.start_ops()
+        for _ in range(4):
+            self.assertEqual(valve.get("/hello").status, 200)
+        self.assertEqual(valve.get("/error").status, 500)
+        response = valve.admin("GET", "/metrics")
+        self.assertEqual(response.status, 200)
+        self.assertTrue(response.header("Content-Type").startswith("text/plain; version=0.0.4"))
+        text = response.text()
+        self.assertTrue(os.access(PROMTOOL, os.X_OK), "promtool missing: run scripts/install-deps")
+        check = subprocess.run([PROMTOOL, "check", "metrics"], input=response.body,
+                               capture_output=True, timeout=30)
+        self.assertEqual(check.returncode, 0, check.stdout + check.stderr)
+        self.assertEqual(check.stdout + check.stderr, b"", "promtool has no warnings")
+        self.assertRegex(text, r'valve_requests_total\{code="2xx"\} [4-9]\b')
+        self.assertRegex(text, r'valve_requests_total\{code="5xx"\} 1\b')
+        self.assertRegex(text, r'valve_workers\{state="ready"\} 1\b')
+        self.assertRegex(text, r'valve_request_duration_seconds_count [5-9]\b')
+        for name in ["valve_queue_wait_seconds_bucket", "valve_queue_depth", "valve_worker_launches_total",
+                     "valve_worker_exits_total", "valve_worker_crashes_total",
+                     "valve_request_timeouts_total", "valve_rejections_total", "valve_retries_total",
+                     "valve_health_check_failures_total", "valve_worker_recycles_total"]:
+            self.assertIn(name, text)
+
+    def test_the_public_port_never_serves_the_admin_interface(self):
+        valve = self.start_ops()
+        response = valve.get("/metrics")
+        self.assertEqual(response.status, 200)
+        self.assertEqual(response.text(), "app metrics\n", "the app's own /metrics")
+        response = valve.get("/status")
+        self.assertEqual(response.status, 404, "plumber's 404, not valve's status")
+        self.assertNotIn(b"workers", response.body)
+        response = valve.post("/reload", b"")
+        self.assertEqual(response.status, 404)
+        self.assertEqual(valve.status()["generation"], 1, "nothing reloaded")
+
+    def test_probes_follow_a_graceful_stop(self):
+        valve = self.start_ops("--graceful-timeout", "20")
+        self.assertEqual(valve.admin("GET", "/healthz").json(), {"status": "ok"})
+        self.assertEqual(valve.admin("GET", "/readyz").json(), {"ready": True})
+        slow = threading.Thread(target=lambda: valve.get("/sleep?s=3", timeout=30), daemon=True)
+        slow.start()
+        wait_until(lambda: valve.status()["requests_in_progress"] == 1, 10, message="in flight")
+        valve.send_signal(signal.SIGTERM)
+        wait_until(lambda: valve.admin("GET", "/readyz").status == 503, 5, message="not ready")
+        body = valve.admin("GET", "/readyz").json()
+        self.assertEqual(body, {"ready": False, "error": "the server is shutting down",
+                                "status": 503})
+        self.assertEqual(valve.admin("GET", "/healthz").status, 200, "alive while draining")
+        slow.join(30)
+        self.assertEqual(valve.wait_exit(30), 0)
+
+    def test_admin_errors_are_json(self):
+        valve = self.start_ops()
+        response = valve.admin("GET", "/nope")
+        self.assertEqual(response.status, 404)
+        self.assertIn("no such admin endpoint: /nope", response.json()["error"])
+        response = valve.admin("GET", "/reload")
+        self.assertEqual(response.status, 405)
+        self.assertEqual(response.header("Allow"), "POST")
+        self.assertEqual(response.json()["status"], 405)
+        response = valve.admin("POST", "/status")
+        self.assertEqual(response.status, 405)
+        self.assertEqual(response.header("Allow"), "GET")
+        response = valve.admin("GET", "/")
+        self.assertEqual(response.status, 200)
+        self.assertTrue(response.header("Content-Type").startswith("text/html"))
+
+    def test_a_unix_socket_admin_is_private_to_its_user(self):
+        path = os.path.join(self.tmpdir, "admin.sock")
+        valve = self.start_ops(admin=f"unix:{path}")
+        self.assertEqual(valve.admin_address(), f"unix:{path}")
+        mode = os.stat(path).st_mode
+        self.assertTrue(stat.S_ISSOCK(mode))
+        self.assertEqual(stat.S_IMODE(mode), 0o600)
+        self.assertEqual(valve.status()["admin"], f"unix:{path}")
+        self.assertEqual(valve.stop()[0], 0)
+        self.assertFalse(os.path.exists(path), "the socket is removed at exit")
+
+    def test_access_log_json_to_a_file_reopened_on_sigusr1(self):
+        log_path = os.path.join(self.tmpdir, "access.log")
+        valve = self.start_ops("--access-log", log_path, "--access-log-format", "json")
+        self.assertEqual(valve.get("/hello", headers={"X-Request-Id": "abc-123"}).status, 200)
+        self.assertEqual(valve.get("/error").status, 500)
+
+        def lines(path):
+            with open(path) as f:
+                return [json.loads(line) for line in f if line.strip()]
+
+        wait_until(lambda: any(e["request_id"] == "abc-123" for e in lines(log_path)), 5,
+                   message="the access log line")
+        entry = next(e for e in lines(log_path) if e["request_id"] == "abc-123")
+        self.assertEqual(set(entry), {"time", "request_id", "client", "method", "path", "status",
+                                      "bytes", "worker", "queue_ms", "upstream_ms", "duration_ms"})
+        self.assertEqual((entry["method"], entry["path"], entry["status"]), ("GET", "/hello", 200))
+        self.assertEqual(entry["client"], "127.0.0.1")
+        self.assertGreater(entry["bytes"], 0)
+        self.assertGreaterEqual(entry["worker"], 1)
+        self.assertGreaterEqual(entry["duration_ms"], entry["upstream_ms"])
+        self.assertGreaterEqual(entry["queue_ms"], 0)
+        # Rotation: move the file away, SIGUSR1, and new lines go to a new file.
+        os.rename(log_path, log_path + ".1")
+        valve.send_signal(signal.SIGUSR1)
+        valve.wait_log(r"SIGUSR1: log files reopened", 5)
+        self.assertEqual(valve.get("/hello", headers={"X-Request-Id": "after"}).status, 200)
+        wait_until(lambda: os.path.exists(log_path) and
+                   [e["request_id"] for e in lines(log_path)] == ["after"], 5,
+                   message="the new file")
+        self.assertNotIn("after", [e["request_id"] for e in lines(log_path + ".1")])
+
+    def test_text_access_log_to_stdout_and_json_log_lines(self):
+        valve = self.start_ops("--access-log", "-", "--log-format", "json")
+        self.assertEqual(valve.get("/hello?x=1", headers={"X-Request-Id": "id 1"}).status, 200)
+        wait_until(lambda: "/hello?x=1" in valve.stdout(), 5, message="the access log line")
+        line = next(l for l in valve.stdout().splitlines() if "/hello?x=1" in l)
+        self.assertRegex(line, r'^\d{4}-\d\d-\d\dT[\d:.]+Z 127\.0\.0\.1 "GET /hello\?x=1 HTTP/1\.1" '
+                               r'200 \d+ id=id\\x201 worker=\d+ queue_ms=[\d.]+ upstream_ms=[\d.]+ '
+                               r'duration_ms=[\d.]+$')
+        for text in valve.log().splitlines():
+            entry = json.loads(text)
+            self.assertEqual(set(entry), {"time", "level", "message"})
+        self.assertIn("listening on http://", valve.log())
+
+    def test_bad_operations_flags_exit_2_naming_the_flag(self):
+        for args, message in [
+            (["--admin", "9000"], "--admin 9000: expected HOST:PORT"),
+            (["--access-log-format", "xml"], "--access-log-format xml: expected text or json"),
+            (["--health-path", "health"], "--health-path health: must start with /"),
+            (["--health-fall", "0"], "--health-fall 0: must be at least 1"),
+            (["--max-rss", "lots"], "--max-rss lots: expected a whole number"),
+        ]:
+            code, out, err, elapsed, left = run_valvectl(["--port", "0", "-f", app_path("ops.R")]
+                                                         + args)
+            self.assertEqual(code, 2, err)
+            self.assertIn(message, err)
+            self.assertEqual(left, [])
+
+    def test_an_admin_address_in_use_exits_2(self):
+        valve = self.start_ops()
+        taken = valve.admin_address()
+        code, out, err, elapsed, left = run_valvectl(["--port", "0", "-f", app_path("ops.R"),
+                                                      "--admin", taken], timeout=30)
+        self.assertEqual(code, 2, err)
+        self.assertIn(f"--admin {taken}: cannot listen there: address already in use", err)
+        self.assertEqual(left, [])
+
+
+if __name__ == "__main__":
+    unittest.main()
