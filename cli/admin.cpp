@@ -6,6 +6,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <llhttp.h>
 #include <algorithm>
 #include <cctype>
 #include <cerrno>
@@ -58,12 +59,6 @@ bool all_digits(std::string_view s) {
   return !s.empty() && s.find_first_not_of("0123456789") == std::string_view::npos;
 }
 
-std::string_view trim(std::string_view s) {
-  size_t start = s.find_first_not_of(" \t");
-  if (start == std::string_view::npos) return {};
-  return s.substr(start, s.find_last_not_of(" \t") - start + 1);
-}
-
 AdminAddress parse_address(std::string source, std::string text) {
   AdminAddress address;
   address.source = std::move(source);
@@ -103,69 +98,46 @@ struct HttpResponse {
   std::string body;
 };
 
-// Splits a complete HTTP/1.x response (read to EOF) into status and body, decoding a chunked body.
-// Returns an empty optional and sets `why` if it is malformed or cut short.
+// Parses a complete HTTP/1.x response read to EOF (llhttp, as the server does): its status and
+// its body, whatever the framing. Returns an empty optional and sets `why` if it is malformed or
+// cut short.
 std::optional<HttpResponse> parse_response(std::string_view raw, std::string &why) {
-  size_t head_end = raw.find("\r\n\r\n");
-  if (head_end == std::string_view::npos) {
-    why = raw.empty() ? "connection closed without an answer" : "answer cut short in its head";
+  if (raw.empty()) {
+    why = "connection closed without an answer";
     return std::nullopt;
   }
-  std::string_view head = raw.substr(0, head_end), rest = raw.substr(head_end + 4);
-  size_t line_end = head.find("\r\n");
-  std::string_view status_line = head.substr(0, line_end);
-  HttpResponse response;
-  if (!status_line.starts_with("HTTP/1.") || status_line.size() < 12 || status_line[8] != ' ' ||
-      !all_digits(status_line.substr(9, 3))) {
-    why = "not an HTTP answer";
+  struct State {
+    HttpResponse response;
+    bool complete = false;
+  } state;
+  llhttp_settings_t settings;
+  llhttp_settings_init(&settings);
+  settings.on_headers_complete = [](llhttp_t *p) {
+    static_cast<State *>(p->data)->response.status = p->status_code;
+    return 0;
+  };
+  settings.on_body = [](llhttp_t *p, const char *at, size_t n) {
+    static_cast<State *>(p->data)->response.body.append(at, n);
+    return 0;
+  };
+  settings.on_message_complete = [](llhttp_t *p) {
+    static_cast<State *>(p->data)->complete = true;
+    return static_cast<int>(HPE_PAUSED);  // one answer per connection: ignore what follows
+  };
+  llhttp_t parser;
+  llhttp_init(&parser, HTTP_RESPONSE, &settings);
+  parser.data = &state;
+  llhttp_errno_t err = llhttp_execute(&parser, raw.data(), raw.size());
+  if (err == HPE_OK) err = llhttp_finish(&parser);  // a body that ends with the connection
+  if (err != HPE_OK && err != HPE_PAUSED) {
+    why = std::string("malformed answer: ") + llhttp_get_error_reason(&parser);
     return std::nullopt;
   }
-  response.status = std::stoi(std::string(status_line.substr(9, 3)));
-
-  bool chunked = false;
-  std::optional<size_t> content_length;
-  while (line_end != std::string_view::npos) {
-    head.remove_prefix(line_end + 2);
-    line_end = head.find("\r\n");
-    std::string_view line = head.substr(0, line_end);
-    size_t colon = line.find(':');
-    if (colon == std::string_view::npos) continue;
-    std::string name(line.substr(0, colon));
-    for (char &c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-    std::string_view value = trim(line.substr(colon + 1));
-    if (name == "transfer-encoding") chunked = value.find("chunked") != std::string_view::npos;
-    if (name == "content-length" && all_digits(value)) {
-      content_length = std::stoull(std::string(value));
-    }
-  }
-
-  if (chunked) {
-    while (true) {
-      size_t size_end = rest.find("\r\n");
-      if (size_end == std::string_view::npos) break;
-      std::string size_text(rest.substr(0, rest.find_first_of(";\r")));
-      char *end = nullptr;
-      unsigned long long size = std::strtoull(size_text.c_str(), &end, 16);
-      if (size_text.empty() || *end != '\0') break;
-      rest.remove_prefix(size_end + 2);
-      if (size == 0) return response;  // trailers, if any, are of no interest
-      if (rest.size() < size + 2 || rest.substr(size, 2) != "\r\n") break;
-      response.body.append(rest.substr(0, size));
-      rest.remove_prefix(size + 2);
-    }
-    why = "malformed or cut-short chunked body";
+  if (!state.complete) {
+    why = "answer cut short";
     return std::nullopt;
   }
-  if (content_length) {
-    if (rest.size() < *content_length) {
-      why = "answer cut short: " + std::to_string(rest.size()) + " of " +
-            std::to_string(*content_length) + " bytes";
-      return std::nullopt;
-    }
-    rest = rest.substr(0, *content_length);
-  }
-  response.body = rest;
-  return response;
+  return std::move(state.response);
 }
 
 // A socket descriptor, closed when it goes out of scope.

@@ -1,6 +1,8 @@
 // valvectl's default command: one flag per configuration option, then valve_server_run().
 #include <valve/valve.h>
 
+#include <sys/resource.h>
+
 #include <cerrno>
 #include <memory>
 #include <string>
@@ -58,6 +60,16 @@ struct ServerFree {
   void operator()(valve_server_t *sv) const { valve_server_free(sv); }
 };
 
+// Each client connection takes a descriptor: raise the soft limit to the hard one (as Go's runtime
+// and nginx's worker_rlimit_nofile do), so --max-connections, not a default of 1024, is the limit.
+void raise_open_files_limit() {
+  rlimit limit{};
+  if (getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur < limit.rlim_max) {
+    limit.rlim_cur = limit.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &limit);
+  }
+}
+
 }  // namespace
 
 ServeCommand::ServeCommand(CLI::App &app) {
@@ -71,6 +83,7 @@ ServeCommand::ServeCommand(CLI::App &app) {
 }
 
 int ServeCommand::run() const {
+  raise_open_files_limit();
   valve_config_t *raw_cfg = nullptr;
   if (int err = valve_config_new(&raw_cfg); err != 0) {
     print_error(valve_strerror(err));

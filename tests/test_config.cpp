@@ -67,6 +67,7 @@ TEST_CASE("config: the defaults, spelled out independently of the table") {
       {"timeout", "60"},
       {"header-timeout", "10"},
       {"keepalive-timeout", "60"},
+      {"max-connections", "10000"},
       {"max-header-size", "16384"},
       {"max-body-size", "1073741824"},
       {"health-path", ""},
@@ -113,7 +114,7 @@ TEST_CASE("config: option_key lists each option once, in table order, then nullp
     INFO("index " << i);
     CHECK(seen.insert(valve::option_key(i)).second);
   }
-  CHECK(i == 38);
+  CHECK(i == 39);
   CHECK(std::string(valve::option_key(0)) == "host");
   CHECK(std::string(valve::option_key(i - 1)) == "reap-orphans");
   CHECK(valve::option_key(i + 1000) == nullptr);

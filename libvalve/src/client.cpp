@@ -127,7 +127,9 @@ void ClientConn::parse_error(llhttp_errno_t err) {
     status = 431;
     message = fmt::format("the request headers are larger than the limit of {} bytes",
                           server_.config().max_header_size);
-  } else if (err == HPE_INVALID_VERSION) {
+  } else if (err == HPE_INVALID_VERSION &&
+             std::string_view(parser_.error_reason()) == "Invalid HTTP version") {
+    // A well-formed version valve does not serve (HTTP/1.2); a malformed one is a 400.
     status = 505;
     message = "only HTTP/1.0 and HTTP/1.1 are served";
   }
@@ -160,6 +162,19 @@ int ClientConn::on_head(Head &head) {
   }
   if (head.version_minor >= 1 && !head.find("host")) {
     fail(400, "an HTTP/1.1 request needs a Host header");
+    return -1;
+  }
+  size_t hosts = 0;
+  for (const auto &h : head.headers) hosts += iequals(h.name, "host");
+  if (hosts > 1) {
+    fail(400, "a request must have one Host header, not several");
+    return -1;
+  }
+  // Origin-form only ("/path?query"), or "*" for OPTIONS: an absolute-form target asks for a
+  // forward proxy, and its host could disagree with the Host header.
+  bool asterisk = head.target == "*" && head.method == "OPTIONS";
+  if (!asterisk && !head.target.starts_with('/')) {
+    fail(400, "the request target must be a path starting with / (valve is not a forward proxy)");
     return -1;
   }
   Exchange &ex = server_.open_exchange(*this, std::move(head));
@@ -227,6 +242,9 @@ void ClientConn::exchange_done(bool keep_alive) {
     if (closing_ || current_) return;
     paused_ = false;
     parser_.resume();
+    // The last body bytes may have filled the worker's queue (reading held) in the same read that
+    // completed the request: that hold belonged to the finished exchange.
+    blocks_ &= ~static_cast<unsigned>(kBody);
     set_block(kPipeline, false);
     timer_.start(server_.config().keepalive_timeout);
     std::string data = std::move(pipelined_);

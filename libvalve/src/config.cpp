@@ -120,6 +120,8 @@ std::optional<std::string> Config::assign(std::string_view key, std::string_view
 std::optional<std::string> Config::check(std::string_view key) const {
   if (key == "port" && port > 65535) return fmt::format("port {}: must be at most 65535", port);
   if (key == "n-max" && n_max < 1) return fmt::format("n-max {}: must be at least 1", n_max);
+  if (key == "max-connections" && max_connections < 1)
+    return fmt::format("max-connections {}: must be at least 1", max_connections);
   if (key == "worker-concurrency" && worker_concurrency < 1)
     return fmt::format("worker-concurrency {}: must be at least 1", worker_concurrency);
   if (key == "host" && host.empty()) return std::string("host \"\": must not be empty");

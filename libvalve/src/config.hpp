@@ -39,6 +39,8 @@ enum class LogLevel { debug = 0, info = 1, warn = 2, error = 3 };
   XX("timeout", timeout, secs, "60", "seconds a worker has to answer a request; then 504")        \
   XX("header-timeout", header_timeout, secs, "10", "seconds a client has to send a request head; then 408") \
   XX("keepalive-timeout", keepalive_timeout, secs, "60", "seconds an idle client connection is kept") \
+  XX("max-connections", max_connections, uint, "10000",                                            \
+     "client connections open at once; past it a new one gets 503 and is closed")                 \
   XX("max-header-size", max_header_size, bytes, "16k",                                             \
      "largest request line plus headers; beyond, 414 or 431")                                      \
   XX("max-body-size", max_body_size, bytes, "1g", "largest request body; beyond, 413 (0: no limit)") \
@@ -94,6 +96,7 @@ struct Config {
   double timeout = 0;
   double header_timeout = 0;
   double keepalive_timeout = 0;
+  uint64_t max_connections = 0;
   uint64_t max_header_size = 0;
   uint64_t max_body_size = 0;
   std::string health_path;

@@ -70,6 +70,12 @@ HttpParser::HttpParser(llhttp_type_t type, Handler &handler, size_t max_head_siz
   };
   settings_.on_header_value = [](llhttp_t *p, const char *at, size_t len) {
     auto &s = self(p);
+    // A value right after a line break is a line folded onto the previous one (RFC 9112 5.2),
+    // which a proxy must not pass on as it is. (llhttp hands it on as more of the value.)
+    const char *q = at;
+    while (q > s.buffer_ && (q[-1] == ' ' || q[-1] == '\t')) --q;
+    char before = q > s.buffer_ ? q[-1] : s.last_solid_;
+    if (before == '\n') return s.reject("obs-fold (a header line starting with whitespace)");
     s.value_last_ = true;
     s.head_.headers.back().value.append(at, len);
     return s.count(len, Limit::headers);
@@ -134,7 +140,14 @@ int HttpParser::count(size_t n, Limit what) {
 }
 
 llhttp_errno_t HttpParser::execute(const char *data, size_t len, size_t *consumed) {
+  buffer_ = data;
   llhttp_errno_t err = llhttp_execute(&parser_, data, len);
+  for (size_t i = len; i > 0; --i) {
+    if (data[i - 1] != ' ' && data[i - 1] != '\t') {
+      last_solid_ = data[i - 1];
+      break;
+    }
+  }
   if (err == HPE_PAUSED || err == HPE_PAUSED_UPGRADE) {
     *consumed = static_cast<size_t>(llhttp_get_error_pos(&parser_) - data);
   } else {

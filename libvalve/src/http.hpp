@@ -80,6 +80,8 @@ class HttpParser {
   Limit limit_ = Limit::none;
   bool in_message_ = false;
   bool value_last_ = false;
+  const char *buffer_ = nullptr;  // what execute() parses now
+  char last_solid_ = 0;           // the last byte but spaces and tabs of the buffers before
   Head head_;
   std::string error_;  // why this wrapper failed the message, when llhttp did not
 };

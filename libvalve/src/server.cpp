@@ -518,6 +518,12 @@ void Server::on_connection() {
     return;
   }
   clients_.insert(client);
+  if (clients_.size() > config_.max_connections) {
+    ++stats_.rejected;
+    log_.debug("refusing a connection: {} are open (max-connections)", clients_.size() - 1);
+    client->fail(503, fmt::format("too many connections: {} are open (max-connections)",
+                                  clients_.size() - 1));
+  }
 }
 
 Exchange &Server::open_exchange(ClientConn &client, Head head) {

@@ -146,6 +146,7 @@ void append_json_string(std::string &out, std::string_view s) {
 
 struct Stats {
   uint64_t requests = 0, in_flight = 0, max_in_flight = 0, connections = 0;
+  uint64_t completed = 0;  // requests read to their end (a cut-short one never is)
 };
 
 union Stream {
@@ -304,6 +305,7 @@ llhttp_settings_t make_parser_settings() {
   s.on_message_complete = [](llhttp_t *p) {
     Conn *c = conn_of(p);
     c->keep_alive = llhttp_should_keep_alive(p) && !p->upgrade;
+    if (c->route != Route::stats) ++c->srv.stats.completed;
     c->responding = true;
     c->respond();
     return static_cast<int>(HPE_PAUSED);
@@ -462,9 +464,10 @@ void Conn::respond() {
     case Route::stats: {
       const Stats &st = srv.stats;
       return reply(200, "application/json",
-                   fmt::format(R"({{"requests":{},"in_flight":{},"max_in_flight":{},)"
-                               R"("connections":{}}})",
-                               st.requests, st.in_flight, st.max_in_flight, st.connections));
+                   fmt::format(R"({{"requests":{},"completed":{},"in_flight":{},)"
+                               R"("max_in_flight":{},"connections":{}}})",
+                               st.requests, st.completed, st.in_flight, st.max_in_flight,
+                               st.connections));
     }
     case Route::close:
       keep_alive = false;
