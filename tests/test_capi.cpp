@@ -37,6 +37,16 @@ struct ConfigGuard {
     INFO("set " << key << " " << value);
     REQUIRE_MESSAGE(valve_config_set(cfg, key, value.c_str()) == 0, valve_config_last_error(cfg));
   }
+  // Workers are the native test backend, on ports of their own; valve listens on a free port.
+  void use_backend() {
+    set("cmd", std::string(backend_path()) + " --port {port}");
+    set("port", "0");
+  }
+  static const char *backend_path() {
+    const char *backend = getenv("VALVE_BACKEND");
+    REQUIRE_MESSAGE(backend != nullptr, "VALVE_BACKEND is not set: run the tests through meson");
+    return backend;
+  }
 };
 
 struct ServerGuard {
@@ -316,8 +326,7 @@ TEST_CASE("capi: embedding round trip with the native backend, 5 times in one pr
       ConfigGuard c;
       REQUIRE(valve_config_set_log_callback(c.cfg, LogSink::on_line, &sink, LogSink::on_destroy) ==
               0);
-      c.set("cmd", std::string(backend) + " --port {port}");
-      c.set("port", "0");
+      c.use_backend();
       c.set("log-level", "debug");
       REQUIRE_MESSAGE(valve_server_new(&s.sv, c.cfg) == 0, valve_config_last_error(c.cfg));
     }
@@ -394,13 +403,10 @@ TEST_CASE("capi: embedding round trip with the native backend, 5 times in one pr
 }
 
 TEST_CASE("capi: valve_server_free on a running server stops it and ends its worker") {
-  const char *backend = getenv("VALVE_BACKEND");
-  REQUIRE_MESSAGE(backend != nullptr, "VALVE_BACKEND is not set: run the tests through meson");
   LogSink sink;
   ConfigGuard c;
   REQUIRE(valve_config_set_log_callback(c.cfg, LogSink::on_line, &sink, nullptr) == 0);
-  c.set("cmd", std::string(backend) + " --port {port}");
-  c.set("port", "0");
+  c.use_backend();
   valve_server_t *sv = nullptr;
   REQUIRE(valve_server_new(&sv, c.cfg) == 0);
   REQUIRE_MESSAGE(valve_server_start(sv) == 0, valve_server_last_error(sv));
@@ -466,17 +472,11 @@ std::string raw_exchange(int port, const std::string &request) {
 
 }  // namespace
 
-// Known bug (see test_http.cpp, "a request refused for its Transfer-Encoding never reaches
-// on_head"): the client is answered 400, yet the worker has already been sent the request head on
-// its kept-alive upstream connection and runs it. Remove should_fail once that is fixed.
 TEST_CASE("capi: a request refused for its Transfer-Encoding never reaches a worker") {
-  const char *backend = getenv("VALVE_BACKEND");
-  REQUIRE_MESSAGE(backend != nullptr, "VALVE_BACKEND is not set: run the tests through meson");
   LogSink sink;
   ConfigGuard c;
   REQUIRE(valve_config_set_log_callback(c.cfg, LogSink::on_line, &sink, nullptr) == 0);
-  c.set("cmd", std::string(backend) + " --port {port}");
-  c.set("port", "0");
+  c.use_backend();
   c.set("n-max", "1");
   ServerGuard s;
   REQUIRE(valve_server_new(&s.sv, c.cfg) == 0);
@@ -526,8 +526,6 @@ struct EventSink {
 }  // namespace
 
 TEST_CASE("capi: 100 start/stop cycles in one process leave no thread, child or leak behind") {
-  const char *backend = getenv("VALVE_BACKEND");
-  REQUIRE_MESSAGE(backend != nullptr, "VALVE_BACKEND is not set: run the tests through meson");
   REQUIRE(no_children_left());
   size_t threads_before = thread_count();
   for (int round = 0; round < 100; ++round) {
@@ -535,8 +533,7 @@ TEST_CASE("capi: 100 start/stop cycles in one process leave no thread, child or 
     ServerGuard s;
     {
       ConfigGuard c;
-      c.set("cmd", std::string(backend) + " --port {port}");
-      c.set("port", "0");
+      c.use_backend();
       c.set("log-level", "error");
       REQUIRE_MESSAGE(valve_server_new(&s.sv, c.cfg) == 0, valve_config_last_error(c.cfg));
     }
@@ -552,8 +549,6 @@ TEST_CASE("capi: 100 start/stop cycles in one process leave no thread, child or 
 }
 
 TEST_CASE("capi: the event callback reports workers and requests as JSON") {
-  const char *backend = getenv("VALVE_BACKEND");
-  REQUIRE_MESSAGE(backend != nullptr, "VALVE_BACKEND is not set: run the tests through meson");
   EventSink sink;
   int destroyed = 0;
   ServerGuard s;
@@ -565,8 +560,7 @@ TEST_CASE("capi: the event callback reports workers and requests as JSON") {
                                             [](void *p) { ++*static_cast<int *>(p); }) == 0);
     REQUIRE(valve_config_set_event_callback(c.cfg, EventSink::on_event, &sink, nullptr) == 0);
     CHECK(destroyed == 1);
-    c.set("cmd", std::string(backend) + " --port {port}");
-    c.set("port", "0");
+    c.use_backend();
     c.set("log-level", "error");
     REQUIRE(valve_server_new(&s.sv, c.cfg) == 0);
   }
@@ -596,13 +590,10 @@ TEST_CASE("capi: the event callback reports workers and requests as JSON") {
 }
 
 TEST_CASE("capi: status before start answers at once; wait() also waits for run() elsewhere") {
-  const char *backend = getenv("VALVE_BACKEND");
-  REQUIRE_MESSAGE(backend != nullptr, "VALVE_BACKEND is not set: run the tests through meson");
   ServerGuard s;
   {
     ConfigGuard c;
-    c.set("cmd", std::string(backend) + " --port {port}");
-    c.set("port", "0");
+    c.use_backend();
     c.set("log-level", "error");
     REQUIRE(valve_server_new(&s.sv, c.cfg) == 0);
   }
@@ -632,8 +623,6 @@ TEST_CASE("capi: status before start answers at once; wait() also waits for run(
 }
 
 TEST_CASE("capi: handle-signals gives the host its SIGTERM handler back when the server ends") {
-  const char *backend = getenv("VALVE_BACKEND");
-  REQUIRE_MESSAGE(backend != nullptr, "VALVE_BACKEND is not set: run the tests through meson");
   static volatile sig_atomic_t seen = 0;
   struct sigaction mine {
   }, before{};
@@ -643,8 +632,7 @@ TEST_CASE("capi: handle-signals gives the host its SIGTERM handler back when the
   {
     ServerGuard s;
     ConfigGuard c;
-    c.set("cmd", std::string(backend) + " --port {port}");
-    c.set("port", "0");
+    c.use_backend();
     c.set("log-level", "error");
     c.set("handle-signals", "true");
     REQUIRE(valve_server_new(&s.sv, c.cfg) == 0);
@@ -662,13 +650,10 @@ TEST_CASE("capi: handle-signals gives the host its SIGTERM handler back when the
 }
 
 TEST_CASE("capi: a stop before start ends the server; last_error belongs to the last call") {
-  const char *backend = getenv("VALVE_BACKEND");
-  REQUIRE_MESSAGE(backend != nullptr, "VALVE_BACKEND is not set: run the tests through meson");
   ServerGuard s;
   {
     ConfigGuard c;
-    c.set("cmd", std::string(backend) + " --port {port}");
-    c.set("port", "0");
+    c.use_backend();
     c.set("log-level", "error");
     REQUIRE(valve_server_new(&s.sv, c.cfg) == 0);
   }
@@ -713,13 +698,10 @@ bool eventually(const std::function<bool()> &done, double seconds = 10) {
 }  // namespace
 
 TEST_CASE("capi: reload replaces every worker with a new generation; scale sets n-min and n-max") {
-  const char *backend = getenv("VALVE_BACKEND");
-  REQUIRE_MESSAGE(backend != nullptr, "VALVE_BACKEND is not set: run the tests through meson");
   ServerGuard s;
   {
     ConfigGuard c;
-    c.set("cmd", std::string(backend) + " --port {port}");
-    c.set("port", "0");
+    c.use_backend();
     c.set("n-min", "2");
     c.set("n-max", "4");
     c.set("log-level", "error");

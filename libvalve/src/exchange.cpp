@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <utility>
+
 #include "client.hpp"
 #include "pool.hpp"
 #include "server.hpp"
@@ -12,6 +14,12 @@
 namespace valve {
 
 namespace {
+
+constexpr unsigned kUnsentRetries = 3;
+// A retryable request's answer is held back until it is complete, this big, or this old: a worker
+// that dies within it has sent the client nothing, so the request can go to another worker.
+constexpr size_t kHoldBytes = 64 * 1024;
+constexpr double kHoldSeconds = 0.1;
 
 std::string chunk(std::string_view data) {
   return fmt::format("{:x}\r\n{}\r\n", data.size(), data);
@@ -25,7 +33,8 @@ Exchange::Exchange(Server &server, ClientConn &client, Head request)
       request_(std::move(request)),
       peer_ip_(client.peer_ip()),
       arrived_ns_(uv_hrtime()),
-      timer_(server.loop(), [this] { on_timeout(); }) {
+      timer_(server.loop(), [this] { on_timeout(); }),
+      hold_timer_(server.loop(), [this] { release_hold(); }) {
   const std::string *id = request_.find("x-request-id");
   request_id_ = id && !id->empty() && id->size() <= 200 ? *id : random_hex(16);
 }
@@ -184,7 +193,10 @@ std::string Exchange::upstream_head() const {
 int Exchange::on_upstream_head(Head &head) {
   status_ = head.status;
   // Gateway statuses come from the worker's server, not from the app's own answers (its 500s).
-  if (worker_) worker_->note_request_result(status_ != 502 && status_ != 503 && status_ != 504);
+  if (worker_) {
+    worker_->note_answered();
+    worker_->note_request_result(status_ != 502 && status_ != 503 && status_ != 504);
+  }
   timer_.start(server_.config().timeout);  // the rest of the answer gets a full timeout too
   bool head_request = request_.method == "HEAD";
   bool bodyless = head_request || head.status == 204 || head.status == 304;
@@ -216,6 +228,8 @@ int Exchange::on_upstream_head(Head &head) {
   out += client_keep_alive_ ? (client_11 ? "" : "Connection: keep-alive\r\n")
                             : "Connection: close\r\n";
   out += "\r\n";
+  holding_ = client_ && retryable();
+  if (holding_) hold_timer_.start(kHoldSeconds);
   write_client(std::move(out));
   return head_request ? 1 : 0;
 }
@@ -236,18 +250,29 @@ void Exchange::on_upstream_complete(bool reusable) {
 void Exchange::on_upstream_failed(std::string_view reason) {
   Worker *w = worker_;
   uint64_t worker_id = w ? w->id() : 0;
+  // Nothing reached a worker that could not even be connected to: sending the request elsewhere
+  // cannot run it twice, so it does not use up the one retry (a few times at most).
+  bool never_sent = upstream_ && !upstream_->connected() && !has_body_;
   if (w) w->note_request_result(false);
   detach_upstream(false);
+  drop_hold();  // what was held never reached the client: the request may still go elsewhere
   if (response_started_) {
     server_.log().warn("request {} {} {}: worker {} failed mid-answer ({}); closing the client",
                        request_id_, request_.method, request_.target, worker_id, reason);
     abort_client();
     return;
   }
-  if (client_ && retryable() && !server_.stopping()) {
-    server_.log().warn("request {} {} {}: worker {} failed before answering ({}); retrying once",
-                       request_id_, request_.method, request_.target, worker_id, reason);
-    retried_ = true;
+  bool resend = never_sent && unsent_retries_ < kUnsentRetries;
+  if (client_ && (resend || retryable()) && !server_.stopping()) {
+    server_.log().warn(
+        "request {} {} {}: worker {} failed before answering ({}); {}", request_id_,
+        request_.method, request_.target, worker_id, reason,
+        resend ? "it never got the request: sending it to another" : "retrying once");
+    if (resend) {
+      ++unsent_retries_;
+    } else {
+      retried_ = true;
+    }
     ++server_.stats().retries;
     excluded_worker_ = worker_id;
     server_.pool().submit(*this, true);
@@ -280,6 +305,7 @@ void Exchange::on_timeout() {
 
 void Exchange::send_error(int status, std::string_view message, std::string_view extra_headers) {
   timer_.stop();
+  drop_hold();
   if (upstream_) detach_upstream(false);
   status_ = status;
   if (!client_ || response_started_) {
@@ -302,11 +328,30 @@ void Exchange::abort_client() {
 
 void Exchange::write_client(std::string data) {
   if (!client_) return;
+  if (holding_) {
+    held_ += data;
+    if (held_.size() > kHoldBytes) release_hold();
+    return;
+  }
   response_started_ = true;
   if (!client_->send(std::move(data)) && upstream_) upstream_->pause_reading();
 }
 
+void Exchange::release_hold() {
+  if (!holding_) return;
+  holding_ = false;
+  hold_timer_.stop();
+  write_client(std::exchange(held_, {}));
+}
+
+void Exchange::drop_hold() {
+  holding_ = false;
+  hold_timer_.stop();
+  held_.clear();
+}
+
 void Exchange::end_response() {
+  release_hold();
   timer_.stop();
   if (response_done_) return;
   response_done_ = true;

@@ -54,6 +54,8 @@ class Exchange {
   void send_error(int status, std::string_view message, std::string_view extra_headers = {});
   void abort_client();  // closes the client's connection (if any) and ends the exchange
   void write_client(std::string data);
+  void release_hold();  // sends what was held back
+  void drop_hold();     // forgets it
   void end_response();
   void detach_upstream(bool reusable);
   void on_timeout();
@@ -75,6 +77,7 @@ class Exchange {
   bool request_complete_ = false;
   bool queued_ = false;
   bool retried_ = false;
+  unsigned unsent_retries_ = 0;  // sent elsewhere after a worker could not be connected to
   uint64_t excluded_worker_ = 0;
   bool response_started_ = false;
   bool response_done_ = false;
@@ -89,6 +92,9 @@ class Exchange {
   uint64_t bytes_out_ = 0;          // body bytes sent to the client
   uint64_t served_by_ = 0;          // the worker that took it last (0: none)
   Timer timer_;
+  bool holding_ = false;  // the answer so far is held back (see kHoldBytes)
+  std::string held_;
+  Timer hold_timer_;
 };
 
 }  // namespace valve

@@ -193,7 +193,9 @@ void Pool::on_worker_exit(Worker &w, int wait_status, bool never_ready) {
     }
   } else if (!expected && !terminating_) {
     // A worker that dies soon after becoming ready is part of a crash loop too.
-    bool unstable = monotonic_ms() - w.ready_ms() < kStableMs;
+    // A worker that answered requests works: its death (the OOM killer, an operator's kill, a
+    // crash on some input) is replaced at once. One that died young without answering is not.
+    bool unstable = monotonic_ms() - w.ready_ms() < kStableMs && w.answered() == 0;
     failures_ = unstable ? failures_ + 1 : 0;
     double delay = back_off();
     if (failures_ >= 2) {
@@ -437,7 +439,7 @@ void Pool::launch_needed() {
   uint64_t now = monotonic_ms();
   if (failures_ > 0 && ever_ready_) {
     for (auto &w : workers_) {
-      if (w->accepting() && now - w->ready_ms() >= kStableMs) failures_ = 0;
+      if (w->accepting() && (now - w->ready_ms() >= kStableMs || w->answered() > 0)) failures_ = 0;
     }
   }
   if (failures_ > 0) {

@@ -30,6 +30,7 @@ class UpstreamConn final : public HttpParser::Handler {
   // Fails the connection: its exchange hears of it, or, idle, the worker drops it.
   void fail(std::string reason);
   bool broken() const { return broken_; }
+  bool connected() const { return connected_; }
 
   Worker &worker() { return worker_; }
   Exchange *exchange() { return exchange_; }

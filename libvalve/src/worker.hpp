@@ -52,6 +52,9 @@ class Worker {
   void clear_retiring() { retire_reason_.clear(); }
   // The worker's own failure (connection error, malformed answer, 502/503/504) or a good answer.
   void note_request_result(bool ok);
+  // It answered a request (any status): it works, whatever befalls it later.
+  void note_answered() { ++answered_; }
+  uint64_t answered() const { return answered_; }
   // Reads the resident memory from /proc; returns it (0 when unknown).
   uint64_t sample_rss();
   // The process has exited (status from waitpid).
@@ -113,6 +116,7 @@ class Worker {
   int port_ = 0;
   size_t in_flight_ = 0;
   uint64_t served_ = 0;
+  uint64_t answered_ = 0;
   uint64_t started_ms_ = 0;
   uint64_t ready_ms_ = 0;
   uint64_t last_used_ms_ = 0;

@@ -52,6 +52,7 @@ function(res) {
 #* Sleeps s seconds.
 #* @serializer unboxedJSON
 #* @get /sleep
+#* @post /sleep
 function(s = "1") {
   Sys.sleep(as.numeric(s))
   list(pid = Sys.getpid())

@@ -122,7 +122,7 @@ class Operations(ValveTestCase):
         self.assertGreaterEqual(len(pids), 4, "workers were replaced")
         log = valve.log()
         retired = list(re.finditer(r"worker (\d+) \(pid \d+\) retires: served (\d+) requests", log))
-        self.assertGreaterEqual(len(retired), 3, log[-3000:])
+        self.assertGreaterEqual(len(retired), 2, log[-3000:])
         for match in retired:
             worker_id, served = match.groups()
             self.assertIn(int(served), range(5, 8), "N + rand(0..J) requests")
