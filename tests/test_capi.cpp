@@ -73,8 +73,8 @@ struct LogSink {
   }
 };
 
-// One HTTP/1.1 exchange over a fresh connection (Connection: close), read to EOF.
-std::string http_get(int port, const std::string &target) {
+// Sends request over a fresh connection and reads the answer to EOF.
+std::string raw_exchange(int port, const std::string &request) {
   int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   REQUIRE(fd >= 0);
   test::FdGuard guard(fd);
@@ -86,8 +86,6 @@ std::string http_get(int port, const std::string &target) {
   addr.sin_port = htons(static_cast<uint16_t>(port));
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   REQUIRE(connect(fd, reinterpret_cast<sockaddr *>(&addr), sizeof addr) == 0);
-  std::string request =
-      "GET " + target + " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
   REQUIRE(send(fd, request.data(), request.size(), MSG_NOSIGNAL) ==
           static_cast<ssize_t>(request.size()));
   std::string response;
@@ -95,6 +93,12 @@ std::string http_get(int port, const std::string &target) {
   ssize_t n;
   while ((n = recv(fd, buf, sizeof buf, 0)) > 0) response.append(buf, static_cast<size_t>(n));
   return response;
+}
+
+// One HTTP/1.1 exchange over a fresh connection (Connection: close), read to EOF.
+std::string http_get(int port, const std::string &target) {
+  return raw_exchange(
+      port, "GET " + target + " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
 }
 
 int port_of(const std::string &address) {
@@ -448,26 +452,6 @@ double backend_requests(int port) {
   auto body = response.find("\r\n\r\n");
   REQUIRE(body != std::string::npos);
   return test::parse_json(response.substr(body + 4))["requests"].number;
-}
-
-std::string raw_exchange(int port, const std::string &request) {
-  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  REQUIRE(fd >= 0);
-  test::FdGuard guard(fd);
-  timeval tv{5, 0};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  REQUIRE(connect(fd, reinterpret_cast<sockaddr *>(&addr), sizeof addr) == 0);
-  REQUIRE(send(fd, request.data(), request.size(), MSG_NOSIGNAL) ==
-          static_cast<ssize_t>(request.size()));
-  std::string response;
-  char buf[4096];
-  ssize_t n;
-  while ((n = recv(fd, buf, sizeof buf, 0)) > 0) response.append(buf, static_cast<size_t>(n));
-  return response;
 }
 
 }  // namespace

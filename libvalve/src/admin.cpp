@@ -370,16 +370,17 @@ std::string metrics_text(Server &server) {
             static_cast<double>(s.retries));
   m.counter("valve_health_check_failures_total", "failed active health checks",
             static_cast<double>(s.health_check_failures));
-  for (const char *reason : {"max-requests", "max-rss", "reload", "unhealthy"}) {
-    auto it = s.recycles.find(reason);
+  // Every label value is written, 0 until it happens, so the series exist from the start.
+  auto count_of = [](const std::map<std::string, uint64_t> &counts, const char *key) {
+    auto it = counts.find(key);
+    return it == counts.end() ? 0.0 : static_cast<double>(it->second);
+  };
+  for (const char *reason : {"max-requests", "max-rss", "reload", "unhealthy"})
     m.counter("valve_worker_recycles_total", "workers replaced gracefully, by reason",
-              it == s.recycles.end() ? 0.0 : static_cast<double>(it->second), {{"reason", reason}});
-  }
-  for (const char *result : {"ok", "failed"}) {
-    auto it = s.reloads.find(result);
-    m.counter("valve_reloads_total", "reloads by result",
-              it == s.reloads.end() ? 0.0 : static_cast<double>(it->second), {{"result", result}});
-  }
+              count_of(s.recycles, reason), {{"reason", reason}});
+  for (const char *result : {"ok", "failed"})
+    m.counter("valve_reloads_total", "reloads by result", count_of(s.reloads, result),
+              {{"result", result}});
   return m.str();
 }
 

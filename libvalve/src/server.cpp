@@ -185,23 +185,25 @@ std::string Server::last_error() {
   return last_error_;
 }
 
-std::string Server::status_json() {
-  bool on_loop_thread, running;
-  {
-    std::lock_guard lock(mutex_);
-    running = running_;
-    on_loop_thread = running_ && std::this_thread::get_id() == loop_thread_;
-  }
-  if (on_loop_thread) return status_json_now();
-  if (!running) return idle_status_json();
-  auto promise = std::make_shared<std::promise<std::string>>();
+template <typename T, typename F>
+std::optional<T> Server::wait_on_loop(F start) {
+  auto promise = std::make_shared<std::promise<T>>();
   auto future = promise->get_future();
-  if (inbox_->post([this, promise] { promise->set_value(status_json_now()); })) {
-    try {
-      return future.get();
-    } catch (const std::future_error &) {
-      // The loop ended before it got to the request.
-    }
+  if (!inbox_->post([start, promise] { start(promise); })) return std::nullopt;
+  try {
+    return future.get();
+  } catch (const std::future_error &) {
+    return std::nullopt;  // the loop ended before it got to it
+  }
+}
+
+std::string Server::status_json() {
+  std::string not_running;
+  if (on_running_loop(&not_running)) return status_json_now();
+  if (not_running.empty()) {
+    auto json =
+        wait_on_loop<std::string>([this](auto done) { done->set_value(status_json_now()); });
+    if (json) return *json;
   }
   return idle_status_json();
 }
@@ -278,22 +280,16 @@ int Server::scale(std::optional<uint64_t> n_min, std::optional<uint64_t> n_max,
   auto text = [](std::optional<uint64_t> v) {
     return v ? std::optional<std::string>(std::to_string(*v)) : std::nullopt;
   };
-  auto result = std::make_shared<std::promise<std::optional<std::string>>>();
-  auto future = result->get_future();
-  auto work = [this, result, a = text(n_min), b = text(n_max)] { result->set_value(scale(a, b)); };
+  auto work = [this, a = text(n_min), b = text(n_max)] { return scale(a, b); };
+  std::optional<std::optional<std::string>> err;  // absent: the loop did not run it
   if (on_running_loop(error)) {
-    work();
-  } else if (!error->empty() || !inbox_->post(work)) {
-    return not_running(error);
+    err = work();
+  } else if (error->empty()) {
+    err = wait_on_loop<std::optional<std::string>>([work](auto done) { done->set_value(work()); });
   }
-  std::optional<std::string> err;
-  try {
-    err = future.get();
-  } catch (const std::future_error &) {
-    return not_running(error);
-  }
-  if (!err) return 0;
-  *error = *err;
+  if (!err) return not_running(error);
+  if (!*err) return 0;
+  *error = **err;
   return VALVE_EINVALID;
 }
 
@@ -314,20 +310,15 @@ int Server::reload(std::string *error) {
     start_reload("asked by the host");
     return 0;
   }
-  if (!error->empty()) return not_running(error);
-  auto result = std::make_shared<std::promise<ReloadResult>>();
-  auto future = result->get_future();
-  bool posted = inbox_->post(
-      [this, result] { pool_->reload([result](const ReloadResult &r) { result->set_value(r); }); });
-  if (!posted) return not_running(error);
-  ReloadResult r;
-  try {
-    r = future.get();
-  } catch (const std::future_error &) {
-    return not_running(error);
+  std::optional<ReloadResult> r;
+  if (error->empty()) {
+    r = wait_on_loop<ReloadResult>([this](auto done) {
+      pool_->reload([done](const ReloadResult &result) { done->set_value(result); });
+    });
   }
-  if (r.ok) return 0;
-  *error = r.error;
+  if (!r) return not_running(error);
+  if (r->ok) return 0;
+  *error = r->error;
   return VALVE_ESTARTUP;
 }
 

@@ -128,6 +128,10 @@ class Server {
   // Whether the caller is the loop thread of a running server; *error says if it is not running.
   bool on_running_loop(std::string *error);
   int not_running(std::string *error);
+  // From a host thread: posts start(promise) to the loop and waits for the promise, which start
+  // fulfils at once or later. nullopt if the loop ended before running it.
+  template <typename T, typename F>
+  std::optional<T> wait_on_loop(F start);
   std::string idle_status_json();  // before run() and after it ended
   void set_result(int code, std::string message);
 
