@@ -73,12 +73,26 @@ void raise_open_files_limit() {
 }  // namespace
 
 ServeCommand::ServeCommand(CLI::App &app) {
+  valve_config_t *raw_defaults = nullptr;
+  valve_config_new(&raw_defaults);
+  std::unique_ptr<valve_config_t, ConfigFree> defaults(raw_defaults);
   for (size_t i = 0; const char *key = valve_config_key(i); ++i) {
     if (set_by_valvectl(key)) continue;
     Flag &flag = flags_.emplace_back();
     flag.key = key;
     const char *help = valve_config_describe(key);
-    flag.option = app.add_option(flag_names(key), flag.value, help ? help : "")->type_name("VALUE");
+    // Every value is handed to the library in order: a list option ("env") collects them, any
+    // other keeps the last, and each is checked on the way.
+    flag.option = app.add_option(flag_names(key), flag.values, help ? help : "")
+                      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+    // A switch (an option that is true or false) may stand alone: --allow-root.
+    std::string_view initial = defaults ? valve_config_get(defaults.get(), key) : "";
+    flag.is_switch = initial == "true" || initial == "false";
+    if (flag.is_switch) {
+      flag.option->expected(0, 1)->type_name("[true|false]");
+    } else {
+      flag.option->expected(1)->type_name("VALUE");
+    }
   }
 }
 
@@ -96,9 +110,10 @@ int ServeCommand::run() const {
     return is_internal_error(err) ? kExitFailure : kExitUsage;
   };
   for (const Flag &flag : flags_) {
-    if (flag.option->count() == 0) continue;
-    if (int err = valve_config_set(cfg.get(), flag.key.c_str(), flag.value.c_str()); err != 0) {
-      return setup_failed(err);
+    for (const std::string &given : flag.values) {
+      const char *value = given.empty() && flag.is_switch ? "true" : given.c_str();
+      if (int err = valve_config_set(cfg.get(), flag.key.c_str(), value); err != 0)
+        return setup_failed(err);
     }
   }
   for (const char *key : {"handle-signals", "reap-orphans"}) {

@@ -5,6 +5,7 @@
 #include <deque>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace valvectl {
 
@@ -30,7 +31,8 @@ class ServeCommand {
  private:
   struct Flag {
     std::string key;
-    std::string value;
+    std::vector<std::string> values;  // each time the flag is given, in order
+    bool is_switch = false;           // true or false, and "--flag" alone means true
     CLI::Option *option = nullptr;
   };
   std::deque<Flag> flags_;  // a deque: CLI11 keeps pointers to each value

@@ -15,7 +15,9 @@ here <- dirname(normalizePath(sub("^--file=", "", grep("^--file=", args, value =
 api <- file.path(here, "hello", "plumber.R")
 
 # port = 0 picks a free port; valve_start() returns once the first worker is ready.
-server <- valve_start(api, port = 0, n_max = 2, log_level = "warn")
+# valve will not start workers as root unless told to (or given a user = to run them as).
+server <- valve_start(api, port = 0, n_max = 2, log_level = "warn",
+                      allow_root = Sys.info()[["effective_user"]] == "root")
 url <- paste0("http://", valve_address(server))
 cat("valve", valve_version(), "serving", api, "on", url, "\n")
 

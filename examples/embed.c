@@ -53,6 +53,10 @@ int main(int argc, char **argv) {
   if (valve_config_set(cfg, "file", file) != 0 || valve_config_set(cfg, "port", "0") != 0 ||
       valve_config_set(cfg, "n-max", "2") != 0)
     return fail("config", valve_config_last_error(cfg));
+  /* valve will not start workers as root unless told to (or given a "user" to run them as): a
+   * container that runs everything as root says so. */
+  if (geteuid() == 0 && valve_config_set(cfg, "allow-root", "true") != 0)
+    return fail("config", valve_config_last_error(cfg));
   if (valve_server_new(&sv, cfg) != 0) return fail("server", valve_config_last_error(cfg));
   valve_config_free(cfg);
 

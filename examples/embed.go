@@ -33,7 +33,12 @@ func main() {
 }
 
 func run(file string) error {
-	srv, err := valve.New(valve.File(file), valve.Port(0), valve.NMax(2))
+	opts := []valve.Option{valve.File(file), valve.Port(0), valve.NMax(2)}
+	if os.Geteuid() == 0 {
+		// valve will not start workers as root unless told to (or given a User to run them as).
+		opts = append(opts, valve.AllowRoot())
+	}
+	srv, err := valve.New(opts...)
 	if err != nil {
 		return err
 	}

@@ -25,7 +25,9 @@ API = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hello", "plumber
 def main():
     # port=0 picks a free port; the with-block starts the pool (returning once a worker is ready)
     # and stops it gracefully at the end.
-    with valve.Server(API, port=0, n_max=2, log_level="warn") as server:
+    # valve will not start workers as root unless told to (or given a user= to run them as).
+    with valve.Server(API, port=0, n_max=2, log_level="warn",
+                      allow_root=os.geteuid() == 0) as server:
         print(f"valve {valve.version()} serving {API} on {server.url}")
         with urllib.request.urlopen(server.url + "/echo?msg=hello%20from%20python",
                                     timeout=30) as resp:

@@ -31,7 +31,11 @@ namespace {
 
 struct ConfigGuard {
   valve_config_t *cfg = nullptr;
-  ConfigGuard() { REQUIRE(valve_config_new(&cfg) == 0); }
+  // Tests run as root in CI: their workers may be root too, as an explicit choice.
+  ConfigGuard() {
+    REQUIRE(valve_config_new(&cfg) == 0);
+    set("allow-root", "true");
+  }
   ~ConfigGuard() { valve_config_free(cfg); }
   void set(const char *key, const std::string &value) {
     INFO("set " << key << " " << value);
@@ -191,7 +195,7 @@ TEST_CASE("capi: valve_config_key lists every option, each described, then NULL"
     // A non-empty default is named in the description.
     if (*value) CHECK(std::string(about).find("(default: ") != std::string::npos);
   }
-  CHECK(i == 39);
+  CHECK(i == 44);
   CHECK(valve_config_key(i) == nullptr);
   CHECK(valve_config_key(static_cast<size_t>(-1)) == nullptr);
   CHECK(keys.count("n-max") == 1);
@@ -256,6 +260,32 @@ TEST_CASE("capi: valve_server_new refuses a bad configuration, naming the option
     CHECK(std::string(valve_config_last_error(c.cfg)) ==
           "cmd my-server: must contain {port} or {socket}");
   }
+  SUBCASE("an env-file with a mistake, by file and line") {
+    char path[] = "/tmp/valve-capi-env-XXXXXX";
+    int fd = mkstemp(path);
+    REQUIRE(fd >= 0);
+    REQUIRE(write(fd, "OK=1\nbroken\n", 12) == 12);
+    close(fd);
+    ConfigGuard c;
+    c.use_backend();
+    c.set("env-file", path);
+    valve_server_t *sv = nullptr;
+    CHECK(valve_server_new(&sv, c.cfg) == VALVE_EINVALID);
+    unlink(path);
+    CHECK(std::string(valve_config_last_error(c.cfg)) ==
+          std::string("env-file ") + path + ":2: expected NAME=VALUE");
+  }
+  if (geteuid() == 0) {
+    SUBCASE("root workers, unless allowed") {
+      ConfigGuard c;
+      c.use_backend();
+      c.set("allow-root", "false");
+      valve_server_t *sv = nullptr;
+      CHECK(valve_server_new(&sv, c.cfg) == VALVE_EINVALID);
+      CHECK(std::string(valve_config_last_error(c.cfg))
+                .starts_with("user \"\": valve runs as root, so its workers would too"));
+    }
+  }
 }
 
 TEST_CASE("capi: a log callback's destroy runs once, when the last holder goes") {
@@ -269,6 +299,7 @@ TEST_CASE("capi: a log callback's destroy runs once, when the last holder goes")
   REQUIRE(valve_config_new(&cfg) == 0);
   REQUIRE(valve_config_set_log_callback(cfg, LogSink::on_line, &sink2, LogSink::on_destroy) == 0);
   REQUIRE(valve_config_set(cfg, "cmd", "true {port}") == 0);
+  REQUIRE(valve_config_set(cfg, "allow-root", "true") == 0);
   valve_server_t *sv = nullptr;
   REQUIRE(valve_server_new(&sv, cfg) == 0);
   valve_config_free(cfg);

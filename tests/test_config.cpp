@@ -22,6 +22,7 @@ std::string canonical_uint(const char *def) { return def; }
 std::string canonical_secs(const char *def) { return def; }
 std::string canonical_bool(const char *def) { return def; }
 std::string canonical_level(const char *def) { return def; }
+std::string canonical_list(const char *def) { return def; }
 std::string canonical_bytes(const char *def) { return std::to_string(parse_bytes(def).value()); }
 
 size_t option_count() {
@@ -56,6 +57,11 @@ TEST_CASE("config: the defaults, spelled out independently of the table") {
       {"file", "plumber.R"},
       {"cmd", ""},
       {"rscript", "Rscript"},
+      {"env", ""},
+      {"env-file", ""},
+      {"user", ""},
+      {"group", ""},
+      {"allow-root", "false"},
       {"check-unused", "10"},
       {"max-age", "300"},
       {"startup-timeout", "60"},
@@ -114,7 +120,7 @@ TEST_CASE("config: option_key lists each option once, in table order, then nullp
     INFO("index " << i);
     CHECK(seen.insert(valve::option_key(i)).second);
   }
-  CHECK(i == 39);
+  CHECK(i == 44);
   CHECK(std::string(valve::option_key(0)) == "host");
   CHECK(std::string(valve::option_key(i - 1)) == "reap-orphans");
   CHECK(valve::option_key(i + 1000) == nullptr);
@@ -212,6 +218,31 @@ TEST_CASE("config: set() parses each kind and get() shows it back") {
   CHECK_FALSE(c.set("host", "::1").has_value());
   CHECK(c.get("host") == "::1");
   CHECK_FALSE(c.get("no-such-option").has_value());
+
+  // A list appends each value, shows them a line each, and empties on "".
+  CHECK_FALSE(c.set("env", "A=1").has_value());
+  CHECK_FALSE(c.set("env", "B=two words").has_value());
+  CHECK_FALSE(c.set("env", "HOME").has_value());
+  CHECK(c.env == std::vector<std::string>{"A=1", "B=two words", "HOME"});
+  CHECK(c.get("env") == "A=1\nB=two words\nHOME");
+  CHECK_FALSE(c.set("env", "").has_value());
+  CHECK(c.env.empty());
+}
+
+TEST_CASE("config: env entries must be NAME=VALUE or NAME with a valid name") {
+  Config c;
+  REQUIRE_FALSE(c.set("env", "OK_1=x=y").has_value());
+  for (const char *bad : {"=x", "1A=x", "A-B=x", "A B=x", "Ä=x"}) {
+    INFO("env " << bad);
+    auto err = c.set("env", bad);
+    REQUIRE(err.has_value());
+    CHECK(err->starts_with(std::string("env ") + bad + ": expected NAME=VALUE or NAME"));
+  }
+  CHECK(c.env == std::vector<std::string>{"OK_1=x=y"});  // refused values were not appended
+  test::Json doc = test::parse_json(c.to_json());
+  REQUIRE(doc["env"].kind == test::Json::Kind::array);
+  REQUIRE(doc["env"].items.size() == 1);
+  CHECK(doc["env"].items[0].text == "OK_1=x=y");
 }
 
 TEST_CASE("config: every value get() shows is accepted by set() unchanged") {

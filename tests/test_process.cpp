@@ -209,7 +209,11 @@ TEST_CASE("process: the pidfd becomes readable when the child exits") {
   CHECK(c2.wait() == 0);
 }
 
-TEST_CASE("process: the child dies with its parent (PR_SET_PDEATHSIG)") {
+namespace {
+
+// Spawns `echo up; sleep` from an intermediate process that then exits; the grandchild must die
+// with it (PR_SET_PDEATHSIG), also when spawned as another user (a switch clears the setting).
+void check_dies_with_parent(std::optional<valve::Credentials> as) {
   test::SubreaperGuard subreaper;  // the orphan is reparented to us, so we can reap it by pid
   int pipe_fds[2];
   REQUIRE(pipe(pipe_fds) == 0);
@@ -220,6 +224,7 @@ TEST_CASE("process: the child dies with its parent (PR_SET_PDEATHSIG)") {
     close(pipe_fds[0]);
     valve::Spawned s;
     valve::SpawnSpec spec = shell("echo up; exec sleep 30");
+    spec.as = as;
     if (valve::spawn_process(spec, &s) != 0) _exit(2);
     // Wait until the grandchild has run past prctl (it printed), then hand over its pid and die.
     char buf[8];
@@ -248,6 +253,33 @@ TEST_CASE("process: the child dies with its parent (PR_SET_PDEATHSIG)") {
   CHECK(WIFSIGNALED(*gst));
   CHECK(WTERMSIG(*gst) == SIGKILL);
   CHECK(kill(grandchild, 0) == -1);
+}
+
+const valve::Credentials kNobody{65534, 65534, {65534}};
+
+}  // namespace
+
+TEST_CASE("process: the child dies with its parent (PR_SET_PDEATHSIG)") {
+  check_dies_with_parent(std::nullopt);
+  if (geteuid() == 0) check_dies_with_parent(kNobody);
+}
+
+TEST_CASE("process: spec.as switches the child's user and groups, or the child says why not") {
+  valve::SpawnSpec spec = shell("id -u; id -g; id -G");
+  spec.as = kNobody;
+  Child c(spec);
+  REQUIRE(c.rc == 0);
+  std::string out = test::read_until_eof(c.s.out_fd);
+  std::string err = test::read_until_eof(c.s.err_fd);
+  int status = c.wait();
+  REQUIRE(WIFEXITED(status));
+  if (geteuid() == 0) {
+    CHECK(WEXITSTATUS(status) == 0);
+    CHECK(out == "65534\n65534\n65534\n");
+  } else {
+    CHECK(WEXITSTATUS(status) == 127);
+    CHECK(err.starts_with("valve: cannot start worker: setgroups failed, errno "));
+  }
 }
 
 TEST_CASE("process: find_executable") {

@@ -105,6 +105,17 @@ func (o Options) apply(b *builder) error {
 	return nil
 }
 
+// Env sets a variable in the workers' environment (option "env", which collects every value);
+// workers get only these, the env-file's and a few basics such as PATH and HOME.
+func Env(name, value string) Option { return Set("env", name+"="+value) }
+
+// User runs the workers as this user, by name or uid (option "user"; valve must run as root).
+func User(name string) Option { return Set("user", name) }
+
+// AllowRoot lets workers run as root when valve does (option "allow-root"); without it, and
+// without User, New refuses when running as root.
+func AllowRoot() Option { return Set("allow-root", "true") }
+
 // File is the plumber API file each worker serves (option "file").
 func File(path string) Option { return Set("file", path) }
 

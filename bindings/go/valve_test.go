@@ -145,7 +145,7 @@ func TestConfigErrorNamesTheKey(t *testing.T) {
 		{Options{"file": helloFile(t), "n-min": "5", "n-max": "2"}, `n-min 5: must be at most n-max`},
 	}
 	for _, c := range cases {
-		srv, err := New(c.opt)
+		srv, err := New(AllowRoot(), c.opt)
 		if err == nil {
 			srv.Close()
 			t.Errorf("%q: New succeeded", c.want)
@@ -165,7 +165,7 @@ func TestConfigErrorNamesTheKey(t *testing.T) {
 func TestMissingFile(t *testing.T) {
 	missing := filepath.Join(t.TempDir(), "nowhere", "plumber.R")
 	// With a callback: its handle is released on this failure path too (twice would panic).
-	srv, err := New(File(missing), OnEvent(func(Event) {}), OnLog(func(LogLevel, string) {}))
+	srv, err := New(AllowRoot(), File(missing), OnEvent(func(Event) {}), OnLog(func(LogLevel, string) {}))
 	if err == nil {
 		srv.Close()
 		t.Fatal("New succeeded on a missing file")
@@ -183,7 +183,7 @@ func TestPlumberRoundTrip(t *testing.T) {
 	)
 	seen := make(chan Event, 100)
 	var log logs
-	srv, err := New(File(helloFile(t)), Port(0), NMax(2), OnLog(log.add), OnEvent(func(e Event) {
+	srv, err := New(AllowRoot(), File(helloFile(t)), Port(0), NMax(2), OnLog(log.add), OnEvent(func(e Event) {
 		mu.Lock()
 		events = append(events, e)
 		mu.Unlock()
@@ -304,7 +304,7 @@ func TestBackendStartStop20Times(t *testing.T) {
 	requireNoChildren(t)
 	for round := 0; round < 20; round++ {
 		var log logs
-		srv, err := New(Cmd(cmd), Port(0), OnLog(log.add))
+		srv, err := New(AllowRoot(), Cmd(cmd), Port(0), OnLog(log.add))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -327,7 +327,7 @@ func TestBackendStartStop20Times(t *testing.T) {
 func TestStartCancelledByContext(t *testing.T) {
 	requireNoChildren(t)
 	// A worker that never answers: Start waits until ctx ends.
-	srv, err := New(Cmd("exec sleep 30 # {port}"), Port(0), Set("startup-timeout", "60"),
+	srv, err := New(AllowRoot(), Cmd("exec sleep 30 # {port}"), Port(0), Set("startup-timeout", "60"),
 		OnLog(func(LogLevel, string) {}))
 	if err != nil {
 		t.Fatal(err)
@@ -347,7 +347,7 @@ func TestStartCancelledByContext(t *testing.T) {
 }
 
 func TestStartupFailure(t *testing.T) {
-	srv, err := New(Cmd("echo giving up on {port} >&2; exit 4"), Port(0), OnLog(func(LogLevel, string) {}))
+	srv, err := New(AllowRoot(), Cmd("echo giving up on {port} >&2; exit 4"), Port(0), OnLog(func(LogLevel, string) {}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -371,7 +371,7 @@ func TestPortInUse(t *testing.T) {
 	}
 	defer ln.Close()
 	port := ln.Addr().(*net.TCPAddr).Port
-	srv, err := New(Cmd(cmd), Port(port), OnLog(func(LogLevel, string) {}))
+	srv, err := New(AllowRoot(), Cmd(cmd), Port(port), OnLog(func(LogLevel, string) {}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -394,7 +394,7 @@ func TestRunUntilContextEnds(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	ready := make(chan struct{}, 1)
-	srv, err := New(Cmd(cmd), Port(0), OnLog(func(LogLevel, string) {}), OnEvent(func(e Event) {
+	srv, err := New(AllowRoot(), Cmd(cmd), Port(0), OnLog(func(LogLevel, string) {}), OnEvent(func(e Event) {
 		if e.Type == EventWorkerReady {
 			ready <- struct{}{}
 		}
@@ -428,7 +428,7 @@ func TestRunUntilContextEnds(t *testing.T) {
 
 // Stop from another goroutine while Start waits: Start does not report a running server.
 func TestStopDuringStart(t *testing.T) {
-	srv, err := New(Cmd("exec sleep 30 # {port}"), Port(0), OnLog(func(LogLevel, string) {}))
+	srv, err := New(AllowRoot(), Cmd("exec sleep 30 # {port}"), Port(0), OnLog(func(LogLevel, string) {}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -453,7 +453,7 @@ func TestStopDuringStart(t *testing.T) {
 func TestSignalHandlersRunOnTheAlternateStack(t *testing.T) {
 	cmd := backend(t)
 	var log logs
-	srv, err := New(Cmd(cmd), Port(0), Set("reap-orphans", "true"), Set("handle-signals", "true"),
+	srv, err := New(AllowRoot(), Cmd(cmd), Port(0), Set("reap-orphans", "true"), Set("handle-signals", "true"),
 		OnLog(log.add))
 	if err != nil {
 		t.Fatal(err)
@@ -516,7 +516,7 @@ func TestReloadAndScale(t *testing.T) {
 	requireNoChildren(t)
 	var log logs
 	reloads := make(chan Event, 10)
-	srv, err := New(Cmd(cmd), Port(0), NMin(2), NMax(4), OnLog(log.add), OnEvent(func(e Event) {
+	srv, err := New(AllowRoot(), Cmd(cmd), Port(0), NMin(2), NMax(4), OnLog(log.add), OnEvent(func(e Event) {
 		if e.Type == EventReload {
 			reloads <- e
 		}
@@ -631,7 +631,7 @@ func TestReloadContextBoundsTheWait(t *testing.T) {
 	requireNoChildren(t)
 	// Workers of the next generation never answer once the file "slow" exists.
 	slow := filepath.Join(t.TempDir(), "slow")
-	srv, err := New(Cmd("if [ -e "+slow+" ]; then exec sleep 30; fi; exec "+cmd), Port(0),
+	srv, err := New(AllowRoot(), Cmd("if [ -e "+slow+" ]; then exec sleep 30; fi; exec "+cmd), Port(0),
 		Set("startup-timeout", "60"), OnLog(func(LogLevel, string) {}))
 	if err != nil {
 		t.Fatal(err)

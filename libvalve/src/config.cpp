@@ -80,7 +80,22 @@ std::optional<std::string> set_level(LogLevel &field, std::string_view key,
   return fmt::format("{} {}: expected debug, info, warn or error", key, quoted(value));
 }
 
+std::optional<std::string> set_list(std::vector<std::string> &field, std::string_view,
+                                    std::string_view value) {
+  if (value.empty()) {
+    field.clear();
+  } else {
+    field.emplace_back(value);
+  }
+  return std::nullopt;
+}
+
 std::string show(const std::string &v) { return v; }
+std::string show(const std::vector<std::string> &v) {
+  std::string out;
+  for (const auto &item : v) out += (out.empty() ? "" : "\n") + item;
+  return out;
+}
 std::string show(uint64_t v) { return std::to_string(v); }
 std::string show(double v) { return format_seconds(v); }
 std::string show(bool v) { return v ? "true" : "false"; }
@@ -91,6 +106,11 @@ std::string json_value(uint64_t v) { return std::to_string(v); }
 std::string json_value(double v) { return format_seconds(v); }
 std::string json_value(bool v) { return v ? "true" : "false"; }
 std::string json_value(LogLevel v) { return fmt::format("\"{}\"", level_name(v)); }
+std::string json_value(const std::vector<std::string> &v) {
+  std::string out = "[";
+  for (const auto &item : v) out += (out.size() > 1 ? "," : "") + json_value(item);
+  return out + "]";
+}
 
 }  // namespace
 
@@ -133,6 +153,15 @@ std::optional<std::string> Config::check(std::string_view key) const {
     return fmt::format("health-rise {}: must be at least 1", health_rise);
   if (key == "health-fall" && health_fall < 1)
     return fmt::format("health-fall {}: must be at least 1", health_fall);
+  if (key == "env") {
+    for (const auto &item : env) {
+      std::string_view name = std::string_view(item).substr(0, item.find('='));
+      if (!is_env_name(name))
+        return fmt::format("env {}: expected NAME=VALUE or NAME, where NAME is letters, digits "
+                           "and underscores and does not start with a digit",
+                           item);
+    }
+  }
   if (key == "admin" && !admin.empty()) {
     if (auto err = check_listen_address(admin)) return fmt::format("admin {}: {}", admin, *err);
   }
@@ -241,6 +270,15 @@ std::optional<std::string> check_listen_address(std::string_view text) {
   std::string why;
   if (parse_listen_address(text, &why)) return std::nullopt;
   return why;
+}
+
+bool is_env_name(std::string_view name) {
+  if (name.empty() || (name[0] >= '0' && name[0] <= '9')) return false;
+  for (char c : name) {
+    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_';
+    if (!ok) return false;
+  }
+  return true;
 }
 
 std::optional<uint64_t> parse_uint(std::string_view text) {

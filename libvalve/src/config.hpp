@@ -6,13 +6,15 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace valve {
 
 enum class LogLevel { debug = 0, info = 1, warn = 2, error = 3 };
 
 // XX(key, member, kind, default, help). kind: str, uint (an integer), secs (seconds, fractions
-// allowed, with an optional ms/s/m suffix), bytes (with an optional k/m/g suffix), bool, level.
+// allowed, with an optional ms/s/m suffix), bytes (with an optional k/m/g suffix), bool, level,
+// list (each value set is appended; setting "" empties the list).
 // clang-format off
 #define VALVE_OPTIONS(XX)                                                                          \
   XX("host", host, str, "127.0.0.1", "address to listen on")                                       \
@@ -26,6 +28,16 @@ enum class LogLevel { debug = 0, info = 1, warn = 2, error = 3 };
      "run this shell command as a worker instead of plumber; {port} (or {socket}) is replaced by " \
      "its address")                                                                                \
   XX("rscript", rscript, str, "Rscript", "the Rscript program that runs plumber workers")          \
+  XX("env", env, list, "",                                                                         \
+     "NAME=VALUE to set in the workers' environment, or NAME to pass valve's own value on "        \
+     "(repeatable); workers get only these, --env-file and a few basics such as PATH and HOME")    \
+  XX("env-file", env_file, str, "",                                                                \
+     "a file of NAME=VALUE lines for the workers' environment, read at start and on each reload")  \
+  XX("user", user, str, "",                                                                        \
+     "run workers as this user (name or uid; valve must run as root to switch)")                   \
+  XX("group", group, str, "", "run workers with this group (default: the user's primary group)")   \
+  XX("allow-root", allow_root, bool, "false",                                                      \
+     "let workers run as root; without it valve refuses when it would start them as root")         \
   XX("check-unused", check_unused, secs, "10", "seconds between checks for idle workers")         \
   XX("max-age", max_age, secs, "300", "seconds an idle worker lives before it is stopped")        \
   XX("startup-timeout", startup_timeout, secs, "60", "seconds a new worker has to answer HTTP")   \
@@ -85,6 +97,11 @@ struct Config {
   std::string file;
   std::string cmd;
   std::string rscript;
+  std::vector<std::string> env;
+  std::string env_file;
+  std::string user;
+  std::string group;
+  bool allow_root = false;
   double check_unused = 0;
   double max_age = 0;
   double startup_timeout = 0;
@@ -147,6 +164,10 @@ struct ListenAddress {
 std::optional<ListenAddress> parse_listen_address(std::string_view text,
                                                   std::string *why = nullptr);
 std::optional<std::string> check_listen_address(std::string_view text);
+
+// True for a valid environment variable name: a letter or underscore, then letters, digits and
+// underscores.
+bool is_env_name(std::string_view name);
 
 // Parsers, exposed for tests. Each returns nullopt on a malformed value.
 std::optional<double> parse_seconds(std::string_view text);

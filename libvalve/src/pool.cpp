@@ -41,6 +41,11 @@ const Logger &Pool::log() const { return server_.log(); }
 std::string Pool::script_path() const { return server_.runtime_dir() + "/worker.R"; }
 
 std::optional<std::string> Pool::check_environment() {
+  std::string error;
+  auto identity = resolve_identity(config_, &error);
+  if (!identity) return error;
+  identity_ = std::move(*identity);
+  if (auto err = load_worker_environment()) return err;
   if (!config_.cmd.empty()) return std::nullopt;
   auto rscript = find_executable(config_.rscript);
   if (!rscript)
@@ -56,6 +61,18 @@ std::optional<std::string> Pool::check_environment() {
   if (!realpath(config_.file.c_str(), resolved))
     return fmt::format("file {}: cannot resolve", config_.file);
   api_file_ = resolved;
+  return std::nullopt;
+}
+
+std::optional<std::string> Pool::load_worker_environment() {
+  std::vector<std::string> from_file;
+  if (!config_.env_file.empty()) {
+    std::string error;
+    auto entries = read_env_file(config_.env_file, &error);
+    if (!entries) return error;
+    from_file = std::move(*entries);
+  }
+  worker_env_ = valve::worker_environment(config_, identity_, from_file, current_environment());
   return std::nullopt;
 }
 
@@ -266,6 +283,12 @@ void Pool::begin_reload(std::vector<ReloadDone> waiters) {
   reload_.started_ms = monotonic_ms();
   reload_.error.clear();
   reload_.waiters = std::move(waiters);
+  // The env-file is read again: a reload is how workers get new settings or secrets.
+  reload_.previous_env = worker_env_;
+  if (auto err = load_worker_environment()) {
+    abort_reload(std::move(*err));
+    return;
+  }
   // The new code gets a fresh start: no crash-loop delay carried over.
   failures_ = 0;
   next_launch_ms_ = 0;
@@ -298,6 +321,7 @@ void Pool::abort_reload(std::string why) {
     }
   }
   for (Worker *w : fresh) w->stop("its reload failed");
+  worker_env_ = std::move(reload_.previous_env);
   failures_ = 0;
   next_launch_ms_ = 0;
   finish_reload(

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "config.hpp"
+#include "sandbox.hpp"
 #include "util.hpp"
 
 namespace valve {
@@ -74,8 +75,12 @@ class Pool {
   std::string script_path() const;
   const std::string &rscript_path() const { return rscript_path_; }
   const std::string &api_file() const { return api_file_; }
-  // Checks the environment (Rscript found, the API file readable); a message naming the option.
+  // Checks the environment (Rscript found, the API file readable, the workers' user and
+  // environment file); a message naming the option.
   std::optional<std::string> check_environment();
+  // Who workers run as, and the environment they get (re-read from --env-file on each reload).
+  const Identity &identity() const { return identity_; }
+  const std::vector<std::string> &worker_environment() const { return worker_env_; }
   size_t queue_depth() const { return queue_.size(); }
   std::string workers_json() const;
   Worker *find_pid(int pid);
@@ -102,11 +107,15 @@ class Pool {
   void finish_reload(bool ok, std::string error);
   void monitor();  // resident memory, max-rss
   bool is_current(const Worker &w) const;
+  // The workers' environment from the configuration, the identity and --env-file.
+  std::optional<std::string> load_worker_environment();
 
   Server &server_;
   const Config &config_;
   std::string rscript_path_;
   std::string api_file_;
+  Identity identity_;
+  std::vector<std::string> worker_env_;
   std::list<std::unique_ptr<Worker>> workers_;
   std::deque<Exchange *> queue_;
   uint64_t next_id_ = 1;
@@ -125,6 +134,7 @@ class Pool {
     std::vector<ReloadDone> waiters;
     bool again = false;  // another reload was asked for meanwhile
     std::vector<ReloadDone> again_waiters;
+    std::vector<std::string> previous_env;  // restored if the reload fails
   } reload_;
   Timer launch_timer_;
   Timer maintenance_timer_;

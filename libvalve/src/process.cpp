@@ -2,6 +2,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/prctl.h>
@@ -83,8 +84,6 @@ int spawn_process(const SpawnSpec &spec, Spawned *out) {
   if (pid == 0) {
     // Child: async-signal-safe calls only until exec.
     setpgid(0, 0);
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != parent) _exit(1);  // the parent died before prctl took effect
     sigset_t all;
     sigemptyset(&all);
     sigprocmask(SIG_SETMASK, &all, nullptr);
@@ -97,6 +96,16 @@ int spawn_process(const SpawnSpec &spec, Spawned *out) {
     if (close_range(3, UINT_MAX, 0) != 0) {
       for (int fd = 3; fd < 65536; ++fd) close(fd);
     }
+    if (spec.as) {
+      // Groups first: once the user is switched, the right to change them is gone.
+      if (setgroups(spec.as->groups.size(), spec.as->groups.data()) != 0)
+        child_fail("setgroups", errno);
+      if (setgid(spec.as->gid) != 0) child_fail("setgid", errno);
+      if (setuid(spec.as->uid) != 0) child_fail("setuid", errno);
+    }
+    // After the switch, which clears it.
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) _exit(1);  // the parent died before prctl took effect
     if (!spec.cwd.empty() && chdir(spec.cwd.c_str()) != 0) child_fail("chdir", errno);
     execve(spec.path.c_str(), argv.data(), envp.data());
     child_fail("exec", errno);

@@ -11,11 +11,19 @@
 
 namespace valve {
 
+// Who a child runs as; switching needs valve to run as root.
+struct Credentials {
+  uid_t uid = 0;
+  gid_t gid = 0;
+  std::vector<gid_t> groups;  // supplementary groups
+};
+
 struct SpawnSpec {
   std::string path;               // resolved executable
   std::vector<std::string> argv;  // argv[0] included
   std::vector<std::string> env;   // KEY=VALUE, the whole environment
   std::string cwd;                // empty: inherit
+  std::optional<Credentials> as;  // unset: valve's own user
 };
 
 struct Spawned {
@@ -26,8 +34,9 @@ struct Spawned {
 };
 
 // Forks and execs spec. The child leads its own process group (so its whole tree can be signalled,
-// and a terminal's Ctrl-C reaches only valve), dies with its parent thread (PR_SET_PDEATHSIG), gets
-// default signal dispositions, stdin from /dev/null and no other inherited descriptor.
+// and a terminal's Ctrl-C reaches only valve), switches to spec.as if set, dies with its parent
+// thread (PR_SET_PDEATHSIG, set after the switch, which would clear it), gets default signal
+// dispositions, stdin from /dev/null and no other inherited descriptor.
 // Returns 0 or a negative errno.
 int spawn_process(const SpawnSpec &spec, Spawned *out);
 

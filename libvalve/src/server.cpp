@@ -224,7 +224,7 @@ std::string Server::status_json_now() {
                       : started_  ? "running"
                                   : "starting";
   const Stats &st = stats_;
-  auto count = [&st](const std::map<std::string, uint64_t> &m) {
+  auto count = [](const std::map<std::string, uint64_t> &m) {
     uint64_t n = 0;
     for (const auto &[k, v] : m) n += v;
     return n;
@@ -359,8 +359,20 @@ int Server::prepare() {
   if (config_.cmd.empty()) {
     std::ofstream script(pool_->script_path());
     script << kWorkerScript;
+    script.close();
     if (!script) {
       set_result(VALVE_EINVALID, fmt::format("runtime-dir {}: cannot write there", runtime_dir_));
+      return VALVE_EINVALID;
+    }
+    chmod(pool_->script_path().c_str(), 0644);
+  }
+  if (const auto &as = pool_->identity().credentials) {
+    // Workers of another user make their sockets here: the directory becomes theirs, still 0700,
+    // and valve, as root, keeps its way in.
+    if (chown(runtime_dir_.c_str(), as->uid, as->gid) != 0) {
+      int e = errno;
+      set_result(VALVE_EINVALID, fmt::format("runtime-dir {}: cannot give it to user {}: {}",
+                                             runtime_dir_, config_.user, strerror(e)));
       return VALVE_EINVALID;
     }
   }

@@ -255,27 +255,31 @@ int Worker::launch() {
   const Config &cfg = pool_.config();
   Server &server = pool_.server();
   SpawnSpec spec;
-  spec.env = current_environment();
-  spec.env.push_back(fmt::format("VALVE_WORKER_ID={}", id_));
+  spec.env = pool_.worker_environment();
+  spec.as = pool_.identity().credentials;
+  set_variable(spec.env, "VALVE_WORKER_ID", std::to_string(id_));
   if (cfg.cmd.empty()) {
     socket_path_ = fmt::format("{}/w{}.sock", server.runtime_dir(), id_);
     spec.path = pool_.rscript_path();
     spec.argv = {spec.path, "--no-echo", "--no-restore", pool_.script_path()};
-    spec.env.push_back("VALVE_FILE=" + pool_.api_file());
-    spec.env.push_back("VALVE_SOCKET=" + socket_path_);
+    set_variable(spec.env, "VALVE_FILE", pool_.api_file());
+    set_variable(spec.env, "VALVE_SOCKET", socket_path_);
+    // The API's own directory, as plumber reads it: its relative paths mean the same while it
+    // serves, and a worker of another user is not left in a directory it may not enter.
+    spec.cwd = pool_.api_file().substr(0, pool_.api_file().rfind('/') + 1);
   } else {
     std::string command = cfg.cmd;
     if (command.find("{socket}") != std::string::npos) {
       socket_path_ = fmt::format("{}/w{}.sock", server.runtime_dir(), id_);
       command = replace_all(command, "{socket}", socket_path_);
-      spec.env.push_back("VALVE_SOCKET=" + socket_path_);
+      set_variable(spec.env, "VALVE_SOCKET", socket_path_);
     }
     if (command.find("{port}") != std::string::npos) {
       int port = pick_free_port();
       if (port < 0) return port;
       port_ = port;
       command = replace_all(command, "{port}", std::to_string(port));
-      spec.env.push_back(fmt::format("VALVE_PORT={}", port_));
+      set_variable(spec.env, "VALVE_PORT", std::to_string(port_));
       if (!socket_path_.empty()) socket_path_.clear();  // both given: traffic goes to the port
     }
     // A simple command is exec'd directly so that it, not a shell, is valve's child: only a child

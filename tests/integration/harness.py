@@ -65,6 +65,21 @@ def backend_cmd(*extra):
     return " ".join(words)
 
 
+SUBCOMMANDS = ("status", "reload", "scale")
+
+
+def serving_flags(env=None, allow_root=True):
+    """What every serving valvectl in the tests gets first: workers keep the test's tag and the
+    variables the test sets (workers get an explicit environment), and may run as root, since CI
+    runs the tests as root; tests of those refusals pass allow_root=False."""
+    flags = ["--env", TAG_VARIABLE]
+    for name in env or {}:
+        flags += ["--env", name]
+    if allow_root:
+        flags.append("--allow-root")
+    return flags
+
+
 def wait_until(predicate, timeout, interval=0.05, message="condition"):
     """Polls predicate() until it returns a true value; returns that value or raises TimeoutError."""
     deadline = time.monotonic() + timeout
@@ -514,7 +529,7 @@ class Valve:
     """One valvectl process started with --port 0, its log in a temporary directory, and a sampler
     thread that remembers every process that ever appeared in its tree."""
 
-    def __init__(self, args, tmpdir, cwd=None, env=None, port=0, host=LOOPBACK):
+    def __init__(self, args, tmpdir, cwd=None, env=None, port=0, host=LOOPBACK, allow_root=True):
         self.args = [str(a) for a in args]
         self.tmpdir = tmpdir
         self.tag = os.urandom(8).hex()
@@ -528,7 +543,7 @@ class Valve:
         full_env = dict(os.environ)
         full_env.update(env or {})
         full_env[TAG_VARIABLE] = self.tag
-        argv = [VALVECTL]
+        argv = [VALVECTL] + serving_flags(env, allow_root)
         if port is not None:
             argv += ["--port", str(port)]
         if host is not None:
@@ -768,10 +783,13 @@ class Valve:
                 pass
 
 
-def run_valvectl(args, timeout=15.0, cwd=None, env=None):
+def run_valvectl(args, timeout=15.0, cwd=None, env=None, allow_root=True):
     """Runs valvectl to completion (for flag errors, --help, start-up failures). Returns
     (exit code, stdout, stderr, seconds, leftover pids). Kills it by PID if it runs past timeout,
-    in which case the exit code is None."""
+    in which case the exit code is None. A serving command line gets serving_flags() first."""
+    args = [str(a) for a in args]
+    if not any(a in SUBCOMMANDS for a in args):
+        args = serving_flags(env, allow_root) + args
     tag = os.urandom(8).hex()
     full_env = dict(os.environ)
     full_env.update(env or {})
@@ -779,7 +797,7 @@ def run_valvectl(args, timeout=15.0, cwd=None, env=None):
     if not os.access(VALVECTL, os.X_OK):
         raise AssertionError(f"valvectl not found at {VALVECTL} (set VALVECTL)")
     started = time.monotonic()
-    proc = subprocess.Popen([VALVECTL] + [str(a) for a in args], stdin=subprocess.DEVNULL,
+    proc = subprocess.Popen([VALVECTL] + args, stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd, env=full_env)
     try:
         out, err = proc.communicate(timeout=timeout)
@@ -823,10 +841,12 @@ class ValveTestCase(unittest.TestCase):
         self._pids = []  # extra processes a test started itself: (pid, Popen or None)
 
     def start_valve(self, *args, ready="/hello", listen=True, ready_timeout=30.0, cwd=None,
-                    env=None, port=0, host=LOOPBACK):
-        """Starts valvectl with args (plus --port 0 --host 127.0.0.1 unless port/host are None),
-        waits for its 'listening on' line, then until `ready` answers 200 (None: do not wait)."""
-        valve = Valve(args, self.tmpdir, cwd=cwd, env=env, port=port, host=host)
+                    env=None, port=0, host=LOOPBACK, allow_root=True):
+        """Starts valvectl with serving_flags(), then args (plus --port 0 --host 127.0.0.1 unless
+        port/host are None), waits for its 'listening on' line, then until `ready` answers 200
+        (None: do not wait)."""
+        valve = Valve(args, self.tmpdir, cwd=cwd, env=env, port=port, host=host,
+                      allow_root=allow_root)
         self._valves.append(valve)
         if listen:
             valve.wait_listening()

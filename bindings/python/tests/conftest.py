@@ -3,3 +3,21 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+import pytest  # noqa: E402
+
+import valve  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def workers_may_run_as_root(monkeypatch):
+    """CI runs the tests as root, and valve refuses root workers unless told: the tests tell it
+    (a test of the refusal passes allow_root=False)."""
+    init = valve.Server.__init__
+
+    def allowing_root(self, *args, **kwargs):
+        kwargs.setdefault("allow_root", True)
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(valve.Server, "__init__", allowing_root)

@@ -96,7 +96,8 @@ class Server:
 
     Keyword arguments are valve's options with "-" written "_" (``n_max=4``,
     ``graceful_timeout=5``); see :func:`config_keys` and :func:`describe`. Values are passed as
-    strings (True/False as "true"/"false"); None leaves an option at its default.
+    strings (True/False as "true"/"false"); None leaves an option at its default. A list option
+    takes a list (``env=["TZ", "MODE=prod"]``) or a dict (``env={"MODE": "prod"}``).
 
     ``on_event(dict)`` receives each pool event (worker_launched, worker_ready, worker_exited,
     request_completed, reload); ``on_log(level, line)`` receives each log line (level 0 debug ..
@@ -131,9 +132,17 @@ class Server:
             for name, value in options.items():
                 if value is None:
                     continue
-                if lib.valve_config_set(cfg, name.replace("_", "-").encode(),
-                                        _option_value(value)) != 0:
-                    raise _config_error(cfg, _lib.VALVE_EINVALID)
+                # A list option takes each item in turn; a dict's items as NAME=VALUE (env).
+                if isinstance(value, dict):
+                    values = [f"{k}={v}" for k, v in value.items()]
+                elif isinstance(value, (list, tuple)):
+                    values = value
+                else:
+                    values = [value]
+                for item in values:
+                    if lib.valve_config_set(cfg, name.replace("_", "-").encode(),
+                                            _option_value(item)) != 0:
+                        raise _config_error(cfg, _lib.VALVE_EINVALID)
             if on_log is not None:
                 cb = _lib.LOG_CB(self._log_trampoline(on_log))
                 self._callbacks.append(cb)

@@ -35,6 +35,18 @@ new_server <- function(options, events) {
   if (length(options) && (is.null(names(options)) || any(keys == ""))) {
     valve_abort(-10001L, "VALVE_EINVALID", "every option must be named")
   }
+  # env takes a character vector, each element in turn; named elements as NAME=VALUE.
+  if ("env" %in% keys) {
+    env <- options[[which(keys == "env")[[1]]]]
+    if (!is.character(env) || anyNA(env)) {
+      valve_abort(-10001L, "VALVE_EINVALID", "env: expected a character vector")
+    }
+    if (!is.null(names(env))) env <- ifelse(names(env) == "", env, paste0(names(env), "=", env))
+    env <- as.list(unname(env))
+    names(env) <- rep("env", length(env))
+    options <- c(options[keys != "env"], env)
+    keys <- c(keys[keys != "env"], rep("env", length(env)))
+  }
   values <- vapply(seq_along(options), function(i) option_string(keys[[i]], options[[i]]),
                    character(1))
   .Call(C_new, as.character(keys), values, as.integer(events))

@@ -64,11 +64,12 @@ VALVE_API void valve_config_free(valve_config_t *cfg);
 
 /* Sets one option by its name, the same name as valvectl's long flag without the dashes
  * ("port", "n-max", "file", "timeout", ...). The value is parsed and range-checked at once.
+ * A list option ("env") appends each value set, as a repeated flag does; setting "" empties it.
  * Returns 0, or VALVE_EINVALID with a message naming the key and the value in
  * valve_config_last_error(). */
 VALVE_API int valve_config_set(valve_config_t *cfg, const char *key, const char *value);
-/* The current value of an option, formatted as valve_config_set() accepts it; NULL if the key is
- * unknown. The pointer stays valid until the next call on cfg. */
+/* The current value of an option, formatted as valve_config_set() accepts it (a list option's
+ * values one a line); NULL if the key is unknown. The pointer stays valid until the next call on cfg. */
 VALVE_API const char *valve_config_get(valve_config_t *cfg, const char *key);
 /* Names of every option, in documentation order: index 0.. until NULL. */
 VALVE_API const char *valve_config_key(size_t index);

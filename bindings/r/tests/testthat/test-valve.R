@@ -7,40 +7,40 @@ test_that("the library is loaded and lists its options", {
 })
 
 test_that("invalid options are valve_errors with the library's message", {
-  err <- expect_error(valve_start(hello_api(), n_min = 5, n_max = 2), class = "valve_error")
+  err <- expect_error(valve_start(allow_root = TRUE, hello_api(), n_min = 5, n_max = 2), class = "valve_error")
   expect_match(conditionMessage(err), "n-min")
   expect_identical(err$name, "VALVE_EINVALID")
   expect_identical(err$code, -10001L)
   expect_match(deparse(conditionCall(err))[[1]], "^valve_start\\(")
 
-  expect_error(valve_start(hello_api(), n_max = 0), "n-max 0: must be at least 1",
+  expect_error(valve_start(allow_root = TRUE, hello_api(), n_max = 0), "n-max 0: must be at least 1",
                class = "valve_error")
-  expect_error(valve_start(hello_api(), no_such_option = 1), "no-such-option 1: unknown option",
+  expect_error(valve_start(allow_root = TRUE, hello_api(), no_such_option = 1), "no-such-option 1: unknown option",
                class = "valve_error")
-  expect_error(valve_start(hello_api(), check_unused = "soon"), "check-unused",
+  expect_error(valve_start(allow_root = TRUE, hello_api(), check_unused = "soon"), "check-unused",
                class = "valve_error")
-  expect_error(valve_start(hello_api(), port = 1:2), "port: expected a single",
+  expect_error(valve_start(allow_root = TRUE, hello_api(), port = 1:2), "port: expected a single",
                class = "valve_error")
-  expect_error(valve_run(hello_api(), n_min = 5, n_max = 2), "n-min", class = "valve_error")
+  expect_error(valve_run(allow_root = TRUE, hello_api(), n_min = 5, n_max = 2), "n-min", class = "valve_error")
 })
 
 test_that("a missing API file is a valve_error naming the file", {
   missing <- file.path(tempdir(), "no-such-api.R")
-  expect_error(valve_start(missing), "no such file", class = "valve_error")
-  expect_error(valve_run(missing), "no-such-api.R", class = "valve_error")
+  expect_error(valve_start(allow_root = TRUE, missing), "no such file", class = "valve_error")
+  expect_error(valve_run(allow_root = TRUE, missing), "no-such-api.R", class = "valve_error")
 })
 
 test_that("a port in use is a valve_error from start-up", {
-  first <- valve_start(cmd = backend_cmd(), port = 0)
+  first <- valve_start(allow_root = TRUE, cmd = backend_cmd(), port = 0)
   on.exit(valve_stop(first, 0))
   port <- sub(".*:", "", valve_address(first))
-  err <- expect_error(valve_start(cmd = backend_cmd(), port = port), class = "valve_error")
+  err <- expect_error(valve_start(allow_root = TRUE, cmd = backend_cmd(), port = port), class = "valve_error")
   expect_identical(err$name, "EADDRINUSE")
 })
 
-test_that("a plumber API serves requests through valve_start()", {
+test_that("a plumber API serves requests through valve_start(allow_root = TRUE, )", {
   before <- child_pids()
-  server <- valve_start(hello_api(), port = 0, n_max = 2)
+  server <- valve_start(allow_root = TRUE, hello_api(), port = 0, n_max = 2)
   expect_s3_class(server, "valve_server")
   address <- valve_address(server)
   expect_match(address, "^127\\.0\\.0\\.1:[0-9]+$")
@@ -79,7 +79,7 @@ test_that("a plumber API serves requests through valve_start()", {
 
 test_that("positional arguments follow valve-rs's order", {
   # filepath, host, port, n_min, n_max, workers, check_unused, max_age
-  server <- valve_start(hello_api(), "127.0.0.1", 0, 2, 5, 4, 7, 99, cmd = backend_cmd())
+  server <- valve_start(allow_root = TRUE, hello_api(), "127.0.0.1", 0, 2, 5, 4, 7, 99, cmd = backend_cmd())
   on.exit(valve_stop(server, 0))
   config <- valve_status(server)$config
   expect_identical(config$host, "127.0.0.1")
@@ -94,7 +94,7 @@ test_that("positional arguments follow valve-rs's order", {
 test_that("start and stop five times with the native backend leave no process behind", {
   before <- child_pids()
   for (i in 1:5) {
-    server <- valve_start(cmd = backend_cmd(), port = 0, n_min = 2, n_max = 2, events = 0)
+    server <- valve_start(allow_root = TRUE, cmd = backend_cmd(), port = 0, n_min = 2, n_max = 2, events = 0)
     expect_identical(http_get(valve_address(server), "/hello"), "hello")
     pids <- valve_status(server)$workers$pid
     expect_length(pids, 2)
@@ -107,7 +107,7 @@ test_that("start and stop five times with the native backend leave no process be
 })
 
 test_that("a server that is garbage-collected stops and ends its workers", {
-  server <- valve_start(cmd = backend_cmd(), port = 0)
+  server <- valve_start(allow_root = TRUE, cmd = backend_cmd(), port = 0)
   pids <- valve_status(server)$workers$pid
   expect_true(all(vapply(pids, alive, logical(1))))
   rm(server)
@@ -115,7 +115,7 @@ test_that("a server that is garbage-collected stops and ends its workers", {
   expect_true(wait_until(function() !any(vapply(pids, alive, logical(1)))))
 })
 
-test_that("valve_run() blocks, serves, and stops gracefully on an interrupt", {
+test_that("valve_run(allow_root = TRUE, ) blocks, serves, and stops gracefully on an interrupt", {
   dir <- tempfile("valve-run-")
   dir.create(dir)
   on.exit(unlink(dir, recursive = TRUE))
@@ -124,7 +124,7 @@ test_that("valve_run() blocks, serves, and stops gracefully on an interrupt", {
     sprintf(".libPaths(c(%s))", paste(deparse(.libPaths()), collapse = "")),
     "library(valve)",
     sprintf("writeLines(as.character(Sys.getpid()), %s)", deparse(file.path(dir, "pid"))),
-    sprintf("r <- tryCatch(valve_run(cmd = %s, port = 0), interrupt = function(e) 'interrupted')",
+    sprintf("r <- tryCatch(valve_run(allow_root = TRUE, cmd = %s, port = 0), interrupt = function(e) 'interrupted')",
             deparse(backend_cmd())),
     sprintf("writeLines(r, %s)", deparse(file.path(dir, "done")))
   ), script)
@@ -136,7 +136,7 @@ test_that("valve_run() blocks, serves, and stops gracefully on an interrupt", {
   pid <- as.integer(readLines(file.path(dir, "pid")))
   address <- sub(".*http://", "", grep("valve serving", readLines(log), value = TRUE))
   expect_identical(http_get(address, "/hello"), "hello")
-  Sys.sleep(0.3)  # valve_run() is polling by now: not finished on its own
+  Sys.sleep(0.3)  # valve_run(allow_root = TRUE, ) is polling by now: not finished on its own
   expect_false(file.exists(file.path(dir, "done")))
 
   tools::pskill(pid, tools::SIGINT)
@@ -149,7 +149,7 @@ test_that("valve_run() blocks, serves, and stops gracefully on an interrupt", {
 test_that("clients that hang up mid-response do not bring R down (SIGPIPE on valve's thread)", {
   # R's own SIGPIPE handler raises an R error; run on valve's loop thread it would abort R. The
   # package keeps SIGPIPE blocked on that thread, so a write to a closed client fails with EPIPE.
-  server <- valve_start(cmd = backend_cmd(), port = 0, n_max = 3, timeout = 1, events = 0)
+  server <- valve_start(allow_root = TRUE, cmd = backend_cmd(), port = 0, n_max = 3, timeout = 1, events = 0)
   on.exit(valve_stop(server, 0))
   address <- strsplit(valve_address(server), ":", fixed = TRUE)[[1]]
   for (i in 1:5) {
@@ -163,7 +163,7 @@ test_that("clients that hang up mid-response do not bring R down (SIGPIPE on val
 
 test_that("valve_reload() replaces every worker and valve_scale() resizes the pool", {
   before_children <- child_pids()
-  server <- valve_start(cmd = backend_cmd(), port = 0, n_min = 2, n_max = 4)
+  server <- valve_start(allow_root = TRUE, cmd = backend_cmd(), port = 0, n_min = 2, n_max = 4)
   on.exit(valve_stop(server, 0))
   ready_pids <- function() {
     workers <- valve_status(server)$workers

@@ -1,0 +1,266 @@
+// libFuzzer harness over valve's whole request path: a real server (through the C ABI) parses
+// each input's client bytes, queues and proxies the request to a fake worker, and relays the fake
+// worker's answer, which is the input's other part. So both of valve's parsers, its queue, its
+// retries, passive health checks and worker replacement all see hostile bytes.
+//
+// Input: two bytes (little endian) give the length of the client's part; the client's bytes
+// follow, then the worker's answer. Each input is one client connection: the bytes are written,
+// the connection half-closed, and the answer read until valve closes it.
+//
+// Fails (abort) when valve crashes or trips a sanitizer, neither answers nor closes within 10 s,
+// or answers something that is not an HTTP/1.1 status line.
+//
+// Workers are `sleep` processes whose Unix sockets this harness itself binds when valve reports
+// them launched: valve supervises real processes while the answers stay in the harness's hands.
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+#include <valve/valve.h>
+
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+namespace {
+
+constexpr int kAnswerDeadlineMs = 10000;
+constexpr std::string_view kReadyAnswer = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+
+[[noreturn]] void die(const char *what, const std::string &detail = {}) {
+  std::fprintf(stderr, "fuzz_request: %s%s%s\n", what, detail.empty() ? "" : ": ",
+               detail.c_str());
+  std::abort();
+}
+
+int64_t now_ms() {
+  using namespace std::chrono;
+  return duration_cast<milliseconds>(steady_clock::now().time_since_epoch()).count();
+}
+
+// Writes all of data, giving up (without failing) when the peer stops reading or closes.
+void write_all(int fd, std::string_view data, int64_t deadline) {
+  while (!data.empty()) {
+    pollfd p{fd, POLLOUT, 0};
+    int wait = static_cast<int>(deadline - now_ms());
+    if (wait <= 0 || poll(&p, 1, wait) <= 0) return;
+    ssize_t n = send(fd, data.data(), data.size(), MSG_NOSIGNAL);
+    if (n <= 0) return;
+    data.remove_prefix(static_cast<size_t>(n));
+  }
+}
+
+// Reads until EOF or a reset; false if the deadline passed first.
+bool read_to_end(int fd, std::string *out, int64_t deadline) {
+  char buf[16384];
+  for (;;) {
+    pollfd p{fd, POLLIN, 0};
+    int wait = static_cast<int>(deadline - now_ms());
+    if (wait <= 0 || poll(&p, 1, wait) <= 0) return false;
+    ssize_t n = recv(fd, buf, sizeof buf, 0);
+    if (n <= 0) return true;
+    if (out->size() < (1u << 20)) out->append(buf, static_cast<size_t>(n));
+  }
+}
+
+// The fake workers: a thread that accepts on every worker socket and answers each connection
+// once: a request valve proxied gets the current input's answer, anything else (valve's readiness
+// and health probes) a plain 200. Then the connection is closed.
+class FakeWorkers {
+ public:
+  FakeWorkers() {
+    if (pipe2(wake_, O_CLOEXEC | O_NONBLOCK) != 0) die("pipe2");
+    thread_ = std::thread([this] { serve(); });
+    thread_.detach();  // lives as long as the process
+  }
+
+  void set_answer(std::string answer) {
+    std::lock_guard lock(mutex_);
+    answer_ = std::move(answer);
+  }
+
+  // Called from valve's event callback: a worker was launched, or has exited.
+  void on_event(std::string_view json, const std::string &runtime_dir) {
+    bool launched = json.find(R"("event":"worker_launched")") != std::string_view::npos;
+    bool exited = json.find(R"("event":"worker_exited")") != std::string_view::npos;
+    if (!launched && !exited) return;
+    size_t at = json.find(R"("worker":)");
+    if (at == std::string_view::npos) return;
+    long id = std::strtol(json.data() + at + 9, nullptr, 10);
+    std::string path = runtime_dir + "/w" + std::to_string(id) + ".sock";
+    std::lock_guard lock(mutex_);
+    if (launched) {
+      int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+      sockaddr_un addr{};
+      addr.sun_family = AF_UNIX;
+      std::snprintf(addr.sun_path, sizeof addr.sun_path, "%s", path.c_str());
+      if (fd < 0 || bind(fd, reinterpret_cast<sockaddr *>(&addr), sizeof addr) != 0 ||
+          listen(fd, 64) != 0)
+        die("cannot listen on a worker socket", path);
+      listeners_[id] = fd;
+    } else if (auto it = listeners_.find(id); it != listeners_.end()) {
+      closing_.push_back(it->second);
+      listeners_.erase(it);
+    }
+    char one = 1;
+    (void)!write(wake_[1], &one, 1);
+  }
+
+ private:
+  void serve() {
+    for (;;) {
+      std::vector<pollfd> fds{{wake_[0], POLLIN, 0}};
+      {
+        std::lock_guard lock(mutex_);
+        for (int fd : closing_) close(fd);
+        closing_.clear();
+        for (auto [id, fd] : listeners_) fds.push_back({fd, POLLIN, 0});
+      }
+      if (poll(fds.data(), fds.size(), -1) < 0) continue;
+      if (fds[0].revents) {
+        char buf[64];
+        while (read(wake_[0], buf, sizeof buf) > 0) {
+        }
+      }
+      for (size_t i = 1; i < fds.size(); ++i) {
+        if (!(fds[i].revents & POLLIN)) continue;
+        int conn = accept4(fds[i].fd, nullptr, nullptr, SOCK_CLOEXEC);
+        if (conn >= 0) answer(conn);
+      }
+    }
+  }
+
+  void answer(int conn) {
+    // Read the request head (what follows it, a body, is left unread).
+    std::string head;
+    char buf[4096];
+    int64_t deadline = now_ms() + 2000;
+    while (head.find("\r\n\r\n") == std::string::npos && head.size() < 65536) {
+      pollfd p{conn, POLLIN, 0};
+      int wait = static_cast<int>(deadline - now_ms());
+      if (wait <= 0 || poll(&p, 1, wait) <= 0) break;
+      ssize_t n = recv(conn, buf, sizeof buf, 0);
+      if (n <= 0) break;
+      head.append(buf, static_cast<size_t>(n));
+    }
+    if (!head.empty()) {
+      // valve adds X-Forwarded-For to every request it proxies; its probes carry none.
+      bool proxied = head.find("\r\nX-Forwarded-For: ") != std::string::npos;
+      std::string reply;
+      if (proxied) {
+        std::lock_guard lock(mutex_);
+        reply = answer_;
+      } else {
+        reply = kReadyAnswer;
+      }
+      write_all(conn, reply, now_ms() + 2000);
+    }
+    close(conn);
+  }
+
+  std::mutex mutex_;
+  std::string answer_{kReadyAnswer};
+  std::map<long, int> listeners_;
+  std::vector<int> closing_;
+  int wake_[2] = {-1, -1};
+  std::thread thread_;
+};
+
+struct Harness {
+  std::string runtime_dir;
+  FakeWorkers workers;
+  valve_server_t *server = nullptr;
+  uint16_t port = 0;
+};
+
+Harness *harness = nullptr;
+
+void set(valve_config_t *cfg, const char *key, const char *value) {
+  if (valve_config_set(cfg, key, value) != 0) die("valve_config_set", valve_config_last_error(cfg));
+}
+
+Harness *start() {
+  auto *h = new Harness;
+  char templ[] = "/tmp/valve-fuzz-XXXXXX";
+  if (!mkdtemp(templ)) die("mkdtemp");
+  h->runtime_dir = templ;
+  valve_config_t *cfg = nullptr;
+  if (valve_config_new(&cfg) != 0) die("valve_config_new");
+  set(cfg, "port", "0");
+  set(cfg, "cmd", "exec sleep 100000 # {socket}");
+  set(cfg, "runtime-dir", h->runtime_dir.c_str());
+  set(cfg, "allow-root", "true");  // the workers are `sleep`
+  set(cfg, "n-min", "2");
+  set(cfg, "n-max", "2");
+  set(cfg, "timeout", "2");
+  set(cfg, "queue-timeout", "2");
+  set(cfg, "startup-timeout", "5");
+  set(cfg, "header-timeout", "2");
+  set(cfg, "keepalive-timeout", "2");
+  set(cfg, "max-body-size", "64k");
+  set(cfg, "graceful-timeout", "1");
+  set(cfg, "kill-timeout", "1");
+  set(cfg, "log-level", "error");
+  valve_config_set_log_callback(
+      cfg, [](void *, int, const char *) {}, nullptr, nullptr);
+  valve_config_set_event_callback(
+      cfg,
+      [](void *data, const char *json) {
+        auto *self = static_cast<Harness *>(data);
+        self->workers.on_event(json, self->runtime_dir);
+      },
+      h, nullptr);
+  if (valve_server_new(&h->server, cfg) != 0) die("valve_server_new", valve_config_last_error(cfg));
+  valve_config_free(cfg);
+  if (valve_server_start(h->server) != 0)
+    die("valve_server_start", valve_server_last_error(h->server));
+  char address[128];
+  if (valve_server_address(h->server, address, sizeof address) != 0) die("valve_server_address");
+  const char *colon = std::strrchr(address, ':');
+  h->port = static_cast<uint16_t>(std::atoi(colon ? colon + 1 : "0"));
+  return h;
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerInitialize(int *, char ***) {
+  harness = start();
+  return 0;
+}
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+  if (size < 2) return -1;  // not an input of this format: keep it out of the corpus
+  size_t client_len = std::min<size_t>(data[0] | (data[1] << 8), size - 2);
+  std::string_view client(reinterpret_cast<const char *>(data) + 2, client_len);
+  std::string_view worker(reinterpret_cast<const char *>(data) + 2 + client_len,
+                          size - 2 - client_len);
+  harness->workers.set_answer(std::string(worker));
+
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = htons(harness->port);
+  if (fd < 0 || connect(fd, reinterpret_cast<sockaddr *>(&addr), sizeof addr) != 0)
+    die("cannot connect to valve", std::strerror(errno));
+  int64_t deadline = now_ms() + kAnswerDeadlineMs;
+  write_all(fd, client, deadline);
+  shutdown(fd, SHUT_WR);
+  std::string answer;
+  bool ended = read_to_end(fd, &answer, deadline);
+  close(fd);
+  if (!ended) die("valve neither answered nor closed the connection within 10 s");
+  if (!answer.empty() && !answer.starts_with("HTTP/1.1 "))
+    die("valve's answer does not start with an HTTP/1.1 status line", answer.substr(0, 80));
+  return 0;
+}
