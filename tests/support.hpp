@@ -33,19 +33,28 @@ struct Json {
   double number = 0;
   std::string text;  // strings; numbers keep their source text too
   std::vector<Json> items;
-  std::vector<std::pair<std::string, Json>> members;  // in document order
+  struct Member;  // a pair of the name and its value (a std::pair of an incomplete Json is not
+                  // allowed, and clang's libstdc++ checks say so)
+  std::vector<Member> members;  // in document order
 
-  const Json *get(std::string_view key) const {
-    for (const auto &[k, v] : members)
-      if (k == key) return &v;
-    return nullptr;
-  }
+  const Json *get(std::string_view key) const;
   const Json &operator[](std::string_view key) const {
     if (const Json *v = get(key)) return *v;
     throw std::runtime_error("no member " + std::string(key));
   }
   const Json &operator[](size_t i) const { return items.at(i); }
 };
+
+struct Json::Member {
+  std::string first;
+  Json second;
+};
+
+inline const Json *Json::get(std::string_view key) const {
+  for (const auto &[k, v] : members)
+    if (k == key) return &v;
+  return nullptr;
+}
 
 class JsonReader {
  public:
@@ -97,7 +106,7 @@ class JsonReader {
           ws();
           std::string key = string();
           expect(':');
-          v.members.emplace_back(std::move(key), value());
+          v.members.push_back({std::move(key), value()});
         } while (eat(','));
         expect('}');
       }

@@ -96,9 +96,9 @@ TEST_CASE("config: the defaults, spelled out independently of the table") {
   };
   Config c;
   CHECK(option_count() == std::size(expected));
-  for (auto [key, value] : expected) {
-    INFO("option " << key);
-    CHECK(c.get(key) == std::optional<std::string>(value));
+  for (const auto &entry : expected) {  // no structured binding: INFO captures it
+    INFO("option " << entry.first);
+    CHECK(c.get(entry.first) == std::optional<std::string>(entry.second));
   }
   // The typed members agree with the strings.
   CHECK(c.port == 3000);
@@ -196,7 +196,7 @@ TEST_CASE("config: set() parses each kind and get() shows it back") {
   CHECK(c.max_body_size == uint64_t{2} << 20);
   CHECK(c.get("max-body-size") == "2097152");
 
-  for (auto [text, value] : {std::pair{"true", true},
+  for (const auto &entry : {std::pair{"true", true},
                              {"1", true},
                              {"yes", true},
                              {"on", true},
@@ -204,7 +204,8 @@ TEST_CASE("config: set() parses each kind and get() shows it back") {
                              {"0", false},
                              {"no", false},
                              {"off", false}}) {
-    INFO("bool '" << text << "'");
+    auto [text, value] = entry;
+    INFO("bool '" << entry.first << "'");
     CHECK_FALSE(c.set("handle-signals", text).has_value());
     CHECK(c.handle_signals == value);
     CHECK(c.get("handle-signals") == (value ? "true" : "false"));
@@ -278,8 +279,9 @@ TEST_CASE("config: set() errors start with the key and the value") {
       {{"log-level", "loud"}, "log-level loud: expected debug, info, warn or error"},
       {{"no-such-option", "x"}, "no-such-option x: unknown option"},
   };
-  for (auto [kv, message] : cases) {
-    INFO("set " << kv.first << " " << kv.second);
+  for (const auto &entry : cases) {
+    const auto &[kv, message] = entry;
+    INFO("set " << entry.first.first << " " << entry.first.second);
     auto err = c.set(kv.first, kv.second);
     REQUIRE(err.has_value());
     CHECK(*err == message);

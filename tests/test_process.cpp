@@ -364,8 +364,9 @@ TEST_CASE("process: split_command splits simple commands as sh would") {
       {"srv ''", {"srv", ""}},
       {"srv a#b --opt=x", {"srv", "a#b", "--opt=x"}},
   };
-  for (const auto &[line, words] : simple) {
-    INFO("line: " << line);
+  for (const auto &entry : simple) {
+    const auto &[line, words] = entry;
+    INFO("line: " << entry.first);
     auto got = valve::split_command(line);
     REQUIRE(got.has_value());
     CHECK(*got == words);

@@ -219,7 +219,9 @@ void ClientConn::on_written() {
 void ClientConn::exchange_done(bool keep_alive) {
   current_ = nullptr;
   if (closing_) return;
-  if (!keep_alive || draining_ || eof_) {
+  // A client that half-closed after pipelining requests still gets an answer to each of them.
+  bool pipelined_before_eof = eof_ && !pipelined_.empty();
+  if (!keep_alive || draining_ || (eof_ && !pipelined_before_eof)) {
     // Flush what is written, then close the write side and linger so the client reads it all.
     auto *req = new uv_shutdown_t{};
     closing_ = true;
@@ -253,6 +255,15 @@ void ClientConn::exchange_done(bool keep_alive) {
       // Bytes of a next request are here: the head timeout applies from now.
       timer_.start(server_.config().header_timeout);
       feed(data.data(), data.size());
+    }
+    // After the client's end only whole requests are answered: one cut short ends the connection,
+    // and so does having none left.
+    if (eof_ && !closing_) {
+      if (parser_.in_message()) {
+        close();
+      } else if (!current_) {
+        exchange_done(false);
+      }
     }
   });
 }

@@ -20,6 +20,7 @@
 #include <unistd.h>
 #include <valve/valve.h>
 
+#include <array>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -176,9 +177,33 @@ class FakeWorkers {
   std::thread thread_;
 };
 
+// valve's last log lines, shown when an input fails.
+class LogRing {
+ public:
+  void add(const char *line) {
+    std::lock_guard lock(mutex_);
+    lines_[next_++ % lines_.size()] = line;
+  }
+  std::string dump() {
+    std::lock_guard lock(mutex_);
+    std::string out;
+    for (size_t i = 0; i < lines_.size(); ++i) {
+      const std::string &line = lines_[(next_ + i) % lines_.size()];
+      if (!line.empty()) out += "  " + line + "\n";
+    }
+    return out;
+  }
+
+ private:
+  std::mutex mutex_;
+  std::array<std::string, 100> lines_;
+  size_t next_ = 0;
+};
+
 struct Harness {
   std::string runtime_dir;
   FakeWorkers workers;
+  LogRing log;
   valve_server_t *server = nullptr;
   uint16_t port = 0;
 };
@@ -210,9 +235,15 @@ Harness *start() {
   set(cfg, "max-body-size", "64k");
   set(cfg, "graceful-timeout", "1");
   set(cfg, "kill-timeout", "1");
-  set(cfg, "log-level", "error");
+  // VALVE_FUZZ_LOG=1 shows valve's log, to see what an input did (run the fuzzer on that file);
+  // otherwise the last lines are kept, to be shown with a failure.
+  bool show_log = std::getenv("VALVE_FUZZ_LOG") != nullptr;
+  set(cfg, "log-level", show_log ? "debug" : "info");
   valve_config_set_log_callback(
-      cfg, [](void *, int, const char *) {}, nullptr, nullptr);
+      cfg,
+      show_log ? [](void *, int, const char *line) { std::fprintf(stderr, "valve: %s\n", line); }
+               : [](void *data, int, const char *line) { static_cast<LogRing *>(data)->add(line); },
+      &h->log, nullptr);
   valve_config_set_event_callback(
       cfg,
       [](void *data, const char *json) {
@@ -259,7 +290,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   std::string answer;
   bool ended = read_to_end(fd, &answer, deadline);
   close(fd);
-  if (!ended) die("valve neither answered nor closed the connection within 10 s");
+  if (!ended) {
+    char *status = nullptr;
+    valve_server_status(harness->server, &status);
+    std::string detail = std::string("its last log lines:\n") + harness->log.dump() +
+                         "its status: " + (status ? status : "(none)");
+    valve_free(status);
+    die("valve neither answered nor closed the connection within 10 s", detail);
+  }
   if (!answer.empty() && !answer.starts_with("HTTP/1.1 "))
     die("valve's answer does not start with an HTTP/1.1 status line", answer.substr(0, 80));
   return 0;

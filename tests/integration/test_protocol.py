@@ -70,6 +70,25 @@ class KeepAliveAndPipelining(ValveTestCase):
         self.assertEqual(bodies[3].json()["target"], "/echo?i=4")
         self.assertEqual(bodies[4].body, b"slept 1\n")
 
+    def test_pipelined_requests_then_half_close_are_all_answered(self):
+        # A client may send its requests and shut its side (printf ... | nc -N): each complete
+        # request is answered, then valve closes; a last request cut short gets no answer.
+        valve = self.start_backend_valve("-n", "1")
+        targets = ["/echo?i=1", "/sleep?ms=100", "/echo?i=3"]
+        with valve.raw(timeout=15) as conn:
+            conn.send(b"".join(
+                f"GET {t} HTTP/1.1\r\nHost: valve.test\r\n\r\n".encode() for t in targets)
+                + b"POST /echo HTTP/1.1\r\nHost: valve.test\r\nContent-Length: 10\r\n\r\nabc")
+            conn.sock.shutdown(socket.SHUT_WR)
+            answers = [conn.read_response("GET") for _ in targets]
+            self.assertEqual([r.status for r in answers], [200] * 3, answers)
+            self.assertEqual(answers[0].json()["target"], "/echo?i=1")
+            self.assertEqual(answers[1].body, b"slept 100\n")
+            self.assertEqual(answers[2].json()["target"], "/echo?i=3")
+            with self.assertRaises(EOFError):
+                conn.read_response("POST")
+        self.assertEqual(valve.get("/hello").status, 200)
+
     def test_head_has_no_body_and_keeps_the_connection_usable(self):
         valve = self.start_backend_valve("-n", "1")
         with valve.raw() as conn:
