@@ -26,7 +26,7 @@ std::string flag_names(std::string_view key) {
 
 // Options valvectl sets itself: a command-line program owns its process.
 bool set_by_valvectl(std::string_view key) {
-  return key == "handle-signals" || key == "reap-orphans";
+  return key == "handle-signals" || key == "reap-orphans" || key == "notify";
 }
 
 // valve's messages about an option start with "<key> <value>: "; valvectl names the flag instead:
@@ -101,7 +101,7 @@ int ServeCommand::run() const {
       return setup_failed(err);
     }
   }
-  for (const char *key : {"handle-signals", "reap-orphans"}) {
+  for (const char *key : {"handle-signals", "reap-orphans", "notify"}) {
     if (int err = valve_config_set(cfg.get(), key, "true"); err != 0) return setup_failed(err);
   }
 

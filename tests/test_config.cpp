@@ -87,6 +87,7 @@ TEST_CASE("config: the defaults, spelled out independently of the table") {
       {"runtime-dir", ""},
       {"handle-signals", "false"},
       {"reap-orphans", "false"},
+      {"notify", "false"},
   };
   Config c;
   CHECK(option_count() == std::size(expected));
@@ -114,9 +115,9 @@ TEST_CASE("config: option_key lists each option once, in table order, then nullp
     INFO("index " << i);
     CHECK(seen.insert(valve::option_key(i)).second);
   }
-  CHECK(i == 39);
+  CHECK(i == 40);
   CHECK(std::string(valve::option_key(0)) == "host");
-  CHECK(std::string(valve::option_key(i - 1)) == "reap-orphans");
+  CHECK(std::string(valve::option_key(i - 1)) == "notify");
   CHECK(valve::option_key(i + 1000) == nullptr);
   CHECK(std::string(valve::option_help("n-max")) == "most workers to run at once (default: 3)");
   // An empty default is not shown.

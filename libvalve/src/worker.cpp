@@ -1,5 +1,7 @@
 #include "worker.hpp"
 
+#include "notify.hpp"
+
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -10,6 +12,7 @@
 #include <optional>
 #include <random>
 
+#include "notify.hpp"
 #include "pool.hpp"
 #include "process.hpp"
 #include "server.hpp"
@@ -256,6 +259,11 @@ int Worker::launch() {
   Server &server = pool_.server();
   SpawnSpec spec;
   spec.env = current_environment();
+  // The service manager's socket is valve's to speak on: a worker must not report for it.
+  std::erase_if(spec.env, [](const std::string &e) {
+    return e.starts_with(kNotifySocketVariable) && e.size() > kNotifySocketVariable.size() &&
+           e[kNotifySocketVariable.size()] == '=';
+  });
   spec.env.push_back(fmt::format("VALVE_WORKER_ID={}", id_));
   if (cfg.cmd.empty()) {
     socket_path_ = fmt::format("{}/w{}.sock", server.runtime_dir(), id_);
