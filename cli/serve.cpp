@@ -3,40 +3,33 @@
 
 #include <sys/resource.h>
 
+#include <algorithm>
+#include <cctype>
 #include <cerrno>
+#include <cstdlib>
 #include <memory>
 #include <string>
 #include <string_view>
 
 #include "valvectl.hpp"
 
+extern char **environ;
+
 namespace valvectl {
 namespace {
 
-// valve-rs's short flags, kept for compatibility.
-std::string flag_names(std::string_view key) {
-  std::string names = "--" + std::string(key);
-  if (key == "host") names += ",-h";
-  if (key == "port") names += ",-p";
-  if (key == "n-max") names += ",-n";
-  if (key == "workers") names += ",-w";
-  if (key == "file") names += ",-f";
-  return names;
-}
-
-// Options valvectl sets itself: a command-line program owns its process.
-bool set_by_valvectl(std::string_view key) {
-  return key == "handle-signals" || key == "reap-orphans" || key == "notify";
-}
-
-// valve's messages about an option start with "<key> <value>: "; valvectl names the flag instead:
-// "--port 3000: address already in use".
-std::string as_flag_message(const char *message, int err) {
+// valve's messages about an option start with "<key> <value>: "; valvectl names where the value
+// came from instead: "--port 3000: address already in use", "VALVECTL_PORT=3000: ...".
+std::string as_flag_message(const char *message, int err, const std::deque<ServeCommand::Flag> &flags) {
   if (message == nullptr || *message == '\0') return valve_strerror(err);
   std::string_view text = message;
   for (size_t i = 0; const char *key = valve_config_key(i); ++i) {
     std::string_view k = key;
     if (text.size() > k.size() && text.starts_with(k) && text[k.size()] == ' ') {
+      for (const auto &flag : flags) {
+        if (flag.key == k && flag.source.starts_with(kEnvPrefix))
+          return flag.source + "=" + std::string(text.substr(k.size() + 1));
+      }
       return "--" + std::string(text);
     }
   }
@@ -72,18 +65,73 @@ void raise_open_files_limit() {
 
 }  // namespace
 
+std::string flag_names(std::string_view key) {
+  std::string names = "--" + std::string(key);
+  if (key == "host") names += ",-h";
+  if (key == "port") names += ",-p";
+  if (key == "n-max") names += ",-n";
+  if (key == "workers") names += ",-w";
+  if (key == "file") names += ",-f";
+  return names;
+}
+
+std::string env_name(std::string_view key) {
+  std::string name(kEnvPrefix);
+  for (char c : key) name += c == '-' ? '_' : static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  return name;
+}
+
+// A command-line program owns its process: signals, orphans, the service manager.
+bool set_by_valvectl(std::string_view key) {
+  return std::find(std::begin(kSetByValvectl), std::end(kSetByValvectl), key) !=
+         std::end(kSetByValvectl);
+}
+
+std::string option_help(std::string_view key) {
+  std::string k(key);
+  const char *described = valve_config_describe(k.c_str());
+  const char *def = valve_config_default(k.c_str());
+  std::string help = described ? described : "";
+  if (def && *def) {
+    std::string suffix = std::string(" (default: ") + def + ")";
+    if (help.ends_with(suffix)) help.resize(help.size() - suffix.size());
+  }
+  return help;
+}
+
 ServeCommand::ServeCommand(CLI::App &app) {
   for (size_t i = 0; const char *key = valve_config_key(i); ++i) {
     if (set_by_valvectl(key)) continue;
     Flag &flag = flags_.emplace_back();
     flag.key = key;
     const char *help = valve_config_describe(key);
-    flag.option = app.add_option(flag_names(key), flag.value, help ? help : "")->type_name("VALUE");
+    flag.option = app.add_option(flag_names(key), flag.value,
+                                 std::string(help ? help : "") + " [$" + env_name(key) + "]")
+                      ->type_name("VALUE");
   }
 }
 
-int ServeCommand::run() const {
+int ServeCommand::run() {
   raise_open_files_limit();
+  // A flag wins over its environment variable. Every VALVECTL_* is then removed from valvectl's
+  // environment (still one thread here), so workers, which may themselves be valvectl, never
+  // inherit their parent's settings.
+  for (Flag &flag : flags_) {
+    std::string env = env_name(flag.key);
+    if (flag.option->count() > 0) {
+      flag.source = "--" + flag.key;
+    } else if (const char *value = std::getenv(env.c_str()); value != nullptr) {
+      flag.value = value;
+      flag.source = env;
+    }
+  }
+  std::vector<std::string> ours;
+  for (char **e = environ; e && *e; ++e) {
+    std::string_view entry = *e;
+    if (entry.starts_with(kEnvPrefix)) ours.emplace_back(entry.substr(0, entry.find('=')));
+  }
+  for (const std::string &name : ours) unsetenv(name.c_str());
+
   valve_config_t *raw_cfg = nullptr;
   if (int err = valve_config_new(&raw_cfg); err != 0) {
     print_error(valve_strerror(err));
@@ -92,16 +140,16 @@ int ServeCommand::run() const {
   std::unique_ptr<valve_config_t, ConfigFree> cfg(raw_cfg);
 
   auto setup_failed = [&](int err) {
-    print_error(as_flag_message(valve_config_last_error(cfg.get()), err));
+    print_error(as_flag_message(valve_config_last_error(cfg.get()), err, flags_));
     return is_internal_error(err) ? kExitFailure : kExitUsage;
   };
   for (const Flag &flag : flags_) {
-    if (flag.option->count() == 0) continue;
+    if (flag.source.empty()) continue;
     if (int err = valve_config_set(cfg.get(), flag.key.c_str(), flag.value.c_str()); err != 0) {
       return setup_failed(err);
     }
   }
-  for (const char *key : {"handle-signals", "reap-orphans", "notify"}) {
+  for (const char *key : kSetByValvectl) {
     if (int err = valve_config_set(cfg.get(), key, "true"); err != 0) return setup_failed(err);
   }
 
@@ -113,7 +161,7 @@ int ServeCommand::run() const {
   int err = valve_server_run(server.get());
   if (err == 0) return kExitOk;
   if (is_usage_error(err)) {
-    print_error(as_flag_message(valve_server_last_error(server.get()), err));
+    print_error(as_flag_message(valve_server_last_error(server.get()), err, flags_));
     return kExitUsage;
   }
   // VALVE_ESTARTUP and the rest: the message may span lines (a worker's last stderr lines).

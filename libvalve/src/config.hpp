@@ -139,6 +139,7 @@ struct Config {
 
 const char *option_key(size_t index);
 const char *option_help(std::string_view key);
+const char *option_default(std::string_view key);  // as the table writes it; nullptr if unknown
 
 // Where a listener binds: a Unix socket path, or an IP address (IPv6 without brackets) and port.
 struct ListenAddress {
