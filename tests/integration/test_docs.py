@@ -2,6 +2,7 @@
 (regenerate with scripts/gen-docs), the man page meson builds is `valvectl --help-man` and renders
 without a warning, and --help, the markdown and the man page name the same flags and variables."""
 
+import glob
 import os
 import re
 import subprocess
@@ -60,6 +61,17 @@ class Reference(unittest.TestCase):
         for key in ("handle-signals", "reap-orphans", "notify"):
             self.assertNotIn(f"--{key}", flags)
             self.assertIn(f"| `{key}` | `false` |", markdown)
+
+    def test_links_in_readme_and_docs_resolve(self):
+        files = [os.path.join(SRC, "README.md")] + glob.glob(os.path.join(SRC, "docs", "*.md"))
+        self.assertGreaterEqual(len(files), 6)
+        for path in files:
+            with open(path) as f:
+                text = f.read()
+            for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text):
+                if not target.startswith(("http://", "https://")):
+                    with self.subTest(file=os.path.relpath(path, SRC), link=target):
+                        self.assertTrue(os.path.exists(os.path.join(os.path.dirname(path), target)))
 
     def test_hidden_generators_stay_out_of_help(self):
         code, help_text, err, _, _ = run_valvectl(["--help"], timeout=10)
