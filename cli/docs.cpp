@@ -63,10 +63,12 @@ struct ExitDoc {
 };
 constexpr ExitDoc kExits[] = {
     {"0", "a clean stop (SIGINT or SIGTERM); a subcommand that succeeded"},
-    {"1", "no worker became ready (the message ends with the worker's last output); a subcommand "
-          "that could not reach valvectl or whose request failed"},
-    {"2", "a bad flag, value or environment variable (the message names it and the value), an "
-          "address that cannot be bound, R or plumber missing"},
+    {"1",
+     "no worker became ready (the message ends with the worker's last output); a subcommand "
+     "that could not reach valvectl or whose request failed"},
+    {"2",
+     "a bad flag, value or environment variable (the message names it and the value), an "
+     "address that cannot be bound, R or plumber missing"},
 };
 
 struct SignalDoc {
@@ -74,14 +76,18 @@ struct SignalDoc {
   const char *effect;
 };
 constexpr SignalDoc kSignals[] = {
-    {"SIGTERM, SIGINT", "stop gracefully: stop accepting, let requests in flight finish for "
-                        "`--graceful-timeout`, then stop the workers; a second one stops at once"},
-    {"SIGHUP", "reload: start a new generation of workers (re-reading the API file), move "
-               "traffic to it once it is ready, drain the old one; no request is dropped"},
+    {"SIGTERM, SIGINT",
+     "stop gracefully: stop accepting, let requests in flight finish for "
+     "`--graceful-timeout`, then stop the workers; a second one stops at once"},
+    {"SIGHUP",
+     "reload: start a new generation of workers (re-reading the API file), move "
+     "traffic to it once it is ready, drain the old one; no request is dropped"},
     {"SIGUSR1", "reopen the `--access-log` file (log rotation)"},
 };
 
-std::string shown_default(const FlagDoc &f) { return f.default_value.empty() ? "" : f.default_value; }
+std::string shown_default(const FlagDoc &f) {
+  return f.default_value.empty() ? "" : f.default_value;
+}
 
 // ---- Markdown
 
@@ -153,7 +159,8 @@ void print_markdown(const CLI::App &app, std::ostream &out) {
   }
   out << "\n## Commands for a running valvectl\n\n"
       << "`valvectl status`, `valvectl reload` and `valvectl scale` talk to the admin interface of "
-         "a valvectl started with `--admin`. " << kAdminEnv << "\n\n";
+         "a valvectl started with `--admin`. "
+      << kAdminEnv << "\n\n";
   for (const CLI::App *command : commands(app)) {
     out << "### valvectl " << command->get_name() << "\n\n"
         << command->get_description() << ".\n\n"
@@ -161,9 +168,9 @@ void print_markdown(const CLI::App &app, std::ostream &out) {
     for (const CLI::Option *option : command->get_options()) {
       if (option->get_name() == "--help") continue;
       std::string type = option->get_type_name();
-      out << "| " << md_code(option->get_name() + (option->get_expected_min() > 0 && !type.empty()
-                                                      ? " " + type
-                                                      : ""))
+      out << "| "
+          << md_code(option->get_name() +
+                     (option->get_expected_min() > 0 && !type.empty() ? " " + type : ""))
           << " | " << md_escape(option->get_description()) << " |\n";
     }
     out << "\n";
@@ -182,15 +189,18 @@ void print_man(const CLI::App &app, std::ostream &out) {
       << ".B valvectl\n\\fBstatus\\fR|\\fBreload\\fR|\\fBscale\\fR [\\fB\\-\\-admin\\fR "
          "\\fIADDR\\fR] [\\fIFLAGS\\fR]\n"
       << ".SH DESCRIPTION\n"
-      << roff("valvectl runs an R plumber API as a pool of supervised R worker processes behind "
-              "one HTTP port. It queues requests, starts and retires workers with demand, "
-              "enforces timeouts and replaces workers that die or hang.")
-      << "\n.PP\n" << roff(kPrecedence) << "\n"
+      << roff(
+             "valvectl runs an R plumber API as a pool of supervised R worker processes behind "
+             "one HTTP port. It queues requests, starts and retires workers with demand, "
+             "enforces timeouts and replaces workers that die or hang.")
+      << "\n.PP\n"
+      << roff(kPrecedence) << "\n"
       << ".SH OPTIONS\n";
   for (const FlagDoc &f : serving_flags()) {
     out << ".TP\n";
     std::string names;
-    for (const std::string &n : f.names) names += (names.empty() ? "" : ", ") + ("\\fB" + roff(n) + "\\fR");
+    for (const std::string &n : f.names)
+      names += (names.empty() ? "" : ", ") + ("\\fB" + roff(n) + "\\fR");
     out << names << " \\fIVALUE\\fR\n" << roff(f.help);
     std::string def = shown_default(f);
     if (!def.empty()) out << " (default: " << roff(def) << ")";
@@ -198,7 +208,8 @@ void print_man(const CLI::App &app, std::ostream &out) {
   }
   out << ".TP\n\\fB\\-\\-help\\fR, \\fB\\-\\-version\\fR\nPrint this help, or the version, and "
          "exit.\n"
-      << ".SH COMMANDS\n" << roff(kAdminEnv) << "\n";
+      << ".SH COMMANDS\n"
+      << roff(kAdminEnv) << "\n";
   for (const CLI::App *command : commands(app)) {
     out << ".SS " << command->get_name() << "\n" << roff(command->get_description()) << ".\n";
     for (const CLI::Option *option : command->get_options()) {
@@ -212,23 +223,27 @@ void print_man(const CLI::App &app, std::ostream &out) {
   out << ".SH ENVIRONMENT\n"
       << roff("Each serving flag has an environment variable, listed with it above.") << "\n.PP\n"
       << roff(kEnvNote) << "\n.PP\n"
-      << roff("NOTIFY_SOCKET: when set (by systemd for Type=notify), valvectl sends READY=1 once "
-              "its first worker is ready, STATUS= as the pool changes, RELOADING=1 and READY=1 "
-              "around a reload, and STOPPING=1 on shutdown.")
+      << roff(
+             "NOTIFY_SOCKET: when set (by systemd for Type=notify), valvectl sends READY=1 once "
+             "its first worker is ready, STATUS= as the pool changes, RELOADING=1 and READY=1 "
+             "around a reload, and STOPPING=1 on shutdown.")
       << "\n.SH SIGNALS\n";
-  for (const SignalDoc &s : kSignals) out << ".TP\n.B " << roff(s.signal) << "\n" << roff(s.effect) << ".\n";
+  for (const SignalDoc &s : kSignals)
+    out << ".TP\n.B " << roff(s.signal) << "\n" << roff(s.effect) << ".\n";
   out << ".SH \"EXIT STATUS\"\n";
   for (const ExitDoc &e : kExits) out << ".TP\n.B " << e.status << "\n" << roff(e.when) << ".\n";
   out << ".SH EXAMPLES\n.nf\n"
-      << roff("valvectl -f plumber.R -n 4\n"
-              "valvectl -f api.R -p 8080 --n-min 2 --timeout 30 --admin 127.0.0.1:9000\n"
-              "VALVECTL_N_MAX=8 valvectl -f api.R\n"
-              "valvectl status --admin 127.0.0.1:9000\n"
-              "valvectl scale --admin 127.0.0.1:9000 --n-min 2 --n-max 8")
+      << roff(
+             "valvectl -f plumber.R -n 4\n"
+             "valvectl -f api.R -p 8080 --n-min 2 --timeout 30 --admin 127.0.0.1:9000\n"
+             "VALVECTL_N_MAX=8 valvectl -f api.R\n"
+             "valvectl status --admin 127.0.0.1:9000\n"
+             "valvectl scale --admin 127.0.0.1:9000 --n-min 2 --n-max 8")
       << "\n.fi\n"
       << ".SH \"SEE ALSO\"\n"
-      << roff("The documentation in docs/ of valve's source: configuration.md, operations.md, "
-              "deployment.md, migrating.md.")
+      << roff(
+             "The documentation in docs/ of valve's source: configuration.md, operations.md, "
+             "deployment.md, migrating.md.")
       << "\n";
 }
 

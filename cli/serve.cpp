@@ -20,7 +20,8 @@ namespace {
 
 // valve's messages about an option start with "<key> <value>: "; valvectl names where the value
 // came from instead: "--port 3000: address already in use", "VALVECTL_PORT=3000: ...".
-std::string as_flag_message(const char *message, int err, const std::deque<ServeCommand::Flag> &flags) {
+std::string as_flag_message(const char *message, int err,
+                            const std::deque<ServeCommand::Flag> &flags) {
   if (message == nullptr || *message == '\0') return valve_strerror(err);
   std::string_view text = message;
   for (size_t i = 0; const char *key = valve_config_key(i); ++i) {
@@ -77,7 +78,8 @@ std::string flag_names(std::string_view key) {
 
 std::string env_name(std::string_view key) {
   std::string name(kEnvPrefix);
-  for (char c : key) name += c == '-' ? '_' : static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  for (char c : key)
+    name += c == '-' ? '_' : static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
   return name;
 }
 

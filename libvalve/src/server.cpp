@@ -445,7 +445,8 @@ int Server::prepare() {
     add_onstack(SIGCHLD);
   }
   if (config_.notify) {
-    if (auto why = notifier_.open_from_environment()) log_.warn("{}: not telling it anything", *why);
+    if (auto why = notifier_.open_from_environment())
+      log_.warn("{}: not telling it anything", *why);
   }
   if (int rc = listen(); rc != 0) return rc;
   if (!config_.admin.empty()) {
@@ -575,9 +576,10 @@ void Server::on_reload_started() {
   timespec now{};
   clock_gettime(CLOCK_MONOTONIC, &now);
   uint64_t usec = static_cast<uint64_t>(now.tv_sec) * 1000000 + now.tv_nsec / 1000;
-  notifier_.send(fmt::format("RELOADING=1\nMONOTONIC_USEC={}\nSTATUS=reloading: starting "
-                             "generation {}",
-                             usec, pool_->generation()));
+  notifier_.send(
+      fmt::format("RELOADING=1\nMONOTONIC_USEC={}\nSTATUS=reloading: starting "
+                  "generation {}",
+                  usec, pool_->generation()));
 }
 
 void Server::on_reload_finished(bool ok) {
