@@ -505,7 +505,7 @@ CLI::App *add_command(CLI::App &app, const char *name, const char *description,
   command
       ->add_option("--admin", admin,
                    "the admin interface of a running valvectl: HOST:PORT, [IPv6]:PORT or "
-                   "unix:/path (default: $VALVE_ADMIN)")
+                   "unix:/path (default: $VALVE_ADMIN, else $VALVECTL_ADMIN)")
       ->type_name("ADDR");
   command->footer(
       "Exit status: 0 on success, 1 when valvectl cannot be reached or the request failed, "
@@ -549,6 +549,9 @@ int AdminCommands::run() const {
       address = parse_address("--admin", admin_);
     } else if (const char *env = std::getenv("VALVE_ADMIN"); env != nullptr && *env != '\0') {
       address = parse_address("VALVE_ADMIN", env);
+    } else if (const char *served = std::getenv("VALVECTL_ADMIN");
+               served != nullptr && *served != '\0') {
+      address = parse_address("VALVECTL_ADMIN", served);  // the one the server was given
     } else {
       throw CommandError(kExitUsage, "--admin: required (or set VALVE_ADMIN)");
     }

@@ -26,6 +26,11 @@ int main(int argc, char **argv) {
   valvectl::ServeCommand serve(app);
   valvectl::AdminCommands admin(app);
   app.require_subcommand(0, 1);
+  // Hidden: the reference, generated from the same table as --help (docs/configuration.md and the
+  // man page are made with these).
+  bool markdown = false, man = false;
+  app.add_flag("--help-markdown", markdown)->group("");
+  app.add_flag("--help-man", man)->group("");
 
   try {
     app.parse(argc, argv);
@@ -33,6 +38,11 @@ int main(int argc, char **argv) {
     if (e.get_exit_code() == static_cast<int>(CLI::ExitCodes::Success)) return app.exit(e);
     valvectl::print_error(e.what());
     return valvectl::kExitUsage;
+  }
+  if (markdown || man) {
+    if (markdown) valvectl::print_markdown(app, std::cout);
+    if (man) valvectl::print_man(app, std::cout);
+    return std::cout.good() ? valvectl::kExitOk : valvectl::kExitFailure;
   }
   if (const CLI::App *command = admin.chosen()) {
     // "valvectl --admin X status" would silently ignore X: a subcommand's flags follow its name.

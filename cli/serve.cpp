@@ -3,40 +3,34 @@
 
 #include <sys/resource.h>
 
+#include <algorithm>
+#include <cctype>
 #include <cerrno>
+#include <cstdlib>
 #include <memory>
 #include <string>
 #include <string_view>
 
 #include "valvectl.hpp"
 
+extern char **environ;
+
 namespace valvectl {
 namespace {
 
-// valve-rs's short flags, kept for compatibility.
-std::string flag_names(std::string_view key) {
-  std::string names = "--" + std::string(key);
-  if (key == "host") names += ",-h";
-  if (key == "port") names += ",-p";
-  if (key == "n-max") names += ",-n";
-  if (key == "workers") names += ",-w";
-  if (key == "file") names += ",-f";
-  return names;
-}
-
-// Options valvectl sets itself: a command-line program owns its process.
-bool set_by_valvectl(std::string_view key) {
-  return key == "handle-signals" || key == "reap-orphans";
-}
-
-// valve's messages about an option start with "<key> <value>: "; valvectl names the flag instead:
-// "--port 3000: address already in use".
-std::string as_flag_message(const char *message, int err) {
+// valve's messages about an option start with "<key> <value>: "; valvectl names where the value
+// came from instead: "--port 3000: address already in use", "VALVECTL_PORT=3000: ...".
+std::string as_flag_message(const char *message, int err,
+                            const std::deque<ServeCommand::Flag> &flags) {
   if (message == nullptr || *message == '\0') return valve_strerror(err);
   std::string_view text = message;
   for (size_t i = 0; const char *key = valve_config_key(i); ++i) {
     std::string_view k = key;
     if (text.size() > k.size() && text.starts_with(k) && text[k.size()] == ' ') {
+      for (const auto &flag : flags) {
+        if (flag.key == k && flag.source.starts_with(kEnvPrefix))
+          return flag.source + "=" + std::string(text.substr(k.size() + 1));
+      }
       return "--" + std::string(text);
     }
   }
@@ -72,10 +66,42 @@ void raise_open_files_limit() {
 
 }  // namespace
 
+std::string flag_names(std::string_view key) {
+  std::string names = "--" + std::string(key);
+  if (key == "host") names += ",-h";
+  if (key == "port") names += ",-p";
+  if (key == "n-max") names += ",-n";
+  if (key == "workers") names += ",-w";
+  if (key == "file") names += ",-f";
+  return names;
+}
+
+std::string env_name(std::string_view key) {
+  std::string name(kEnvPrefix);
+  for (char c : key)
+    name += c == '-' ? '_' : static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  return name;
+}
+
+// A command-line program owns its process: signals, orphans, the service manager.
+bool set_by_valvectl(std::string_view key) {
+  return std::find(std::begin(kSetByValvectl), std::end(kSetByValvectl), key) !=
+         std::end(kSetByValvectl);
+}
+
+std::string option_help(std::string_view key) {
+  std::string k(key);
+  const char *described = valve_config_describe(k.c_str());
+  const char *def = valve_config_default(k.c_str());
+  std::string help = described ? described : "";
+  if (def && *def) {
+    std::string suffix = std::string(" (default: ") + def + ")";
+    if (help.ends_with(suffix)) help.resize(help.size() - suffix.size());
+  }
+  return help;
+}
+
 ServeCommand::ServeCommand(CLI::App &app) {
-  valve_config_t *raw_defaults = nullptr;
-  valve_config_new(&raw_defaults);
-  std::unique_ptr<valve_config_t, ConfigFree> defaults(raw_defaults);
   for (size_t i = 0; const char *key = valve_config_key(i); ++i) {
     if (set_by_valvectl(key)) continue;
     Flag &flag = flags_.emplace_back();
@@ -83,10 +109,12 @@ ServeCommand::ServeCommand(CLI::App &app) {
     const char *help = valve_config_describe(key);
     // Every value is handed to the library in order: a list option ("env") collects them, any
     // other keeps the last, and each is checked on the way.
-    flag.option = app.add_option(flag_names(key), flag.values, help ? help : "")
+    flag.option = app.add_option(flag_names(key), flag.values,
+                                 std::string(help ? help : "") + " [$" + env_name(key) + "]")
                       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
     // A switch (an option that is true or false) may stand alone: --allow-root.
-    std::string_view initial = defaults ? valve_config_get(defaults.get(), key) : "";
+    const char *def = valve_config_default(key);
+    std::string_view initial = def ? def : "";
     flag.is_switch = initial == "true" || initial == "false";
     if (flag.is_switch) {
       flag.option->expected(0, 1)->type_name("[true|false]");
@@ -96,8 +124,27 @@ ServeCommand::ServeCommand(CLI::App &app) {
   }
 }
 
-int ServeCommand::run() const {
+int ServeCommand::run() {
   raise_open_files_limit();
+  // A flag wins over its environment variable. Every VALVECTL_* is then removed from valvectl's
+  // environment (still one thread here), so workers, which may themselves be valvectl, never
+  // inherit their parent's settings.
+  for (Flag &flag : flags_) {
+    std::string env = env_name(flag.key);
+    if (flag.option->count() > 0) {
+      flag.source = "--" + flag.key;
+    } else if (const char *value = std::getenv(env.c_str()); value != nullptr) {
+      flag.values = {value};
+      flag.source = env;
+    }
+  }
+  std::vector<std::string> ours;
+  for (char **e = environ; e && *e; ++e) {
+    std::string_view entry = *e;
+    if (entry.starts_with(kEnvPrefix)) ours.emplace_back(entry.substr(0, entry.find('=')));
+  }
+  for (const std::string &name : ours) unsetenv(name.c_str());
+
   valve_config_t *raw_cfg = nullptr;
   if (int err = valve_config_new(&raw_cfg); err != 0) {
     print_error(valve_strerror(err));
@@ -106,17 +153,19 @@ int ServeCommand::run() const {
   std::unique_ptr<valve_config_t, ConfigFree> cfg(raw_cfg);
 
   auto setup_failed = [&](int err) {
-    print_error(as_flag_message(valve_config_last_error(cfg.get()), err));
+    print_error(as_flag_message(valve_config_last_error(cfg.get()), err, flags_));
     return is_internal_error(err) ? kExitFailure : kExitUsage;
   };
   for (const Flag &flag : flags_) {
+    if (flag.source.empty()) continue;
     for (const std::string &given : flag.values) {
-      const char *value = given.empty() && flag.is_switch ? "true" : given.c_str();
+      bool bare = given.empty() && flag.is_switch && flag.source.starts_with("--");
+      const char *value = bare ? "true" : given.c_str();
       if (int err = valve_config_set(cfg.get(), flag.key.c_str(), value); err != 0)
         return setup_failed(err);
     }
   }
-  for (const char *key : {"handle-signals", "reap-orphans"}) {
+  for (const char *key : kSetByValvectl) {
     if (int err = valve_config_set(cfg.get(), key, "true"); err != 0) return setup_failed(err);
   }
 
@@ -128,7 +177,7 @@ int ServeCommand::run() const {
   int err = valve_server_run(server.get());
   if (err == 0) return kExitOk;
   if (is_usage_error(err)) {
-    print_error(as_flag_message(valve_server_last_error(server.get()), err));
+    print_error(as_flag_message(valve_server_last_error(server.get()), err, flags_));
     return kExitUsage;
   }
   // VALVE_ESTARTUP and the rest: the message may span lines (a worker's last stderr lines).

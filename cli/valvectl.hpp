@@ -3,6 +3,7 @@
 
 #include <CLI/CLI.hpp>
 #include <deque>
+#include <ostream>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -17,6 +18,26 @@ inline constexpr int kExitUsage = 2;
 // Prints "valvectl: <message>" to stderr.
 void print_error(std::string_view message);
 
+// ---- The serving flags, one per option of valve's configuration table (serve.cpp)
+
+// CLI11's names for an option's flag: "--n-max,-n" (valve-rs's short flags are kept).
+std::string flag_names(std::string_view key);
+// The environment variable that sets an option when its flag is absent: VALVECTL_N_MAX. Not
+// VALVE_*: valve sets VALVE_PORT, VALVE_FILE, ... in its workers' environment.
+std::string env_name(std::string_view key);
+inline constexpr std::string_view kEnvPrefix = "VALVECTL_";
+// Options valvectl sets itself (handle-signals, reap-orphans, notify): no flag.
+bool set_by_valvectl(std::string_view key);
+// What valvectl sets them to.
+inline constexpr const char *kSetByValvectl[] = {"handle-signals", "reap-orphans", "notify"};
+// An option's help text from the table, without the "(default: ...)" that valve adds.
+std::string option_help(std::string_view key);
+
+// ---- Documentation generated from the same table and flags (docs.cpp): `valvectl --help-markdown`
+// writes docs/configuration.md, `valvectl --help-man` the man page valvectl.1.
+void print_markdown(const CLI::App &app, std::ostream &out);
+void print_man(const CLI::App &app, std::ostream &out);
+
 // The default command: serve a plumber API. Declares one flag per option of valve's
 // configuration table, then runs a server with the values given.
 class ServeCommand {
@@ -26,15 +47,17 @@ class ServeCommand {
   ServeCommand &operator=(const ServeCommand &) = delete;
 
   // Runs until the server stops; returns the exit status.
-  int run() const;
+  int run();
 
- private:
   struct Flag {
     std::string key;
     std::vector<std::string> values;  // each time the flag is given, in order
     bool is_switch = false;           // true or false, and "--flag" alone means true
     CLI::Option *option = nullptr;
+    std::string source;  // where the value came from: "--n-max" or "VALVECTL_N_MAX"
   };
+
+ private:
   std::deque<Flag> flags_;  // a deque: CLI11 keeps pointers to each value
 };
 

@@ -93,6 +93,7 @@ TEST_CASE("config: the defaults, spelled out independently of the table") {
       {"runtime-dir", ""},
       {"handle-signals", "false"},
       {"reap-orphans", "false"},
+      {"notify", "false"},
   };
   Config c;
   CHECK(option_count() == std::size(expected));
@@ -120,9 +121,9 @@ TEST_CASE("config: option_key lists each option once, in table order, then nullp
     INFO("index " << i);
     CHECK(seen.insert(valve::option_key(i)).second);
   }
-  CHECK(i == 44);
+  CHECK(i == 45);
   CHECK(std::string(valve::option_key(0)) == "host");
-  CHECK(std::string(valve::option_key(i - 1)) == "reap-orphans");
+  CHECK(std::string(valve::option_key(i - 1)) == "notify");
   CHECK(valve::option_key(i + 1000) == nullptr);
   CHECK(std::string(valve::option_help("n-max")) == "most workers to run at once (default: 3)");
   // An empty default is not shown.

@@ -170,6 +170,10 @@ const char *valve_config_describe(const char *key) {
   }
 }
 
+const char *valve_config_default(const char *key) {
+  return key ? valve::option_default(key) : nullptr;
+}
+
 const char *valve_config_last_error(const valve_config_t *cfg) {
   return cfg ? cfg->error.c_str() : "";
 }

@@ -233,6 +233,13 @@ const char *option_help(std::string_view key) {
   return nullptr;
 }
 
+const char *option_default(std::string_view key) {
+  for (const auto &o : kOptions) {
+    if (key == o.key) return o.default_value;
+  }
+  return nullptr;
+}
+
 std::optional<ListenAddress> parse_listen_address(std::string_view text, std::string *why) {
   auto fail = [why](std::string reason) -> std::optional<ListenAddress> {
     if (why) *why = std::move(reason);

@@ -85,7 +85,10 @@ enum class LogLevel { debug = 0, info = 1, warn = 2, error = 3 };
   XX("handle-signals", handle_signals, bool, "false",                                              \
      "stop gracefully on SIGINT and SIGTERM (valvectl turns this on)")                             \
   XX("reap-orphans", reap_orphans, bool, "false",                                                  \
-     "become a child subreaper and reap every orphan, as PID 1 in a container must")
+     "become a child subreaper and reap every orphan, as PID 1 in a container must")               \
+  XX("notify", notify, bool, "false",                                                              \
+     "tell a service manager (systemd's $NOTIFY_SOCKET) when workers are ready, reloading and "    \
+     "stopping (valvectl turns this on)")
 // clang-format on
 
 struct Config {
@@ -133,6 +136,7 @@ struct Config {
   std::string runtime_dir;
   bool handle_signals = false;
   bool reap_orphans = false;
+  bool notify = false;
 
   Config();  // every default from the table
 
@@ -152,6 +156,7 @@ struct Config {
 
 const char *option_key(size_t index);
 const char *option_help(std::string_view key);
+const char *option_default(std::string_view key);  // as the table writes it; nullptr if unknown
 
 // Where a listener binds: a Unix socket path, or an IP address (IPv6 without brackets) and port.
 struct ListenAddress {

@@ -294,6 +294,7 @@ void Pool::begin_reload(std::vector<ReloadDone> waiters) {
   next_launch_ms_ = 0;
   launch_timer_.stop();
   log().info("reload: starting generation {}", generation_);
+  server_.on_reload_started();
   std::vector<Worker *> old;
   for (auto &w : workers_) {
     if (w->generation() < generation_) old.push_back(w.get());
@@ -348,6 +349,7 @@ void Pool::finish_reload(bool ok, std::string error) {
   if (server_.wants_events())
     server_.emit(fmt::format(R"({{"event":"reload","ok":{},"generation":{},"error":"{}"}})",
                              ok ? "true" : "false", generation_, json_escape(result.error)));
+  server_.on_reload_finished(ok);
   auto waiters = std::move(reload_.waiters);
   reload_.waiters.clear();
   for (auto &done : waiters) done(result);

@@ -456,6 +456,10 @@ int Server::prepare() {
         SIGCHLD);
     add_onstack(SIGCHLD);
   }
+  if (config_.notify) {
+    if (auto why = notifier_.open_from_environment())
+      log_.warn("{}: not telling it anything", *why);
+  }
   if (int rc = listen(); rc != 0) return rc;
   if (!config_.admin.empty()) {
     std::string why;
@@ -566,10 +570,45 @@ void Server::emit(const std::string &event_json) const {
 }
 
 void Server::on_first_ready() {
-  std::lock_guard lock(mutex_);
-  if (started_) return;
-  started_ = true;
-  cv_.notify_all();
+  {
+    std::lock_guard lock(mutex_);
+    if (started_) return;
+    started_ = true;
+    cv_.notify_all();
+  }
+  if (notifier_.active() && !stopping_) {
+    notifier_.send("READY=1");
+    notifier_.status(service_status());
+    notify_timer_ = std::make_unique<Timer>(&loop_, [this] { notifier_.status(service_status()); });
+    notify_timer_->start(1, 1);
+  }
+}
+
+void Server::on_reload_started() {
+  timespec now{};
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  uint64_t usec = static_cast<uint64_t>(now.tv_sec) * 1000000 + now.tv_nsec / 1000;
+  notifier_.send(
+      fmt::format("RELOADING=1\nMONOTONIC_USEC={}\nSTATUS=reloading: starting "
+                  "generation {}",
+                  usec, pool_->generation()));
+}
+
+void Server::on_reload_finished(bool ok) {
+  if (stopping_) return;
+  notifier_.send("READY=1");
+  notifier_.status(ok ? service_status() : "the last reload failed; " + service_status());
+}
+
+std::string Server::service_status() {
+  size_t ready = 0, starting = 0;
+  for (const auto &[state, n] : pool_->count_states()) {
+    if (state == "ready") ready = n;
+    if (state == "starting") starting = n;
+  }
+  return fmt::format("{} worker{} ready, {} starting, {} queued; generation {}; serving http://{}",
+                     ready, ready == 1 ? "" : "s", starting, pool_->queue_depth(),
+                     pool_->generation(), address());
 }
 
 void Server::fatal(int code, std::string message) {
@@ -583,6 +622,9 @@ void Server::begin_stop(double deadline_seconds) {
   if (deadline_seconds < 0) deadline_seconds = config_.graceful_timeout;
   if (!stopping_) {
     stopping_ = true;
+    notify_timer_.reset();
+    notifier_.send(fmt::format("STOPPING=1\nSTATUS=shutting down: {} requests in progress",
+                               exchanges_.size()));
     if (listener_) close_handle(listener_);
     std::vector<ClientConn *> clients(clients_.begin(), clients_.end());
     for (ClientConn *c : clients) c->drain();
@@ -633,6 +675,7 @@ void Server::finish() {
   admin_->close();
   access_log_.flush();
   stop_timer_.reset();
+  notify_timer_.reset();
   inbox_->close();
   if (deferred_check_) close_handle(deferred_check_);
   if (deferred_idle_) close_handle(deferred_idle_);

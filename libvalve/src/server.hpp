@@ -20,6 +20,7 @@
 #include "http.hpp"
 #include "log.hpp"
 #include "loop.hpp"
+#include "notify.hpp"
 #include "stats.hpp"
 #include "util.hpp"
 
@@ -87,6 +88,9 @@ class Server {
   // Start-up cannot succeed (no worker became ready, R or plumber missing): stop with this result.
   void fatal(int code, std::string message);
   void on_first_ready();
+  // The pool's reload began or ended (the service manager hears RELOADING=1, then READY=1).
+  void on_reload_started();
+  void on_reload_finished(bool ok);
   bool wants_events() const { return hooks_.event != nullptr; }
   // Hands one event (a JSON object) to the host, if it asked for events.
   void emit(const std::string &event_json) const;
@@ -134,6 +138,7 @@ class Server {
   std::optional<T> wait_on_loop(F start);
   std::string idle_status_json();  // before run() and after it ended
   void set_result(int code, std::string message);
+  std::string service_status();  // one line for the service manager's STATUS=
 
   Config config_;
   Hooks hooks_;
@@ -153,6 +158,8 @@ class Server {
   uv_signal_t *sighup_ = nullptr;
   uv_signal_t *sigusr1_ = nullptr;
   std::unique_ptr<Timer> stop_timer_;
+  Notifier notifier_;
+  std::unique_ptr<Timer> notify_timer_;  // refreshes STATUS= while serving
   std::unordered_set<ClientConn *> clients_;
   std::unordered_set<Exchange *> exchanges_;
   std::vector<std::function<void()>> deferred_;

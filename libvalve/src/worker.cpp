@@ -1,5 +1,7 @@
 #include "worker.hpp"
 
+#include "notify.hpp"
+
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -10,6 +12,7 @@
 #include <optional>
 #include <random>
 
+#include "notify.hpp"
 #include "pool.hpp"
 #include "process.hpp"
 #include "server.hpp"
@@ -258,6 +261,12 @@ int Worker::launch() {
   spec.env = pool_.worker_environment();
   spec.as = pool_.identity().credentials;
   set_variable(spec.env, "VALVE_WORKER_ID", std::to_string(id_));
+  // The service manager's socket is valve's to speak on: a worker must not report for it, even
+  // when --env names it.
+  std::erase_if(spec.env, [](const std::string &e) {
+    return e.starts_with(kNotifySocketVariable) && e.size() > kNotifySocketVariable.size() &&
+           e[kNotifySocketVariable.size()] == '=';
+  });
   if (cfg.cmd.empty()) {
     socket_path_ = fmt::format("{}/w{}.sock", server.runtime_dir(), id_);
     spec.path = pool_.rscript_path();

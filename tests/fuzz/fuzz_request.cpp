@@ -21,6 +21,7 @@
 #include <valve/valve.h>
 
 #include <array>
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -117,6 +118,15 @@ class FakeWorkers {
     (void)!write(wake_[1], &one, 1);
   }
 
+  // What the thread is doing, for a failure report.
+  std::string state() const {
+    static const char *names[] = {"waiting for connections", "reading a request head",
+                                  "writing an answer"};
+    return std::string(names[phase_.load()]) + " for " +
+           std::to_string(now_ms() - since_ms_.load()) + " ms; connections accepted: " +
+           std::to_string(accepted_.load());
+  }
+
  private:
   void serve() {
     for (;;) {
@@ -141,7 +151,14 @@ class FakeWorkers {
     }
   }
 
+  void set_phase(int phase) {
+    phase_ = phase;
+    since_ms_ = now_ms();
+  }
+
   void answer(int conn) {
+    ++accepted_;
+    set_phase(1);
     // Read the request head (what follows it, a body, is left unread).
     std::string head;
     char buf[4096];
@@ -164,11 +181,16 @@ class FakeWorkers {
       } else {
         reply = kReadyAnswer;
       }
+      set_phase(2);
       write_all(conn, reply, now_ms() + 2000);
     }
     close(conn);
+    set_phase(0);
   }
 
+  std::atomic<int> phase_{0};
+  std::atomic<int64_t> since_ms_{now_ms()};
+  std::atomic<uint64_t> accepted_{0};
   std::mutex mutex_;
   std::string answer_{kReadyAnswer};
   std::map<long, int> listeners_;
@@ -294,7 +316,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     char *status = nullptr;
     valve_server_status(harness->server, &status);
     std::string detail = std::string("its last log lines:\n") + harness->log.dump() +
-                         "its status: " + (status ? status : "(none)");
+                         "its status: " + (status ? status : "(none)") +
+                         "\nthe fake workers' thread: " + harness->workers.state() +
+                         "\nvalve's answer so far: " + std::to_string(answer.size()) + " bytes";
     valve_free(status);
     die("valve neither answered nor closed the connection within 10 s", detail);
   }

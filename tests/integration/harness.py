@@ -47,7 +47,7 @@ BACKEND = _default_binary("VALVE_BACKEND", "build/tests/backend/valve-test-backe
 LOOPBACK = "127.0.0.1"
 TAG_VARIABLE = "VALVE_TEST_TAG"
 LISTENING_RE = re.compile(r"listening on http://(\[[^\]]+\]|[^\s:/]+):(\d+)")
-ADMIN_RE = re.compile(r"admin interface on (?:http://)?(\S+)")
+ADMIN_RE = re.compile(r'admin interface on (?:http://)?([^\s"]+)')  # text or JSON logs
 
 
 def app_path(name):

@@ -75,6 +75,9 @@ VALVE_API const char *valve_config_get(valve_config_t *cfg, const char *key);
 VALVE_API const char *valve_config_key(size_t index);
 /* One line describing an option and its default, for help texts; NULL if the key is unknown. */
 VALVE_API const char *valve_config_describe(const char *key);
+/* An option's default as the option table writes it ("16k", "plumber.R"; "" when it has none),
+ * for documentation; NULL if the key is unknown. Static storage: never freed. */
+VALVE_API const char *valve_config_default(const char *key);
 /* The message of the last failed call on cfg ("" if none). Valid until the next call on cfg. */
 VALVE_API const char *valve_config_last_error(const valve_config_t *cfg);
 

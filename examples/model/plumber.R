@@ -1,0 +1,94 @@
+# A model served as an HTTP API: predict fuel economy (mpg) of cars from their weight, horsepower
+# and transmission, with the linear model train.R fitted on mtcars.
+#
+#   valvectl -f examples/model/plumber.R -n 4
+#   curl -H 'Content-Type: application/json' -d '{"wt": 2.62, "hp": 110, "am": 1}' \
+#     http://127.0.0.1:3000/predict
+#
+# Each worker reads model.rds once, when it starts; a request only runs predict(). Input is checked
+# before it reaches the model, so a wrong type or a missing field gets 400 and a message saying
+# what to fix, never R's generic 500.
+
+library(plumber)
+
+# plumber evaluates this file from its own directory, so model.rds is found beside it.
+if (!file.exists("model.rds")) {
+  stop("model.rds not found next to plumber.R: run `Rscript train.R` first")
+}
+model <- readRDS("model.rds")
+features <- c("wt", "hp", "am")
+max_cars <- 1000
+
+# Plumber parses a JSON body itself and answers malformed JSON with a bare 500. This parser hands
+# the body over as text, so that /predict can answer 400 with a message instead.
+register_parser("json_text", function(...) function(value, ...) rawToChar(value),
+                fixed = c("application/json", "text/plain", "application/x-www-form-urlencoded"),
+                verbose = FALSE)
+
+# Checks one car (a list parsed from a JSON object); returns NULL if it is fine, else the problem.
+car_problem <- function(car, where) {
+  if (!is.list(car) || is.null(names(car))) {
+    return(sprintf("%s must be an object like {\"wt\": 2.62, \"hp\": 110, \"am\": 1}", where))
+  }
+  missing <- setdiff(features, names(car))
+  if (length(missing) > 0) {
+    return(sprintf("%s is missing %s", where, paste(missing, collapse = ", ")))
+  }
+  for (name in features) {
+    value <- car[[name]]
+    if (!is.numeric(value) || length(value) != 1 || !is.finite(value)) {
+      got <- if (is.null(value)) "null" else if (is.character(value)) "a string"
+             else if (is.logical(value)) "true/false" else if (is.list(value)) "a list"
+             else "not a number"
+      return(sprintf("%s: %s must be a number, got %s", where, name, got))
+    }
+  }
+  if (!car$am %in% c(0, 1)) return(sprintf("%s: am must be 0 (automatic) or 1 (manual)", where))
+  if (car$wt <= 0 || car$hp <= 0) return(sprintf("%s: wt and hp must be more than 0", where))
+  NULL
+}
+
+#* Predict miles per gallon for one car or several.
+#* Body: {"wt": 2.62, "hp": 110, "am": 1}, or an array of such objects.
+#* wt is the weight in 1000 lb, hp the gross horsepower, am 0 (automatic) or 1 (manual).
+#* Answers {"mpg": [...]}, one prediction per car, in order.
+#* @parser json_text
+#* @serializer unboxedJSON
+#* @post /predict
+function(req, res) {
+  fail <- function(message) {
+    res$status <- 400
+    list(error = message, status = 400)
+  }
+  body <- req$postBody
+  if (is.null(body) || !nzchar(body)) {
+    return(fail("send a JSON body: {\"wt\": 2.62, \"hp\": 110, \"am\": 1}"))
+  }
+  parsed <- tryCatch(jsonlite::fromJSON(body, simplifyVector = FALSE),
+                     error = function(e) structure(sub("\n.*", "", conditionMessage(e)), class = "bad_json"))
+  if (inherits(parsed, "bad_json")) return(fail(paste("the body is not valid JSON:", parsed)))
+
+  # One object is one car; an array (no names) is several.
+  cars <- if (is.list(parsed) && !is.null(names(parsed))) list(parsed) else parsed
+  if (!is.list(cars) || length(cars) == 0) {
+    return(fail("send a car object or a non-empty array of them"))
+  }
+  if (length(cars) > max_cars) return(fail(sprintf("at most %d cars per request", max_cars)))
+  for (i in seq_along(cars)) {
+    where <- if (length(cars) == 1 && !is.null(names(parsed))) "the car" else sprintf("car %d", i)
+    problem <- car_problem(cars[[i]], where)
+    if (!is.null(problem)) return(fail(problem))
+  }
+
+  newdata <- data.frame(wt = vapply(cars, function(car) car$wt, numeric(1)),
+                        hp = vapply(cars, function(car) car$hp, numeric(1)),
+                        am = vapply(cars, function(car) car$am, numeric(1)))
+  list(mpg = I(round(unname(predict(model, newdata)), 3)))
+}
+
+#* Health check for valve's --health-path: the model is loaded and predicts.
+#* @serializer unboxedJSON
+#* @get /health
+function() {
+  list(status = "ok", model = deparse(formula(model)))
+}
