@@ -73,13 +73,25 @@ void raise_open_files_limit() {
 }  // namespace
 
 ServeCommand::ServeCommand(CLI::App &app) {
+  // An option whose default is true or false is a switch: `--preload` alone turns it on
+  // (`--preload=false` turns it off).
+  valve_config_t *defaults = nullptr;
+  valve_config_new(&defaults);
   for (size_t i = 0; const char *key = valve_config_key(i); ++i) {
     if (set_by_valvectl(key)) continue;
     Flag &flag = flags_.emplace_back();
     flag.key = key;
     const char *help = valve_config_describe(key);
-    flag.option = app.add_option(flag_names(key), flag.value, help ? help : "")->type_name("VALUE");
+    const char *value = defaults ? valve_config_get(defaults, key) : nullptr;
+    std::string_view def = value ? value : "";
+    if (def == "true" || def == "false") {
+      flag.option = app.add_flag(flag_names(key) + "{true}", flag.value, help ? help : "");
+    } else {
+      flag.option =
+          app.add_option(flag_names(key), flag.value, help ? help : "")->type_name("VALUE");
+    }
   }
+  valve_config_free(defaults);
 }
 
 int ServeCommand::run() const {

@@ -174,6 +174,10 @@ std::optional<std::string> Config::validate() const {
   if (!cmd.empty() && cmd.find("{port}") == std::string::npos &&
       cmd.find("{socket}") == std::string::npos)
     return fmt::format("cmd {}: must contain {{port}} or {{socket}}", cmd);
+  if (preload && !cmd.empty())
+    return fmt::format("preload: forks plumber workers from a template R process, so it cannot be "
+                       "used with --cmd ({})",
+                       cmd);
   return std::nullopt;
 }
 

@@ -73,7 +73,10 @@ enum class LogLevel { debug = 0, info = 1, warn = 2, error = 3 };
   XX("handle-signals", handle_signals, bool, "false",                                              \
      "stop gracefully on SIGINT and SIGTERM (valvectl turns this on)")                             \
   XX("reap-orphans", reap_orphans, bool, "false",                                                  \
-     "become a child subreaper and reap every orphan, as PID 1 in a container must")
+     "become a child subreaper and reap every orphan, as PID 1 in a container must")              \
+  XX("preload", preload, bool, "false",                                                            \
+     "load the API once in a template R process and fork each worker from it: workers start in "  \
+     "milliseconds and share the template's memory")
 // clang-format on
 
 struct Config {
@@ -116,6 +119,7 @@ struct Config {
   std::string runtime_dir;
   bool handle_signals = false;
   bool reap_orphans = false;
+  bool preload = false;
 
   Config();  // every default from the table
 
