@@ -175,8 +175,8 @@ std::optional<std::string> Config::validate() const {
       cmd.find("{socket}") == std::string::npos)
     return fmt::format("cmd {}: must contain {{port}} or {{socket}}", cmd);
   if (preload && !cmd.empty())
-    return fmt::format("preload: forks plumber workers from a template R process, so it cannot be "
-                       "used with --cmd ({})",
+    return fmt::format("preload true: cannot be used with --cmd ({}): it forks plumber workers "
+                       "from a template R process",
                        cmd);
   return std::nullopt;
 }

@@ -464,7 +464,7 @@ bool Preloader::fork(Worker &w, const SpawnSpec &spec) {
     checked_ = true;
     std::string why;
     usable_ = write_files(&why);
-    if (!usable_) pool_.log().warn("preload: {}; workers are launched plainly", why);
+    if (!usable_) pool_.log().warn("preload: workers are launched plainly: {}", why);
   }
   if (!usable_ || plain_generations_.count(w.generation())) return false;
   Template *t = find(w.generation());
@@ -482,9 +482,9 @@ bool Preloader::fork(Worker &w, const SpawnSpec &spec) {
     if (int rc = fresh->start(); rc != 0) {
       plain_generations_.insert(w.generation());
       pool_.server().stats().fork_fallbacks++;
-      pool_.log().warn("preload: cannot launch the template for generation {}: {}; generation {} "
-                       "launches workers plainly",
-                       w.generation(), uv_message(rc), w.generation());
+      pool_.log().warn(
+          "preload: generation {} launches workers plainly: cannot launch its template: {}",
+          w.generation(), uv_message(rc));
       return false;
     }
     templates_.push_back(std::move(fresh));
@@ -520,7 +520,7 @@ void Preloader::launch_plainly(Template &t, std::string_view why) {
 
 void Preloader::fall_back(Template &t, std::string why) {
   plain_generations_.insert(t.generation());
-  pool_.log().warn("preload: {}; generation {} launches workers plainly", why, t.generation());
+  pool_.log().warn("preload: generation {} launches workers plainly: {}", t.generation(), why);
   launch_plainly(t, "its template is not available");
 }
 
