@@ -87,6 +87,7 @@ TEST_CASE("config: the defaults, spelled out independently of the table") {
       {"runtime-dir", ""},
       {"handle-signals", "false"},
       {"reap-orphans", "false"},
+      {"preload", "false"},
   };
   Config c;
   CHECK(option_count() == std::size(expected));
@@ -114,9 +115,9 @@ TEST_CASE("config: option_key lists each option once, in table order, then nullp
     INFO("index " << i);
     CHECK(seen.insert(valve::option_key(i)).second);
   }
-  CHECK(i == 39);
+  CHECK(i == 40);
   CHECK(std::string(valve::option_key(0)) == "host");
-  CHECK(std::string(valve::option_key(i - 1)) == "reap-orphans");
+  CHECK(std::string(valve::option_key(i - 1)) == "preload");
   CHECK(valve::option_key(i + 1000) == nullptr);
   CHECK(std::string(valve::option_help("n-max")) == "most workers to run at once (default: 3)");
   // An empty default is not shown.
@@ -328,6 +329,9 @@ TEST_CASE("config: validate() checks the options together") {
   CHECK(invalid({{"cmd", "my-server --listen 8080"}}) ==
         "cmd my-server --listen 8080: must contain {port} or {socket}");
   CHECK(invalid({{"file", ""}}) == "file \"\": give a plumber file or --cmd");
+  CHECK(invalid({{"preload", "true"}, {"cmd", "srv --port {port}"}}) ==
+        "preload true: cannot be used with --cmd (srv --port {port}): it forks plumber workers "
+        "from a template R process");
 
   // And what is fine.
   CHECK(invalid({{"n-min", "0"}, {"n-max", "1"}}) == "(valid)");
@@ -337,6 +341,7 @@ TEST_CASE("config: validate() checks the options together") {
   CHECK(invalid({{"cmd", "srv --port {port}"}}) == "(valid)");
   CHECK(invalid({{"cmd", "srv --socket {socket}"}, {"file", ""}}) == "(valid)");
   CHECK(invalid({{"max-header-size", "1k"}}) == "(valid)");
+  CHECK(invalid({{"preload", "true"}}) == "(valid)");
 }
 
 TEST_CASE("config: to_json() is a well-formed object with every option, typed") {
