@@ -276,6 +276,7 @@ void Worker::on_forked(const Spawned &child) {
 void Worker::on_fork_failed(const SpawnSpec &spec, std::string_view why) {
   fork_pending_ = false;
   pool_.log().warn("worker {}: {}; launching it plainly", id_, why);
+  startup_timer_.start(pool_.config().startup_timeout);  // the wait for a template is not its own
   Spawned child;
   int rc = spawn_process(spec, &child);
   if (rc != 0) {
