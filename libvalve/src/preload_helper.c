@@ -183,7 +183,9 @@ EXPORT void valve_template_serve(int *ctl_fd, int *lifeline_fd, int *id, char **
       struct cmsghdr align;
     } control;
     struct iovec iov = {.iov_base = buf, .iov_len = sizeof buf - 1};
-    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.space,
+    struct msghdr msg = {.msg_iov = &iov,
+                         .msg_iovlen = 1,
+                         .msg_control = control.space,
                          .msg_controllen = sizeof control.space};
     ssize_t n = recvmsg(ctl, &msg, MSG_CMSG_CLOEXEC);
     if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
@@ -206,7 +208,8 @@ EXPORT void valve_template_serve(int *ctl_fd, int *lifeline_fd, int *id, char **
       become_worker(ctl, *lifeline_fd, pipes[0], pipes[1]);
       strcpy(*socket_path, buf + path_at);
       unsigned r = 0;
-      if (getrandom(&r, sizeof r, 0) != (ssize_t)sizeof r) r = (unsigned)getpid() ^ (unsigned)time(NULL);
+      if (getrandom(&r, sizeof r, 0) != (ssize_t)sizeof r)
+        r = (unsigned)getpid() ^ (unsigned)time(NULL);
       *seed = (int)(r & 0x7fffffff);  // never NA_integer_ (INT_MIN)
       *id = worker;
       return;

@@ -31,7 +31,8 @@ extern const size_t kPreloadHelperSize;
 namespace {
 
 constexpr size_t kTailLines = 20;
-constexpr unsigned kMaxDeaths = 3;  // deaths in a row, without a fork between, before plain launches
+constexpr unsigned kMaxDeaths =
+    3;  // deaths in a row, without a fork between, before plain launches
 
 // Run by the template: load the API once, then fork workers on valve's request (the helper's
 // .C() returns in each forked child). See template.hpp.
@@ -250,9 +251,9 @@ class Template {
     close_channel();
     if (exit_poll_) close_handle(exit_poll_);
     signal_group(pid_, SIGKILL);  // what it started itself (its workers have groups of their own)
-    pool_.log().write(expected ? LogLevel::info : LogLevel::warn,
-                      fmt::format("{} {}{}", label(), describe_exit(status),
-                                  expected ? "" : " unexpectedly"));
+    pool_.log().write(
+        expected ? LogLevel::info : LogLevel::warn,
+        fmt::format("{} {}{}", label(), describe_exit(status), expected ? "" : " unexpectedly"));
     owner_.on_template_exit(*this, status);  // may destroy this template: nothing after it
   }
 
@@ -378,8 +379,8 @@ class Template {
       pending_.erase(it);
       p.close_pipes();
       pool_.server().stats().fork_fallbacks++;
-      p.worker->on_fork_failed(p.spec, fmt::format("{} could not fork it: {}", label(),
-                                                   strerror(status)));
+      p.worker->on_fork_failed(p.spec,
+                               fmt::format("{} could not fork it: {}", label(), strerror(status)));
     } else if (sscanf(msg, "exit %d %d %d", &id, &pid, &status) == 3) {
       Worker *w = pool_.find_pid(pid);
       if (w && w->forked() && (id == 0 || w->id() == static_cast<uint64_t>(id))) w->on_exit(status);
