@@ -112,7 +112,8 @@ ServeCommand::ServeCommand(CLI::App &app) {
     flag.option = app.add_option(flag_names(key), flag.values,
                                  std::string(help ? help : "") + " [$" + env_name(key) + "]")
                       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
-    // A switch (an option that is true or false) may stand alone: --allow-root.
+    // A switch (an option that is true or false) may stand alone: `--preload` turns it on
+    // (`--preload=false` turns it off).
     const char *def = valve_config_default(key);
     std::string_view initial = def ? def : "";
     flag.is_switch = initial == "true" || initial == "false";

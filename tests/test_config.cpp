@@ -94,6 +94,7 @@ TEST_CASE("config: the defaults, spelled out independently of the table") {
       {"handle-signals", "false"},
       {"reap-orphans", "false"},
       {"notify", "false"},
+      {"preload", "false"},
   };
   Config c;
   CHECK(option_count() == std::size(expected));
@@ -121,9 +122,9 @@ TEST_CASE("config: option_key lists each option once, in table order, then nullp
     INFO("index " << i);
     CHECK(seen.insert(valve::option_key(i)).second);
   }
-  CHECK(i == 45);
+  CHECK(i == 46);
   CHECK(std::string(valve::option_key(0)) == "host");
-  CHECK(std::string(valve::option_key(i - 1)) == "notify");
+  CHECK(std::string(valve::option_key(i - 1)) == "preload");
   CHECK(valve::option_key(i + 1000) == nullptr);
   CHECK(std::string(valve::option_help("n-max")) == "most workers to run at once (default: 3)");
   // An empty default is not shown.
@@ -362,6 +363,9 @@ TEST_CASE("config: validate() checks the options together") {
   CHECK(invalid({{"cmd", "my-server --listen 8080"}}) ==
         "cmd my-server --listen 8080: must contain {port} or {socket}");
   CHECK(invalid({{"file", ""}}) == "file \"\": give a plumber file or --cmd");
+  CHECK(invalid({{"preload", "true"}, {"cmd", "srv --port {port}"}}) ==
+        "preload true: cannot be used with --cmd (srv --port {port}): it forks plumber workers "
+        "from a template R process");
 
   // And what is fine.
   CHECK(invalid({{"n-min", "0"}, {"n-max", "1"}}) == "(valid)");
@@ -371,6 +375,7 @@ TEST_CASE("config: validate() checks the options together") {
   CHECK(invalid({{"cmd", "srv --port {port}"}}) == "(valid)");
   CHECK(invalid({{"cmd", "srv --socket {socket}"}, {"file", ""}}) == "(valid)");
   CHECK(invalid({{"max-header-size", "1k"}}) == "(valid)");
+  CHECK(invalid({{"preload", "true"}}) == "(valid)");
 }
 
 TEST_CASE("config: to_json() is a well-formed object with every option, typed") {

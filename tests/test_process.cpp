@@ -102,6 +102,36 @@ TEST_CASE("process: describe_exit") {
   CHECK(valve::describe_exit(W_EXITCODE(0, SIGSEGV) | WCOREFLAG) ==
         "was killed by signal 11 (SIGSEGV)");
   CHECK(valve::describe_exit(W_STOPCODE(SIGSTOP)).starts_with("ended with wait status "));
+  CHECK(valve::describe_exit(valve::kExitUnknown) ==
+        "ended (its exit status is unknown: another process reaped it)");
+  CHECK(valve::describe_exit(valve::kExitNeverStarted) == "never started");
+}
+
+TEST_CASE("process: keep_fds become descriptors 3, 4, ... in the child, in order") {
+  int a[2], b[2];
+  REQUIRE(pipe2(a, O_CLOEXEC) == 0);
+  REQUIRE(pipe2(b, O_CLOEXEC) == 0);
+  FdGuard a0(a[0]), a1(a[1]), b0(b[0]), b1(b[1]);
+  // Crossed on purpose: b's write end goes to 3, a's to 4, whatever their numbers here.
+  valve::SpawnSpec spec = shell("echo three >&3; echo four >&4; test -e /proc/$$/fd/5 && echo "
+                                "leaked || echo closed");
+  spec.keep_fds = {b[1], a[1]};
+  Child c(spec);
+  REQUIRE(c.rc == 0);
+  CHECK(c.wait() == 0);
+  ::close(a1.fd);
+  ::close(b1.fd);
+  a1.fd = b1.fd = -1;
+  CHECK(test::read_until_eof(b[0]) == "three\n");
+  CHECK(test::read_until_eof(a[0]) == "four\n");
+  CHECK(test::read_until_eof(c.s.out_fd) == "closed\n");
+}
+
+TEST_CASE("process: read_pss_bytes reads this process's proportional set size") {
+  auto pss = valve::read_pss_bytes(getpid());
+  REQUIRE(pss.has_value());
+  CHECK(*pss > 1024 * 1024);
+  CHECK_FALSE(valve::read_pss_bytes(-5).has_value());
 }
 
 TEST_CASE("process: signal_group reaches the whole group, grandchildren included") {

@@ -361,6 +361,13 @@ std::string metrics_text(Server &server) {
   m.counter("valve_worker_exits_total", "workers that exited", static_cast<double>(s.exits));
   m.counter("valve_worker_crashes_total", "workers that exited without being asked to",
             static_cast<double>(s.crashes));
+  m.counter("valve_template_launches_total", "preload templates launched (--preload)",
+            static_cast<double>(s.template_launches));
+  m.counter("valve_worker_forks_total", "workers forked from a preload template",
+            static_cast<double>(s.forks));
+  m.counter("valve_fork_fallbacks_total",
+            "workers launched plainly because no preload template could fork them",
+            static_cast<double>(s.fork_fallbacks));
   m.counter("valve_request_timeouts_total", "requests a worker did not answer within --timeout",
             static_cast<double>(s.timeouts));
   m.counter("valve_rejections_total",

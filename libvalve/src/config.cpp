@@ -203,6 +203,10 @@ std::optional<std::string> Config::validate() const {
   if (!cmd.empty() && cmd.find("{port}") == std::string::npos &&
       cmd.find("{socket}") == std::string::npos)
     return fmt::format("cmd {}: must contain {{port}} or {{socket}}", cmd);
+  if (preload && !cmd.empty())
+    return fmt::format("preload true: cannot be used with --cmd ({}): it forks plumber workers "
+                       "from a template R process",
+                       cmd);
   return std::nullopt;
 }
 

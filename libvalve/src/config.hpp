@@ -88,7 +88,10 @@ enum class LogLevel { debug = 0, info = 1, warn = 2, error = 3 };
      "become a child subreaper and reap every orphan, as PID 1 in a container must")               \
   XX("notify", notify, bool, "false",                                                              \
      "tell a service manager (systemd's $NOTIFY_SOCKET) when workers are ready, reloading and "    \
-     "stopping (valvectl turns this on)")
+     "stopping (valvectl turns this on)")                                                          \
+  XX("preload", preload, bool, "false",                                                            \
+     "load the API once in a template R process and fork each worker from it: workers start in "  \
+     "milliseconds and share the template's memory")
 // clang-format on
 
 struct Config {
@@ -137,6 +140,7 @@ struct Config {
   bool handle_signals = false;
   bool reap_orphans = false;
   bool notify = false;
+  bool preload = false;
 
   Config();  // every default from the table
 

@@ -15,6 +15,7 @@
 #include "server.hpp"
 #include "spawn_policy.hpp"
 #include "stats.hpp"
+#include "template.hpp"
 #include "valve/valve.h"
 #include "worker.hpp"
 
@@ -32,7 +33,9 @@ Pool::Pool(Server &server, const Config &config)
       config_(config),
       launch_timer_(server.loop(), [this] { rebalance(); }),
       maintenance_timer_(server.loop(), [this] { retire_idle(); }),
-      monitor_timer_(server.loop(), [this] { monitor(); }) {}
+      monitor_timer_(server.loop(), [this] { monitor(); }) {
+  if (config.preload) preloader_ = std::make_unique<Preloader>(*this);
+}
 
 Pool::~Pool() = default;
 
@@ -84,6 +87,24 @@ void Pool::start() {
 
 bool Pool::is_current(const Worker &w) const {
   return w.generation() == generation_ && !w.retiring() && !w.unhealthy();
+}
+
+bool Pool::on_reaped(int pid, int wait_status) {
+  if (Worker *w = find_pid(pid)) {
+    w->on_exit(wait_status);
+    return true;
+  }
+  return preloader_ && preloader_->on_reaped(pid, wait_status);
+}
+
+void Pool::on_template_exit() {
+  if (terminating_ && all_exited()) server_.on_pool_terminated();
+}
+
+std::string Pool::preload_json() const { return preloader_ ? preloader_->json() : "null"; }
+
+void Pool::remove_runtime_files() {
+  if (preloader_) preloader_->remove_files();
 }
 
 Worker *Pool::find_pid(int pid) {
@@ -349,6 +370,8 @@ void Pool::finish_reload(bool ok, std::string error) {
   if (server_.wants_events())
     server_.emit(fmt::format(R"({{"event":"reload","ok":{},"generation":{},"error":"{}"}})",
                              ok ? "true" : "false", generation_, json_escape(result.error)));
+  // Only the serving generation's template stays (a failed reload's ends too).
+  if (preloader_) preloader_->keep_only(generation_);
   server_.on_reload_finished(ok);
   auto waiters = std::move(reload_.waiters);
   reload_.waiters.clear();
@@ -420,8 +443,10 @@ void Pool::monitor() {
   }
   for (Worker *w : over) {
     retire(*w, "max-rss",
-           fmt::format("resident memory {} MB passed max-rss {} MB", w->rss_bytes() >> 20,
-                       config_.max_rss));
+           w->forked() ? fmt::format("its proportional memory (PSS) {} MB passed max-rss {} MB",
+                                     w->pss_bytes() >> 20, config_.max_rss)
+                       : fmt::format("resident memory {} MB passed max-rss {} MB",
+                                     w->rss_bytes() >> 20, config_.max_rss));
   }
 }
 
@@ -541,12 +566,14 @@ void Pool::terminate() {
   std::vector<Worker *> all;
   for (auto &w : workers_) all.push_back(w.get());
   for (Worker *w : all) w->stop("shutting down");
+  if (preloader_) preloader_->terminate();
   if (all_exited()) server_.defer([this] { server_.on_pool_terminated(); });
 }
 
 bool Pool::all_exited() const {
   return std::all_of(workers_.begin(), workers_.end(),
-                     [](const auto &w) { return w->state() == Worker::State::exited; });
+                     [](const auto &w) { return w->state() == Worker::State::exited; }) &&
+         (!preloader_ || preloader_->all_exited());
 }
 
 std::string Pool::workers_json() const {
@@ -557,9 +584,11 @@ std::string Pool::workers_json() const {
     int64_t used = w->last_used_unix_ms();
     out += fmt::format(
         R"({{"id":{},"pid":{},"generation":{},"state":"{}","address":"{}","requests":{},)"
-        R"("in_flight":{},"rss_bytes":{},"age_s":{:.3f},"idle_s":{:.3f},"last_used":{}}})",
+        R"("in_flight":{},"rss_bytes":{},"forked":{},"pss_bytes":{},"age_s":{:.3f},"idle_s":{:.3f},)"
+        R"("last_used":{}}})",
         w->id(), w->pid(), w->generation(), w->state_name(), json_escape(w->address()), w->served(),
-        w->in_flight(), w->rss_bytes(), (now - w->started_ms()) / 1000.0,
+        w->in_flight(), w->rss_bytes(), w->forked() ? "true" : "false", w->pss_bytes(),
+        (now - w->started_ms()) / 1000.0,
         w->in_flight() || !w->was_ready() ? 0.0 : (now - w->last_used_ms()) / 1000.0,
         used ? fmt::format("\"{}\"", format_utc(used)) : std::string("null"));
   }

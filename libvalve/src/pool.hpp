@@ -23,6 +23,7 @@ class Server;
 class Worker;
 class Exchange;
 class Logger;
+class Preloader;
 
 // How a reload ended.
 struct ReloadResult {
@@ -84,6 +85,13 @@ class Pool {
   size_t queue_depth() const { return queue_.size(); }
   std::string workers_json() const;
   Worker *find_pid(int pid);
+  // valve reaped a child (SIGCHLD): a worker's or a template's exit. False when it was neither.
+  bool on_reaped(int pid, int wait_status);
+  // With --preload, the templates workers are forked from (template.hpp); null without.
+  Preloader *preloader() { return preloader_.get(); }
+  void on_template_exit();
+  std::string preload_json() const;
+  void remove_runtime_files();
   // Workers by state name, for metrics.
   std::vector<std::pair<std::string, size_t>> count_states() const;
   uint64_t resident_bytes() const;
@@ -116,6 +124,7 @@ class Pool {
   std::string api_file_;
   Identity identity_;
   std::vector<std::string> worker_env_;
+  std::unique_ptr<Preloader> preloader_;  // before workers_: it outlives them
   std::list<std::unique_ptr<Worker>> workers_;
   std::deque<Exchange *> queue_;
   uint64_t next_id_ = 1;

@@ -74,6 +74,7 @@ int spawn_process(const SpawnSpec &spec, Spawned *out) {
   }
   int devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
   pid_t parent = getpid();
+  std::vector<int> keep = spec.keep_fds;  // the child's copy is rewritten before exec
 
   pid_t pid = fork();
   if (pid < 0) {
@@ -93,8 +94,17 @@ int spawn_process(const SpawnSpec &spec, Spawned *out) {
     if (dup2(devnull >= 0 ? devnull : out_pipe[1], 0) < 0) child_fail("dup2", errno);
     if (dup2(out_pipe[1], 1) < 0) child_fail("dup2", errno);
     if (dup2(err_pipe[1], 2) < 0) child_fail("dup2", errno);
-    if (close_range(3, UINT_MAX, 0) != 0) {
-      for (int fd = 3; fd < 65536; ++fd) close(fd);
+    // Descriptors to keep go to 3, 4, ...: first above every target, so none is overwritten.
+    int first_free = 3 + static_cast<int>(keep.size());
+    for (int &fd : keep) {
+      fd = fcntl(fd, F_DUPFD, first_free);
+      if (fd < 0) child_fail("fcntl", errno);
+    }
+    for (size_t i = 0; i < keep.size(); ++i) {
+      if (dup2(keep[i], 3 + static_cast<int>(i)) < 0) child_fail("dup2", errno);
+    }
+    if (close_range(static_cast<unsigned>(first_free), UINT_MAX, 0) != 0) {
+      for (int fd = first_free; fd < 65536; ++fd) close(fd);
     }
     if (spec.as) {
       // Groups first: once the user is switched, the right to change them is gone.
@@ -273,6 +283,8 @@ int pick_free_port() {
 void become_subreaper() { prctl(PR_SET_CHILD_SUBREAPER, 1); }
 
 std::string describe_exit(int status) {
+  if (status == kExitUnknown) return "ended (its exit status is unknown: another process reaped it)";
+  if (status == kExitNeverStarted) return "never started";
   if (WIFEXITED(status)) return fmt::format("exited with status {}", WEXITSTATUS(status));
   if (WIFSIGNALED(status)) {
     int sig = WTERMSIG(status);
@@ -280,6 +292,16 @@ std::string describe_exit(int status) {
     return fmt::format("was killed by signal {} (SIG{})", sig, abbrev ? abbrev : "?");
   }
   return fmt::format("ended with wait status {}", status);
+}
+
+std::optional<uint64_t> read_pss_bytes(pid_t pid) {
+  std::ifstream in(fmt::format("/proc/{}/smaps_rollup", pid));
+  std::string line;
+  while (std::getline(in, line)) {
+    unsigned long kb = 0;
+    if (sscanf(line.c_str(), "Pss: %lu kB", &kb) == 1) return uint64_t{kb} * 1024;
+  }
+  return std::nullopt;
 }
 
 std::vector<std::string> current_environment() {

@@ -4,6 +4,7 @@
 
 #include <sys/types.h>
 
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -24,6 +25,7 @@ struct SpawnSpec {
   std::vector<std::string> env;   // KEY=VALUE, the whole environment
   std::string cwd;                // empty: inherit
   std::optional<Credentials> as;  // unset: valve's own user
+  std::vector<int> keep_fds;      // passed on as descriptors 3, 4, ... (all others are closed)
 };
 
 struct Spawned {
@@ -60,8 +62,17 @@ int pick_free_port();
 // Makes this process a child subreaper, so orphans in its tree are reparented to it.
 void become_subreaper();
 
+// Wait statuses valve makes up (waitpid never returns negative ones): a process that ended but was
+// reaped by another (a forked worker whose template is gone), and one that never started.
+constexpr int kExitUnknown = -1;
+constexpr int kExitNeverStarted = -2;
+
 // A human-readable exit: "exited with status 1" / "was killed by signal 9 (SIGKILL)".
 std::string describe_exit(int wait_status);
+
+// A process's proportional set size from /proc/PID/smaps_rollup (shared pages divided among the
+// processes sharing them); nullopt when it cannot be read.
+std::optional<uint64_t> read_pss_bytes(pid_t pid);
 
 // Environment of this process as KEY=VALUE strings.
 std::vector<std::string> current_environment();

@@ -232,18 +232,20 @@ std::string Server::status_json_now() {
   std::string totals = fmt::format(
       R"({{"requests":{},"latency_sum_s":{:.6f},"queue_wait_sum_s":{:.6f},"2xx":{},"3xx":{},)"
       R"("4xx":{},"5xx":{},"rejected":{},"timeouts":{},"retries":{},"launches":{},"exits":{},)"
-      R"("crashes":{},"recycles":{},"health_check_failures":{}}})",
+      R"("crashes":{},"recycles":{},"health_check_failures":{},"template_launches":{},)"
+      R"("forks":{},"fork_fallbacks":{}}})",
       st.requests, st.latency.sum(), st.queue_wait.sum(), st.by_class[2], st.by_class[3],
       st.by_class[4], st.by_class[5], st.rejected, st.timeouts, st.retries, st.launches, st.exits,
-      st.crashes, count(st.recycles), st.health_check_failures);
+      st.crashes, count(st.recycles), st.health_check_failures, st.template_launches, st.forks,
+      st.fork_fallbacks);
   return fmt::format(
       R"({{"version":"{}","state":"{}","address":"{}","admin":"{}","pid":{},"uptime_s":{:.3f},)"
       R"("generation":{},"reload":{},"queue":{},"requests_in_progress":{},"connections":{},)"
-      R"("totals":{},"workers":{},"config":{}}})",
+      R"("totals":{},"workers":{},"preload":{},"config":{}}})",
       VALVE_VERSION_STRING, state, json_escape(address_), json_escape(admin_->address()), getpid(),
       (unix_ms() - static_cast<int64_t>(st.started_unix_ms)) / 1000.0, pool_->generation(),
       pool_->reload_json(), pool_->queue_depth(), exchanges_.size(), clients_.size(), totals,
-      pool_->workers_json(), config_.to_json());
+      pool_->workers_json(), pool_->preload_json(), config_.to_json());
 }
 
 bool Server::ready(std::string *why) {
@@ -446,9 +448,7 @@ int Server::prepare() {
           pid_t pid;
           while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
             if (!self) continue;
-            if (Worker *w = self->pool_->find_pid(pid)) {
-              w->on_exit(status);
-            } else {
+            if (!self->pool_->on_reaped(pid, status)) {
               self->log_.debug("reaped orphan process {} ({})", pid, describe_exit(status));
             }
           }
@@ -685,6 +685,7 @@ void Server::finish() {
 void Server::remove_runtime_dir() {
   if (runtime_dir_.empty()) return;
   unlink(pool_->script_path().c_str());
+  pool_->remove_runtime_files();
   if (own_runtime_dir_) {
     if (DIR *d = opendir(runtime_dir_.c_str())) {
       while (dirent *e = readdir(d)) {

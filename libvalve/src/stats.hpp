@@ -21,6 +21,9 @@ struct Stats {
   uint64_t exits = 0;
   uint64_t crashes = 0;  // exits valve did not ask for
   uint64_t health_check_failures = 0;
+  uint64_t template_launches = 0;  // --preload: template processes started
+  uint64_t forks = 0;              // workers forked from a template
+  uint64_t fork_fallbacks = 0;     // workers launched plainly because no template could fork them
   std::map<std::string, uint64_t> recycles;  // by reason: reload, max-requests, max-rss, unhealthy
   std::map<std::string, uint64_t> reloads;   // by result: ok, failed
   uint64_t started_unix_ms = 0;

@@ -12,18 +12,20 @@
 #include <optional>
 #include <random>
 
+#include "line_reader.hpp"
 #include "notify.hpp"
 #include "pool.hpp"
 #include "process.hpp"
 #include "server.hpp"
 #include "stats.hpp"
+#include "template.hpp"
 #include "upstream.hpp"
 
 namespace valve {
 
 namespace {
 constexpr size_t kTailLines = 20;
-constexpr size_t kMaxLine = 8192;
+constexpr double kExitReportGrace = 0.5;  // how long a forked worker's exit status is awaited
 
 std::string replace_all(std::string s, std::string_view from, std::string_view to) {
   for (size_t at = s.find(from); at != std::string::npos; at = s.find(from, at + to.size()))
@@ -31,57 +33,6 @@ std::string replace_all(std::string s, std::string_view from, std::string_view t
   return s;
 }
 }  // namespace
-
-// Reads a child's stdout or stderr as it comes, line by line.
-class LineReader {
- public:
-  LineReader(Worker &worker, uv_loop_t *loop, int fd, bool is_stderr)
-      : worker_(worker), pipe_(new_handle<uv_pipe_t>(this)), is_stderr_(is_stderr) {
-    uv_pipe_init(loop, pipe_, 0);
-    if (uv_pipe_open(pipe_, fd) != 0) {
-      close(fd);
-      close_handle(pipe_);
-      return;
-    }
-    uv_read_start(reinterpret_cast<uv_stream_t *>(pipe_), alloc_read_buffer,
-                  [](uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
-                    if (auto *self = static_cast<LineReader *>(s->data)) self->on_read(n, buf);
-                  });
-  }
-  ~LineReader() { close_handle(pipe_); }
-
- private:
-  void on_read(ssize_t n, const uv_buf_t *buf) {
-    if (n < 0) {
-      if (!partial_.empty()) worker_.on_line(is_stderr_, partial_);
-      partial_.clear();
-      close_handle(pipe_);
-      return;
-    }
-    std::string_view data(buf->base, static_cast<size_t>(n));
-    while (!data.empty()) {
-      size_t nl = data.find('\n');
-      if (nl == std::string_view::npos) {
-        partial_.append(data);
-        if (partial_.size() >= kMaxLine) {
-          worker_.on_line(is_stderr_, partial_);
-          partial_.clear();
-        }
-        return;
-      }
-      partial_.append(data.substr(0, nl));
-      if (!partial_.empty() && partial_.back() == '\r') partial_.pop_back();
-      worker_.on_line(is_stderr_, partial_);
-      partial_.clear();
-      data.remove_prefix(nl + 1);
-    }
-  }
-
-  Worker &worker_;
-  uv_pipe_t *pipe_;
-  bool is_stderr_;
-  std::string partial_;
-};
 
 // One check of a worker over a connection of its own: connect and, when a path is given, GET it
 // and read the status line. done(status, why) runs once: the HTTP status, 0 when only the connect
@@ -173,13 +124,17 @@ class Probe {
 };
 
 // Polls a starting worker with GET /__valve/ready until it answers (any status counts), backing
-// off from 20 ms to 250 ms between tries. Readiness never depends on what a worker logs.
+// off from 20 ms to 250 ms between tries. Readiness never depends on what a worker logs. A forked
+// worker serves within milliseconds, so it is polled from 5 ms, backing off more gently (a miss
+// costs a connect to a socket that does not exist yet).
 class ReadinessProbe {
  public:
-  ReadinessProbe(Worker &worker, uv_loop_t *loop)
+  ReadinessProbe(Worker &worker, uv_loop_t *loop, bool forked)
       : worker_(worker),
         probe_(worker, loop, [this](int status, const std::string &) { on_result(status); }),
-        retry_(loop, [this] { attempt(); }) {}
+        retry_(loop, [this] { attempt(); }),
+        delay_(forked ? 0.005 : 0.02),
+        growth_(forked ? 1.2 : 1.5) {}
 
   void attempt() { probe_.start("/__valve/ready", 0); }
 
@@ -187,13 +142,14 @@ class ReadinessProbe {
   void on_result(int status) {
     if (status > 0) return worker_.on_probe_result(true);  // may destroy this probe
     retry_.start(delay_);
-    delay_ = std::min(0.25, delay_ * 1.5);
+    delay_ = std::min(0.25, delay_ * growth_);
   }
 
   Worker &worker_;
   Probe probe_;
   Timer retry_;
-  double delay_ = 0.02;
+  double delay_;
+  double growth_;
 };
 
 Worker::Worker(Pool &pool, uint64_t id, uint64_t generation)
@@ -226,13 +182,18 @@ Worker::Worker(Pool &pool, uint64_t id, uint64_t generation)
 }
 
 Worker::~Worker() {
+  *alive_ = false;
+  if (fork_pending_) pool_.preloader()->cancel(*this);
   probe_.reset();
   health_probe_.reset();
   close_handles();
   if (pidfd_ >= 0) close(pidfd_);
 }
 
-std::string Worker::label() const { return fmt::format("worker {} (pid {})", id_, pid_); }
+std::string Worker::label() const {
+  if (pid_ <= 0) return fmt::format("worker {} (not forked yet)", id_);
+  return fmt::format("worker {} (pid {})", id_, pid_);
+}
 
 std::string Worker::address() const {
   return socket_path_.empty() ? fmt::format("127.0.0.1:{}", port_) : "unix:" + socket_path_;
@@ -305,38 +266,98 @@ int Worker::launch() {
   }
   if (!socket_path_.empty()) unlink(socket_path_.c_str());
 
+  started_ms_ = monotonic_ms();
+  if (cfg.preload && cfg.cmd.empty() && pool_.preloader()->fork(*this, spec)) {
+    fork_pending_ = true;  // on_forked() or on_fork_failed() follows
+    startup_timer_.start(cfg.startup_timeout);
+    return 0;
+  }
   Spawned child;
   int rc = spawn_process(spec, &child);
   if (rc != 0) return rc;
+  startup_timer_.start(cfg.startup_timeout);
+  attach(child);
+  return 0;
+}
+
+void Worker::on_forked(const Spawned &child) {
+  fork_pending_ = false;
+  forked_ = true;
+  attach(child);
+}
+
+void Worker::on_fork_failed(const SpawnSpec &spec, std::string_view why) {
+  fork_pending_ = false;
+  pool_.log().warn("worker {}: {}; launching it plainly", id_, why);
+  startup_timer_.start(pool_.config().startup_timeout);  // the wait for a template is not its own
+  Spawned child;
+  int rc = spawn_process(spec, &child);
+  if (rc != 0) {
+    pool_.log().error("cannot launch worker {}: {}", id_, uv_message(rc));
+    stop_requested_ = true;
+    state_ = State::stopping;
+    pool_.server().defer([this, alive = alive_] {
+      if (*alive) on_exit(kExitNeverStarted);
+    });
+    return;
+  }
+  attach(child);
+}
+
+void Worker::end_unstarted(std::string_view why) {
+  pool_.preloader()->cancel(*this);
+  fork_pending_ = false;
+  pool_.log().info("worker {} ends before it was forked: {}", id_, why);
+  // Reported from the loop, never from inside stop() or kill(): the pool may be iterating.
+  pool_.server().defer([this, alive = alive_] {
+    if (*alive) on_exit(kExitNeverStarted);
+  });
+}
+
+void Worker::attach(const Spawned &child) {
+  Server &server = pool_.server();
   pid_ = child.pid;
   pidfd_ = child.pidfd;
-  started_ms_ = monotonic_ms();
   uv_loop_t *loop = server.loop();
-  out_ = std::make_unique<LineReader>(*this, loop, child.out_fd, false);
-  err_ = std::make_unique<LineReader>(*this, loop, child.err_fd, true);
+  out_ = std::make_unique<LineReader>(loop, child.out_fd,
+                                      [this](std::string_view line) { on_line(false, line); });
+  err_ = std::make_unique<LineReader>(loop, child.err_fd,
+                                      [this](std::string_view line) { on_line(true, line); });
   if (pidfd_ >= 0) {
     exit_poll_ = new_handle<uv_poll_t>(this);
     uv_poll_init(loop, exit_poll_, pidfd_);
     uv_poll_start(exit_poll_, UV_READABLE, [](uv_poll_t *p, int, int) {
       if (auto *self = static_cast<Worker *>(p->data)) self->check_exit();
     });
-  } else {
+  } else if (!forked_) {
     exit_check_.start(0.05, 0.05);  // no pidfd on this kernel: poll waitpid
   }
-  startup_timer_.start(cfg.startup_timeout);
-  pool_.log().info("{} launched, serving on {}", label(), address());
+  if (forked_) {
+    pool_.log().info("{} forked from the template in {} ms, serving on {}", label(),
+                     monotonic_ms() - started_ms_, address());
+  } else {
+    pool_.log().info("{} launched, serving on {}", label(), address());
+  }
   if (server.wants_events())
-    server.emit(fmt::format(R"({{"event":"worker_launched","worker":{},"pid":{}}})", id_, pid_));
-  probe_ = std::make_unique<ReadinessProbe>(*this, loop);
+    server.emit(fmt::format(R"({{"event":"worker_launched","worker":{},"pid":{},"forked":{}}})",
+                            id_, pid_, forked_ ? "true" : "false"));
+  probe_ = std::make_unique<ReadinessProbe>(*this, loop, forked_);
   probe_->attempt();
-  return 0;
 }
 
 void Worker::check_exit() {
-  if (state_ == State::exited) return;
+  if (state_ == State::exited || pid_ <= 0) return;
   int status = 0;
   pid_t r = waitpid(pid_, &status, WNOHANG);
-  if (r == pid_) on_exit(status);
+  if (r == pid_) return on_exit(status);
+  if (forked_ && r < 0 && errno == ECHILD) {
+    // Not valve's child: the template reaps it and reports how it ended. Without a report soon
+    // (the template is gone too, and another process reaped the worker), the status is unknown.
+    if (exit_seen_) return on_exit(kExitUnknown);
+    exit_seen_ = true;
+    if (exit_poll_) uv_poll_stop(exit_poll_);  // level-triggered: it would fire again at once
+    exit_check_.start(kExitReportGrace);
+  }
 }
 
 void Worker::on_probe_result(bool answered) {
@@ -424,7 +445,7 @@ void Worker::set_unhealthy(bool unhealthy, std::string_view why) {
 }
 
 uint64_t Worker::sample_rss() {
-  if (pid_ <= 0 || state_ == State::exited) return rss_bytes_ = 0;
+  if (pid_ <= 0 || state_ == State::exited) return rss_bytes_ = pss_bytes_ = 0;
   char path[64];
   std::snprintf(path, sizeof path, "/proc/%d/statm", static_cast<int>(pid_));
   FILE *f = std::fopen(path, "r");
@@ -433,7 +454,9 @@ uint64_t Worker::sample_rss() {
   if (std::fscanf(f, "%lu %lu", &size, &resident) == 2)
     rss_bytes_ = static_cast<uint64_t>(resident) * static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
   std::fclose(f);
-  return rss_bytes_;
+  if (!forked_) return rss_bytes_;
+  if (auto pss = read_pss_bytes(pid_)) pss_bytes_ = *pss;
+  return pss_bytes_;
 }
 
 UpstreamConn &Worker::lease() {
@@ -496,6 +519,7 @@ void Worker::stop(std::string_view why) {
   stop_requested_ = true;
   stop_chosen_ = true;
   health_timer_.stop();
+  if (fork_pending_) return end_unstarted(why);
   pool_.log().info("stopping {}: {}", label(), why);
   signal_group(pid_, SIGTERM);
   kill_timer_.start(pool_.config().kill_timeout);
@@ -506,6 +530,7 @@ void Worker::kill(std::string_view why) {
   if (state_ != State::stopping) pool_.log().warn("killing {}: {}", label(), why);
   state_ = State::stopping;
   stop_requested_ = true;
+  if (fork_pending_) return end_unstarted(why);
   signal_group(pid_, SIGKILL);
 }
 

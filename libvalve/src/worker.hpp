@@ -20,6 +20,8 @@ class UpstreamConn;
 class LineReader;
 class Probe;
 class ReadinessProbe;
+struct SpawnSpec;
+struct Spawned;
 
 class Worker {
  public:
@@ -33,8 +35,12 @@ class Worker {
   Worker(const Worker &) = delete;
   Worker &operator=(const Worker &) = delete;
 
-  // Starts the process; 0 or a negative errno.
+  // Starts the process (or, with --preload, asks the template to fork it); 0 or a negative errno.
   int launch();
+  // Preloading (template.hpp): the template forked this worker; or it could not, and the worker is
+  // launched plainly from spec instead.
+  void on_forked(const Spawned &child);
+  void on_fork_failed(const SpawnSpec &spec, std::string_view why);
   // An idle connection, or a new one; counts one more request in flight.
   UpstreamConn &lease();
   // The request on conn is over; a reusable conn is kept for the next one.
@@ -55,7 +61,9 @@ class Worker {
   // It answered a request (any status): it works, whatever befalls it later.
   void note_answered() { ++answered_; }
   uint64_t answered() const { return answered_; }
-  // Reads the resident memory from /proc; returns it (0 when unknown).
+  // Reads the resident memory from /proc; returns what max-rss compares (0 when unknown): the
+  // resident size, or for a forked worker its proportional share (PSS), since the pages it shares
+  // with the template and its siblings are resident once for all of them.
   uint64_t sample_rss();
   // The process has exited (status from waitpid).
   void on_exit(int wait_status);
@@ -80,6 +88,8 @@ class Worker {
   // Ready but to be replaced (retiring or unhealthy), and not yet draining.
   bool awaiting_replacement() const { return state_ == State::ready && (retiring() || unhealthy_); }
   uint64_t rss_bytes() const { return rss_bytes_; }
+  uint64_t pss_bytes() const { return pss_bytes_; }  // sampled for forked workers only
+  bool forked() const { return forked_; }              // forked from a preload template
   int64_t last_used_unix_ms() const { return last_used_unix_ms_; }
   bool was_ready() const { return ready_ms_ != 0; }
   bool stop_requested() const { return stop_requested_; }
@@ -98,6 +108,8 @@ class Worker {
 
  private:
   friend class ReadinessProbe;
+  void attach(const Spawned &child);  // the process exists: watch it, read its output, probe it
+  void end_unstarted(std::string_view why);  // stopped or killed before the template forked it
   void on_probe_result(bool answered);
   void on_ready();
   void check_health();
@@ -123,6 +135,7 @@ class Worker {
   int64_t last_used_unix_ms_ = 0;  // 0: never served
   uint64_t request_limit_ = 0;     // max-requests plus this worker's jitter (0: none)
   uint64_t rss_bytes_ = 0;
+  uint64_t pss_bytes_ = 0;
   std::string retire_reason_;
   bool unhealthy_ = false;
   uint64_t health_passes_ = 0;  // checks in a row
@@ -138,6 +151,10 @@ class Worker {
   bool stop_requested_ = false;
   bool stop_chosen_ = false;
   bool lost_race_ = false;
+  bool fork_pending_ = false;  // the template has been asked to fork it: no process yet
+  bool forked_ = false;
+  bool exit_seen_ = false;  // a forked worker's pidfd said it ended; its status is awaited
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
   Timer startup_timer_;
   Timer kill_timer_;
   Timer exit_check_;

@@ -34,14 +34,18 @@ class Admin(ValveTestCase):
         self.assertEqual(status["pid"], valve.pid)
         self.assertEqual(status["generation"], 1)
         self.assertEqual(status["queue"], 0)
+        self.assertIsNone(status["preload"])
         self.assertEqual(status["config"]["n-max"], 3)
         self.assertEqual(status["config"]["admin"], "127.0.0.1:0")
         self.assertEqual(sorted(w["pid"] for w in status["workers"]), valve.worker_pids())
         served = 0
         for w in status["workers"]:
             self.assertEqual(set(w), {"id", "pid", "generation", "state", "address", "requests",
-                                      "in_flight", "rss_bytes", "age_s", "idle_s", "last_used"})
+                                      "in_flight", "rss_bytes", "forked", "pss_bytes", "age_s",
+                                      "idle_s", "last_used"})
             self.assertEqual(w["generation"], 1)
+            self.assertFalse(w["forked"])  # no --preload: launched, and PSS is not sampled
+            self.assertEqual(w["pss_bytes"], 0)
             self.assertEqual(w["in_flight"], 0)
             self.assertGreater(w["age_s"], 0)
             served += w["requests"]

@@ -175,21 +175,25 @@ class Identity(ValveTestCase):
         api = os.path.join(public, "whoami.R")
         shutil.copy(app_path("whoami.R"), api)
         os.chmod(api, 0o644)
-        valve = self.start_valve("-f", api, "--user", "nobody", "--admin", "127.0.0.1:0",
-                                 ready="/hello", ready_timeout=60, allow_root=False)
-        got = valve.get("/env?names=HOME,USER,LOGNAME").json()
-        self.assertEqual(got["user"], "nobody")
-        self.assertEqual(got["values"]["HOME"], "/nonexistent")
-        self.assertEqual(got["values"]["USER"], "nobody")
-        self.assertEqual(got["values"]["LOGNAME"], "nobody")
-        self.assertEqual(proc_uids(got["pid"]), (65534, 65534, 65534, 65534))
-        # The socket directory is now the worker's, and still private.
-        (worker,) = valve.status()["workers"]
-        directory = os.path.dirname(worker["address"][5:])
-        info = os.stat(directory)
-        self.assertEqual((info.st_uid, stat.S_IMODE(info.st_mode)), (65534, 0o700))
-        # valve itself stays root (it must, to signal and replace its workers).
-        self.assertEqual(proc_uids(valve.pid)[:2], (0, 0))
+        for extra in ([], ["--preload"]):  # launched, and forked from a template
+            with self.subTest(extra=extra):
+                valve = self.start_valve("-f", api, "--user", "nobody", "--admin", "127.0.0.1:0",
+                                         *extra, ready="/hello", ready_timeout=60,
+                                         allow_root=False)
+                got = valve.get("/env?names=HOME,USER,LOGNAME").json()
+                self.assertEqual(got["user"], "nobody")
+                self.assertEqual(got["values"]["HOME"], "/nonexistent")
+                self.assertEqual(got["values"]["USER"], "nobody")
+                self.assertEqual(got["values"]["LOGNAME"], "nobody")
+                self.assertEqual(proc_uids(got["pid"]), (65534, 65534, 65534, 65534))
+                (worker,) = valve.status()["workers"]
+                self.assertEqual(worker.get("forked", False), bool(extra), worker)
+                # The socket directory is now the worker's, and still private.
+                directory = os.path.dirname(worker["address"][5:])
+                info = os.stat(directory)
+                self.assertEqual((info.st_uid, stat.S_IMODE(info.st_mode)), (65534, 0o700))
+                # valve itself stays root (it must, to signal and replace its workers).
+                self.assertEqual(proc_uids(valve.pid)[:2], (0, 0))
 
 
 if __name__ == "__main__":

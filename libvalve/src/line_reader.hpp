@@ -1,0 +1,30 @@
+// Reads a child's stdout or stderr as it comes, line by line.
+#pragma once
+
+#include <uv.h>
+
+#include <functional>
+#include <string>
+#include <string_view>
+
+namespace valve {
+
+class LineReader {
+ public:
+  using Sink = std::function<void(std::string_view line)>;
+  // Takes ownership of fd (the read end of a pipe); sink gets each line without its newline, and
+  // the last partial line at end of file.
+  LineReader(uv_loop_t *loop, int fd, Sink sink);
+  ~LineReader();
+  LineReader(const LineReader &) = delete;
+  LineReader &operator=(const LineReader &) = delete;
+
+ private:
+  void on_read(ssize_t n, const uv_buf_t *buf);
+
+  uv_pipe_t *pipe_;
+  Sink sink_;
+  std::string partial_;
+};
+
+}  // namespace valve

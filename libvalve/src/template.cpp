@@ -1,0 +1,594 @@
+#include "template.hpp"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+
+#include <cerrno>
+#include <cstring>
+#include <deque>
+#include <map>
+#include <utility>
+
+#include "line_reader.hpp"
+#include "pool.hpp"
+#include "process.hpp"
+#include "server.hpp"
+#include "stats.hpp"
+#include "util.hpp"
+#include "worker.hpp"
+
+namespace valve {
+
+extern const unsigned char kPreloadHelper[];  // preload_helper.c, built and embedded by meson
+extern const size_t kPreloadHelperSize;
+
+namespace {
+
+constexpr size_t kTailLines = 20;
+constexpr unsigned kMaxDeaths =
+    3;  // deaths in a row, without a fork between, before plain launches
+
+// Run by the template: load the API once, then fork workers on valve's request (the helper's
+// .C() returns in each forked child). See template.hpp.
+constexpr const char *kTemplateScript =
+    R"R(# Written by valve. The preload template: loads one plumber API, then forks workers.
+local({
+  file <- Sys.getenv("VALVE_FILE")
+  if (!requireNamespace("plumber", quietly = TRUE) || !requireNamespace("httpuv", quietly = TRUE)) {
+    message("valve: the R package 'plumber' is not installed (library paths: ",
+            paste(.libPaths(), collapse = ", "), ")")
+    quit(save = "no", status = 78)
+  }
+  tryCatch(dyn.load(Sys.getenv("VALVE_PRELOAD_HELPER")), error = function(e) {
+    message("valve: cannot load the preload helper: ", conditionMessage(e))
+    quit(save = "no", status = 70)
+  })
+  envir <- new.env(parent = globalenv())
+  router <- tryCatch(plumber::pr(file, envir = envir), error = function(e) {
+    message("valve: cannot load ", file, ": ", conditionMessage(e))
+    quit(save = "no", status = 1)
+  })
+  hook <- get0("valve_post_fork", envir = envir, mode = "function")
+  got <- .C("valve_template_serve", ctl = 3L, lifeline = 4L, id = 0L,
+            socket = strrep(" ", 4096L), seed = 0L)
+  if (got$id <= 0L) quit(save = "no", status = 0)  # valve closed the control socket
+  # A worker from here on, forked from the template.
+  Sys.unsetenv("VALVE_TEMPLATE")
+  Sys.setenv(VALVE_WORKER_ID = as.character(got$id), VALVE_SOCKET = got$socket)
+  if (exists(".Random.seed", envir = globalenv(), inherits = FALSE))
+    rm(".Random.seed", envir = globalenv())
+  set.seed(got$seed)
+  if (!is.null(hook)) tryCatch(hook(), error = function(e) {
+    message("valve: valve_post_fork() failed: ", conditionMessage(e))
+    quit(save = "no", status = 1)
+  })
+  httpuv::startPipeServer(got$socket, strtoi("077", 8L), router)
+  repeat httpuv::service(1000)
+})
+)R";
+
+// Readable by all: the directory (0700) keeps others out, and workers of --user must read them.
+bool write_file(const std::string &path, const void *data, size_t size) {
+  int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return false;
+  const char *p = static_cast<const char *>(data);
+  while (size > 0) {
+    ssize_t n = write(fd, p, size);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      close(fd);
+      return false;
+    }
+    p += n;
+    size -= static_cast<size_t>(n);
+  }
+  return close(fd) == 0;
+}
+
+bool starts_with_key(const std::string &entry, std::string_view key) {
+  return entry.size() > key.size() && entry.compare(0, key.size(), key) == 0 &&
+         entry[key.size()] == '=';
+}
+
+}  // namespace
+
+// One template process and its control socket.
+class Template {
+ public:
+  enum class State { starting, ready, ending, exited };
+
+  struct Pending {
+    Worker *worker = nullptr;
+    SpawnSpec spec;  // the plain launch, should the fork fail
+    int out = -1, err = -1;
+    bool sent = false;
+    void close_pipes() {
+      if (out >= 0) close(out);
+      if (err >= 0) close(err);
+      out = err = -1;
+    }
+  };
+
+  Template(Preloader &owner, uint64_t generation, SpawnSpec spec, unsigned deaths)
+      : owner_(owner),
+        pool_(owner.pool()),
+        generation_(generation),
+        spec_(std::move(spec)),
+        deaths_(deaths),
+        startup_timer_(pool_.server().loop(),
+                       [this] {
+                         if (state_ != State::starting) return;
+                         pool_.log().warn("{} did not load the API within {} s", label(),
+                                          format_seconds(pool_.config().startup_timeout));
+                         signal_group(pid_, SIGKILL);
+                       }),
+        kill_timer_(pool_.server().loop(), [this] {
+          if (state_ == State::ending) signal_group(pid_, SIGKILL);
+        }) {}
+
+  ~Template() {
+    *alive_ = false;
+    close_channel();
+    if (exit_poll_) close_handle(exit_poll_);
+    if (pidfd_ >= 0) close(pidfd_);
+    for (auto &[id, p] : pending_) p.close_pipes();
+  }
+  Template(const Template &) = delete;
+  Template &operator=(const Template &) = delete;
+
+  uint64_t generation() const { return generation_; }
+  pid_t pid() const { return pid_; }
+  State state() const { return state_; }
+  unsigned deaths() const { return deaths_; }
+  uint64_t forks() const { return forks_; }
+  const SpawnSpec &spec() const { return spec_; }
+  bool was_ready() const { return ready_ms_ != 0; }
+  bool ended() const { return ended_; }  // valve ended it
+  std::map<uint64_t, Pending> &pending() { return pending_; }
+  const char *state_name() const {
+    switch (state_) {
+      case State::starting:
+        return "starting";
+      case State::ready:
+        return "ready";
+      case State::ending:
+        return "stopping";
+      case State::exited:
+        return "exited";
+    }
+    return "unknown";
+  }
+  std::string label() const {
+    return fmt::format("template for generation {} (pid {})", generation_, pid_);
+  }
+  std::string tail() const {
+    std::string out;
+    for (const auto &l : tail_) out += "\n  " + l;
+    return out;
+  }
+
+  // Spawns the template; 0 or a negative errno.
+  int start() {
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) return -errno;
+    SpawnSpec spec = spec_;
+    spec.keep_fds = {sv[1], owner_.lifeline_fd()};  // fds 3 and 4 in template.R
+    Spawned child;
+    int rc = spawn_process(spec, &child);
+    close(sv[1]);
+    if (rc != 0) {
+      close(sv[0]);
+      return rc;
+    }
+    ctl_ = sv[0];
+    fcntl(ctl_, F_SETFL, fcntl(ctl_, F_GETFL) | O_NONBLOCK);
+    pid_ = child.pid;
+    pidfd_ = child.pidfd;
+    started_ms_ = monotonic_ms();
+    uv_loop_t *loop = pool_.server().loop();
+    out_ = std::make_unique<LineReader>(loop, child.out_fd,
+                                        [this](std::string_view l) { on_line(false, l); });
+    err_ = std::make_unique<LineReader>(loop, child.err_fd,
+                                        [this](std::string_view l) { on_line(true, l); });
+    ctl_poll_ = new_handle<uv_poll_t>(this);
+    uv_poll_init(loop, ctl_poll_, ctl_);
+    uv_poll_start(ctl_poll_, UV_READABLE, [](uv_poll_t *p, int, int) {
+      if (auto *self = static_cast<Template *>(p->data)) self->on_readable();
+    });
+    exit_poll_ = new_handle<uv_poll_t>(this);
+    uv_poll_init(loop, exit_poll_, pidfd_);
+    uv_poll_start(exit_poll_, UV_READABLE, [](uv_poll_t *p, int, int) {
+      if (auto *self = static_cast<Template *>(p->data)) self->check_exit();
+    });
+    startup_timer_.start(pool_.config().startup_timeout);
+    pool_.server().stats().template_launches++;
+    pool_.log().info("{} launched: loading {}", label(), pool_.api_file());
+    return 0;
+  }
+
+  void request(Worker &w, const SpawnSpec &spec) {
+    Pending &p = pending_[w.id()];
+    p.worker = &w;
+    p.spec = spec;
+    if (state_ == State::ready) send_fork(w.id(), p);
+  }
+
+  void cancel(uint64_t worker_id) {
+    auto it = pending_.find(worker_id);
+    if (it == pending_.end()) return;
+    it->second.close_pipes();
+    pending_.erase(it);  // a fork already under way is killed when it is reported
+  }
+
+  // Closes the control socket (the template then quits), SIGTERM, SIGKILL after kill-timeout.
+  void end(std::string_view why) {
+    if (state_ == State::ending || state_ == State::exited) return;
+    state_ = State::ending;
+    ended_ = true;
+    startup_timer_.stop();
+    pool_.log().info("stopping {}: {}", label(), why);
+    close_channel();
+    signal_group(pid_, SIGTERM);
+    kill_timer_.start(pool_.config().kill_timeout);
+  }
+
+  void check_exit() {
+    int status = 0;
+    if (state_ != State::exited && waitpid(pid_, &status, WNOHANG) == pid_) on_exit(status);
+  }
+
+  void on_exit(int status) {
+    if (state_ == State::exited) return;
+    bool expected = state_ == State::ending;
+    state_ = State::exited;
+    startup_timer_.stop();
+    kill_timer_.stop();
+    close_channel();
+    if (exit_poll_) close_handle(exit_poll_);
+    signal_group(pid_, SIGKILL);  // what it started itself (its workers have groups of their own)
+    pool_.log().write(
+        expected ? LogLevel::info : LogLevel::warn,
+        fmt::format("{} {}{}", label(), describe_exit(status), expected ? "" : " unexpectedly"));
+    owner_.on_template_exit(*this, status);  // may destroy this template: nothing after it
+  }
+
+ private:
+  void close_channel() {
+    if (ctl_poll_) close_handle(ctl_poll_);
+    if (ctl_ >= 0) close(ctl_);
+    ctl_ = -1;
+  }
+
+  void on_line(bool is_stderr, std::string_view line) {
+    pool_.log().info("{}{}: {}", label(), is_stderr ? "" : " [stdout]", line);
+    tail_.emplace_back(line);
+    if (tail_.size() > kTailLines) tail_.pop_front();
+  }
+
+  void send_fork(uint64_t id, Pending &p) {
+    int out[2] = {-1, -1}, err[2] = {-1, -1};
+    int rc = 0;
+    if (pipe2(out, O_CLOEXEC) != 0 || pipe2(err, O_CLOEXEC) != 0) {
+      rc = errno;
+    } else {
+      std::string text = fmt::format("fork {} {}", id, p.worker->socket_path());
+      iovec iov{text.data(), text.size()};
+      union {
+        char space[CMSG_SPACE(2 * sizeof(int))];
+        cmsghdr align;
+      } control{};
+      msghdr msg{};
+      msg.msg_iov = &iov;
+      msg.msg_iovlen = 1;
+      msg.msg_control = control.space;
+      msg.msg_controllen = sizeof control.space;
+      cmsghdr *c = CMSG_FIRSTHDR(&msg);
+      c->cmsg_level = SOL_SOCKET;
+      c->cmsg_type = SCM_RIGHTS;
+      c->cmsg_len = CMSG_LEN(2 * sizeof(int));
+      int fds[2] = {out[1], err[1]};
+      std::memcpy(CMSG_DATA(c), fds, sizeof fds);
+      if (sendmsg(ctl_, &msg, MSG_DONTWAIT | MSG_NOSIGNAL) < 0) rc = errno;
+    }
+    for (int fd : {out[1], err[1]}) {
+      if (fd >= 0) close(fd);
+    }
+    if (rc != 0) {
+      for (int fd : {out[0], err[0]}) {
+        if (fd >= 0) close(fd);
+      }
+      fail_later(id, fmt::format("{} could not be asked to fork it: {}", label(), strerror(rc)));
+      return;
+    }
+    p.out = out[0];
+    p.err = err[0];
+    p.sent = true;
+  }
+
+  // The worker is launched plainly instead, from the loop (never from inside Preloader::fork).
+  void fail_later(uint64_t id, std::string why) {
+    pool_.server().defer([this, alive = alive_, id, why = std::move(why)] {
+      if (!*alive) return;
+      auto it = pending_.find(id);
+      if (it == pending_.end()) return;
+      Pending p = std::move(it->second);
+      pending_.erase(it);
+      p.close_pipes();
+      pool_.server().stats().fork_fallbacks++;
+      p.worker->on_fork_failed(p.spec, why);
+    });
+  }
+
+  void on_readable() {
+    char buf[512];
+    for (;;) {
+      ssize_t n = recv(ctl_, buf, sizeof buf - 1, MSG_DONTWAIT);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
+      if (n <= 0) {  // the template closed its end: its exit follows through the pidfd
+        close_channel();
+        return;
+      }
+      buf[n] = 0;
+      auto alive = alive_;
+      on_message(buf);
+      if (!*alive || ctl_ < 0) return;
+    }
+  }
+
+  void on_message(const char *msg) {
+    int id = 0, pid = 0, status = 0;
+    if (sscanf(msg, "ready %d", &pid) == 1) {
+      if (state_ != State::starting) return;
+      state_ = State::ready;
+      ready_ms_ = monotonic_ms();
+      startup_timer_.stop();
+      pool_.log().info("{} ready after {} ms: workers are forked from it", label(),
+                       ready_ms_ - started_ms_);
+      for (auto &[wid, p] : pending_) {
+        if (!p.sent) send_fork(wid, p);
+      }
+    } else if (sscanf(msg, "forked %d %d", &id, &pid) == 2) {
+      auto it = pending_.find(static_cast<uint64_t>(id));
+      if (it == pending_.end()) {  // cancelled meanwhile
+        signal_group(pid, SIGKILL);
+        return;
+      }
+      Pending p = std::move(it->second);
+      pending_.erase(it);
+      ++forks_;
+      deaths_ = 0;
+      pool_.server().stats().forks++;
+      Spawned child;
+      child.pid = pid;
+      child.pidfd = static_cast<int>(syscall(SYS_pidfd_open, pid, 0));
+      if (child.pidfd >= 0) fcntl(child.pidfd, F_SETFD, FD_CLOEXEC);
+      // Without a pidfd it already ended and was reaped: the template's "exit" report follows.
+      child.out_fd = p.out;
+      child.err_fd = p.err;
+      p.worker->on_forked(child);
+    } else if (sscanf(msg, "failed %d %d", &id, &status) == 2) {
+      auto it = pending_.find(static_cast<uint64_t>(id));
+      if (it == pending_.end()) return;
+      Pending p = std::move(it->second);
+      pending_.erase(it);
+      p.close_pipes();
+      pool_.server().stats().fork_fallbacks++;
+      p.worker->on_fork_failed(p.spec,
+                               fmt::format("{} could not fork it: {}", label(), strerror(status)));
+    } else if (sscanf(msg, "exit %d %d %d", &id, &pid, &status) == 3) {
+      Worker *w = pool_.find_pid(pid);
+      if (w && w->forked() && (id == 0 || w->id() == static_cast<uint64_t>(id))) w->on_exit(status);
+    } else {
+      pool_.log().warn("{} sent an unknown message: {}", label(), msg);
+    }
+  }
+
+  Preloader &owner_;
+  Pool &pool_;
+  uint64_t generation_;
+  SpawnSpec spec_;
+  unsigned deaths_;  // earlier templates of this generation that died, with no fork since
+  pid_t pid_ = -1;
+  int pidfd_ = -1;
+  int ctl_ = -1;
+  State state_ = State::starting;
+  uint64_t started_ms_ = 0;
+  uint64_t ready_ms_ = 0;
+  uint64_t forks_ = 0;
+  bool ended_ = false;
+  uv_poll_t *ctl_poll_ = nullptr;
+  uv_poll_t *exit_poll_ = nullptr;
+  std::unique_ptr<LineReader> out_, err_;
+  std::deque<std::string> tail_;
+  std::map<uint64_t, Pending> pending_;
+  Timer startup_timer_;
+  Timer kill_timer_;
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+};
+
+Preloader::Preloader(Pool &pool) : pool_(pool) {
+  if (pipe2(lifeline_, O_CLOEXEC) != 0) lifeline_[0] = lifeline_[1] = -1;
+}
+
+Preloader::~Preloader() {
+  templates_.clear();
+  for (int fd : lifeline_) {
+    if (fd >= 0) close(fd);
+  }
+}
+
+bool Preloader::write_files(std::string *why) {
+  int probe = static_cast<int>(syscall(SYS_pidfd_open, getpid(), 0));
+  if (probe < 0) {
+    *why = "this kernel has no pidfds (Linux 5.3 or later), needed to watch forked workers";
+    return false;
+  }
+  close(probe);
+  if (lifeline_[0] < 0) {
+    *why = fmt::format("cannot make the lifeline pipe: {}", strerror(errno));
+    return false;
+  }
+  const std::string &dir = pool_.server().runtime_dir();
+  script_path_ = dir + "/template.R";
+  helper_path_ = dir + "/preload.so";
+  if (!write_file(script_path_, kTemplateScript, std::strlen(kTemplateScript)) ||
+      !write_file(helper_path_, kPreloadHelper, kPreloadHelperSize)) {
+    *why = fmt::format("cannot write the template's files in {}: {}", dir, strerror(errno));
+    return false;
+  }
+  return true;
+}
+
+void Preloader::remove_files() {
+  if (!script_path_.empty()) unlink(script_path_.c_str());
+  if (!helper_path_.empty()) unlink(helper_path_.c_str());
+}
+
+Template *Preloader::find(uint64_t generation) {
+  for (auto &t : templates_) {
+    if (t->generation() == generation &&
+        (t->state() == Template::State::starting || t->state() == Template::State::ready))
+      return t.get();
+  }
+  return nullptr;
+}
+
+bool Preloader::fork(Worker &w, const SpawnSpec &spec) {
+  if (terminating_) return false;
+  if (!checked_) {
+    checked_ = true;
+    std::string why;
+    usable_ = write_files(&why);
+    if (!usable_) pool_.log().warn("preload: workers are launched plainly: {}", why);
+  }
+  if (!usable_ || plain_generations_.count(w.generation())) return false;
+  Template *t = find(w.generation());
+  if (!t) {
+    // The template runs as the worker would (same program, environment, directory), but runs
+    // template.R and is no worker: it has neither a worker id nor a socket.
+    SpawnSpec tspec = spec;
+    if (!tspec.argv.empty()) tspec.argv.back() = script_path_;
+    std::erase_if(tspec.env, [](const std::string &e) {
+      return starts_with_key(e, "VALVE_WORKER_ID") || starts_with_key(e, "VALVE_SOCKET");
+    });
+    tspec.env.push_back("VALVE_TEMPLATE=1");
+    tspec.env.push_back("VALVE_PRELOAD_HELPER=" + helper_path_);
+    auto fresh = std::make_unique<Template>(*this, w.generation(), std::move(tspec), 0);
+    if (int rc = fresh->start(); rc != 0) {
+      plain_generations_.insert(w.generation());
+      pool_.server().stats().fork_fallbacks++;
+      pool_.log().warn(
+          "preload: generation {} launches workers plainly: cannot launch its template: {}",
+          w.generation(), uv_message(rc));
+      return false;
+    }
+    templates_.push_back(std::move(fresh));
+    t = templates_.back().get();
+  }
+  t->request(w, spec);
+  return true;
+}
+
+void Preloader::cancel(Worker &w) {
+  for (auto &t : templates_) t->cancel(w.id());
+}
+
+bool Preloader::on_reaped(pid_t pid, int wait_status) {
+  for (auto &t : templates_) {
+    if (t->pid() == pid && t->state() != Template::State::exited) {
+      t->on_exit(wait_status);
+      return true;
+    }
+  }
+  return false;
+}
+
+void Preloader::launch_plainly(Template &t, std::string_view why) {
+  auto waiting = std::move(t.pending());
+  t.pending().clear();
+  for (auto &[id, p] : waiting) {
+    p.close_pipes();
+    pool_.server().stats().fork_fallbacks++;
+    p.worker->on_fork_failed(p.spec, why);
+  }
+}
+
+void Preloader::fall_back(Template &t, std::string why) {
+  plain_generations_.insert(t.generation());
+  pool_.log().warn("preload: generation {} launches workers plainly: {}", t.generation(), why);
+  launch_plainly(t, "its template is not available");
+}
+
+void Preloader::on_template_exit(Template &t, int wait_status) {
+  uint64_t gen = t.generation();
+  if (terminating_ || t.ended()) {
+    launch_plainly(t, "its template was stopped");
+  } else if (!t.was_ready()) {
+    fall_back(t, fmt::format("the {} {} before it loaded the API. Its last output:{}", t.label(),
+                             describe_exit(wait_status), t.tail()));
+  } else if (gen == pool_.generation() || !t.pending().empty()) {
+    unsigned deaths = t.deaths() + 1;
+    if (deaths >= kMaxDeaths) {
+      fall_back(t, fmt::format("the template for generation {} died {} times in a row without "
+                               "forking a worker in between",
+                               gen, deaths));
+    } else {
+      auto fresh = std::make_unique<Template>(*this, gen, t.spec(), deaths);
+      if (int rc = fresh->start(); rc != 0) {
+        fall_back(t, fmt::format("cannot relaunch the template for generation {}: {}", gen,
+                                 uv_message(rc)));
+      } else {
+        pool_.log().info("preload: relaunching the template for generation {}", gen);
+        for (auto &[id, p] : t.pending()) {
+          p.close_pipes();  // sent to the dead template: asked again of the new one
+          fresh->request(*p.worker, p.spec);
+        }
+        t.pending().clear();
+        templates_.push_back(std::move(fresh));
+      }
+    }
+  }
+  pool_.server().defer_erase(templates_, &t);
+  pool_.on_template_exit();
+}
+
+void Preloader::keep_only(uint64_t generation) {
+  // A generation number can come again (a failed reload's is reused by the next reload).
+  std::erase_if(plain_generations_, [generation](uint64_t g) { return g != generation; });
+  for (auto &t : templates_) {
+    if (t->generation() != generation) t->end("its generation no longer serves");
+  }
+}
+
+void Preloader::terminate() {
+  terminating_ = true;
+  for (auto &t : templates_) t->end("shutting down");
+}
+
+bool Preloader::all_exited() const {
+  for (const auto &t : templates_) {
+    if (t->state() != Template::State::exited) return false;
+  }
+  return true;
+}
+
+std::string Preloader::json() const {
+  std::string templates;
+  for (const auto &t : templates_) {
+    if (!templates.empty()) templates += ",";
+    templates += fmt::format(R"({{"generation":{},"pid":{},"state":"{}","forks":{}}})",
+                             t->generation(), t->pid(), t->state_name(), t->forks());
+  }
+  std::string plain;
+  for (uint64_t g : plain_generations_) plain += (plain.empty() ? "" : ",") + std::to_string(g);
+  return fmt::format(R"({{"templates":[{}],"plain_generations":[{}]}})", templates, plain);
+}
+
+}  // namespace valve
