@@ -23,6 +23,7 @@
 #include <array>
 #include <atomic>
 #include <chrono>
+#include <cerrno>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -50,13 +51,25 @@ int64_t now_ms() {
   return duration_cast<milliseconds>(steady_clock::now().time_since_epoch()).count();
 }
 
+// Waits until fd is ready for `events` or the deadline passes. A signal (valve's SIGCHLD lands on
+// any thread) does not end the wait early: an early end was once taken for a hang of valve's.
+bool wait_for(int fd, short events, int64_t deadline) {
+  for (;;) {
+    int wait = static_cast<int>(deadline - now_ms());
+    if (wait <= 0) return false;
+    pollfd p{fd, events, 0};
+    int r = poll(&p, 1, wait);
+    if (r > 0) return true;
+    if (r == 0 || errno != EINTR) return false;
+  }
+}
+
 // Writes all of data, giving up (without failing) when the peer stops reading or closes.
 void write_all(int fd, std::string_view data, int64_t deadline) {
   while (!data.empty()) {
-    pollfd p{fd, POLLOUT, 0};
-    int wait = static_cast<int>(deadline - now_ms());
-    if (wait <= 0 || poll(&p, 1, wait) <= 0) return;
+    if (!wait_for(fd, POLLOUT, deadline)) return;
     ssize_t n = send(fd, data.data(), data.size(), MSG_NOSIGNAL);
+    if (n < 0 && errno == EINTR) continue;
     if (n <= 0) return;
     data.remove_prefix(static_cast<size_t>(n));
   }
@@ -66,10 +79,9 @@ void write_all(int fd, std::string_view data, int64_t deadline) {
 bool read_to_end(int fd, std::string *out, int64_t deadline) {
   char buf[16384];
   for (;;) {
-    pollfd p{fd, POLLIN, 0};
-    int wait = static_cast<int>(deadline - now_ms());
-    if (wait <= 0 || poll(&p, 1, wait) <= 0) return false;
+    if (!wait_for(fd, POLLIN, deadline)) return false;
     ssize_t n = recv(fd, buf, sizeof buf, 0);
+    if (n < 0 && errno == EINTR) continue;
     if (n <= 0) return true;
     if (out->size() < (1u << 20)) out->append(buf, static_cast<size_t>(n));
   }
@@ -164,10 +176,9 @@ class FakeWorkers {
     char buf[4096];
     int64_t deadline = now_ms() + 2000;
     while (head.find("\r\n\r\n") == std::string::npos && head.size() < 65536) {
-      pollfd p{conn, POLLIN, 0};
-      int wait = static_cast<int>(deadline - now_ms());
-      if (wait <= 0 || poll(&p, 1, wait) <= 0) break;
+      if (!wait_for(conn, POLLIN, deadline)) break;
       ssize_t n = recv(conn, buf, sizeof buf, 0);
+      if (n < 0 && errno == EINTR) continue;
       if (n <= 0) break;
       head.append(buf, static_cast<size_t>(n));
     }
@@ -260,6 +271,7 @@ Harness *start() {
   // VALVE_FUZZ_LOG=1 shows valve's log, to see what an input did (run the fuzzer on that file);
   // otherwise the last lines are kept, to be shown with a failure.
   bool show_log = std::getenv("VALVE_FUZZ_LOG") != nullptr;
+  if (const char *path = std::getenv("VALVE_FUZZ_ACCESS_LOG")) set(cfg, "access-log", path);
   set(cfg, "log-level", show_log ? "debug" : "info");
   valve_config_set_log_callback(
       cfg,
@@ -298,6 +310,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   std::string_view worker(reinterpret_cast<const char *>(data) + 2 + client_len,
                           size - 2 - client_len);
   harness->workers.set_answer(std::string(worker));
+  static uint64_t inputs = 0;
+  ++inputs;
+  // The last inputs, written out with a failure (VALVE_FUZZ_HISTORY=DIR): replayed in order, they
+  // reproduce a failure that depends on what came before.
+  static std::array<std::string, 64> history;
+  history[inputs % history.size()].assign(reinterpret_cast<const char *>(data), size);
 
   int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   sockaddr_in addr{};
@@ -318,8 +336,22 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     std::string detail = std::string("its last log lines:\n") + harness->log.dump() +
                          "its status: " + (status ? status : "(none)") +
                          "\nthe fake workers' thread: " + harness->workers.state() +
-                         "\nvalve's answer so far: " + std::to_string(answer.size()) + " bytes";
+                         "\nvalve's answer so far: " + std::to_string(answer.size()) +
+                         " bytes; input number " + std::to_string(inputs);
     valve_free(status);
+    if (const char *dir = std::getenv("VALVE_FUZZ_HISTORY")) {
+      for (size_t i = 0; i < history.size(); ++i) {
+        uint64_t n = inputs >= history.size() ? inputs - history.size() + 1 + i : i + 1;
+        if (n > inputs) break;
+        char name[64];
+        std::snprintf(name, sizeof name, "/%06llu", static_cast<unsigned long long>(n));
+        if (FILE *f = std::fopen((std::string(dir) + name).c_str(), "wb")) {
+          const std::string &in = history[n % history.size()];
+          std::fwrite(in.data(), 1, in.size(), f);
+          std::fclose(f);
+        }
+      }
+    }
     die("valve neither answered nor closed the connection within 10 s", detail);
   }
   if (!answer.empty() && !answer.starts_with("HTTP/1.1 "))
