@@ -8,7 +8,7 @@ import threading
 import time
 import unittest
 
-from harness import (BACKEND, ValveTestCase, backend_cmd, is_alive, parallel, proc_info,
+from harness import (BACKEND, ValveTestCase, app_path, is_alive, parallel, proc_info,
                      wait_until)
 
 
@@ -64,6 +64,38 @@ class Timeouts(ValveTestCase):
         new = valve.get("/pid", timeout=15)
         self.assertEqual(new.status, 200, new)
         self.assertNotEqual(int(new.body), old_pid)
+
+
+    def test_a_hung_r_worker_gets_504_while_the_others_keep_serving(self):
+        # Two plumber workers; one is stuck in an endpoint that does not return. Requests keep
+        # going to the other meanwhile; at --timeout the stuck one is answered 504 and replaced.
+        valve = self.start_valve("-f", app_path("ops.R"), "-n", "2", "--n-min", "2",
+                                 "--timeout", "3", "--kill-timeout", "1", "--admin", "127.0.0.1:0",
+                                 ready="/hello",
+                                 ready_timeout=60, env={"VALVE_TEST_DIR": self.tmpdir})
+        wait_until(lambda: len(valve.status()["workers"]) == 2 and all(
+            w["state"] == "ready" for w in valve.status()["workers"]), 60, message="two ready")
+        hung = {}
+        stuck = threading.Thread(target=lambda: hung.setdefault(
+            "response", valve.get("/sleep?s=3600", timeout=30)))
+        stuck.start()
+        wait_until(lambda: any(w["in_flight"] for w in valve.status()["workers"]), 10,
+                   message="the endless request on a worker")
+        (busy,) = [w for w in valve.status()["workers"] if w["in_flight"]]
+        served = 0
+        while stuck.is_alive() and served < 200:
+            response = valve.get("/hello", timeout=10)
+            self.assertEqual(response.status, 200, response)
+            self.assertLess(response.elapsed, 2.0, "a request waited behind the stuck worker")
+            served += 1
+        stuck.join(30)
+        self.assertGreater(served, 5)
+        self.assertValveError(hung["response"], 504)
+        self.assertGreater(hung["response"].elapsed, 2.5)
+        wait_until(lambda: not is_alive(busy["pid"]), 10, message="the stuck worker gone")
+        wait_until(lambda: len([w for w in valve.status()["workers"]
+                                if w["state"] == "ready"]) == 2, 60, message="a replacement")
+        self.assertEqual(valve.get("/hello", timeout=10).status, 200)
 
 
 class Spawning(ValveTestCase):
