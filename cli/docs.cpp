@@ -44,7 +44,9 @@ constexpr std::string_view kSummary =
 // What the reference says besides the table, shared by both formats. Markdown-ish: `code`.
 constexpr std::string_view kPrecedence =
     "A flag wins over its environment variable, which wins over the default. A flag given twice "
-    "keeps its last value. Durations are seconds, fractions allowed, with an optional `ms`, `s` "
+    "keeps its last value (each is checked); `--env` collects every value. A true-or-false flag "
+    "may stand alone (`--preload` means `--preload true`). Durations are seconds, fractions "
+    "allowed, with an optional `ms`, `s` "
     "or `m` suffix (`--timeout 1.5`, `--timeout 500ms`); sizes take an optional `k`, `m` or `g` "
     "(`--max-body-size 10m`). Help is `--help` only: `-h` means `--host`, as in valve-rs.";
 constexpr std::string_view kEnvNote =
@@ -52,7 +54,9 @@ constexpr std::string_view kEnvNote =
     "its workers (which may themselves be valvectl) never inherit them. The `VALVE_` prefix is "
     "left to what valve sets in each worker's environment: `VALVE_WORKER_ID` (1, 2, ...), "
     "`VALVE_FILE` and `VALVE_SOCKET` (plumber workers), `VALVE_SOCKET` or `VALVE_PORT` (a `--cmd` "
-    "worker, for `{socket}` or `{port}`). Workers never see `NOTIFY_SOCKET`.";
+    "worker, for `{socket}` or `{port}`). Workers never see `NOTIFY_SOCKET`; of the rest of "
+    "valvectl's environment they get only PATH, HOME, USER, LOGNAME, LANG, LANGUAGE, LC_*, TZ, "
+    "TMPDIR and R's library paths, plus what `--env-file` and `--env` give them.";
 constexpr std::string_view kAdminEnv =
     "`VALVE_ADMIN`, else `VALVECTL_ADMIN`: the admin address for `status`, `reload` and `scale` "
     "when `--admin` is not given.";
@@ -201,7 +205,8 @@ void print_man(const CLI::App &app, std::ostream &out) {
     std::string names;
     for (const std::string &n : f.names)
       names += (names.empty() ? "" : ", ") + ("\\fB" + roff(n) + "\\fR");
-    out << names << " \\fIVALUE\\fR\n" << roff(f.help);
+    out << names << (is_switch(f.key) ? " [\\fItrue\\fR|\\fIfalse\\fR]\n" : " \\fIVALUE\\fR\n")
+        << roff(f.help);
     std::string def = shown_default(f);
     if (!def.empty()) out << " (default: " << roff(def) << ")";
     out << ". Environment: \\fB" << roff(f.env) << "\\fR.\n";

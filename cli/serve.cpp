@@ -83,6 +83,12 @@ std::string env_name(std::string_view key) {
   return name;
 }
 
+bool is_switch(std::string_view key) {
+  const char *def = valve_config_default(std::string(key).c_str());
+  std::string_view initial = def ? def : "";
+  return initial == "true" || initial == "false";
+}
+
 // A command-line program owns its process: signals, orphans, the service manager.
 bool set_by_valvectl(std::string_view key) {
   return std::find(std::begin(kSetByValvectl), std::end(kSetByValvectl), key) !=
@@ -112,11 +118,8 @@ ServeCommand::ServeCommand(CLI::App &app) {
     flag.option = app.add_option(flag_names(key), flag.values,
                                  std::string(help ? help : "") + " [$" + env_name(key) + "]")
                       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
-    // A switch (an option that is true or false) may stand alone: `--preload` turns it on
-    // (`--preload=false` turns it off).
-    const char *def = valve_config_default(key);
-    std::string_view initial = def ? def : "";
-    flag.is_switch = initial == "true" || initial == "false";
+    // A switch may stand alone: `--preload` turns it on (`--preload=false` turns it off).
+    flag.is_switch = is_switch(key);
     if (flag.is_switch) {
       flag.option->expected(0, 1)->type_name("[true|false]");
     } else {

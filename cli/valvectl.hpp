@@ -26,6 +26,8 @@ std::string flag_names(std::string_view key);
 // VALVE_*: valve sets VALVE_PORT, VALVE_FILE, ... in its workers' environment.
 std::string env_name(std::string_view key);
 inline constexpr std::string_view kEnvPrefix = "VALVECTL_";
+// An option that is true or false: its flag may stand alone (`--preload` means `--preload true`).
+bool is_switch(std::string_view key);
 // Options valvectl sets itself (handle-signals, reap-orphans, notify): no flag.
 bool set_by_valvectl(std::string_view key);
 // What valvectl sets them to.

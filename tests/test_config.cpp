@@ -199,13 +199,13 @@ TEST_CASE("config: set() parses each kind and get() shows it back") {
   CHECK(c.get("max-body-size") == "2097152");
 
   for (const auto &entry : {std::pair{"true", true},
-                             {"1", true},
-                             {"yes", true},
-                             {"on", true},
-                             {"false", false},
-                             {"0", false},
-                             {"no", false},
-                             {"off", false}}) {
+                            {"1", true},
+                            {"yes", true},
+                            {"on", true},
+                            {"false", false},
+                            {"0", false},
+                            {"no", false},
+                            {"off", false}}) {
     auto [text, value] = entry;
     INFO("bool '" << entry.first << "'");
     CHECK_FALSE(c.set("handle-signals", text).has_value());

@@ -113,8 +113,9 @@ TEST_CASE("process: keep_fds become descriptors 3, 4, ... in the child, in order
   REQUIRE(pipe2(b, O_CLOEXEC) == 0);
   FdGuard a0(a[0]), a1(a[1]), b0(b[0]), b1(b[1]);
   // Crossed on purpose: b's write end goes to 3, a's to 4, whatever their numbers here.
-  valve::SpawnSpec spec = shell("echo three >&3; echo four >&4; test -e /proc/$$/fd/5 && echo "
-                                "leaked || echo closed");
+  valve::SpawnSpec spec = shell(
+      "echo three >&3; echo four >&4; test -e /proc/$$/fd/5 && echo "
+      "leaked || echo closed");
   spec.keep_fds = {b[1], a[1]};
   Child c(spec);
   REQUIRE(c.rc == 0);

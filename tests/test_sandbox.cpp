@@ -78,10 +78,9 @@ TEST_CASE("sandbox: read_env_file takes NAME=VALUE lines, comments, export and q
       "EMPTY=\n"
       "HALF=\"unclosed\n"
       "EQUALS=a=b=c\n");
-  CHECK(entries == std::vector<std::string>{"DB_HOST=db.internal", "DB_USER=api",
-                                            "DB_PASS=p@ss word # not a comment",
-                                            "QUOTED_SINGLE=$HOME stays", "EMPTY=",
-                                            "HALF=\"unclosed", "EQUALS=a=b=c"});
+  CHECK(entries == std::vector<std::string>{
+                       "DB_HOST=db.internal", "DB_USER=api", "DB_PASS=p@ss word # not a comment",
+                       "QUOTED_SINGLE=$HOME stays", "EMPTY=", "HALF=\"unclosed", "EQUALS=a=b=c"});
   CHECK(read_ok("").empty());
 }
 
@@ -96,10 +95,17 @@ TEST_CASE("sandbox: read_env_file names the file and line of a mistake") {
 }
 
 TEST_CASE("sandbox: workers get the basics, the env-file, then --env; nothing else of valve's") {
-  const std::vector<std::string> inherited = {
-      "PATH=/usr/bin:/bin", "HOME=/root",      "LANG=C.UTF-8",         "LC_ALL=C",
-      "TZ=UTC",             "AWS_SECRET=xyz",  "VALVE_ADMIN=127.0.0.1:1", "R_LIBS_USER=/r/lib",
-      "PASSED=from valve",  "OVERRIDDEN=valve", "NOT_A_BASIC=1"};
+  const std::vector<std::string> inherited = {"PATH=/usr/bin:/bin",
+                                              "HOME=/root",
+                                              "LANG=C.UTF-8",
+                                              "LC_ALL=C",
+                                              "TZ=UTC",
+                                              "AWS_SECRET=xyz",
+                                              "VALVE_ADMIN=127.0.0.1:1",
+                                              "R_LIBS_USER=/r/lib",
+                                              "PASSED=from valve",
+                                              "OVERRIDDEN=valve",
+                                              "NOT_A_BASIC=1"};
   Config c = with({{"env", "FROM_FLAG=1"},
                    {"env", "PASSED"},
                    {"env", "ABSENT"},
@@ -118,7 +124,7 @@ TEST_CASE("sandbox: workers get the basics, the env-file, then --env; nothing el
   CHECK(value_of(env, "FILE_AND_FLAG") == "flag");  // --env over the file
   CHECK(value_of(env, "PASSED") == "from valve");   // NAME alone passes valve's value on
   CHECK(value_of(env, "OVERRIDDEN") == "flag");
-  CHECK(value_of(env, "ABSENT") == "(unset)");       // ...and nothing when valve has none
+  CHECK(value_of(env, "ABSENT") == "(unset)");  // ...and nothing when valve has none
   CHECK(value_of(env, "AWS_SECRET") == "(unset)");
   CHECK(value_of(env, "VALVE_ADMIN") == "(unset)");
   CHECK(value_of(env, "NOT_A_BASIC") == "(unset)");
@@ -137,13 +143,13 @@ TEST_CASE("sandbox: a switched user gets its own HOME, USER and LOGNAME") {
 
 TEST_CASE("sandbox: resolve_identity") {
   std::string error;
-  CHECK_FALSE(valve::resolve_identity(with({{"user", "no-such-user-xyz"}, {"allow-root", "1"}}),
-                                      &error));
+  CHECK_FALSE(
+      valve::resolve_identity(with({{"user", "no-such-user-xyz"}, {"allow-root", "1"}}), &error));
   CHECK(error == "user no-such-user-xyz: no such user");
   CHECK_FALSE(valve::resolve_identity(with({{"group", "nogroup"}}), &error));
   CHECK(error == "group nogroup: give --user as well");
-  CHECK_FALSE(valve::resolve_identity(with({{"user", "nobody"}, {"group", "no-such-group-xyz"}}),
-                                      &error));
+  CHECK_FALSE(
+      valve::resolve_identity(with({{"user", "nobody"}, {"group", "no-such-group-xyz"}}), &error));
   CHECK(error == "group no-such-group-xyz: no such group");
 
   if (geteuid() == 0) {

@@ -157,9 +157,10 @@ std::optional<std::string> Config::check(std::string_view key) const {
     for (const auto &item : env) {
       std::string_view name = std::string_view(item).substr(0, item.find('='));
       if (!is_env_name(name))
-        return fmt::format("env {}: expected NAME=VALUE or NAME, where NAME is letters, digits "
-                           "and underscores and does not start with a digit",
-                           item);
+        return fmt::format(
+            "env {}: expected NAME=VALUE or NAME, where NAME is letters, digits "
+            "and underscores and does not start with a digit",
+            item);
     }
   }
   if (key == "admin" && !admin.empty()) {
@@ -204,9 +205,10 @@ std::optional<std::string> Config::validate() const {
       cmd.find("{socket}") == std::string::npos)
     return fmt::format("cmd {}: must contain {{port}} or {{socket}}", cmd);
   if (preload && !cmd.empty())
-    return fmt::format("preload true: cannot be used with --cmd ({}): it forks plumber workers "
-                       "from a template R process",
-                       cmd);
+    return fmt::format(
+        "preload true: cannot be used with --cmd ({}): it forks plumber workers "
+        "from a template R process",
+        cmd);
   return std::nullopt;
 }
 
@@ -286,7 +288,8 @@ std::optional<std::string> check_listen_address(std::string_view text) {
 bool is_env_name(std::string_view name) {
   if (name.empty() || (name[0] >= '0' && name[0] <= '9')) return false;
   for (char c : name) {
-    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_';
+    bool ok =
+        (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_';
     if (!ok) return false;
   }
   return true;

@@ -283,7 +283,8 @@ int pick_free_port() {
 void become_subreaper() { prctl(PR_SET_CHILD_SUBREAPER, 1); }
 
 std::string describe_exit(int status) {
-  if (status == kExitUnknown) return "ended (its exit status is unknown: another process reaped it)";
+  if (status == kExitUnknown)
+    return "ended (its exit status is unknown: another process reaped it)";
   if (status == kExitNeverStarted) return "never started";
   if (WIFEXITED(status)) return fmt::format("exited with status {}", WEXITSTATUS(status));
   if (WIFSIGNALED(status)) {

@@ -84,8 +84,8 @@ std::optional<Identity> resolve_identity(const Config &cfg, std::string *error) 
                             cfg.user));
   if (as.uid == euid && as.gid == getegid()) return id;  // already who the workers should be
   if (euid != 0)
-    return fail(fmt::format("user {}: valve must run as root to start workers as another user",
-                            cfg.user));
+    return fail(
+        fmt::format("user {}: valve must run as root to start workers as another user", cfg.user));
   // Supplementary groups: the user's own (as a login would give), with the chosen group.
   int n = 64;
   as.groups.resize(static_cast<size_t>(n));
@@ -100,8 +100,7 @@ std::optional<Identity> resolve_identity(const Config &cfg, std::string *error) 
   return id;
 }
 
-std::optional<std::vector<std::string>> read_env_file(const std::string &path,
-                                                      std::string *error) {
+std::optional<std::vector<std::string>> read_env_file(const std::string &path, std::string *error) {
   std::ifstream in(path, std::ios::binary);
   if (!in) {
     *error = fmt::format("env-file {}: cannot read: {}", path, std::strerror(errno));
@@ -126,9 +125,10 @@ std::optional<std::vector<std::string>> read_env_file(const std::string &path,
     std::string_view name = trim(text.substr(0, eq));
     std::string_view value = trim(text.substr(eq + 1));
     if (!is_env_name(name))
-      return fail(fmt::format("{}: not a variable name (letters, digits and underscores, not "
-                              "starting with a digit)",
-                              name));
+      return fail(
+          fmt::format("{}: not a variable name (letters, digits and underscores, not "
+                      "starting with a digit)",
+                      name));
     if (value.find('\0') != std::string_view::npos) return fail("a NUL byte in the value");
     if (value.size() >= 2 && (value.front() == '"' || value.front() == '\'') &&
         value.back() == value.front()) {
@@ -140,9 +140,9 @@ std::optional<std::vector<std::string>> read_env_file(const std::string &path,
 }
 
 bool is_basic_variable(std::string_view name) {
-  static constexpr std::string_view kBasic[] = {
-      "PATH",   "HOME",         "USER",         "LOGNAME",  "LANG", "LANGUAGE", "TZ",
-      "TMPDIR", "R_LIBS",       "R_LIBS_USER",  "R_LIBS_SITE"};
+  static constexpr std::string_view kBasic[] = {"PATH",   "HOME",        "USER",       "LOGNAME",
+                                                "LANG",   "LANGUAGE",    "TZ",         "TMPDIR",
+                                                "R_LIBS", "R_LIBS_USER", "R_LIBS_SITE"};
   if (name.starts_with("LC_")) return true;
   return std::find(std::begin(kBasic), std::end(kBasic), name) != std::end(kBasic);
 }
@@ -158,6 +158,10 @@ void set_variable(std::vector<std::string> &env, std::string_view name, std::str
   env.push_back(std::move(entry));
 }
 
+void unset_variable(std::vector<std::string> &env, std::string_view name) {
+  std::erase_if(env, [name](const std::string &e) { return name_of(e) == name; });
+}
+
 std::vector<std::string> worker_environment(const Config &cfg, const Identity &identity,
                                             const std::vector<std::string> &file_entries,
                                             const std::vector<std::string> &inherited) {
@@ -170,7 +174,8 @@ std::vector<std::string> worker_environment(const Config &cfg, const Identity &i
   };
   for (const auto &e : inherited) {
     std::string_view name = name_of(e);
-    if (e.size() > name.size() && is_basic_variable(name)) set_variable(env, name, e.substr(name.size() + 1));
+    if (e.size() > name.size() && is_basic_variable(name))
+      set_variable(env, name, e.substr(name.size() + 1));
   }
   if (identity.credentials) {
     set_variable(env, "HOME", identity.home);

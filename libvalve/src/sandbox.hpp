@@ -44,5 +44,7 @@ std::vector<std::string> worker_environment(const Config &cfg, const Identity &i
 
 // Sets NAME=VALUE in env, replacing an earlier NAME.
 void set_variable(std::vector<std::string> &env, std::string_view name, std::string_view value);
+// Removes NAME from env.
+void unset_variable(std::vector<std::string> &env, std::string_view name);
 
 }  // namespace valve

@@ -585,9 +585,7 @@ void Server::on_first_ready() {
 }
 
 void Server::on_reload_started() {
-  timespec now{};
-  clock_gettime(CLOCK_MONOTONIC, &now);
-  uint64_t usec = static_cast<uint64_t>(now.tv_sec) * 1000000 + now.tv_nsec / 1000;
+  uint64_t usec = uv_hrtime() / 1000;  // CLOCK_MONOTONIC, as systemd wants it
   notifier_.send(
       fmt::format("RELOADING=1\nMONOTONIC_USEC={}\nSTATUS=reloading: starting "
                   "generation {}",

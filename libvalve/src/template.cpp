@@ -18,6 +18,7 @@
 #include "line_reader.hpp"
 #include "pool.hpp"
 #include "process.hpp"
+#include "sandbox.hpp"
 #include "server.hpp"
 #include "stats.hpp"
 #include "util.hpp"
@@ -89,11 +90,6 @@ bool write_file(const std::string &path, const void *data, size_t size) {
     size -= static_cast<size_t>(n);
   }
   return close(fd) == 0;
-}
-
-bool starts_with_key(const std::string &entry, std::string_view key) {
-  return entry.size() > key.size() && entry.compare(0, key.size(), key) == 0 &&
-         entry[key.size()] == '=';
 }
 
 }  // namespace
@@ -475,11 +471,10 @@ bool Preloader::fork(Worker &w, const SpawnSpec &spec) {
     // template.R and is no worker: it has neither a worker id nor a socket.
     SpawnSpec tspec = spec;
     if (!tspec.argv.empty()) tspec.argv.back() = script_path_;
-    std::erase_if(tspec.env, [](const std::string &e) {
-      return starts_with_key(e, "VALVE_WORKER_ID") || starts_with_key(e, "VALVE_SOCKET");
-    });
-    tspec.env.push_back("VALVE_TEMPLATE=1");
-    tspec.env.push_back("VALVE_PRELOAD_HELPER=" + helper_path_);
+    unset_variable(tspec.env, "VALVE_WORKER_ID");
+    unset_variable(tspec.env, "VALVE_SOCKET");
+    set_variable(tspec.env, "VALVE_TEMPLATE", "1");
+    set_variable(tspec.env, "VALVE_PRELOAD_HELPER", helper_path_);
     auto fresh = std::make_unique<Template>(*this, w.generation(), std::move(tspec), 0);
     if (int rc = fresh->start(); rc != 0) {
       plain_generations_.insert(w.generation());

@@ -1,7 +1,5 @@
 #include "worker.hpp"
 
-#include "notify.hpp"
-
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -16,6 +14,7 @@
 #include "notify.hpp"
 #include "pool.hpp"
 #include "process.hpp"
+#include "sandbox.hpp"
 #include "server.hpp"
 #include "stats.hpp"
 #include "template.hpp"
@@ -224,10 +223,7 @@ int Worker::launch() {
   set_variable(spec.env, "VALVE_WORKER_ID", std::to_string(id_));
   // The service manager's socket is valve's to speak on: a worker must not report for it, even
   // when --env names it.
-  std::erase_if(spec.env, [](const std::string &e) {
-    return e.starts_with(kNotifySocketVariable) && e.size() > kNotifySocketVariable.size() &&
-           e[kNotifySocketVariable.size()] == '=';
-  });
+  unset_variable(spec.env, kNotifySocketVariable);
   if (cfg.cmd.empty()) {
     socket_path_ = fmt::format("{}/w{}.sock", server.runtime_dir(), id_);
     spec.path = pool_.rscript_path();

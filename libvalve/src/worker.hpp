@@ -89,7 +89,7 @@ class Worker {
   bool awaiting_replacement() const { return state_ == State::ready && (retiring() || unhealthy_); }
   uint64_t rss_bytes() const { return rss_bytes_; }
   uint64_t pss_bytes() const { return pss_bytes_; }  // sampled for forked workers only
-  bool forked() const { return forked_; }              // forked from a preload template
+  bool forked() const { return forked_; }            // forked from a preload template
   int64_t last_used_unix_ms() const { return last_used_unix_ms_; }
   bool was_ready() const { return ready_ms_ != 0; }
   bool stop_requested() const { return stop_requested_; }

@@ -22,8 +22,8 @@
 
 #include <array>
 #include <atomic>
-#include <chrono>
 #include <cerrno>
+#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -41,8 +41,7 @@ constexpr int kAnswerDeadlineMs = 10000;
 constexpr std::string_view kReadyAnswer = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
 
 [[noreturn]] void die(const char *what, const std::string &detail = {}) {
-  std::fprintf(stderr, "fuzz_request: %s%s%s\n", what, detail.empty() ? "" : ": ",
-               detail.c_str());
+  std::fprintf(stderr, "fuzz_request: %s%s%s\n", what, detail.empty() ? "" : ": ", detail.c_str());
   std::abort();
 }
 
@@ -135,8 +134,8 @@ class FakeWorkers {
     static const char *names[] = {"waiting for connections", "reading a request head",
                                   "writing an answer"};
     return std::string(names[phase_.load()]) + " for " +
-           std::to_string(now_ms() - since_ms_.load()) + " ms; connections accepted: " +
-           std::to_string(accepted_.load());
+           std::to_string(now_ms() - since_ms_.load()) +
+           " ms; connections accepted: " + std::to_string(accepted_.load());
   }
 
  private:
