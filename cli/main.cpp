@@ -25,6 +25,7 @@ int main(int argc, char **argv) {
   // Subcommands join here, one file each; without one, valvectl serves.
   valvectl::ServeCommand serve(app);
   valvectl::AdminCommands admin(app);
+  valvectl::CheckCommand check(app);
   app.require_subcommand(0, 1);
   // Hidden: the reference, generated from the same table as --help (docs/configuration.md and the
   // man page are made with these).
@@ -44,6 +45,7 @@ int main(int argc, char **argv) {
     if (man) valvectl::print_man(app, std::cout);
     return std::cout.good() ? valvectl::kExitOk : valvectl::kExitFailure;
   }
+  if (check.chosen()) return check.run();
   if (const CLI::App *command = admin.chosen()) {
     // "valvectl --admin X status" would silently ignore X: a subcommand's flags follow its name.
     for (const CLI::Option *option : app.get_options()) {

@@ -63,6 +63,18 @@ class ServeCommand {
   std::deque<Flag> flags_;  // a deque: CLI11 keeps pointers to each value
 };
 
+// check FILE: validates a config file (and what it names: API files, users) without serving.
+class CheckCommand {
+ public:
+  explicit CheckCommand(CLI::App &app);
+  bool chosen() const;
+  int run() const;  // 0 when the file is fine; 2, after listing each mistake, when it is not
+
+ private:
+  CLI::App *command_ = nullptr;
+  std::string file_;
+};
+
 // status, reload and scale: clients of a running valvectl's admin interface (its --admin flag).
 // Each takes --admin ADDR (HOST:PORT, [IPv6]:PORT or unix:/path), by default $VALVE_ADMIN.
 class AdminCommands {

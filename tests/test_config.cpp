@@ -54,6 +54,7 @@ TEST_CASE("config: the defaults, spelled out independently of the table") {
       {"n-max", "3"},
       {"n-min", "1"},
       {"workers", "0"},
+      {"config", ""},
       {"file", "plumber.R"},
       {"cmd", ""},
       {"rscript", "Rscript"},
@@ -122,7 +123,7 @@ TEST_CASE("config: option_key lists each option once, in table order, then nullp
     INFO("index " << i);
     CHECK(seen.insert(valve::option_key(i)).second);
   }
-  CHECK(i == 46);
+  CHECK(i == 47);
   CHECK(std::string(valve::option_key(0)) == "host");
   CHECK(std::string(valve::option_key(i - 1)) == "preload");
   CHECK(valve::option_key(i + 1000) == nullptr);

@@ -212,7 +212,7 @@ class AdminServer::Conn final : public HttpParser::Handler {
 
   void reload() {
     if (server_.stopping()) return error(503, "the server is shutting down");
-    server_.pool().reload([this, alive = alive_](const ReloadResult &r) {
+    server_.reload_all([this, alive = alive_](const ReloadResult &r) {
       if (!*alive) return;
       if (!r.ok) return error(r.error == "the server is shutting down" ? 503 : 502, r.error);
       json(200,
@@ -224,21 +224,27 @@ class AdminServer::Conn final : public HttpParser::Handler {
 
   void scale(const Params &params) {
     std::optional<std::string> n_min, n_max;
+    std::string app;
     for (const auto &[name, value] : params) {
-      if (name == "n-min" || name == "n_min") {
+      if (name == "app") {
+        app = value;
+      } else if (name == "n-min" || name == "n_min") {
         n_min = value;
       } else if (name == "n-max" || name == "n_max") {
         n_max = value;
       } else {
         return error(400,
-                     fmt::format("{} {}: unknown parameter (use n-min and n-max)", name, value));
+                     fmt::format("{} {}: unknown parameter (use n-min, n-max and app)", name,
+                                 value));
       }
     }
     if (!n_min && !n_max)
       return error(400, "give n-min, n-max or both, like /scale?n-min=2&n-max=8");
-    if (auto err = server_.scale(n_min, n_max)) return error(400, *err);
-    json(200, fmt::format("{{\"n_min\":{},\"n_max\":{}}}\n", server_.config().n_min,
-                          server_.config().n_max));
+    if (auto err = server_.scale(n_min, n_max, app)) return error(400, *err);
+    std::string why;
+    const App *scaled = server_.find_app(app, &why);
+    json(200, fmt::format("{{\"app\":\"{}\",\"n_min\":{},\"n_max\":{}}}\n",
+                          json_escape(scaled->name), scaled->config.n_min, scaled->config.n_max));
   }
 
   AdminServer &admin_;
@@ -336,27 +342,50 @@ std::string metrics_text(Server &server) {
   m.gauge("valve_start_time_seconds", "when valve started, in seconds since the Unix epoch",
           s.started_unix_ms / 1000.0);
   static const char *const kClasses[] = {"1xx", "1xx", "2xx", "3xx", "4xx", "5xx"};
-  for (int c = 1; c <= 5; ++c)
-    m.counter("valve_requests_total", "answered requests by status class", s.by_class[c],
-              {{"code", kClasses[c]}});
+  // Every app named since the start, so no counter goes backwards.
+  std::map<std::string, std::array<uint64_t, 6>> by_app = s.by_app;
+  for (const auto &app : server.apps()) by_app[app->name];
+  for (const auto &[app, counts] : by_app) {
+    for (int c = 1; c <= 5; ++c)
+      m.counter("valve_requests_total", "answered requests by app and status class",
+                static_cast<double>(counts[c]), {{"app", app}, {"code", kClasses[c]}});
+  }
   m.histogram("valve_request_duration_seconds",
               "seconds from a request's arrival to the end of its answer", s.latency);
   m.histogram("valve_queue_wait_seconds", "seconds a request waited for a worker", s.queue_wait);
-  Pool &pool = server.pool();
-  m.gauge("valve_queue_depth", "requests waiting for a worker",
-          static_cast<double>(pool.queue_depth()));
   m.gauge("valve_requests_in_progress", "requests being served or waiting",
           static_cast<double>(server.requests_in_progress()));
   m.gauge("valve_client_connections", "open client connections",
           static_cast<double>(server.client_connections()));
-  for (const auto &[state, n] : pool.count_states())
-    m.gauge("valve_workers", "workers by state", static_cast<double>(n), {{"state", state}});
-  m.gauge("valve_workers_resident_memory_bytes", "resident memory of all workers",
-          static_cast<double>(pool.resident_bytes()));
-  m.gauge("valve_generation", "the worker generation that takes new requests",
-          static_cast<double>(pool.generation()));
-  m.gauge("valve_pool_min_workers", "n-min", static_cast<double>(server.config().n_min));
-  m.gauge("valve_pool_max_workers", "n-max", static_cast<double>(server.config().n_max));
+  // Each app's pool. While a reload replaces an app, its old and new pools add up under its name.
+  struct PoolGauges {
+    double queue = 0, memory = 0, generation = 0, n_min = 0, n_max = 0;
+    std::map<std::string, double> states;
+  };
+  std::map<std::string, PoolGauges> pools;
+  for (const auto &app : server.apps()) {
+    const Pool &pool = *app->pool;
+    PoolGauges &g = pools[app->name];
+    g.queue += static_cast<double>(pool.queue_depth());
+    g.memory += static_cast<double>(pool.resident_bytes());
+    for (const auto &[state, n] : pool.count_states()) g.states[state] += static_cast<double>(n);
+    if (!app->retiring && !app->pending) {
+      g.generation = static_cast<double>(pool.generation());
+      g.n_min = static_cast<double>(app->config.n_min);
+      g.n_max = static_cast<double>(app->config.n_max);
+    }
+  }
+  for (const auto &[a, g] : pools) {
+    m.gauge("valve_queue_depth", "requests waiting for a worker", g.queue, {{"app", a}});
+    for (const auto &[state, n] : g.states)
+      m.gauge("valve_workers", "workers by state", n, {{"app", a}, {"state", state}});
+    m.gauge("valve_workers_resident_memory_bytes", "resident memory of all workers", g.memory,
+            {{"app", a}});
+    m.gauge("valve_generation", "the worker generation that takes new requests", g.generation,
+            {{"app", a}});
+    m.gauge("valve_pool_min_workers", "n-min", g.n_min, {{"app", a}});
+    m.gauge("valve_pool_max_workers", "n-max", g.n_max, {{"app", a}});
+  }
   m.counter("valve_worker_launches_total", "workers launched", static_cast<double>(s.launches));
   m.counter("valve_worker_exits_total", "workers that exited", static_cast<double>(s.exits));
   m.counter("valve_worker_crashes_total", "workers that exited without being asked to",

@@ -5,6 +5,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <cstring>
@@ -126,7 +127,30 @@ std::optional<std::string> Config::set(std::string_view key, std::string_view va
   if (auto err = trial.assign(key, value)) return err;
   if (auto err = trial.check(key)) return err;
   *this = std::move(trial);
+  if (!was_given(key)) given_.emplace_back(key);
   return std::nullopt;
+}
+
+bool Config::was_given(std::string_view key) const {
+  return std::find(given_.begin(), given_.end(), key) != given_.end();
+}
+
+void Config::copy_from(const Config &other, std::string_view key) {
+#define VALVE_OPTION_COPY_(k, member, kind, def, help) \
+  if (key == k) member = other.member;
+  VALVE_OPTIONS(VALVE_OPTION_COPY_)
+#undef VALVE_OPTION_COPY_
+}
+
+bool is_server_option(std::string_view key) {
+  static constexpr std::string_view kServerOptions[] = {
+      "host",          "port",           "workers",           "config",
+      "header-timeout", "keepalive-timeout", "max-connections", "max-header-size",
+      "admin",         "access-log",     "access-log-format", "log-level",
+      "log-format",    "runtime-dir",    "handle-signals",    "reap-orphans",
+      "notify",        "graceful-timeout"};
+  return std::find(std::begin(kServerOptions), std::end(kServerOptions), key) !=
+         std::end(kServerOptions);
 }
 
 std::optional<std::string> Config::assign(std::string_view key, std::string_view value) {
@@ -199,6 +223,8 @@ std::optional<std::string> Config::validate() const {
   for (size_t i = 0; const char *key = option_key(i); ++i) {
     if (auto err = check(key)) return err;
   }
+  // With a config file, the checks across options are made once it is read (layout.cpp).
+  if (!config.empty()) return std::nullopt;
   if (n_min > n_max) return fmt::format("n-min {}: must be at most n-max ({})", n_min, n_max);
   if (file.empty() && cmd.empty()) return std::string("file \"\": give a plumber file or --cmd");
   if (!cmd.empty() && cmd.find("{port}") == std::string::npos &&

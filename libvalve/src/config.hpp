@@ -23,6 +23,9 @@ enum class LogLevel { debug = 0, info = 1, warn = 2, error = 3 };
   XX("n-min", n_min, uint, "1", "fewest workers to keep running, even when idle")                 \
   XX("workers", workers, uint, "0",                                                                \
      "accepted for valve-rs compatibility; valve serves all connections from one event loop")      \
+  XX("config", config, str, "",                                                                    \
+     "a TOML file holding any of these options, plus apps and routes (flags win over it); read "   \
+     "again on each reload")                                                                       \
   XX("file", file, str, "plumber.R", "the plumber API file each worker serves")                   \
   XX("cmd", cmd, str, "",                                                                          \
      "run this shell command as a worker instead of plumber; {port} (or {socket}) is replaced by " \
@@ -100,6 +103,7 @@ struct Config {
   uint64_t n_max = 0;
   uint64_t n_min = 0;
   uint64_t workers = 0;
+  std::string config;
   std::string file;
   std::string cmd;
   std::string rscript;
@@ -153,8 +157,14 @@ struct Config {
   std::optional<std::string> check(std::string_view key) const;
   // Every option as a JSON object.
   std::string to_json() const;
+  // The options set() was called for (flags, in valvectl): a config file's values yield to them.
+  const std::vector<std::string> &given() const { return given_; }
+  bool was_given(std::string_view key) const;
+  // Copies one option's value from another configuration.
+  void copy_from(const Config &other, std::string_view key);
 
  private:
+  std::vector<std::string> given_;
   std::optional<std::string> assign(std::string_view key, std::string_view value);
 };
 
@@ -173,6 +183,10 @@ struct ListenAddress {
 std::optional<ListenAddress> parse_listen_address(std::string_view text,
                                                   std::string *why = nullptr);
 std::optional<std::string> check_listen_address(std::string_view text);
+
+// Options of the server as a whole (its listener, logs, admin interface, signals), as opposed to
+// those each app may set for its own pool.
+bool is_server_option(std::string_view key);
 
 // True for a valid environment variable name: a letter or underscore, then letters, digits and
 // underscores.

@@ -6,6 +6,7 @@
 
 #include "client.hpp"
 #include "pool.hpp"
+#include "router.hpp"
 #include "server.hpp"
 #include "stats.hpp"
 #include "upstream.hpp"
@@ -41,6 +42,8 @@ Exchange::Exchange(Server &server, ClientConn &client, Head request)
 
 Exchange::~Exchange() = default;
 
+const Config &Exchange::config() const { return app_ ? app_->config : server_.config(); }
+
 bool Exchange::retryable() const {
   return !retried_ && !has_body_ && (request_.method == "GET" || request_.method == "HEAD");
 }
@@ -48,7 +51,23 @@ bool Exchange::retryable() const {
 void Exchange::start() {
   has_body_ = request_.chunked || request_.content_length.value_or(0) > 0;
   body_chunked_ = request_.chunked;
-  uint64_t limit = server_.config().max_body_size;
+  Routing routing = server_.route(request_, peer_ip_);
+  if (!routing.app) {
+    const std::string *host = request_.find("host");
+    std::string prefixes;
+    for (const Route &r : server_.routes())
+      prefixes += (prefixes.empty() ? "" : ", ") + r.hostname + r.prefix;
+    send_error(404, fmt::format("no route for {}{}; the routes are {}", host ? *host : "",
+                                request_.target.substr(0, request_.target.find('?')), prefixes));
+    return;
+  }
+  app_ = routing.app;
+  upstream_target_ = request_.target;
+  if (routing.route->strip_prefix && routing.route->prefix != "/") {
+    upstream_target_ = strip_prefix(request_.target, routing.route->prefix);
+    stripped_prefix_ = routing.route->prefix;
+  }
+  uint64_t limit = config().max_body_size;
   if (limit > 0 && request_.content_length.value_or(0) > limit) {
     send_error(413, fmt::format("request body of {} bytes is larger than the limit of {} bytes",
                                 *request_.content_length, limit));
@@ -59,15 +78,15 @@ void Exchange::start() {
     return;
   }
   if (has_body_ && client_) client_->hold_body(true);
-  server_.pool().submit(*this);
+  app_->pool->submit(*this);
 }
 
 void Exchange::on_client_body(std::string_view data) {
   body_bytes_ += data.size();
-  uint64_t limit = server_.config().max_body_size;
+  uint64_t limit = config().max_body_size;
   if (limit > 0 && body_bytes_ > limit) {
     // Only a chunked body can get here: a too-long Content-Length was refused up front.
-    if (queued_) server_.pool().cancel(*this), queued_ = false;
+    if (queued_) app_->pool->cancel(*this), queued_ = false;
     if (upstream_) detach_upstream(false);
     send_error(413, fmt::format("request body is larger than the limit of {} bytes", limit));
     return;
@@ -89,7 +108,7 @@ void Exchange::on_client_complete() {
 void Exchange::on_client_gone() {
   client_ = nullptr;
   if (queued_) {
-    server_.pool().cancel(*this);
+    app_->pool->cancel(*this);
     queued_ = false;
   }
   // A worker that has the whole request is busy with it: it gets no new request until it answers
@@ -106,7 +125,7 @@ void Exchange::on_client_drained() {
 
 void Exchange::on_queued() {
   queued_ = true;
-  timer_.start(server_.config().queue_timeout);
+  timer_.start(config().queue_timeout);
 }
 
 void Exchange::reject(int status, std::string_view message) {
@@ -126,7 +145,7 @@ void Exchange::dispatch(Worker &worker, UpstreamConn &conn) {
     server_.stats().queue_wait.observe((dispatched_ns_ - arrived_ns_) / 1e9);
   }
   conn.attach(*this);
-  timer_.start(server_.config().timeout);
+  timer_.start(config().timeout);
   std::string out = upstream_head();
   if (!pending_body_.empty()) {
     out += body_chunked_ ? chunk(pending_body_) : pending_body_;
@@ -145,7 +164,7 @@ void Exchange::dispatch(Worker &worker, UpstreamConn &conn) {
 std::string Exchange::upstream_head() const {
   const ClientConn *c = client_;
   bool trusted = c && c->peer_trusted();
-  std::string out = fmt::format("{} {} HTTP/1.1\r\n", request_.method, request_.target);
+  std::string out = fmt::format("{} {} HTTP/1.1\r\n", request_.method, upstream_target_);
   const std::string *xff = nullptr;
   const std::string *xfproto = nullptr;
   const std::string *xfhost = nullptr;
@@ -166,6 +185,7 @@ std::string Exchange::upstream_head() const {
       xfhost = &h.value;
       continue;
     }
+    if (iequals(h.name, "x-forwarded-prefix") && !stripped_prefix_.empty()) continue;
     if (iequals(h.name, "x-request-id")) {
       if (has_request_id) continue;
       has_request_id = true;
@@ -175,6 +195,7 @@ std::string Exchange::upstream_head() const {
     out += fmt::format("{}: {}\r\n", h.name, h.value);
   }
   if (!has_request_id) out += fmt::format("X-Request-Id: {}\r\n", request_id_);
+  if (!stripped_prefix_.empty()) out += fmt::format("X-Forwarded-Prefix: {}\r\n", stripped_prefix_);
   out += xff ? fmt::format("X-Forwarded-For: {}, {}\r\n", *xff, peer_ip_)
              : fmt::format("X-Forwarded-For: {}\r\n", peer_ip_);
   // A loopback peer is a front proxy we trust to say how the client reached it.
@@ -197,7 +218,7 @@ int Exchange::on_upstream_head(Head &head) {
     worker_->note_answered();
     worker_->note_request_result(status_ != 502 && status_ != 503 && status_ != 504);
   }
-  timer_.start(server_.config().timeout);  // the rest of the answer gets a full timeout too
+  timer_.start(config().timeout);  // the rest of the answer gets a full timeout too
   bool head_request = request_.method == "HEAD";
   bool bodyless = head_request || head.status == 204 || head.status == 304;
   bool client_11 = request_.version_major == 1 && request_.version_minor >= 1;
@@ -221,9 +242,11 @@ int Exchange::on_upstream_head(Head &head) {
         framing_ != Framing::none)
       continue;
     if (iequals(h.name, "x-request-id")) has_request_id = true;
+    if (server_.names_apps() && iequals(h.name, "valve-app")) continue;  // valve says which
     out += fmt::format("{}: {}\r\n", h.name, h.value);
   }
   if (!has_request_id) out += fmt::format("X-Request-Id: {}\r\n", request_id_);
+  if (server_.names_apps()) out += fmt::format("Valve-App: {}\r\n", app_->name);
   if (framing_ == Framing::chunked) out += "Transfer-Encoding: chunked\r\n";
   out += client_keep_alive_ ? (client_11 ? "" : "Connection: keep-alive\r\n")
                             : "Connection: close\r\n";
@@ -275,7 +298,7 @@ void Exchange::on_upstream_failed(std::string_view reason) {
     }
     ++server_.stats().retries;
     excluded_worker_ = worker_id;
-    server_.pool().submit(*this, true);
+    app_->pool->submit(*this, true);
     return;
   }
   send_error(502, fmt::format("the worker failed before answering: {}", reason));
@@ -287,9 +310,9 @@ void Exchange::on_upstream_drained() {
 
 void Exchange::on_timeout() {
   if (queued_) {
-    server_.pool().cancel(*this);
+    app_->pool->cancel(*this);
     reject(503, fmt::format("no worker was free within the queue timeout ({} s)",
-                            format_seconds(server_.config().queue_timeout)));
+                            format_seconds(config().queue_timeout)));
     return;
   }
   Worker *w = worker_;
@@ -297,10 +320,10 @@ void Exchange::on_timeout() {
   ++server_.stats().timeouts;
   server_.log().warn("request {} {} {}: worker {} gave no answer within {} s; replacing it",
                      request_id_, request_.method, request_.target, w->id(),
-                     format_seconds(server_.config().timeout));
+                     format_seconds(config().timeout));
   w->kill("a request timed out");  // first, so the pool gives it nothing more
   send_error(504, fmt::format("the worker gave no answer within {} s",
-                              format_seconds(server_.config().timeout)));
+                              format_seconds(config().timeout)));
 }
 
 void Exchange::send_error(int status, std::string_view message, std::string_view extra_headers) {
@@ -314,7 +337,9 @@ void Exchange::send_error(int status, std::string_view message, std::string_view
   }
   // After an error the rest of the request may still be on the wire: close unless it was all read.
   client_keep_alive_ = request_.keep_alive && request_complete_ && !server_.stopping();
-  write_client(error_response(status, message, request_id_, client_keep_alive_, extra_headers));
+  std::string headers(extra_headers);
+  if (app_ && server_.names_apps()) headers += fmt::format("Valve-App: {}\r\n", app_->name);
+  write_client(error_response(status, message, request_id_, client_keep_alive_, headers));
   end_response();
   maybe_finish();
 }
@@ -379,6 +404,7 @@ void Exchange::maybe_finish() {
   finished_ = true;
   timer_.stop();
   record();
+  if (app_) server_.on_exchange_done(*app_);
   server_.close_exchange(*this);
 }
 
@@ -394,6 +420,11 @@ void Exchange::record() {
   Stats &stats = server_.stats();
   ++stats.requests;
   stats.by_class[std::min(status / 100, 5)]++;
+  if (app_) {
+    ++app_->requests;
+    app_->by_class[std::min(status / 100, 5)]++;
+    stats.by_app[app_->name][std::min(status / 100, 5)]++;
+  }
   stats.latency.observe(total_ms / 1000);
   if (server_.wants_events()) {
     server_.emit(fmt::format(
@@ -409,10 +440,10 @@ void Exchange::record() {
           ? fmt::format(
                 R"({{"time":"{}","request_id":"{}","client":"{}","method":"{}","path":"{}",)"
                 R"("status":{},"bytes":{},"worker":{},"queue_ms":{:.3f},"upstream_ms":{:.3f},)"
-                R"("duration_ms":{:.3f}}})",
+                R"("duration_ms":{:.3f},"app":"{}"}})",
                 utc_timestamp(), json_escape(request_id_), json_escape(peer_ip_),
                 json_escape(request_.method), json_escape(request_.target), status, bytes_out_,
-                served_by_, queue_ms, upstream_ms, total_ms)
+                served_by_, queue_ms, upstream_ms, total_ms, app_ ? json_escape(app_->name) : "")
           : fmt::format(
                 "{} {} \"{} {} HTTP/{}.{}\" {} {} id={} worker={} queue_ms={:.3f} "
                 "upstream_ms={:.3f} duration_ms={:.3f}",
@@ -420,6 +451,7 @@ void Exchange::record() {
                 request_.version_major, request_.version_minor, status, bytes_out_,
                 escape_for_log(request_id_), served_by_ ? std::to_string(served_by_) : "-",
                 queue_ms, upstream_ms, total_ms);
+  if (!log.json() && server_.names_apps()) line += " app=" + (app_ ? app_->name : "-");
   if (log.add(line)) server_.defer([&log] { log.flush(); });
 }
 

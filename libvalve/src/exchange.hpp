@@ -14,6 +14,8 @@ class Server;
 class ClientConn;
 class UpstreamConn;
 class Worker;
+struct App;
+struct Config;
 
 class Exchange {
  public:
@@ -63,7 +65,12 @@ class Exchange {
   void record();  // metrics and the access log, once the exchange is over
   std::string upstream_head() const;
 
+  const Config &config() const;  // the app's, once routed; the server's before
+
   Server &server_;
+  App *app_ = nullptr;  // where the routes sent it
+  std::string upstream_target_;  // the target the worker gets (its prefix stripped)
+  std::string stripped_prefix_;  // sent as X-Forwarded-Prefix
   ClientConn *client_;
   UpstreamConn *upstream_ = nullptr;
   Worker *worker_ = nullptr;

@@ -28,9 +28,11 @@ constexpr uint64_t kStableMs = 10000;     // a worker up this long after ready e
 constexpr double kMonitorSeconds = 1;     // how often resident memory is read
 }  // namespace
 
-Pool::Pool(Server &server, const Config &config)
+Pool::Pool(Server &server, const Config &config, std::string name, uint64_t serial)
     : server_(server),
       config_(config),
+      name_(std::move(name)),
+      serial_(serial),
       launch_timer_(server.loop(), [this] { rebalance(); }),
       maintenance_timer_(server.loop(), [this] { retire_idle(); }),
       monitor_timer_(server.loop(), [this] { monitor(); }) {
@@ -98,7 +100,7 @@ bool Pool::on_reaped(int pid, int wait_status) {
 }
 
 void Pool::on_template_exit() {
-  if (terminating_ && all_exited()) server_.on_pool_terminated();
+  if (terminating_ && all_exited()) server_.on_pool_terminated(*this);
 }
 
 std::string Pool::preload_json() const { return preloader_ ? preloader_->json() : "null"; }
@@ -179,7 +181,7 @@ void Pool::on_worker_ready(Worker &w) {
   if (!ever_ready_) failures_ = 0;  // start-up succeeded; later crash loops count from here
   if (!ever_ready_) {
     ever_ready_ = true;
-    server_.on_first_ready();
+    server_.on_pool_ready(*this);
   }
   rebalance();
 }
@@ -214,12 +216,12 @@ void Pool::on_worker_exit(Worker &w, int wait_status, bool never_ready) {
   } else if (failed_start) {
     ++failures_;
     if (!ever_ready_ && WIFEXITED(wait_status) && WEXITSTATUS(wait_status) == kExitPlumberMissing) {
-      server_.fatal(VALVE_ECONFIG,
+      server_.on_pool_failed(*this, VALVE_ECONFIG,
                     fmt::format("rscript {}: the R package plumber is not installed{}",
                                 config_.rscript, w.tail()));
     } else if (!ever_ready_ && failures_ >= kStartupAttempts) {
-      server_.fatal(
-          VALVE_ESTARTUP,
+      server_.on_pool_failed(
+          *this, VALVE_ESTARTUP,
           fmt::format("no worker became ready: {} launches failed; the last {} {}. Its last "
                       "output:{}",
                       failures_, w.label(), describe_exit(wait_status), w.tail()));
@@ -247,7 +249,7 @@ void Pool::on_worker_exit(Worker &w, int wait_status, bool never_ready) {
   }
   server_.defer_erase(workers_, &w);  // forget the worker once this callback is over
   if (terminating_) {
-    if (all_exited()) server_.on_pool_terminated();
+    if (all_exited()) server_.on_pool_terminated(*this);
     return;
   }
   rebalance();
@@ -360,7 +362,8 @@ void Pool::finish_reload(bool ok, std::string error) {
   for (auto &w : workers_) result.workers += is_current(*w) && w->accepting();
   reload_.phase = ok ? Reload::Phase::done : Reload::Phase::failed;
   reload_.error = result.error;
-  server_.stats().reloads[ok ? "ok" : "failed"]++;
+  // With a config file the server counts each reload once, whatever its apps did.
+  if (!server_.names_apps()) server_.stats().reloads[ok ? "ok" : "failed"]++;
   if (ok) {
     log().info("reload: generation {} serves with {} workers, {} ms after the reload began",
                generation_, result.workers, result.duration_ms);
@@ -512,7 +515,7 @@ double Pool::back_off() {
 }
 
 void Pool::launch_one() {
-  auto w = std::make_unique<Worker>(*this, next_id_++, generation_);
+  auto w = std::make_unique<Worker>(*this, server_.next_worker_id(), generation_);
   int rc = w->launch();
   if (rc != 0) {
     log().error("cannot launch a worker: {}", uv_message(rc));
@@ -567,7 +570,7 @@ void Pool::terminate() {
   for (auto &w : workers_) all.push_back(w.get());
   for (Worker *w : all) w->stop("shutting down");
   if (preloader_) preloader_->terminate();
-  if (all_exited()) server_.defer([this] { server_.on_pool_terminated(); });
+  if (all_exited()) server_.defer([this] { server_.on_pool_terminated(*this); });
 }
 
 bool Pool::all_exited() const {
@@ -583,10 +586,10 @@ std::string Pool::workers_json() const {
     if (out.size() > 1) out += ",";
     int64_t used = w->last_used_unix_ms();
     out += fmt::format(
-        R"({{"id":{},"pid":{},"generation":{},"state":"{}","address":"{}","requests":{},)"
+        R"({{"id":{},"app":"{}","pid":{},"generation":{},"state":"{}","address":"{}","requests":{},)"
         R"("in_flight":{},"rss_bytes":{},"forked":{},"pss_bytes":{},"age_s":{:.3f},"idle_s":{:.3f},)"
         R"("last_used":{}}})",
-        w->id(), w->pid(), w->generation(), w->state_name(), json_escape(w->address()), w->served(),
+        w->id(), json_escape(name_), w->pid(), w->generation(), w->state_name(), json_escape(w->address()), w->served(),
         w->in_flight(), w->rss_bytes(), w->forked() ? "true" : "false", w->pss_bytes(),
         (now - w->started_ms()) / 1000.0,
         w->in_flight() || !w->was_ready() ? 0.0 : (now - w->last_used_ms()) / 1000.0,

@@ -37,7 +37,8 @@ using ReloadDone = std::function<void(const ReloadResult &)>;
 
 class Pool {
  public:
-  Pool(Server &server, const Config &config);
+  // name: the app's; serial: unique in the server, for the pool's files in the runtime directory.
+  Pool(Server &server, const Config &config, std::string name, uint64_t serial);
   ~Pool();
   Pool(const Pool &) = delete;
   Pool &operator=(const Pool &) = delete;
@@ -70,6 +71,9 @@ class Pool {
   void on_worker_exit(Worker &w, int wait_status, bool never_ready);
 
   Server &server() { return server_; }
+  const std::string &name() const { return name_; }
+  uint64_t serial() const { return serial_; }
+  bool terminating() const { return terminating_; }
   const Config &config() const { return config_; }
   const Logger &log() const;
   // Where the R bootstrap script is, the resolved Rscript, and the API file's absolute path.
@@ -120,6 +124,8 @@ class Pool {
 
   Server &server_;
   const Config &config_;
+  std::string name_;
+  uint64_t serial_;
   std::string rscript_path_;
   std::string api_file_;
   Identity identity_;
@@ -127,7 +133,6 @@ class Pool {
   std::unique_ptr<Preloader> preloader_;  // before workers_: it outlives them
   std::list<std::unique_ptr<Worker>> workers_;
   std::deque<Exchange *> queue_;
-  uint64_t next_id_ = 1;
   unsigned failures_ = 0;  // launches in a row that never became ready
   bool ever_ready_ = false;
   bool terminating_ = false;

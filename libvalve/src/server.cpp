@@ -8,6 +8,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -66,15 +67,51 @@ local({
 }  // namespace
 
 Server::Server(Config config, Hooks hooks)
-    : config_(std::move(config)),
-      hooks_(hooks),
-      log_(config_.log_level, hooks.log, hooks.log_data) {
+    : options_(config), config_(std::move(config)), hooks_(hooks) {
+  std::vector<Mistake> mistakes;
+  if (auto layout = load_layout(options_, &mistakes)) {
+    layout_ = std::move(*layout);
+    config_ = layout_.server;
+  } else {
+    layout_error_ = format_mistakes(options_.config, mistakes);
+  }
+  log_ = Logger(config_.log_level, hooks.log, hooks.log_data);
   log_.set_json(config_.log_format == "json");
   stats_.started_unix_ms = static_cast<uint64_t>(unix_ms());
   uv_loop_init(&loop_);
   inbox_ = std::make_unique<Inbox>(&loop_);
-  pool_ = std::make_unique<Pool>(*this, config_);
+  for (const AppSpec &spec : layout_.apps) add_app(spec);
   admin_ = std::make_unique<AdminServer>(*this);
+}
+
+App::App(std::string app_name, Config app_config)
+    : name(std::move(app_name)), config(std::move(app_config)) {}
+App::~App() = default;
+
+App &Server::add_app(const AppSpec &spec) {
+  auto app = std::make_unique<App>(spec.name, spec.config);
+  app->pool = std::make_unique<Pool>(*this, app->config, spec.name, next_pool_serial_++);
+  apps_.push_back(std::move(app));
+  return *apps_.back();
+}
+
+App *Server::app_for(Pool &pool) {
+  for (auto &a : apps_) {
+    if (a->pool.get() == &pool) return a.get();
+  }
+  return nullptr;
+}
+
+App &Server::main_app() {
+  for (auto &a : apps_) {
+    if (!a->pending && !a->retiring) return *a;
+  }
+  return *apps_.front();
+}
+
+std::string Server::app_message(const App &app, std::string_view message) const {
+  if (!layout_.from_file) return std::string(message);
+  return fmt::format("app {}: {}", app.name, message);
 }
 
 Server::~Server() {
@@ -83,7 +120,7 @@ Server::~Server() {
     thread_.join();
   }
   admin_.reset();
-  pool_.reset();
+  apps_.clear();
   inbox_.reset();
   run_deferred();
   if (deferred_check_) close_handle(deferred_check_);
@@ -92,7 +129,16 @@ Server::~Server() {
   uv_loop_close(&loop_);
 }
 
-std::optional<std::string> Server::check() { return pool_->check_environment(); }
+std::optional<std::string> Server::check() {
+  if (!layout_error_.empty()) return layout_error_;
+  std::string errors;
+  for (auto &app : apps_) {
+    if (auto err = app->pool->check_environment())
+      errors += (errors.empty() ? "" : "\n") + app_message(*app, *err);
+  }
+  if (!errors.empty()) return errors;
+  return std::nullopt;
+}
 
 void Server::set_result(int code, std::string message) {
   std::lock_guard lock(mutex_);
@@ -127,8 +173,11 @@ int Server::run() {
 int Server::serve() {
   int rc = prepare();
   if (rc == 0) {
-    pool_->start();
-    if (config_.n_min == 0) on_first_ready();
+    for (auto &app : apps_) {
+      app->pool->start();
+      if (app->config.n_min == 0) app->ready = true;
+    }
+    if (all_apps_ready()) on_first_ready();
     uv_run(&loop_, UV_RUN_DEFAULT);
   } else {
     finish();
@@ -238,14 +287,54 @@ std::string Server::status_json_now() {
       st.by_class[4], st.by_class[5], st.rejected, st.timeouts, st.retries, st.launches, st.exits,
       st.crashes, count(st.recycles), st.health_check_failures, st.template_launches, st.forks,
       st.fork_fallbacks);
+  // Every app's workers in one list (each names its app), and each app on its own.
+  std::string workers = "[", apps = "[";
+  size_t queue = 0;
+  for (const auto &app : apps_) {
+    const Pool &pool = *app->pool;
+    std::string list = pool.workers_json();
+    if (list.size() > 2) workers += (workers.size() > 1 ? "," : "") + list.substr(1, list.size() - 2);
+    queue += pool.queue_depth();
+    size_t count = 0;
+    for (const auto &[s, n] : pool.count_states()) count += n;
+    apps += fmt::format(
+        R"({}{{"name":"{}","state":"{}","generation":{},"reload":{},"queue":{},)"
+        R"("requests_in_progress":{},"requests":{},"2xx":{},"3xx":{},"4xx":{},"5xx":{},)"
+        R"("workers":{},"config":{}}})",
+        apps.size() > 1 ? "," : "", json_escape(app->name),
+        app->retiring ? "retiring" : app->pending ? "starting" : "serving", pool.generation(),
+        pool.reload_json(), pool.queue_depth(), app->exchanges, app->requests, app->by_class[2],
+        app->by_class[3], app->by_class[4], app->by_class[5], count, app->config.to_json());
+  }
+  workers += "]";
+  apps += "]";
+  std::string routes = "[";
+  for (const Route &r : layout_.routes) {
+    std::string backends;
+    for (const Backend &b : r.backends)
+      backends += fmt::format(R"({}{{"app":"{}","weight":{}}})", backends.empty() ? "" : ",",
+                              json_escape(b.app), b.weight);
+    routes += fmt::format(
+        R"({}{{"hostname":"{}","prefix":"{}","strip_prefix":{},"sticky":"{}","apps":[{}]}})",
+        routes.size() > 1 ? "," : "", json_escape(r.hostname), json_escape(r.prefix),
+        r.strip_prefix ? "true" : "false", json_escape(r.sticky.describe()), backends);
+  }
+  routes += "]";
+  Pool &main = *main_app().pool;
   return fmt::format(
       R"({{"version":"{}","state":"{}","address":"{}","admin":"{}","pid":{},"uptime_s":{:.3f},)"
       R"("generation":{},"reload":{},"queue":{},"requests_in_progress":{},"connections":{},)"
-      R"("totals":{},"workers":{},"preload":{},"config":{}}})",
+      R"("totals":{},"workers":{},"apps":{},"routes":{},"preload":{},"config":{}}})",
       VALVE_VERSION_STRING, state, json_escape(address_), json_escape(admin_->address()), getpid(),
-      (unix_ms() - static_cast<int64_t>(st.started_unix_ms)) / 1000.0, pool_->generation(),
-      pool_->reload_json(), pool_->queue_depth(), exchanges_.size(), clients_.size(), totals,
-      pool_->workers_json(), pool_->preload_json(), config_.to_json());
+      (unix_ms() - static_cast<int64_t>(st.started_unix_ms)) / 1000.0, main.generation(),
+      reload_json(), queue, exchanges_.size(), clients_.size(), totals, workers, apps, routes,
+      main.preload_json(), config_.to_json());
+}
+
+std::string Server::reload_json() const {
+  if (!layout_.from_file) return apps_.front()->pool->reload_json();
+  const auto &r = layout_reload_;
+  return fmt::format(R"({{"state":"{}","error":"{}"}})", r.state, json_escape(r.last_error));
 }
 
 bool Server::ready(std::string *why) {
@@ -253,12 +342,46 @@ bool Server::ready(std::string *why) {
     *why = "the server is shutting down";
     return false;
   }
-  return pool_->ready(why);
+  for (auto &app : apps_) {
+    if (app->pending || app->retiring) continue;
+    std::string not_ready;
+    if (!app->pool->ready(&not_ready)) {
+      *why = app_message(*app, not_ready);
+      return false;
+    }
+  }
+  return true;
+}
+
+bool Server::all_apps_ready() const {
+  return std::all_of(apps_.begin(), apps_.end(),
+                     [](const auto &a) { return a->ready || a->pending || a->retiring; });
+}
+
+App *Server::find_app(std::string_view name, std::string *why) {
+  App *found = nullptr;
+  size_t serving = 0;
+  for (auto &a : apps_) {
+    if (a->pending || a->retiring) continue;
+    ++serving;
+    if (name.empty() || a->name == name) found = a.get();
+  }
+  if (name.empty() && serving > 1) {
+    *why = "there are several apps: name one (app=NAME)";
+    return nullptr;
+  }
+  if (!found) *why = fmt::format("app {}: no such app", name);
+  return found;
 }
 
 std::optional<std::string> Server::scale(const std::optional<std::string> &n_min,
-                                         const std::optional<std::string> &n_max) {
-  Config trial = config_;
+                                         const std::optional<std::string> &n_max,
+                                         const std::string &app_name) {
+  std::string why;
+  App *app = find_app(app_name, &why);
+  if (!app) return why;
+  Config &config = app->config;
+  Config trial = config;
   if (n_min) {
     if (auto err = trial.set("n-min", *n_min)) return err;
   }
@@ -270,19 +393,21 @@ std::optional<std::string> Server::scale(const std::optional<std::string> &n_min
                  : fmt::format("n-max {}: must be at least n-min ({})", trial.n_max, trial.n_min);
   }
   if (stopping_) return std::string("the server is shutting down");
-  config_.n_min = trial.n_min;
-  config_.n_max = trial.n_max;
-  log_.info("scaled: n-min {}, n-max {}", config_.n_min, config_.n_max);
-  pool_->on_scaled();
+  config.n_min = trial.n_min;
+  config.n_max = trial.n_max;
+  if (!layout_.from_file) config_.n_min = trial.n_min, config_.n_max = trial.n_max;
+  log_.info("{}", app_message(*app, fmt::format("scaled: n-min {}, n-max {}", config.n_min,
+                                                config.n_max)));
+  app->pool->on_scaled();
   return std::nullopt;
 }
 
-int Server::scale(std::optional<uint64_t> n_min, std::optional<uint64_t> n_max,
-                  std::string *error) {
+int Server::scale(std::optional<uint64_t> n_min, std::optional<uint64_t> n_max, std::string *error,
+                  const std::string &app) {
   auto text = [](std::optional<uint64_t> v) {
     return v ? std::optional<std::string>(std::to_string(*v)) : std::nullopt;
   };
-  auto work = [this, a = text(n_min), b = text(n_max)] { return scale(a, b); };
+  auto work = [this, a = text(n_min), b = text(n_max), app] { return scale(a, b, app); };
   std::optional<std::optional<std::string>> err;  // absent: the loop did not run it
   if (on_running_loop(error)) {
     err = work();
@@ -315,7 +440,7 @@ int Server::reload(std::string *error) {
   std::optional<ReloadResult> r;
   if (error->empty()) {
     r = wait_on_loop<ReloadResult>([this](auto done) {
-      pool_->reload([done](const ReloadResult &result) { done->set_value(result); });
+      reload_all([done](const ReloadResult &result) { done->set_value(result); });
     });
   }
   if (!r) return not_running(error);
@@ -326,7 +451,7 @@ int Server::reload(std::string *error) {
 
 void Server::start_reload(std::string_view why) {
   log_.info("reload ({})", why);
-  pool_->reload(nullptr);
+  reload_all(nullptr);
 }
 
 int Server::prepare() {
@@ -358,17 +483,17 @@ int Server::prepare() {
     }
     chmod(runtime_dir_.c_str(), 0700);
   }
-  if (config_.cmd.empty()) {
-    std::ofstream script(pool_->script_path());
+  {  // any app may run R: a config file may add one on reload
+    std::ofstream script(main_app().pool->script_path());
     script << kWorkerScript;
     script.close();
     if (!script) {
       set_result(VALVE_EINVALID, fmt::format("runtime-dir {}: cannot write there", runtime_dir_));
       return VALVE_EINVALID;
     }
-    chmod(pool_->script_path().c_str(), 0644);
+    chmod(main_app().pool->script_path().c_str(), 0644);
   }
-  if (const auto &as = pool_->identity().credentials) {
+  if (const auto &as = main_app().pool->identity().credentials) {
     // Workers of another user make their sockets here: the directory becomes theirs, still 0700,
     // and valve, as root, keeps its way in.
     if (chown(runtime_dir_.c_str(), as->uid, as->gid) != 0) {
@@ -448,7 +573,9 @@ int Server::prepare() {
           pid_t pid;
           while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
             if (!self) continue;
-            if (!self->pool_->on_reaped(pid, status)) {
+            bool ours = false;
+            for (auto &app : self->apps_) ours = ours || app->pool->on_reaped(pid, status);
+            if (!ours) {
               self->log_.debug("reaped orphan process {} ({})", pid, describe_exit(status));
             }
           }
@@ -585,28 +712,269 @@ void Server::on_first_ready() {
 }
 
 void Server::on_reload_started() {
+  if (reloads_active_++ > 0) return;  // several apps reload together: one RELOADING=1
   uint64_t usec = uv_hrtime() / 1000;  // CLOCK_MONOTONIC, as systemd wants it
   notifier_.send(
       fmt::format("RELOADING=1\nMONOTONIC_USEC={}\nSTATUS=reloading: starting "
                   "generation {}",
-                  usec, pool_->generation()));
+                  usec, main_app().pool->generation()));
 }
 
 void Server::on_reload_finished(bool ok) {
-  if (stopping_) return;
+  if (reloads_active_ > 0) --reloads_active_;
+  if (stopping_ || reloads_active_ > 0) return;
   notifier_.send("READY=1");
   notifier_.status(ok ? service_status() : "the last reload failed; " + service_status());
 }
 
 std::string Server::service_status() {
   size_t ready = 0, starting = 0;
-  for (const auto &[state, n] : pool_->count_states()) {
-    if (state == "ready") ready = n;
-    if (state == "starting") starting = n;
+  size_t queue = 0;
+  for (const auto &app : apps_) {
+    queue += app->pool->queue_depth();
+    for (const auto &[state, n] : app->pool->count_states()) {
+      if (state == "ready") ready += n;
+      if (state == "starting") starting += n;
+    }
   }
   return fmt::format("{} worker{} ready, {} starting, {} queued; generation {}; serving http://{}",
-                     ready, ready == 1 ? "" : "s", starting, pool_->queue_depth(),
-                     pool_->generation(), address());
+                     ready, ready == 1 ? "" : "s", starting, queue,
+                     main_app().pool->generation(), address());
+}
+
+void Server::on_pool_ready(Pool &pool) {
+  App *app = app_for(pool);
+  if (!app || app->ready) return;
+  app->ready = true;
+  if (app->pending) {
+    log_.info("{}", app_message(*app, "ready: it takes requests once the reload completes"));
+    layout_step_done(true, {});
+  } else if (all_apps_ready()) {
+    on_first_ready();
+  }
+}
+
+void Server::on_pool_failed(Pool &pool, int code, std::string message) {
+  App *app = app_for(pool);
+  if (app && app->pending) {
+    log_.error("{}", app_message(*app, message));
+    app->pending = false;  // not taken in by the reload: it ends
+    retire_app(*app, "its start-up failed");
+    layout_step_done(false, app_message(*app, message));
+    return;
+  }
+  fatal(code, app ? app_message(*app, message) : std::move(message));
+}
+
+Routing Server::route(const Head &request, std::string_view peer_ip) {
+  Routing out;
+  const std::string *host = request.find("host");
+  out.route = match_route(layout_.routes, host ? *host : std::string_view(), request.target);
+  if (!out.route) return out;
+  const Route &r = *out.route;
+  size_t i = r.backends.size() == 1 ? 0 : pick_backend(r, sticky_key(r, request, peer_ip));
+  for (auto &a : apps_) {
+    if (a->name == r.backends[i].app && !a->pending && !a->retiring) out.app = a.get();
+  }
+  if (out.app) ++out.app->exchanges;
+  return out;
+}
+
+void Server::on_exchange_done(App &app) {
+  if (app.exchanges > 0) --app.exchanges;
+  if (app.retiring) maybe_end_app(app);
+}
+
+void Server::retire_app(App &app, std::string_view why) {
+  if (app.retiring) return;
+  app.retiring = true;
+  if (app.exchanges > 0) {
+    log_.info("{}", app_message(app, fmt::format("leaves ({}) once its {} requests in progress "
+                                                 "are over (at most {} s)",
+                                                 why, app.exchanges,
+                                                 format_seconds(config_.graceful_timeout))));
+  } else {
+    log_.info("{}", app_message(app, fmt::format("leaves ({})", why)));
+  }
+  app.retire_timer = std::make_unique<Timer>(&loop_, [this, &app] {
+    log_.warn("{}", app_message(app, fmt::format("graceful timeout: {} requests still in "
+                                                 "progress are cut off",
+                                                 app.exchanges)));
+    app.pool->terminate();
+  });
+  app.retire_timer->start(config_.graceful_timeout);
+  maybe_end_app(app);
+}
+
+void Server::maybe_end_app(App &app) {
+  if (!app.retiring || terminating_) return;
+  if (!app.pool->terminating()) {
+    if (app.exchanges == 0) app.pool->terminate();  // reports back through on_pool_terminated
+    return;
+  }
+  if (!app.terminated || app.exchanges > 0) return;
+  app.retire_timer.reset();
+  app.pool->remove_runtime_files();
+  for (auto it = apps_.begin(); it != apps_.end(); ++it) {
+    if (it->get() == &app) {
+      log_.info("{}", app_message(app, "ended"));
+      defer_delete(it->release());
+      apps_.erase(it);
+      return;
+    }
+  }
+}
+
+void Server::reload_all(ReloadDone done) {
+  if (stopping_) {
+    if (done) done(ReloadResult{false, 0, 0, 0, "the server is shutting down"});
+    return;
+  }
+  if (!layout_.from_file) {
+    main_app().pool->reload(std::move(done));
+    return;
+  }
+  LayoutReload &r = layout_reload_;
+  if (r.active) {
+    log_.info("a reload is in progress: the new one runs after it");
+    r.run_again = true;
+    if (done) r.again.push_back(std::move(done));
+    return;
+  }
+  std::vector<ReloadDone> waiters;
+  if (done) waiters.push_back(std::move(done));
+  begin_layout_reload(std::move(waiters));
+}
+
+void Server::begin_layout_reload(std::vector<ReloadDone> waiters) {
+  LayoutReload &r = layout_reload_;
+  r.active = true;
+  r.state = "in_progress";
+  r.failed = false;
+  r.error.clear();
+  r.fresh.clear();
+  r.steps = 1;  // this function's own, so no step completes the reload before all have begun
+  r.started_ms = monotonic_ms();
+  r.waiters = std::move(waiters);
+  on_reload_started();
+  std::vector<Mistake> mistakes;
+  auto next = load_layout(options_, &mistakes);
+  if (!next) {
+    layout_step_done(false, "the config file has mistakes; nothing changed:\n" +
+                                format_mistakes(options_.config, mistakes));
+    return;
+  }
+  r.next = std::move(*next);
+  for (size_t i = 0; const char *key = option_key(i); ++i) {
+    if (is_server_option(key) && config_.get(key) != r.next.server.get(key) &&
+        std::string_view(key) != "config")
+      log_.warn("reload: {} changed in {}; it takes effect when valve restarts", key,
+                options_.config);
+  }
+  // Each app the file names: one serving with the same options reloads its workers; any other
+  // (new, or with options changed) starts beside the old, which leaves once the reload is done.
+  std::vector<Pool *> reloading;
+  for (const AppSpec &spec : r.next.apps) {
+    App *same = nullptr;
+    for (auto &a : apps_) {
+      if (a->name == spec.name && !a->pending && !a->retiring &&
+          a->config.to_json() == spec.config.to_json())
+        same = a.get();
+    }
+    if (same) {
+      reloading.push_back(same->pool.get());
+      continue;
+    }
+    App &fresh = add_app(spec);
+    fresh.pending = true;
+    r.fresh.push_back(&fresh);
+    if (auto err = fresh.pool->check_environment()) {
+      r.failed = true;
+      r.error = app_message(fresh, *err);
+      break;
+    }
+  }
+  if (r.failed) {
+    for (App *a : r.fresh) a->pending = false, retire_app(*a, "the reload failed");
+    r.fresh.clear();
+    layout_step_done(false, r.error);
+    return;
+  }
+  r.steps += reloading.size() + r.fresh.size();
+  for (App *a : r.fresh) {
+    log_.info("{}", app_message(*a, "starting"));
+    a->pool->start();
+    if (a->config.n_min == 0) on_pool_ready(*a->pool);
+  }
+  for (Pool *p : reloading) {
+    p->reload([this](const ReloadResult &result) { layout_step_done(result.ok, result.error); });
+  }
+  layout_step_done(true, {});
+}
+
+void Server::layout_step_done(bool ok, const std::string &error) {
+  LayoutReload &r = layout_reload_;
+  if (!r.active) return;
+  if (!ok && !r.failed) {
+    r.failed = true;
+    r.error = error;
+  }
+  if (r.steps > 0 && --r.steps > 0) return;
+  finish_layout_reload(!r.failed, r.error);
+}
+
+void Server::finish_layout_reload(bool ok, std::string error) {
+  LayoutReload &r = layout_reload_;
+  if (ok) {
+    // The new routes take every request from here on; apps no longer named, or replaced by a
+    // fresh one of the same name, finish what they have and end.
+    std::vector<App *> leaving;
+    for (auto &a : apps_) {
+      if (a->pending || a->retiring) continue;
+      bool kept = false;
+      for (const AppSpec &spec : r.next.apps) kept = kept || spec.name == a->name;
+      for (App *f : r.fresh) kept = kept && f->name != a->name;
+      if (!kept) leaving.push_back(a.get());
+    }
+    for (App *f : r.fresh) f->pending = false;
+    r.next.server = layout_.server;  // the server's own options wait for a restart
+    layout_ = std::move(r.next);
+    for (App *a : leaving) retire_app(*a, "the reload removed or replaced it");
+  } else {
+    for (App *f : r.fresh) {
+      if (f->pending) f->pending = false, retire_app(*f, "the reload failed");
+    }
+  }
+  ReloadResult result;
+  result.ok = ok;
+  result.error = ok ? std::string() : error;
+  result.generation = main_app().pool->generation();
+  result.duration_ms = monotonic_ms() - r.started_ms;
+  for (auto &a : apps_) {
+    if (a->pending || a->retiring) continue;
+    for (const auto &[state, n] : a->pool->count_states()) {
+      if (state == "ready") result.workers += n;
+    }
+  }
+  r.active = false;
+  r.fresh.clear();
+  r.state = ok ? "done" : "failed";
+  r.last_error = result.error;
+  if (ok) {
+    log_.info("reload: {} apps serve, {} ms after the reload began", layout_.apps.size(),
+              result.duration_ms);
+  } else {
+    log_.error("reload failed; what served goes on serving: {}", error);
+  }
+  stats_.reloads[ok ? "ok" : "failed"]++;
+  on_reload_finished(ok);
+  auto waiters = std::move(r.waiters);
+  r.waiters.clear();
+  for (auto &w : waiters) w(result);
+  if (r.run_again && !stopping_) {
+    r.run_again = false;
+    begin_layout_reload(std::exchange(r.again, {}));
+  }
 }
 
 void Server::fatal(int code, std::string message) {
@@ -650,10 +1018,19 @@ void Server::terminate_pool() {
   if (terminating_) return;
   terminating_ = true;
   if (stop_timer_) stop_timer_->stop();
-  pool_->terminate();
+  for (auto &app : apps_) app->pool->terminate();
 }
 
-void Server::on_pool_terminated() {
+void Server::on_pool_terminated(Pool &pool) {
+  App *app = app_for(pool);
+  if (app) app->terminated = true;
+  if (!terminating_) {
+    if (app) maybe_end_app(*app);
+    return;
+  }
+  for (auto &a : apps_) {
+    if (!a->terminated) return;
+  }
   // Requests still open lost their workers: their clients are closed with them.
   std::vector<ClientConn *> clients(clients_.begin(), clients_.end());
   for (ClientConn *c : clients) c->close();
@@ -682,8 +1059,9 @@ void Server::finish() {
 
 void Server::remove_runtime_dir() {
   if (runtime_dir_.empty()) return;
-  unlink(pool_->script_path().c_str());
-  pool_->remove_runtime_files();
+  if (apps_.empty()) return;
+  unlink(main_app().pool->script_path().c_str());
+  for (auto &app : apps_) app->pool->remove_runtime_files();
   if (own_runtime_dir_) {
     if (DIR *d = opendir(runtime_dir_.c_str())) {
       while (dirent *e = readdir(d)) {

@@ -1,6 +1,7 @@
 // What the server counts for /metrics and /status. Loop thread only.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <map>
 #include <string>
@@ -26,6 +27,8 @@ struct Stats {
   uint64_t fork_fallbacks = 0;     // workers launched plainly because no template could fork them
   std::map<std::string, uint64_t> recycles;  // by reason: reload, max-requests, max-rss, unhealthy
   std::map<std::string, uint64_t> reloads;   // by result: ok, failed
+  // Answers by app and status / 100; an app's count outlives the pools a reload replaces.
+  std::map<std::string, std::array<uint64_t, 6>> by_app;
   uint64_t started_unix_ms = 0;
 };
 

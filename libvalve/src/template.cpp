@@ -432,8 +432,8 @@ bool Preloader::write_files(std::string *why) {
     return false;
   }
   const std::string &dir = pool_.server().runtime_dir();
-  script_path_ = dir + "/template.R";
-  helper_path_ = dir + "/preload.so";
+  script_path_ = fmt::format("{}/template-{}.R", dir, pool_.serial());
+  helper_path_ = fmt::format("{}/preload-{}.so", dir, pool_.serial());
   if (!write_file(script_path_, kTemplateScript, std::strlen(kTemplateScript)) ||
       !write_file(helper_path_, kPreloadHelper, kPreloadHelperSize)) {
     *why = fmt::format("cannot write the template's files in {}: {}", dir, strerror(errno));

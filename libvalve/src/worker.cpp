@@ -190,8 +190,11 @@ Worker::~Worker() {
 }
 
 std::string Worker::label() const {
-  if (pid_ <= 0) return fmt::format("worker {} (not forked yet)", id_);
-  return fmt::format("worker {} (pid {})", id_, pid_);
+  // With several apps: "worker model-v2/7", the app's name first.
+  std::string name = pool_.server().names_apps() ? fmt::format("{}/{}", pool_.name(), id_)
+                                                 : std::to_string(id_);
+  if (pid_ <= 0) return fmt::format("worker {} (not forked yet)", name);
+  return fmt::format("worker {} (pid {})", name, pid_);
 }
 
 std::string Worker::address() const {
