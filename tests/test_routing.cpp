@@ -183,6 +183,7 @@ sticky = "cookie:uid"
   std::vector<valve::Mistake> mistakes;
   valve::Config flags;
   REQUIRE_FALSE(flags.set("timeout", "5").has_value());
+  REQUIRE_FALSE(flags.set("env", "FROM_FLAG=1").has_value());
   auto layout = load(file, &mistakes, flags);
   for (const auto &m : mistakes) FAIL_CHECK(m.line << ": " << m.message);
   REQUIRE(layout);
@@ -201,8 +202,8 @@ sticky = "cookie:uid"
   CHECK(v2->config.worker_concurrency == 4);
   CHECK(v1->config.timeout == 5);  // the flag
   CHECK(v2->config.timeout == 5);
-  CHECK(v1->config.env == std::vector<std::string>{"SHARED=1"});
-  CHECK(v2->config.env == std::vector<std::string>{"SHARED=1", "ONLY_V2=yes"});
+  CHECK(v1->config.env == std::vector<std::string>{"SHARED=1", "FROM_FLAG=1"});
+  CHECK(v2->config.env == std::vector<std::string>{"SHARED=1", "ONLY_V2=yes", "FROM_FLAG=1"});
   REQUIRE(layout->routes.size() == 2);
   const Route &mount = layout->routes[0];
   CHECK(mount.prefix == "/v1");
@@ -241,7 +242,7 @@ weight = 3
   std::map<int, std::string> by_line;
   for (const auto &m : mistakes) by_line[m.line] += m.message;
   CHECK(by_line[1] == "nmax: unknown option (did you mean n-max?)");
-  CHECK(by_line[2] == "port high: expected a whole number");
+  CHECK(by_line[2] == "port: expected a whole number, got a string");
   CHECK(by_line[6].find("port: an option of the whole server") == 0);
   CHECK(by_line[7] == "apps.a.prefix \"v1\": expected a path starting with /, like \"/v1\"");
   CHECK(by_line[12] == "route /s: no app is named c");

@@ -21,10 +21,11 @@ struct OptionInfo {
   const char *key;
   const char *default_value;
   const char *help;
+  const char *kind;
 };
 
 constexpr OptionInfo kOptions[] = {
-#define VALVE_OPTION_INFO_(key, member, kind, def, help) {key, def, help},
+#define VALVE_OPTION_INFO_(key, member, kind, def, help) {key, def, help, #kind},
     VALVE_OPTIONS(VALVE_OPTION_INFO_)
 #undef VALVE_OPTION_INFO_
 };
@@ -261,6 +262,13 @@ const char *option_help(std::string_view key) {
       text = *o.default_value ? fmt::format("{} (default: {})", o.help, o.default_value) : o.help;
       return text.c_str();
     }
+  }
+  return nullptr;
+}
+
+const char *option_kind(std::string_view key) {
+  for (const auto &o : kOptions) {
+    if (key == o.key) return o.kind;
   }
   return nullptr;
 }

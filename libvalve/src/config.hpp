@@ -171,6 +171,9 @@ struct Config {
 const char *option_key(size_t index);
 const char *option_help(std::string_view key);
 const char *option_default(std::string_view key);  // as the table writes it; nullptr if unknown
+// The option's kind as the table names it (str, uint, secs, bytes, bool, level, list); nullptr if
+// unknown.
+const char *option_kind(std::string_view key);
 
 // Where a listener binds: a Unix socket path, or an IP address (IPv6 without brackets) and port.
 struct ListenAddress {

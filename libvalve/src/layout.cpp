@@ -80,12 +80,21 @@ std::string type_name(const toml::node &node) {
   }
 }
 
-// A scalar as the text Config::set() takes; nullopt for tables, lists and dates.
-std::optional<std::string> scalar_text(const toml::node &node) {
-  if (auto v = node.as_string()) return v->get();
-  if (auto v = node.as_integer()) return std::to_string(v->get());
-  if (auto v = node.as_floating_point()) return fmt::format("{}", v->get());
-  if (auto v = node.as_boolean()) return v->get() ? "true" : "false";
+// A scalar as the text Config::set() takes, if its TOML type suits the option's kind: text
+// options take strings, numbers take numbers (or strings with a unit, "30s", "64k"), switches take
+// true or false. Else what was expected.
+std::optional<std::string> scalar_text(const toml::node &node, std::string_view kind,
+                                       std::string *expected) {
+  bool numeric = kind == "uint" || kind == "secs" || kind == "bytes";
+  if (auto v = node.as_string(); v && kind != "bool" && kind != "uint") return v->get();
+  if (auto v = node.as_integer(); v && numeric) return std::to_string(v->get());
+  if (auto v = node.as_floating_point(); v && kind == "secs") return fmt::format("{}", v->get());
+  if (auto v = node.as_boolean(); v && kind == "bool") return v->get() ? "true" : "false";
+  *expected = kind == "bool"    ? "true or false"
+              : kind == "uint"  ? "a whole number"
+              : kind == "secs"  ? "seconds, a number or a string like \"250ms\""
+              : kind == "bytes" ? "a size, a whole number or a string like \"64k\""
+                                : "a string";
   return std::nullopt;
 }
 
@@ -120,7 +129,8 @@ class Reader {
     const toml::table &root = parsed.table();
     Layout layout;
     layout.from_file = true;
-    layout.server = options_;
+    // Defaults, then the file's top level, then the flags.
+    layout.server = Config();
     layout.server.config = options_.config;
     // The top level: options, the defaults of every app.
     for (auto &&[key, node] : root) {
@@ -134,6 +144,7 @@ class Reader {
       }
       set_option(layout.server, k, node, false);
     }
+    top_ = layout.server;  // what every app starts from, before the flags
     override_with_flags(layout.server);
     if (auto err = check_server(layout.server)) fail(0, *err);
 
@@ -188,14 +199,16 @@ class Reader {
                              key));
       return;
     }
+    std::string_view kind = option_kind(key);
     std::vector<std::string> values;
+    std::string expected;
     if (const toml::array *a = node.as_array()) {
-      if (key != "env") {
+      if (kind != "list") {
         fail(line, fmt::format("{}: expected one value, got a list", key));
         return;
       }
       for (const toml::node &item : *a) {
-        auto text = scalar_text(item);
+        auto text = scalar_text(item, "str", &expected);
         if (!text) {
           fail(line_of(item), fmt::format("{}: expected strings in the list, got {}", key,
                                           type_name(item)));
@@ -203,10 +216,10 @@ class Reader {
         }
         values.push_back(*text);
       }
-    } else if (auto text = scalar_text(node)) {
+    } else if (auto text = scalar_text(node, kind == "list" ? "str" : kind, &expected)) {
       values.push_back(*text);
     } else {
-      fail(line, fmt::format("{}: expected a value, got {}", key, type_name(node)));
+      fail(line, fmt::format("{}: expected {}, got {}", key, expected, type_name(node)));
       return;
     }
     for (std::string &value : values) {
@@ -217,9 +230,16 @@ class Reader {
     }
   }
 
-  // A flag beats the file, wherever in it.
+  // A flag beats the file, wherever in it. A list (env) gets the flags' entries after the
+  // file's, and a later entry for a name wins.
   void override_with_flags(Config &config) {
-    for (const std::string &key : options_.given()) config.copy_from(options_, key);
+    for (const std::string &key : options_.given()) {
+      if (key == "env") {
+        config.env.insert(config.env.end(), options_.env.begin(), options_.env.end());
+      } else {
+        config.copy_from(options_, key);
+      }
+    }
   }
 
   static std::optional<std::string> check_server(const Config &c) {
@@ -244,7 +264,7 @@ class Reader {
                              name));
       return;
     }
-    AppSpec app{std::string(name), layout.server, line};
+    AppSpec app{std::string(name), top_, line};
     app.config.config.clear();
     Route mount;
     mount.line = line;
@@ -444,6 +464,7 @@ class Reader {
   }
 
   const Config &options_;
+  Config top_;
   std::vector<Mistake> *mistakes_;
   std::string dir_;
   int route_count_ = 0;

@@ -71,9 +71,9 @@ class Admin(ValveTestCase):
                                capture_output=True, timeout=30)
         self.assertEqual(check.returncode, 0, check.stdout + check.stderr)
         self.assertEqual(check.stdout + check.stderr, b"", "promtool has no warnings")
-        self.assertRegex(text, r'valve_requests_total\{code="2xx"\} [4-9]\b')
-        self.assertRegex(text, r'valve_requests_total\{code="5xx"\} 1\b')
-        self.assertRegex(text, r'valve_workers\{state="ready"\} 1\b')
+        self.assertRegex(text, r'valve_requests_total\{app="default",code="2xx"\} [4-9]\b')
+        self.assertRegex(text, r'valve_requests_total\{app="default",code="5xx"\} 1\b')
+        self.assertRegex(text, r'valve_workers\{app="default",state="ready"\} 1\b')
         self.assertRegex(text, r'valve_request_duration_seconds_count [5-9]\b')
         for name in ["valve_queue_wait_seconds_bucket", "valve_queue_depth", "valve_worker_launches_total",
                      "valve_worker_exits_total", "valve_worker_crashes_total",

@@ -115,7 +115,7 @@ class Settings(ValveTestCase):
         self.assertEqual(valve.admin("GET", "/readyz").status, 200)
         self.assertEqual(valve.admin("GET", "/healthz").status, 200)
         metrics = valve.admin("GET", "/metrics").text()
-        self.assertRegex(metrics, r"(?m)^valve_queue_depth 0$")
+        self.assertRegex(metrics, r'(?m)^valve_queue_depth\{app="default"\} 0$')
         self.assertEqual(len(valve.workers()), int(self.flags["n-min"]))
         answer = valve.post("/predict", '{"wt": 2.62, "hp": 110, "am": 1}',
                             headers={"Content-Type": "application/json"})

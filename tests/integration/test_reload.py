@@ -105,7 +105,7 @@ class Reload(ValveTestCase):
         valve = self.start_copy("--n-min", "1", "--n-max", "2")
         response = valve.admin("POST", "/scale?n-min=3&n-max=4")
         self.assertEqual(response.status, 200, response)
-        self.assertEqual(response.json(), {"n_min": 3, "n_max": 4})
+        self.assertEqual(response.json(), {"app": "default", "n_min": 3, "n_max": 4})
         wait_until(lambda: [w["state"] for w in valve.status()["workers"]] == ["ready"] * 3, 60,
                    message="three ready workers")
         config = valve.status()["config"]
@@ -120,7 +120,7 @@ class Reload(ValveTestCase):
             ("/scale?n-min=5&n-max=2", "n-min 5: must be at most n-max (2)"),
             ("/scale?n-max=0", "n-max 0: must be at least 1"),
             ("/scale?n-min=two", 'n-min two: expected a whole number'),
-            ("/scale?workers=3", "workers 3: unknown parameter (use n-min and n-max)"),
+            ("/scale?workers=3", "workers 3: unknown parameter (use n-min, n-max and app)"),
         ]:
             response = valve.admin("POST", target)
             self.assertEqual(response.status, 400, response)
