@@ -421,12 +421,15 @@ void print_status(std::ostream &out, const json &status) {
     out << "No workers.\n";
     return;
   }
+  // With several apps, each worker's app comes first.
+  bool several = status.contains("apps") && status["apps"].is_array() && status["apps"].size() > 1;
   std::vector<std::vector<std::string>> rows = {
       {"ID", "PID", "GEN", "STATE", "REQS", "INFL", "RSS", "AGE", "IDLE", "LAST-USED"}};
   for (const json &w : workers) {
     bool busy = number(w, "in_flight").value_or(0) > 0;
     std::string last_used = field(w, "last_used");
-    rows.push_back({field(w, "id"), field(w, "pid"), field(w, "generation"), field(w, "state"),
+    std::string id = several ? field(w, "app") + "/" + field(w, "id") : field(w, "id");
+    rows.push_back({id, field(w, "pid"), field(w, "generation"), field(w, "state"),
                     field(w, "requests"), field(w, "in_flight"), megabytes(number(w, "rss_bytes")),
                     human_duration(number(w, "age_s")),
                     busy ? "-" : human_duration(number(w, "idle_s")),
@@ -473,15 +476,23 @@ int run_reload(const AdminAddress &address) {
 }
 
 int run_scale(const AdminAddress &address, const std::optional<std::string> &n_min,
-              const std::optional<std::string> &n_max) {
+              const std::optional<std::string> &n_max, const std::string &app) {
   std::string target = "/scale";
+  if (!app.empty()) {
+    bool plain = std::all_of(app.begin(), app.end(), [](char c) {
+      return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.';
+    });
+    if (!plain) throw CommandError(kExitUsage, "--app " + app + ": not an app's name");
+    target += "?app=" + app;
+  }
   for (auto [key, value] : {std::pair{"n-min", &n_min}, std::pair{"n-max", &n_max}}) {
     if (!*value) continue;
     if (!all_digits(**value)) {
       throw CommandError(kExitUsage,
                          std::string("--") + key + " " + **value + ": expected a whole number");
     }
-    target += (target == "/scale" ? "?" : "&") + std::string(key) + "=" + **value;
+    target += (target.find('?') == std::string::npos ? "?" : "&") + std::string(key) + "=" +
+              **value;
   }
   HttpResponse response = AdminClient(address, kRequestTimeout).request("POST", target);
   if (response.status == 400) {
@@ -494,8 +505,9 @@ int run_scale(const AdminAddress &address, const std::optional<std::string> &n_m
     throw CommandError(kExitFailure, address.name() + ": POST /scale: " + error_message(response));
   }
   json body = parse_json(address, "POST /scale", response);
-  std::cout << "scaled: n-min " << field(body, "n_min") << ", n-max " << field(body, "n_max")
-            << '\n';
+  std::string scaled = field(body, "app");  // "default": the only app, without a config file
+  std::cout << "scaled" << (scaled == "default" || scaled == "-" ? "" : " " + scaled)
+            << ": n-min " << field(body, "n_min") << ", n-max " << field(body, "n_max") << '\n';
   return kExitOk;
 }
 
@@ -526,6 +538,8 @@ AdminCommands::AdminCommands(CLI::App &app) {
   scale_ = add_command(app, "scale", "change the pool's bounds while it runs", admin_);
   scale_->add_option("--n-min", n_min_, "the fewest workers kept running")->type_name("N");
   scale_->add_option("--n-max", n_max_, "the most workers run at once")->type_name("M");
+  scale_->add_option("--app", app_, "the app to scale, when the config file has several")
+      ->type_name("NAME");
 }
 
 CLI::App *AdminCommands::chosen() const {
@@ -557,7 +571,7 @@ int AdminCommands::run() const {
     }
     if (command == status_) return run_status(address, raw_json_);
     if (command == reload_) return run_reload(address);
-    return run_scale(address, n_min, n_max);
+    return run_scale(address, n_min, n_max, app_);
   } catch (const CommandError &e) {
     print_error(e.what());
     return e.status;

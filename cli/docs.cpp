@@ -161,9 +161,10 @@ void print_markdown(const CLI::App &app, std::ostream &out) {
     out << "| " << md_code(key) << " | " << md_code(valve_config_default(key)) << " | "
         << md_escape(option_help(key)) << " |\n";
   }
-  out << "\n## Commands for a running valvectl\n\n"
-      << "`valvectl status`, `valvectl reload` and `valvectl scale` talk to the admin interface of "
-         "a valvectl started with `--admin`. "
+  out << "\n## Commands\n\n"
+      << "`valvectl check FILE` reads a config file (see [routing](routing.md)) as `--config` "
+         "would and lists each mistake with its line. `valvectl status`, `valvectl reload` and "
+         "`valvectl scale` talk to the admin interface of a valvectl started with `--admin`. "
       << kAdminEnv << "\n\n";
   for (const CLI::App *command : commands(app)) {
     out << "### valvectl " << command->get_name() << "\n\n"

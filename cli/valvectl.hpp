@@ -96,6 +96,7 @@ class AdminCommands {
   bool raw_json_ = false;  // status --json
   std::string n_min_;
   std::string n_max_;
+  std::string app_;  // scale --app
 };
 
 }  // namespace valvectl

@@ -11,11 +11,13 @@
 
 library(plumber)
 
-# plumber evaluates this file from its own directory, so model.rds is found beside it.
-if (!file.exists("model.rds")) {
-  stop("model.rds not found next to plumber.R: run `Rscript train.R` first")
+# plumber evaluates this file from its own directory, so model.rds is found beside it. MODEL_FILE
+# names another (valve.toml serves model-v2.rds beside model.rds this way).
+model_file <- Sys.getenv("MODEL_FILE", "model.rds")
+if (!file.exists(model_file)) {
+  stop(model_file, " not found next to plumber.R: run `Rscript train.R` first")
 }
-model <- readRDS("model.rds")
+model <- readRDS(model_file)
 features <- c("wt", "hp", "am")
 max_cars <- 1000
 

@@ -4,6 +4,9 @@
 #
 #   Rscript examples/model/train.R            # writes examples/model/model.rds
 #   Rscript examples/model/train.R out.rds    # or anywhere else
+#   Rscript examples/model/train.R examples/model/model-v2.rds "mpg ~ wt * am + hp"
+#                                             # version 2 of valve.toml: the same inputs, with
+#                                             # weight's effect differing by transmission
 #
 # The model is saved with saveRDS() and read back once per worker with readRDS(): training stays
 # out of the request path, and every worker serves exactly the same coefficients.
@@ -14,8 +17,12 @@ script_dir <- local({
   if (length(file_arg) == 1) dirname(normalizePath(sub("^--file=", "", file_arg))) else "."
 })
 out <- if (length(args) >= 1) args[[1]] else file.path(script_dir, "model.rds")
+formula <- as.formula(if (length(args) >= 2) args[[2]] else "mpg ~ wt + hp + am")
+if (!all(all.vars(formula)[-1] %in% c("wt", "hp", "am"))) {
+  stop("plumber.R takes wt, hp and am: the model may use only those")
+}
 
-model <- lm(mpg ~ wt + hp + am, data = mtcars)
+model <- lm(formula, data = mtcars)
 saveRDS(model, out)
-cat(sprintf("wrote %s: mpg ~ wt + hp + am, R^2 %.3f on %d cars\n", out,
+cat(sprintf("wrote %s: %s, R^2 %.3f on %d cars\n", out, deparse(formula(model)),
             summary(model)$r.squared, nrow(mtcars)))

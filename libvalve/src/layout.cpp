@@ -171,6 +171,16 @@ class Reader {
       }
     }
     finish_routes(layout);
+    // Workers make their sockets in valve's one runtime directory, given to their user.
+    for (const AppSpec &app : layout.apps) {
+      const AppSpec &first = layout.apps.front();
+      if (app.config.user != first.config.user || app.config.group != first.config.group)
+        fail(app.line, fmt::format("apps.{}: runs as user \"{}\" group \"{}\", but apps.{} as "
+                                   "\"{}\" \"{}\": all apps' workers must run as one user (set "
+                                   "user and group at the top level)",
+                                   app.name, app.config.user, app.config.group, first.name,
+                                   first.config.user, first.config.group));
+    }
     std::stable_sort(mistakes_->begin(), mistakes_->end(),
                      [](const Mistake &a, const Mistake &b) { return a.line < b.line; });
     if (!mistakes_->empty()) return std::nullopt;

@@ -40,8 +40,9 @@ class Admin(ValveTestCase):
         self.assertEqual(sorted(w["pid"] for w in status["workers"]), valve.worker_pids())
         served = 0
         for w in status["workers"]:
-            self.assertEqual(set(w), {"id", "pid", "generation", "state", "address", "requests",
-                                      "in_flight", "rss_bytes", "forked", "pss_bytes", "age_s",
+            self.assertEqual(w["app"], "default")
+            self.assertEqual(set(w), {"id", "app", "pid", "generation", "state", "address",
+                                      "requests", "in_flight", "rss_bytes", "forked", "pss_bytes", "age_s",
                                       "idle_s", "last_used"})
             self.assertEqual(w["generation"], 1)
             self.assertFalse(w["forked"])  # no --preload: launched, and PSS is not sampled
@@ -150,7 +151,9 @@ class Admin(ValveTestCase):
                    message="the access log line")
         entry = next(e for e in lines(log_path) if e["request_id"] == "abc-123")
         self.assertEqual(set(entry), {"time", "request_id", "client", "method", "path", "status",
-                                      "bytes", "worker", "queue_ms", "upstream_ms", "duration_ms"})
+                                      "bytes", "worker", "queue_ms", "upstream_ms", "duration_ms",
+                                      "app"})
+        self.assertEqual(entry["app"], "default")
         self.assertEqual((entry["method"], entry["path"], entry["status"]), ("GET", "/hello", 200))
         self.assertEqual(entry["client"], "127.0.0.1")
         self.assertGreater(entry["bytes"], 0)

@@ -94,6 +94,45 @@ class Model(ValveTestCase):
             self.assertEqual(failed, "0", run.stdout)
 
 
+class ModelVersions(ValveTestCase):
+    """examples/model/valve.toml: model.rds and model-v2.rds behind one valve, 90/10 by user."""
+
+    def test_two_versions_split_by_user_and_each_user_keeps_one(self):
+        valve = self.start_valve("--config", example_path("model", "valve.toml"), ready="/health",
+                                 ready_timeout=90)
+        formulas = {"model-v1": "mpg ~ wt + hp + am", "model-v2": "mpg ~ wt * am + hp"}
+        served = {}
+        for i in range(200):
+            user = {"X-User-Id": f"user-{i}"}
+            health = valve.get("/health", headers=user)
+            self.assertEqual(health.status, 200, health)
+            app = health.header("Valve-App")
+            self.assertEqual(health.json()["model"], formulas[app], "the app serves its model")
+            served[i] = app
+        v2 = sum(1 for app in served.values() if app == "model-v2")
+        self.assertTrue(5 <= v2 <= 40, f"{v2} of 200 users on model-v2, about 20 expected")
+        for i in range(0, 200, 10):
+            answer = valve.post("/predict", json.dumps(RX4),
+                                headers=dict(JSON, **{"X-User-Id": f"user-{i}"}))
+            self.assertEqual(answer.status, 200, answer)
+            self.assertEqual(answer.header("Valve-App"), served[i], "a user keeps their version")
+        # The versions answer differently for the same car: the canary is a different model.
+        v1_user = next(i for i, app in served.items() if app == "model-v1")
+        v2_user = next(i for i, app in served.items() if app == "model-v2")
+        mpg = [valve.post("/predict", json.dumps(RX4),
+                          headers=dict(JSON, **{"X-User-Id": f"user-{i}"})).json()["mpg"][0]
+               for i in (v1_user, v2_user)]
+        self.assertAlmostEqual(mpg[0], 24.422, places=3)
+        self.assertNotAlmostEqual(mpg[0], mpg[1], places=2)
+        check = subprocess.run([VALVECTL, "check", example_path("model", "valve.toml")],
+                               capture_output=True, text=True, timeout=30)
+        if os.geteuid() == 0:  # as root it rightly asks for --allow-root or a user
+            self.assertEqual(check.returncode, 2, check)
+            self.assertIn("app model-v1: user \"\": valve runs as root", check.stderr)
+        else:
+            self.assertEqual((check.returncode, check.stderr), (0, ""), check)
+
+
 class Hello(ValveTestCase):
     def test_echo_and_sleep(self):
         valve = self.start_valve("-f", example_path("hello", "plumber.R"), "-n", "2",

@@ -89,6 +89,17 @@ class Routing(ValveTestCase):
         self.assertEqual(response.json(), {"app": "api", "n_min": 1, "n_max": 3})
         response = valve.admin("POST", "/scale?app=nope&n-max=3")
         self.assertEqual(response.status, 400, response)
+        # valvectl scale --app, and valvectl status naming each worker's app.
+        admin = valve.admin_address()
+        scale = subprocess.run([VALVECTL, "scale", "--admin", admin, "--app", "echo", "--n-max",
+                                "4"], capture_output=True, text=True, timeout=30)
+        self.assertEqual((scale.returncode, scale.stdout), (0, "scaled echo: n-min 1, n-max 4\n"),
+                         scale)
+        shown = subprocess.run([VALVECTL, "status", "--admin", admin], capture_output=True,
+                               text=True, timeout=30)
+        self.assertEqual(shown.returncode, 0, shown)
+        for app in apps:
+            self.assertRegex(shown.stdout, rf"(?m)^ *{app}/\d+ +\d+ +1 +ready ")
 
     def split_config(self, v1, v2, sticky="header:X-User"):
         return self.write_config(
@@ -193,8 +204,10 @@ class Routing(ValveTestCase):
         self.assertEqual(check.returncode, 2, check)
         self.assertRegex(check.stderr, re.escape(broken) + r":2: ")
         # Fine. (CI runs as root, where workers need allow-root or a user: the check knows.)
-        good = self.write_config(("allow-root = true\n" if os.geteuid() == 0 else "") +
-                                 open(self.split_config(1, 1)).read(), name="good.toml")
+        with open(self.split_config(1, 1)) as f:
+            text = f.read()
+        good = self.write_config(("allow-root = true\n" if os.geteuid() == 0 else "") + text,
+                                 name="good.toml")
         check = subprocess.run([VALVECTL, "check", good], capture_output=True, text=True,
                                timeout=30)
         self.assertEqual((check.returncode, check.stdout), (0, f"{good}: ok\n"), check)
