@@ -107,7 +107,8 @@ TEST_CASE("routing: cookie values and sticky keys") {
 }
 
 TEST_CASE("routing: a weighted split gives each app its share of 10,000 keys, within 2 points") {
-  for (auto [a, b] : {std::pair{90.0, 10.0}, std::pair{50.0, 50.0}, std::pair{1.0, 3.0}}) {
+  for (auto weights : {std::pair{90.0, 10.0}, std::pair{50.0, 50.0}, std::pair{1.0, 3.0}}) {
+    double a = weights.first, b = weights.second;
     Route r = split(a, b);
     int to_v2 = 0;
     for (int i = 0; i < 10000; ++i) to_v2 += valve::pick_backend(r, "user-" + std::to_string(i));
