@@ -173,17 +173,18 @@ class Shiny(ValveTestCase):
 
     def test_cookie_pins_requests_and_a_gone_worker_is_replaced_in_the_cookie(self):
         valve = self.start("-n", "2", "--n-min", "2", "--access-log", "-")
-        first = valve.get("/")
+        first = valve.get("/", headers={"X-Request-Id": "pin-0"})
         self.assertEqual(first.status, 200)
         self.assertIn("shiny", first.text())
         token = COOKIE_RE.match(first.header("Set-Cookie", "")).group(1)
         # Pinned: no new cookie, and every request lands on the same worker.
-        for _ in range(5):
-            pinned = valve.get("/", headers={"Cookie": f"other=1; valve_worker={token}"})
+        for i in range(1, 6):
+            pinned = valve.get("/", headers={"Cookie": f"other=1; valve_worker={token}",
+                                             "X-Request-Id": f"pin-{i}"})
             self.assertEqual(pinned.status, 200)
             self.assertIsNone(pinned.header("Set-Cookie"))
         served = wait_until(lambda: (lambda ws: ws if len(ws) == 6 else None)(
-            re.findall(r'"GET / HTTP/1.1" 200 \d+ id=\S+ worker=(\d+)', valve.stdout())), 10,
+            re.findall(r'"GET / HTTP/1.1" 200 \d+ id=pin-\d worker=(\d+)', valve.stdout())), 10,
             message="six access log lines")
         self.assertEqual(len(set(served)), 1, served)
         # An unknown token (a worker gone, or from another valve): pinned anew.
