@@ -55,6 +55,7 @@ TEST_CASE("config: the defaults, spelled out independently of the table") {
       {"n-min", "1"},
       {"workers", "0"},
       {"config", ""},
+      {"type", "plumber"},
       {"file", "plumber.R"},
       {"cmd", ""},
       {"rscript", "Rscript"},
@@ -68,7 +69,7 @@ TEST_CASE("config: the defaults, spelled out independently of the table") {
       {"startup-timeout", "60"},
       {"graceful-timeout", "30"},
       {"kill-timeout", "5"},
-      {"worker-concurrency", "1"},
+      {"worker-concurrency", "0"},
       {"queue-max", "1024"},
       {"queue-timeout", "30"},
       {"timeout", "60"},
@@ -107,7 +108,8 @@ TEST_CASE("config: the defaults, spelled out independently of the table") {
   CHECK(c.port == 3000);
   CHECK(c.n_max == 3);
   CHECK(c.n_min == 1);
-  CHECK(c.worker_concurrency == 1);
+  CHECK(c.worker_concurrency == 0);
+  CHECK(c.concurrency() == 1);  // 0: by type, one request at a time for plumber
   CHECK(c.max_header_size == 16 * 1024);
   CHECK(c.max_body_size == uint64_t{1} << 30);
   CHECK(c.queue_timeout == 30.0);
@@ -123,7 +125,7 @@ TEST_CASE("config: option_key lists each option once, in table order, then nullp
     INFO("index " << i);
     CHECK(seen.insert(valve::option_key(i)).second);
   }
-  CHECK(i == 47);
+  CHECK(i == 48);
   CHECK(std::string(valve::option_key(0)) == "host");
   CHECK(std::string(valve::option_key(i - 1)) == "preload");
   CHECK(valve::option_key(i + 1000) == nullptr);
@@ -295,6 +297,20 @@ TEST_CASE("config: set() errors start with the key and the value") {
   CHECK(c.log_level == valve::LogLevel::info);
 }
 
+TEST_CASE("config: worker-concurrency 0 takes the type's default; any other value wins") {
+  Config c;
+  CHECK(c.concurrency() == 1);
+  REQUIRE_FALSE(c.set("type", "shiny"));
+  CHECK(c.shiny());
+  CHECK(c.concurrency() == 20);
+  REQUIRE_FALSE(c.set("worker-concurrency", "3"));
+  CHECK(c.concurrency() == 3);
+  REQUIRE_FALSE(c.set("type", "plumber"));
+  CHECK(c.concurrency() == 3);
+  REQUIRE_FALSE(c.set("worker-concurrency", "0"));
+  CHECK(c.concurrency() == 1);
+}
+
 TEST_CASE("config: set() refuses a value out of range at once, naming it, and keeps the old one") {
   auto refused = [](const char *key, const char *value) {
     Config c;
@@ -304,7 +320,8 @@ TEST_CASE("config: set() refuses a value out of range at once, naming it, and ke
     return err.value_or("(accepted)");
   };
   CHECK(refused("n-max", "0") == "n-max 0: must be at least 1");
-  CHECK(refused("worker-concurrency", "0") == "worker-concurrency 0: must be at least 1");
+  CHECK(refused("type", "flask") == "type flask: expected plumber or shiny");
+  CHECK(refused("type", "") == "type \"\": expected plumber or shiny");
   CHECK(refused("port", "65536") == "port 65536: must be at most 65535");
   CHECK(refused("host", "") == "host \"\": must not be empty");
   CHECK(refused("timeout", "0") == "timeout 0: must be more than 0");
@@ -367,6 +384,8 @@ TEST_CASE("config: validate() checks the options together") {
   CHECK(invalid({{"preload", "true"}, {"cmd", "srv --port {port}"}}) ==
         "preload true: cannot be used with --cmd (srv --port {port}): it forks plumber workers "
         "from a template R process");
+  CHECK(invalid({{"preload", "true"}, {"type", "shiny"}}) ==
+        "preload true: cannot be used with --type shiny: the template loads plumber APIs only");
 
   // And what is fine.
   CHECK(invalid({{"n-min", "0"}, {"n-max", "1"}}) == "(valid)");

@@ -526,6 +526,34 @@ TEST_CASE("http: an Upgrade request is flagged") {
   CHECK(rec.heads[0].upgrade);
 }
 
+TEST_CASE("http: a declined upgrade parses on as HTTP after resume_after_upgrade") {
+  Recorder rec;
+  HttpParser p(HTTP_REQUEST, rec, kLimit);
+  size_t used = 0;
+  std::string first = "GET /a HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n";
+  std::string second = "GET /b HTTP/1.1\r\nHost: x\r\n\r\n";
+  std::string data = first + second;
+  REQUIRE(p.execute(data.data(), data.size(), &used) == HPE_PAUSED_UPGRADE);
+  CHECK(used == first.size());
+  p.resume_after_upgrade();
+  CHECK(p.execute(data.data() + used, data.size() - used, &used) == HPE_OK);
+  REQUIRE(rec.heads.size() == 2);
+  CHECK(rec.heads[1].target == "/b");
+  CHECK_FALSE(rec.heads[1].upgrade);
+}
+
+TEST_CASE("http: Head::cookie finds a cookie by exact name across Cookie headers") {
+  Head h;
+  h.headers = {{"Cookie", "a=1; valve_worker_x=no;  valve_worker = abc ;b=2"}, {"cookie", "c=3"}};
+  CHECK(h.cookie("valve_worker") == "abc");
+  CHECK(h.cookie("a") == "1");
+  CHECK(h.cookie("c") == "3");
+  CHECK(h.cookie("valve") == "");
+  CHECK(h.cookie("b") == "2");
+  Head none;
+  CHECK(none.cookie("a") == "");
+}
+
 TEST_CASE("http: Head::find is case-insensitive and finds the first") {
   Head h;
   h.headers = {{"Content-Type", "text/plain"}, {"X-Dup", "first"}, {"x-dup", "second"}};

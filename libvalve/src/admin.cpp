@@ -404,6 +404,10 @@ std::string metrics_text(Server &server) {
             static_cast<double>(s.rejected));
   m.counter("valve_retries_total", "requests sent again after their worker failed",
             static_cast<double>(s.retries));
+  m.counter("valve_websockets_total", "WebSockets opened (the worker answered 101)",
+            static_cast<double>(s.websockets));
+  m.gauge("valve_websockets_open", "WebSockets open now (each also a request in progress)",
+          static_cast<double>(s.websockets_open));
   m.counter("valve_health_check_failures_total", "failed active health checks",
             static_cast<double>(s.health_check_failures));
   // Every label value is written, 0 until it happens, so the series exist from the start.

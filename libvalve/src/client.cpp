@@ -79,8 +79,29 @@ void ClientConn::start_reading() {
 
 void ClientConn::hold_body(bool hold) { set_block(kBody, hold); }
 
+void ClientConn::start_tunnel() {
+  tunnel_ = true;
+  timer_.stop();
+  paused_ = false;
+  // No idle limit applies to a tunnel (a Shiny session may be quiet for hours): TCP keepalive
+  // finds a peer that vanished.
+  uv_tcp_keepalive(tcp_, 1, 60);
+  std::string early = std::move(pipelined_);
+  pipelined_.clear();
+  set_block(kPipeline, false);
+  if (!early.empty() && current_) current_->on_tunnel_data(early);
+}
+
 void ClientConn::on_read(ssize_t nread, const uv_buf_t *buf) {
   if (nread == 0) return;
+  if (tunnel_ && !closing_) {
+    if (nread < 0) {
+      close();  // either side's close ends the tunnel
+    } else if (current_) {
+      current_->on_tunnel_data(std::string_view(buf->base, static_cast<size_t>(nread)));
+    }
+    return;
+  }
   if (nread < 0) {
     if (nread == UV_EOF && current_ != nullptr && !closing_) {
       // Half-closed after sending its request: answer it, then close.
@@ -107,6 +128,12 @@ void ClientConn::feed(const char *data, size_t len) {
   llhttp_errno_t err = parser_.execute(data, len, &consumed);
   if (closing_) return;
   if (err == HPE_OK) return;
+  if (err == HPE_PAUSED_UPGRADE && !tunnel_) {
+    // A declined upgrade (h2c, or a WebSocket the worker refused): what follows is HTTP again.
+    parser_.resume_after_upgrade();
+    if (consumed < len) feed(data + consumed, len - consumed);
+    return;
+  }
   if (err == HPE_PAUSED) {
     paused_ = true;
     pipelined_.append(data + consumed, len - consumed);
@@ -154,10 +181,6 @@ int ClientConn::on_head(Head &head) {
   }
   if (head.method == "CONNECT") {
     fail(405, "CONNECT is not supported: valve is a reverse proxy");
-    return -1;
-  }
-  if (head.upgrade) {
-    fail(501, "protocol upgrades (WebSocket) are not supported yet");
     return -1;
   }
   if (head.version_minor >= 1 && !head.find("host")) {

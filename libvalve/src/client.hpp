@@ -30,8 +30,12 @@ class ClientConn final : public HttpParser::Handler {
   void exchange_done(bool keep_alive);
   // Writes a final error response outside any exchange, then closes.
   void fail(int status, std::string_view message);
-  // Block or unblock reading for the request body (the worker is not ready for it).
+  // Block or unblock reading for the request body (the worker is not ready for it), or in a
+  // tunnel for what the client sends.
   void hold_body(bool hold);
+  // The worker switched protocols (101, a WebSocket): from now on the bytes the client sends go
+  // unparsed to the exchange (on_tunnel_data), those that came early first.
+  void start_tunnel();
   // Shutting down: close now if idle, else after the current response.
   void drain();
   void close();
@@ -66,6 +70,7 @@ class ClientConn final : public HttpParser::Handler {
   bool closing_ = false;
   bool draining_ = false;
   bool eof_ = false;
+  bool tunnel_ = false;
   std::string peer_ip_;
   bool peer_trusted_ = false;
 };

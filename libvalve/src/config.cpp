@@ -167,8 +167,8 @@ std::optional<std::string> Config::check(std::string_view key) const {
   if (key == "n-max" && n_max < 1) return fmt::format("n-max {}: must be at least 1", n_max);
   if (key == "max-connections" && max_connections < 1)
     return fmt::format("max-connections {}: must be at least 1", max_connections);
-  if (key == "worker-concurrency" && worker_concurrency < 1)
-    return fmt::format("worker-concurrency {}: must be at least 1", worker_concurrency);
+  if (key == "type" && type != "plumber" && type != "shiny")
+    return fmt::format("type {}: expected plumber or shiny", quoted(type));
   if (key == "host" && host.empty()) return std::string("host \"\": must not be empty");
   if (key == "max-header-size" && max_header_size < 1024)
     return fmt::format("max-header-size {}: must be at least 1024", max_header_size);
@@ -236,7 +236,17 @@ std::optional<std::string> Config::validate() const {
         "preload true: cannot be used with --cmd ({}): it forks plumber workers "
         "from a template R process",
         cmd);
+  if (preload && shiny())
+    return std::string(
+        "preload true: cannot be used with --type shiny: the template loads plumber APIs only");
   return std::nullopt;
+}
+
+uint64_t Config::concurrency() const {
+  if (worker_concurrency > 0) return worker_concurrency;
+  // A Shiny process serves many sessions, each holding a WebSocket: 20 as Posit Connect's
+  // default "max connections per process"; an R plumber worker serves one request at a time.
+  return shiny() ? 20 : 1;
 }
 
 std::string Config::to_json() const {

@@ -26,7 +26,11 @@ enum class LogLevel { debug = 0, info = 1, warn = 2, error = 3 };
   XX("config", config, str, "",                                                                    \
      "a TOML file holding any of these options, plus apps and routes (flags win over it); read "   \
      "again on each reload")                                                                       \
-  XX("file", file, str, "plumber.R", "the plumber API file each worker serves")                   \
+  XX("type", type, str, "plumber",                                                                 \
+     "what each worker serves: plumber (the --file API) or shiny (the Shiny app directory --file, "  \
+     "each browser session pinned to one worker by a cookie)")                                      \
+  XX("file", file, str, "plumber.R",                                                               \
+     "the plumber API file each worker serves (with --type shiny: the app's directory)")           \
   XX("cmd", cmd, str, "",                                                                          \
      "run this shell command as a worker instead of plumber; {port} (or {socket}) is replaced by " \
      "its address")                                                                                \
@@ -48,7 +52,9 @@ enum class LogLevel { debug = 0, info = 1, warn = 2, error = 3 };
      "seconds in-flight requests get to finish on shutdown")                                       \
   XX("kill-timeout", kill_timeout, secs, "5",                                                      \
      "seconds between SIGTERM and SIGKILL when a worker is stopped")                               \
-  XX("worker-concurrency", worker_concurrency, uint, "1", "requests one worker serves at once")   \
+  XX("worker-concurrency", worker_concurrency, uint, "0",                                          \
+     "requests (an open WebSocket counts as one) one worker serves at once; 0: by --type, 1 for "   \
+     "plumber, 20 for shiny (where a session's own requests always reach its worker)")              \
   XX("queue-max", queue_max, uint, "1024", "requests that may wait for a worker; beyond, 503")    \
   XX("queue-timeout", queue_timeout, secs, "30", "seconds a request may wait for a worker; then 503") \
   XX("timeout", timeout, secs, "60", "seconds a worker has to answer a request; then 504")        \
@@ -104,6 +110,7 @@ struct Config {
   uint64_t n_min = 0;
   uint64_t workers = 0;
   std::string config;
+  std::string type;
   std::string file;
   std::string cmd;
   std::string rscript;
@@ -162,6 +169,9 @@ struct Config {
   bool was_given(std::string_view key) const;
   // Copies one option's value from another configuration.
   void copy_from(const Config &other, std::string_view key);
+  // The worker concurrency in force: worker-concurrency, or when 0 the default for the type.
+  uint64_t concurrency() const;
+  bool shiny() const { return type == "shiny"; }
 
  private:
   std::vector<std::string> given_;

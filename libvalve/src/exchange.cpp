@@ -21,6 +21,8 @@ constexpr unsigned kUnsentRetries = 3;
 // that dies within it has sent the client nothing, so the request can go to another worker.
 constexpr size_t kHoldBytes = 64 * 1024;
 constexpr double kHoldSeconds = 0.1;
+// Pins a browser session to one worker of a shiny pool: the worker's affinity token.
+constexpr std::string_view kAffinityCookie = "valve_worker";
 
 std::string chunk(std::string_view data) {
   return fmt::format("{:x}\r\n{}\r\n", data.size(), data);
@@ -67,6 +69,12 @@ void Exchange::start() {
     upstream_target_ = strip_prefix(request_.target, routing.route->prefix);
     stripped_prefix_ = routing.route->prefix;
   }
+  // A WebSocket handshake (RFC 6455 4.1: GET, HTTP/1.1, no body) goes to the worker with its
+  // Upgrade headers. Any other Upgrade (h2c, ...) is dropped, as hop-by-hop headers are, and the
+  // request is served as plain HTTP/1.1, as nginx does.
+  websocket_ = request_.upgrade && request_.method == "GET" && !has_body_ &&
+               request_.version_minor >= 1 && request_.has_token("upgrade", "websocket");
+  affinity_ = request_.cookie(kAffinityCookie);
   uint64_t limit = config().max_body_size;
   if (limit > 0 && request_.content_length.value_or(0) > limit) {
     send_error(413, fmt::format("request body of {} bytes is larger than the limit of {} bytes",
@@ -111,6 +119,7 @@ void Exchange::on_client_gone() {
     app_->pool->cancel(*this);
     queued_ = false;
   }
+  if (upstream_ && tunnel_) detach_upstream(false);  // the client closed its WebSocket
   // A worker that has the whole request is busy with it: it gets no new request until it answers
   // (the response is read and dropped). One that got part of a body never started on it.
   if (upstream_ && !request_complete_) detach_upstream(false);
@@ -121,6 +130,11 @@ void Exchange::on_client_gone() {
 
 void Exchange::on_client_drained() {
   if (upstream_) upstream_->resume_reading();
+}
+
+void Exchange::on_tunnel_data(std::string_view data) {
+  if (!upstream_) return;
+  if (!upstream_->send(std::string(data)) && client_) client_->hold_body(true);
 }
 
 void Exchange::on_queued() {
@@ -196,6 +210,8 @@ std::string Exchange::upstream_head() const {
   }
   if (!has_request_id) out += fmt::format("X-Request-Id: {}\r\n", request_id_);
   if (!stripped_prefix_.empty()) out += fmt::format("X-Forwarded-Prefix: {}\r\n", stripped_prefix_);
+  if (websocket_)
+    out += fmt::format("Connection: Upgrade\r\nUpgrade: {}\r\n", *request_.find("upgrade"));
   out += xff ? fmt::format("X-Forwarded-For: {}, {}\r\n", *xff, peer_ip_)
              : fmt::format("X-Forwarded-For: {}\r\n", peer_ip_);
   // A loopback peer is a front proxy we trust to say how the client reached it.
@@ -218,6 +234,7 @@ int Exchange::on_upstream_head(Head &head) {
     worker_->note_answered();
     worker_->note_request_result(status_ != 502 && status_ != 503 && status_ != 504);
   }
+  if (head.status == 101) return switch_protocols(head);
   timer_.start(config().timeout);  // the rest of the answer gets a full timeout too
   bool head_request = request_.method == "HEAD";
   bool bodyless = head_request || head.status == 204 || head.status == 304;
@@ -247,6 +264,9 @@ int Exchange::on_upstream_head(Head &head) {
   }
   if (!has_request_id) out += fmt::format("X-Request-Id: {}\r\n", request_id_);
   if (server_.names_apps()) out += fmt::format("Valve-App: {}\r\n", app_->name);
+  if (worker_ && worker_->pool().config().shiny() && affinity_ != worker_->affinity())
+    out += fmt::format("Set-Cookie: {}={}; Path=/; HttpOnly; SameSite=Lax\r\n", kAffinityCookie,
+                       worker_->affinity());
   if (framing_ == Framing::chunked) out += "Transfer-Encoding: chunked\r\n";
   out += client_keep_alive_ ? (client_11 ? "" : "Connection: keep-alive\r\n")
                             : "Connection: close\r\n";
@@ -255,6 +275,46 @@ int Exchange::on_upstream_head(Head &head) {
   if (holding_) hold_timer_.start(kHoldSeconds);
   write_client(std::move(out));
   return head_request ? 1 : 0;
+}
+
+int Exchange::switch_protocols(Head &head) {
+  // The request timeout ends here: a WebSocket lasts until either side closes it.
+  timer_.stop();
+  drop_hold();
+  tunnel_ = true;
+  client_keep_alive_ = false;
+  std::string out = "HTTP/1.1 101 Switching Protocols\r\n";
+  bool has_request_id = false;
+  for (const auto &h : head.headers) {
+    if (is_hop_by_hop(h.name) || head.has_token("connection", h.name)) continue;
+    if (iequals(h.name, "x-request-id")) has_request_id = true;
+    out += fmt::format("{}: {}\r\n", h.name, h.value);
+  }
+  if (!has_request_id) out += fmt::format("X-Request-Id: {}\r\n", request_id_);
+  const std::string *upgrade = head.find("upgrade");
+  out +=
+      fmt::format("Connection: Upgrade\r\nUpgrade: {}\r\n\r\n", upgrade ? *upgrade : "websocket");
+  write_client(std::move(out));
+  ++server_.stats().websockets;
+  ++server_.stats().websockets_open;
+  if (worker_) worker_->note_tunnel(true);
+  return 0;
+}
+
+void Exchange::on_upstream_switched(std::string_view early) {
+  if (!client_) {
+    // The client left before the worker's 101: nobody to tunnel for.
+    detach_upstream(false);
+    maybe_finish();
+    return;
+  }
+  client_->start_tunnel();
+  if (!early.empty()) on_upstream_tunnel_data(early);
+}
+
+void Exchange::on_upstream_tunnel_data(std::string_view data) {
+  bytes_out_ += data.size();
+  write_client(std::string(data));
 }
 
 void Exchange::on_upstream_body(std::string_view data) {
@@ -273,6 +333,16 @@ void Exchange::on_upstream_complete(bool reusable) {
 void Exchange::on_upstream_failed(std::string_view reason) {
   Worker *w = worker_;
   uint64_t worker_id = w ? w->id() : 0;
+  if (tunnel_) {
+    // The worker closed the WebSocket, or went away: what it sent reaches the client, then the
+    // client's connection closes too.
+    server_.log().debug("request {} {} {}: WebSocket to worker {} closed: {}", request_id_,
+                        request_.method, request_.target, worker_id, reason);
+    detach_upstream(false);
+    end_response();
+    maybe_finish();
+    return;
+  }
   // Nothing reached a worker that could not even be connected to: sending the request elsewhere
   // cannot run it twice, so it does not use up the one retry (a few times at most).
   bool never_sent = upstream_ && !upstream_->connected() && !has_body_;
@@ -305,7 +375,7 @@ void Exchange::on_upstream_failed(std::string_view reason) {
 }
 
 void Exchange::on_upstream_drained() {
-  if (client_ && !request_complete_) client_->hold_body(false);
+  if (client_ && (tunnel_ || !request_complete_)) client_->hold_body(false);
 }
 
 void Exchange::on_timeout() {
@@ -392,6 +462,10 @@ void Exchange::detach_upstream(bool reusable) {
   if (conn) upstream_end_ns_ = uv_hrtime();
   upstream_ = nullptr;
   worker_ = nullptr;
+  if (conn && tunnel_) {
+    --server_.stats().websockets_open;
+    if (w) w->note_tunnel(false);
+  }
   if (conn && w) {
     conn->detach();
     w->release(*conn, reusable);

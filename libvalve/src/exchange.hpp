@@ -30,6 +30,8 @@ class Exchange {
   void on_client_complete();
   void on_client_gone();
   void on_client_drained();
+  // Tunnel bytes from the client (after a 101).
+  void on_tunnel_data(std::string_view data);
 
   // ---- from the pool
   void on_queued();
@@ -43,16 +45,25 @@ class Exchange {
   void on_upstream_complete(bool reusable);
   void on_upstream_failed(std::string_view reason);
   void on_upstream_drained();
+  // Tunnel bytes from the worker (after a 101).
+  void on_upstream_tunnel_data(std::string_view data);
+  // The worker's 101 is parsed; early is what it sent after it.
+  void on_upstream_switched(std::string_view early);
 
   bool retryable() const;
   uint64_t excluded_worker() const { return excluded_worker_; }
   const Head &request() const { return request_; }
   const std::string &request_id() const { return request_id_; }
   bool response_started() const { return response_started_; }
+  // A WebSocket handshake, passed on to the worker with its Upgrade headers.
+  bool websocket() const { return websocket_; }
+  // The worker the client's session is pinned to (the valve_worker cookie), "" when none.
+  const std::string &affinity() const { return affinity_; }
 
  private:
   enum class Framing { none, length, chunked, close };
 
+  int switch_protocols(Head &head);  // the worker's 101: tell the client, then tunnel
   void send_error(int status, std::string_view message, std::string_view extra_headers = {});
   void abort_client();  // closes the client's connection (if any) and ends the exchange
   void write_client(std::string data);
@@ -80,6 +91,9 @@ class Exchange {
   std::string pending_body_;   // body read before the worker's connection could take it
   bool body_chunked_ = false;  // forwarded to the worker with chunked framing
   bool has_body_ = false;
+  bool websocket_ = false;
+  bool tunnel_ = false;  // the worker answered 101: bytes pass both ways unparsed
+  std::string affinity_;
   uint64_t body_bytes_ = 0;
   bool request_complete_ = false;
   bool queued_ = false;

@@ -30,6 +30,23 @@ bool Head::has_token(std::string_view name, std::string_view token) const {
   return false;
 }
 
+std::string Head::cookie(std::string_view name) const {
+  for (const auto &h : headers) {
+    if (!iequals(h.name, "cookie")) continue;
+    std::string_view rest = h.value;
+    while (!rest.empty()) {
+      size_t semi = rest.find(';');
+      std::string_view item = trim(rest.substr(0, semi));
+      size_t eq = item.find('=');
+      if (eq != std::string_view::npos && trim(item.substr(0, eq)) == name)
+        return std::string(trim(item.substr(eq + 1)));
+      if (semi == std::string_view::npos) break;
+      rest.remove_prefix(semi + 1);
+    }
+  }
+  return {};
+}
+
 HttpParser::HttpParser(llhttp_type_t type, Handler &handler, size_t max_head_size)
     : handler_(handler), max_head_size_(max_head_size) {
   llhttp_settings_init(&settings_);
@@ -159,6 +176,8 @@ llhttp_errno_t HttpParser::execute(const char *data, size_t len, size_t *consume
 llhttp_errno_t HttpParser::finish() { return llhttp_finish(&parser_); }
 
 void HttpParser::resume() { llhttp_resume(&parser_); }
+
+void HttpParser::resume_after_upgrade() { llhttp_resume_after_upgrade(&parser_); }
 
 std::string error_response(int status, std::string_view message, std::string_view request_id,
                            bool keep_alive, std::string_view extra_headers) {

@@ -31,6 +31,8 @@ struct Head {
 
   const std::string *find(std::string_view name) const;
   bool has_token(std::string_view name, std::string_view token) const;  // comma-separated list
+  // The value of a cookie from the Cookie headers ("" when absent).
+  std::string cookie(std::string_view name) const;
 };
 
 class HttpParser {
@@ -57,6 +59,8 @@ class HttpParser {
   // The peer closed the connection: ends a close-delimited message.
   llhttp_errno_t finish();
   void resume();
+  // After HPE_PAUSED_UPGRADE: the bytes that follow are HTTP after all (the upgrade was declined).
+  void resume_after_upgrade();
 
   const char *error_reason() const {
     return error_.empty() ? llhttp_get_error_reason(&parser_) : error_.c_str();

@@ -58,14 +58,26 @@ std::optional<std::string> Pool::check_environment() {
                        config_.rscript);
   rscript_path_ = *rscript;
   struct stat st {};
-  if (stat(config_.file.c_str(), &st) != 0 || !S_ISREG(st.st_mode))
-    return fmt::format("file {}: no such file", config_.file);
+  bool app_dir = config_.shiny() && stat(config_.file.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+  if (app_dir) {
+    // What shiny::runApp() serves: app.R, or server.R with ui.R (or www/index.html).
+    std::string dir = config_.file;
+    if (access((dir + "/app.R").c_str(), R_OK) != 0 &&
+        access((dir + "/server.R").c_str(), R_OK) != 0)
+      return fmt::format(
+          "file {}: not a Shiny app directory (it has no readable app.R or server.R)",
+          config_.file);
+  } else if (stat(config_.file.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) {
+    return fmt::format("file {}: no such {}", config_.file,
+                       config_.shiny() ? "Shiny app directory or file" : "file");
+  }
   if (access(config_.file.c_str(), R_OK) != 0)
     return fmt::format("file {}: not readable", config_.file);
   char resolved[PATH_MAX];
   if (!realpath(config_.file.c_str(), resolved))
     return fmt::format("file {}: cannot resolve", config_.file);
   api_file_ = resolved;
+  api_dir_ = app_dir ? api_file_ : api_file_.substr(0, api_file_.rfind('/') + 1);
   return std::nullopt;
 }
 
@@ -117,9 +129,18 @@ Worker *Pool::find_pid(int pid) {
 }
 
 Worker *Pool::pick(const Exchange *ex) {
+  // A Shiny session lives in one worker's memory: its requests go there while that worker takes
+  // requests, even past its concurrency, which only decides where new sessions go. A session
+  // whose worker is gone starts over on another (and gets a new cookie).
+  if (ex && config_.shiny() && !ex->affinity().empty()) {
+    for (auto &w : workers_) {
+      if (w->affinity() == ex->affinity() && w->accepting() && ex->excluded_worker() != w->id())
+        return w.get();
+    }
+  }
   Worker *best = nullptr;
   for (auto &w : workers_) {
-    if (!w->accepting() || w->in_flight() >= config_.worker_concurrency) continue;
+    if (!w->accepting() || w->in_flight() >= config_.concurrency()) continue;
     if (ex && ex->excluded_worker() == w->id()) continue;
     // A worker being replaced serves only when no other can. Then the most recently used first:
     // spare workers fall idle and can be retired.
@@ -217,8 +238,8 @@ void Pool::on_worker_exit(Worker &w, int wait_status, bool never_ready) {
     ++failures_;
     if (!ever_ready_ && WIFEXITED(wait_status) && WEXITSTATUS(wait_status) == kExitPlumberMissing) {
       server_.on_pool_failed(*this, VALVE_ECONFIG,
-                    fmt::format("rscript {}: the R package plumber is not installed{}",
-                                config_.rscript, w.tail()));
+                             fmt::format("rscript {}: the R package {} is not installed{}",
+                                         config_.rscript, config_.type, w.tail()));
     } else if (!ever_ready_ && failures_ >= kStartupAttempts) {
       server_.on_pool_failed(
           *this, VALVE_ESTARTUP,
@@ -469,7 +490,7 @@ void Pool::launch_needed() {
   if (terminating_) return;
   PoolCounts c;
   c.n_max = config_.n_max;
-  c.concurrency = config_.worker_concurrency;
+  c.concurrency = config_.concurrency();
   c.waiting = queue_.size();
   size_t replaced = 0;
   for (auto &w : workers_) {
@@ -480,8 +501,7 @@ void Pool::launch_needed() {
       ++c.alive;
     } else if (w->state() == Worker::State::ready) {
       ++c.alive;
-      c.free_slots +=
-          config_.worker_concurrency - std::min(w->in_flight(), config_.worker_concurrency);
+      c.free_slots += config_.concurrency() - std::min(w->in_flight(), config_.concurrency());
     }
   }
   // Each worker to be replaced (a reload, recycling, ill health) is owed one new worker, up to
@@ -586,12 +606,12 @@ std::string Pool::workers_json() const {
     if (out.size() > 1) out += ",";
     int64_t used = w->last_used_unix_ms();
     out += fmt::format(
-        R"({{"id":{},"app":"{}","pid":{},"generation":{},"state":"{}","address":"{}","requests":{},)"
-        R"("in_flight":{},"rss_bytes":{},"forked":{},"pss_bytes":{},"age_s":{:.3f},"idle_s":{:.3f},)"
-        R"("last_used":{}}})",
-        w->id(), json_escape(name_), w->pid(), w->generation(), w->state_name(), json_escape(w->address()), w->served(),
-        w->in_flight(), w->rss_bytes(), w->forked() ? "true" : "false", w->pss_bytes(),
-        (now - w->started_ms()) / 1000.0,
+        R"({{"id":{},"app":"{}","pid":{},"generation":{},"state":"{}","address":"{}",)"
+        R"("requests":{},"in_flight":{},"websockets":{},"rss_bytes":{},"forked":{},"pss_bytes":{},)"
+        R"("age_s":{:.3f},"idle_s":{:.3f},"last_used":{}}})",
+        w->id(), json_escape(name_), w->pid(), w->generation(), w->state_name(),
+        json_escape(w->address()), w->served(), w->in_flight(), w->tunnels(), w->rss_bytes(),
+        w->forked() ? "true" : "false", w->pss_bytes(), (now - w->started_ms()) / 1000.0,
         w->in_flight() || !w->was_ready() ? 0.0 : (now - w->last_used_ms()) / 1000.0,
         used ? fmt::format("\"{}\"", format_utc(used)) : std::string("null"));
   }

@@ -80,6 +80,8 @@ class Pool {
   std::string script_path() const;
   const std::string &rscript_path() const { return rscript_path_; }
   const std::string &api_file() const { return api_file_; }
+  // The directory workers start in: the API file's, or a Shiny app directory itself.
+  const std::string &api_dir() const { return api_dir_; }
   // Checks the environment (Rscript found, the API file readable, the workers' user and
   // environment file); a message naming the option.
   std::optional<std::string> check_environment();
@@ -128,6 +130,7 @@ class Pool {
   uint64_t serial_;
   std::string rscript_path_;
   std::string api_file_;
+  std::string api_dir_;
   Identity identity_;
   std::vector<std::string> worker_env_;
   std::unique_ptr<Preloader> preloader_;  // before workers_: it outlives them

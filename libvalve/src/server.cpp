@@ -43,17 +43,25 @@ void add_onstack(int signum) {
   }
 }
 
-// Run by every plumber worker: load the API, serve it on the Unix socket valve assigned. httpuv's
-// pipe server has no Nagle/delayed-ACK stall on kept-alive connections, unlike plumber over TCP.
+// Run by every plumber or shiny worker: load the API or app, serve it on the Unix socket valve
+// assigned. httpuv's pipe server has no Nagle/delayed-ACK stall on kept-alive connections, unlike
+// plumber over TCP. Shiny serves a pipe itself when its port is a path with a "mask" attribute
+// (how Shiny Server runs apps).
 constexpr const char *kWorkerScript =
-    R"R(# Written by valve. Serves one plumber API on the Unix socket valve assigns.
+    R"R(# Written by valve. Serves one plumber API or Shiny app on the Unix socket valve assigns.
 local({
   file <- Sys.getenv("VALVE_FILE")
   socket <- Sys.getenv("VALVE_SOCKET")
-  if (!requireNamespace("plumber", quietly = TRUE) || !requireNamespace("httpuv", quietly = TRUE)) {
-    message("valve: the R package 'plumber' is not installed (library paths: ",
+  type <- Sys.getenv("VALVE_TYPE", "plumber")
+  if (!requireNamespace(type, quietly = TRUE) || !requireNamespace("httpuv", quietly = TRUE)) {
+    message("valve: the R package '", type, "' is not installed (library paths: ",
             paste(.libPaths(), collapse = ", "), ")")
     quit(save = "no", status = 78)
+  }
+  if (type == "shiny") {
+    shiny::runApp(file, port = structure(socket, mask = strtoi("077", 8L)),
+                  launch.browser = FALSE)
+    quit(save = "no", status = 0)
   }
   router <- tryCatch(plumber::pr(file), error = function(e) {
     message("valve: cannot load ", file, ": ", conditionMessage(e))
@@ -282,11 +290,11 @@ std::string Server::status_json_now() {
       R"({{"requests":{},"latency_sum_s":{:.6f},"queue_wait_sum_s":{:.6f},"2xx":{},"3xx":{},)"
       R"("4xx":{},"5xx":{},"rejected":{},"timeouts":{},"retries":{},"launches":{},"exits":{},)"
       R"("crashes":{},"recycles":{},"health_check_failures":{},"template_launches":{},)"
-      R"("forks":{},"fork_fallbacks":{}}})",
+      R"("forks":{},"fork_fallbacks":{},"websockets":{},"websockets_open":{}}})",
       st.requests, st.latency.sum(), st.queue_wait.sum(), st.by_class[2], st.by_class[3],
       st.by_class[4], st.by_class[5], st.rejected, st.timeouts, st.retries, st.launches, st.exits,
       st.crashes, count(st.recycles), st.health_check_failures, st.template_launches, st.forks,
-      st.fork_fallbacks);
+      st.fork_fallbacks, st.websockets, st.websockets_open);
   // Every app's workers in one list (each names its app), and each app on its own.
   std::string workers = "[", apps = "[";
   size_t queue = 0;

@@ -22,6 +22,8 @@ struct Stats {
   uint64_t exits = 0;
   uint64_t crashes = 0;  // exits valve did not ask for
   uint64_t health_check_failures = 0;
+  uint64_t websockets = 0;         // WebSockets opened (the worker answered 101)
+  uint64_t websockets_open = 0;    // ... and open now
   uint64_t template_launches = 0;  // --preload: template processes started
   uint64_t forks = 0;              // workers forked from a template
   uint64_t fork_fallbacks = 0;     // workers launched plainly because no template could fork them

@@ -49,6 +49,7 @@ void UpstreamConn::attach(Exchange &exchange) { exchange_ = &exchange; }
 void UpstreamConn::detach() {
   exchange_ = nullptr;
   paused_ = false;
+  if (tunnel_) broken_ = true;  // a tunnel's connection is never reused
   if (connected_ && !broken_)
     start_reading();  // an idle connection watches for the worker closing it
 }
@@ -97,6 +98,16 @@ void UpstreamConn::on_read(ssize_t nread, const uv_buf_t *buf) {
   // Over TCP, a worker that writes a response in pieces with Nagle on (plumber/httpuv does) meets
   // our delayed ACK and stalls 40 ms a request. Linux clears TCP_QUICKACK after use: re-arm it.
   stream_.quickack();
+  if (tunnel_) {
+    if (nread < 0) {
+      fail(nread == UV_EOF ? std::string("the worker closed the connection")
+                           : fmt::format("reading from the worker failed: {}",
+                                         uv_message(static_cast<int>(nread))));
+    } else if (exchange_) {
+      exchange_->on_upstream_tunnel_data(std::string_view(buf->base, static_cast<size_t>(nread)));
+    }
+    return;
+  }
   if (nread < 0) {
     if (nread == UV_EOF && exchange_ && parser_.in_message() && parser_.message_needs_eof()) {
       parser_.finish();  // a close-delimited body ends here
@@ -118,12 +129,22 @@ void UpstreamConn::on_read(ssize_t nread, const uv_buf_t *buf) {
   size_t consumed = 0;
   llhttp_errno_t err = parser_.execute(buf->base, static_cast<size_t>(nread), &consumed);
   if (broken_) return;
+  if ((err == HPE_PAUSED || err == HPE_PAUSED_UPGRADE) && complete_ && switching_) {
+    complete_ = false;
+    tunnel_ = true;
+    if (Exchange *ex = exchange_)
+      ex->on_upstream_switched(std::string_view(buf->base + consumed, nread - consumed));
+    return;
+  }
   if (err == HPE_PAUSED && complete_) {
     finish_response(static_cast<size_t>(nread) - consumed);
     return;
   }
-  if (err != HPE_OK)
+  if (err != HPE_OK && !refusal_.empty()) {
+    fail(refusal_);
+  } else if (err != HPE_OK) {
     fail(fmt::format("the worker's answer is malformed: {}", parser_.error_reason()));
+  }
 }
 
 void UpstreamConn::finish_response(size_t leftover) {
@@ -138,6 +159,13 @@ int UpstreamConn::on_head(Head &head) {
   if (head.status >= 100 && head.status < 200 && head.status != 101) {
     interim_ = true;  // 100 Continue, 103 Early Hints: not forwarded
     return 0;
+  }
+  if (head.status == 101) {
+    if (!exchange_ || !exchange_->websocket() || !head.upgrade) {
+      refusal_ = "the worker switched protocols (101) though no WebSocket was asked for";
+      return -1;
+    }
+    switching_ = true;
   }
   return exchange_ ? exchange_->on_upstream_head(head) : -1;
 }

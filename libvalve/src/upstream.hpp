@@ -31,6 +31,8 @@ class UpstreamConn final : public HttpParser::Handler {
   void fail(std::string reason);
   bool broken() const { return broken_; }
   bool connected() const { return connected_; }
+  // The worker switched protocols (101): bytes pass unparsed until either side closes.
+  bool tunneling() const { return tunnel_; }
 
   Worker &worker() { return worker_; }
   Exchange *exchange() { return exchange_; }
@@ -56,6 +58,9 @@ class UpstreamConn final : public HttpParser::Handler {
   bool broken_ = false;
   bool interim_ = false;
   bool complete_ = false;
+  bool switching_ = false;  // a 101 is being parsed
+  bool tunnel_ = false;
+  std::string refusal_;  // why on_head refused the answer
 };
 
 }  // namespace valve

@@ -171,7 +171,13 @@ Worker::Worker(Pool &pool, uint64_t id, uint64_t generation)
                     }
                   }),
       exit_check_(pool.server().loop(), [this] { check_exit(); }),
-      health_timer_(pool.server().loop(), [this] { check_health(); }) {
+      health_timer_(pool.server().loop(), [this] { check_health(); }),
+      drain_timer_(pool.server().loop(), [this] {
+        if (tunnels_ > 0)
+          close_tunnels(fmt::format("still open {} s after the worker began draining",
+                                    format_seconds(pool_.config().graceful_timeout)));
+      }) {
+  affinity_ = random_hex(16);
   const Config &cfg = pool.config();
   if (cfg.max_requests > 0) {
     static thread_local std::mt19937_64 rng{std::random_device{}()};
@@ -233,9 +239,10 @@ int Worker::launch() {
     spec.argv = {spec.path, "--no-echo", "--no-restore", pool_.script_path()};
     set_variable(spec.env, "VALVE_FILE", pool_.api_file());
     set_variable(spec.env, "VALVE_SOCKET", socket_path_);
-    // The API's own directory, as plumber reads it: its relative paths mean the same while it
-    // serves, and a worker of another user is not left in a directory it may not enter.
-    spec.cwd = pool_.api_file().substr(0, pool_.api_file().rfind('/') + 1);
+    set_variable(spec.env, "VALVE_TYPE", cfg.type);
+    // The API's own directory, as plumber (or shiny) reads it: its relative paths mean the same
+    // while it serves, and a worker of another user is not left in a directory it may not enter.
+    spec.cwd = pool_.api_dir();
   } else {
     std::string command = cfg.cmd;
     if (command.find("{socket}") != std::string::npos) {
@@ -396,7 +403,7 @@ void Worker::check_health() {
   // A worker busy to its concurrency is not checked: an R worker serving a long request cannot
   // answer a check, yet is not unhealthy (--timeout covers a stuck request).
   if (state_ != State::ready || health_probe_->running()) return;
-  if (in_flight_ >= pool_.config().worker_concurrency) return;
+  if (in_flight_ >= pool_.config().concurrency()) return;
   health_probe_->start(pool_.config().health_path, pool_.config().health_timeout);
 }
 
@@ -496,7 +503,20 @@ void Worker::drain(std::string_view why) {
   health_timer_.stop();
   pool_.log().info("draining {}: {}", label(), why);
   for (UpstreamConn *c : std::vector<UpstreamConn *>(idle_)) forget_conn(*c);
-  if (in_flight_ == 0) stop(why);
+  if (in_flight_ == 0) return stop(why);
+  // Requests end within --timeout; WebSockets only when a side closes them: they get
+  // graceful-timeout, then are closed (checked each second after, for one opened meanwhile).
+  drain_timer_.start(pool_.config().graceful_timeout, 1);
+}
+
+void Worker::close_tunnels(std::string_view why) {
+  pool_.log().info("{}: closing {} WebSocket{} {}", label(), tunnels_, tunnels_ == 1 ? "" : "s",
+                   why);
+  std::vector<UpstreamConn *> open;
+  for (auto &c : conns_) {
+    if (c->tunneling()) open.push_back(c.get());
+  }
+  for (UpstreamConn *c : open) c->fail(std::string(why));
 }
 
 void Worker::drop_idle(UpstreamConn &conn) { forget_conn(conn); }
@@ -518,6 +538,7 @@ void Worker::stop(std::string_view why) {
   stop_requested_ = true;
   stop_chosen_ = true;
   health_timer_.stop();
+  drain_timer_.stop();
   if (fork_pending_) return end_unstarted(why);
   pool_.log().info("stopping {}: {}", label(), why);
   signal_group(pid_, SIGTERM);
@@ -540,6 +561,7 @@ void Worker::on_exit(int wait_status) {
   kill_timer_.stop();
   exit_check_.stop();
   health_timer_.stop();
+  drain_timer_.stop();
   probe_.reset();
   close_handles();
   // Anything else left in its process group goes with it.

@@ -51,8 +51,14 @@ class Worker {
   void stop(std::string_view why);
   // Ends the process at once (it is stuck or unwanted); its requests fail.
   void kill(std::string_view why);
-  // Takes no new requests; stops once those in flight are done.
+  // Takes no new requests; stops once those in flight are done. WebSockets still open
+  // graceful-timeout later are closed.
   void drain(std::string_view why);
+  // A WebSocket to this worker opened or closed (it stays in flight while open).
+  void note_tunnel(bool open) { open ? ++tunnels_ : (tunnels_ > 0 ? --tunnels_ : 0); }
+  size_t tunnels() const { return tunnels_; }
+  // The token that pins browser sessions to this worker (a shiny pool's cookie).
+  const std::string &affinity() const { return affinity_; }
   // Marks the worker for replacement: it still serves, last of all, until the replacement is ready.
   void set_retiring(std::string reason) { retire_reason_ = std::move(reason); }
   void clear_retiring() { retire_reason_.clear(); }
@@ -118,6 +124,7 @@ class Worker {
   void close_handles();
   void forget_conn(UpstreamConn &conn);
   void fail_conns(std::string_view why);
+  void close_tunnels(std::string_view why);
 
   Pool &pool_;
   uint64_t id_;
@@ -127,6 +134,8 @@ class Worker {
   std::string socket_path_;
   int port_ = 0;
   size_t in_flight_ = 0;
+  size_t tunnels_ = 0;
+  std::string affinity_;
   uint64_t served_ = 0;
   uint64_t answered_ = 0;
   uint64_t started_ms_ = 0;
@@ -159,6 +168,7 @@ class Worker {
   Timer kill_timer_;
   Timer exit_check_;
   Timer health_timer_;
+  Timer drain_timer_;
   std::deque<std::string> tail_;
 };
 

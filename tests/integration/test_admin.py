@@ -42,12 +42,13 @@ class Admin(ValveTestCase):
         for w in status["workers"]:
             self.assertEqual(w["app"], "default")
             self.assertEqual(set(w), {"id", "app", "pid", "generation", "state", "address",
-                                      "requests", "in_flight", "rss_bytes", "forked", "pss_bytes", "age_s",
-                                      "idle_s", "last_used"})
+                                      "requests", "in_flight", "websockets", "rss_bytes", "forked",
+                                      "pss_bytes", "age_s", "idle_s", "last_used"})
             self.assertEqual(w["generation"], 1)
             self.assertFalse(w["forked"])  # no --preload: launched, and PSS is not sampled
             self.assertEqual(w["pss_bytes"], 0)
             self.assertEqual(w["in_flight"], 0)
+            self.assertEqual(w["websockets"], 0)
             self.assertGreater(w["age_s"], 0)
             served += w["requests"]
             if w["requests"]:

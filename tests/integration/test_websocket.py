@@ -1,0 +1,234 @@
+"""WebSockets through valvectl to real plumber/httpuv workers (tests/apps/websocket.R echoes each
+message; "pid" answers the worker's pid, "close" makes the worker close, "die" ends its process),
+with the RFC 6455 client of wsclient.py: echo both ways, sockets count against
+--worker-concurrency, --timeout does not cut a tunnel, either side's close ends it, a dying worker
+closes it and is replaced, the access log, metrics and status show it, shutdown and reload give
+it graceful-timeout. Upgrades other than WebSocket are served as plain HTTP (native backend)."""
+
+import json
+import os
+import signal
+import threading
+import time
+import unittest
+
+import wsclient
+from harness import ValveTestCase, app_path, parallel, wait_until
+
+API = app_path("websocket.R")
+
+
+class WebSockets(ValveTestCase):
+    def start(self, *args, **kwargs):
+        return self.start_valve("-f", API, "--admin", "127.0.0.1:0", *args, ready="/hello",
+                                **kwargs)
+
+    def connect(self, valve, path="/ws", **kwargs):
+        ws = wsclient.WebSocket.connect(valve.host, valve.port, path, **kwargs)
+        ws.settimeout(15)
+        self.addCleanup(ws.abort)
+        return ws
+
+    def metric(self, valve, name):
+        for line in valve.admin("GET", "/metrics").text().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+        raise AssertionError(f"no metric {name}")
+
+    def test_echo_both_ways_then_the_access_log_shows_101(self):
+        valve = self.start("-n", "1", "--access-log", "-")
+        ws = self.connect(valve, "/ws?room=1")
+        self.assertIsNotNone(ws.handshake.header("X-Request-Id"))
+        for i in range(300):
+            text = f"message {i} " + "x" * (i * 7)
+            ws.send_text(text)
+            self.assertEqual(ws.recv_text(), text)
+        big = "é" * 100_000  # 200 kB in one frame: past valve's write high-water mark
+        ws.send_text(big)
+        self.assertEqual(ws.recv_text(), big)
+        # Sent back to back, read afterwards: the tunnel queues in both directions.
+        for i in range(100):
+            ws.send_text(f"burst {i}")
+        self.assertEqual([ws.recv_text() for _ in range(100)], [f"burst {i}" for i in range(100)])
+        ws.send_text("pid")
+        pid = int(ws.recv_text())
+        self.assertIn(pid, valve.worker_pids())
+        status = valve.status()
+        self.assertEqual([w["websockets"] for w in status["workers"]], [1])
+        self.assertEqual(status["totals"]["websockets_open"], 1)
+        self.assertEqual(status["requests_in_progress"], 1, "an open WebSocket is in progress")
+        self.assertEqual(self.metric(valve, "valve_websockets_open"), 1)
+        ws.close()
+        line = wait_until(lambda: [l for l in valve.stdout().splitlines() if "/ws?room=1" in l],
+                          10, message="access log line")[0]
+        self.assertIn('"GET /ws?room=1 HTTP/1.1" 101 ', line)
+        sent = int(line.split('" 101 ')[1].split()[0])
+        self.assertGreater(sent, 300_000, "bytes sent to the client through the tunnel")
+        wait_until(lambda: valve.status()["totals"]["websockets_open"] == 0, 10,
+                   message="the tunnel is gone")
+        self.assertEqual(self.metric(valve, "valve_websockets_total"), 1)
+        self.assertEqual(valve.status()["workers"][0]["in_flight"], 0)
+        self.assertEqual(valve.get("/hello").status, 200)
+
+    def test_open_sockets_count_against_worker_concurrency(self):
+        valve = self.start("-n", "1", "--worker-concurrency", "1", "--queue-timeout", "1")
+        ws = self.connect(valve)
+        ws.send_text("one")
+        self.assertEqual(ws.recv_text(), "one")
+        waited = valve.get("/hello", timeout=10)
+        self.assertEqual(waited.status, 503, "the only slot is the open WebSocket's")
+        self.assertGreater(waited.elapsed, 0.8, "it waited in the queue first")
+        ws.send_text("still here")
+        self.assertEqual(ws.recv_text(), "still here")
+        ws.close()
+        wait_until(lambda: valve.get("/hello").status == 200, 10, message="the slot is free again")
+
+    def test_several_sockets_at_once_on_one_worker(self):
+        valve = self.start("-n", "1", "--worker-concurrency", "3", "--queue-timeout", "1")
+        sockets = [self.connect(valve) for _ in range(3)]
+        wait_until(lambda: valve.status()["workers"][0]["websockets"] == 3, 10,
+                   message="three WebSockets open")
+
+        def talk(ws, n):
+            def run():
+                for i in range(50):
+                    ws.send_text(f"{n}:{i}")
+                    if ws.recv_text() != f"{n}:{i}":
+                        return False
+                return True
+            return run
+
+        self.assertEqual(parallel([talk(ws, n) for n, ws in enumerate(sockets)], 60), [True] * 3)
+        with self.assertRaises(AssertionError) as refused:
+            self.connect(valve)
+        self.assertIn("503", str(refused.exception))
+        self.assertEqual(valve.get("/hello", timeout=10).status, 503)
+        sockets[0].close()
+        fourth = self.connect(valve)
+        fourth.send_text("fourth")
+        self.assertEqual(fourth.recv_text(), "fourth")
+
+    def test_timeout_does_not_cut_an_open_tunnel(self):
+        valve = self.start("-n", "1", "--timeout", "1")
+        ws = self.connect(valve)
+        ws.send_text("pid")
+        pid = int(ws.recv_text())
+        timeouts = valve.status()["totals"]["timeouts"]  # (a slow first /hello may have had one)
+        time.sleep(3)  # three request timeouts, idle
+        ws.send_text("after a quiet while")
+        self.assertEqual(ws.recv_text(), "after a quiet while")
+        ws.send_text("pid")
+        self.assertEqual(int(ws.recv_text()), pid)
+        self.assertEqual(valve.status()["totals"]["timeouts"], timeouts)
+
+    def test_worker_closing_the_socket_closes_the_client(self):
+        valve = self.start("-n", "1")
+        ws = self.connect(valve)
+        ws.send_text("pid")
+        pid = int(ws.recv_text())
+        ws.send_text("close")  # the worker sends a close frame
+        self.assertEqual(ws.recv(), (wsclient.OP_CLOSE, 1000))
+        ws.send_frame(wsclient.OP_CLOSE, b"\x03\xe8")  # the reply; the worker then closes TCP
+        self.assertTrue(ws.wait_eof(10), "valve closes the client once the worker closed")
+        wait_until(lambda: valve.status()["totals"]["websockets_open"] == 0, 10,
+                   message="the tunnel is gone")
+        again = self.connect(valve)
+        again.send_text("pid")
+        self.assertEqual(int(again.recv_text()), pid, "the same worker serves on")
+
+    def test_client_closing_the_socket_frees_the_worker(self):
+        valve = self.start("-n", "1", "--worker-concurrency", "1")
+        for i in range(5):
+            ws = self.connect(valve)
+            ws.send_text(f"round {i}")
+            self.assertEqual(ws.recv_text(), f"round {i}")
+            if i % 2:
+                ws.abort()  # TCP close, no closing handshake
+            else:
+                ws.close()
+        wait_until(lambda: valve.status()["workers"][0]["in_flight"] == 0, 10,
+                   message="the worker is free")
+        self.assertEqual(valve.get("/hello").status, 200)
+
+    def test_dying_worker_closes_the_client_and_is_replaced(self):
+        valve = self.start("-n", "1")
+        ws = self.connect(valve)
+        ws.send_text("pid")
+        pid = int(ws.recv_text())
+        ws.send_text("die")
+        self.assertTrue(ws.wait_eof(10), "the client sees its connection close")
+        self.assertTrue(valve.running())
+        response = valve.wait_ready("/pid", timeout=30)
+        self.assertNotEqual(response.json()["pid"], [pid])
+        fresh = self.connect(valve)
+        fresh.send_text("hello again")
+        self.assertEqual(fresh.recv_text(), "hello again")
+
+    def test_shutdown_gives_open_sockets_graceful_timeout(self):
+        valve = self.start("-n", "1", "--graceful-timeout", "2")
+        ws = self.connect(valve)
+        valve.send_signal(signal.SIGTERM)
+        valve.wait_log("waiting up to 2 s for 1 requests in progress")
+        ws.send_text("during shutdown")
+        self.assertEqual(ws.recv_text(), "during shutdown")
+        started = time.monotonic()
+        self.assertTrue(ws.wait_eof(15), "cut at the graceful timeout")
+        self.assertGreater(time.monotonic() - started, 0.5)
+        self.assertEqual(valve.wait_exit(15), 0)
+
+    def test_reload_drains_a_worker_with_open_sockets_until_graceful_timeout(self):
+        valve = self.start("-n", "1", "--graceful-timeout", "3")
+        ws = self.connect(valve)
+        ws.send_text("pid")
+        old = int(ws.recv_text())
+        response = valve.admin("POST", "/reload", timeout=120)
+        self.assertEqual(response.status, 200, response.text())
+        states = {w["pid"]: w["state"] for w in valve.status()["workers"]}
+        self.assertEqual(states.get(old), "draining")
+        ws.send_text("pid")
+        self.assertEqual(int(ws.recv_text()), old, "the tunnel stays on its worker")
+        self.assertNotEqual(valve.get("/pid").json()["pid"], [old], "new requests go to the new one")
+        self.assertTrue(ws.wait_eof(15), "closed at graceful-timeout")
+        valve.wait_log(r"closing 1 WebSocket still open 3 s after the worker began draining")
+        wait_until(lambda: old not in valve.worker_pids(), 15, message="the old worker exits")
+
+
+class OtherUpgrades(ValveTestCase):
+    """The native backend answers an upgrade request as a plain one, then closes."""
+
+    def test_refused_websocket_is_an_ordinary_response(self):
+        valve = self.start_backend_valve("-n", "1")
+        hs = wsclient.handshake(valve.host, valve.port, "/echo")
+        self.addCleanup(hs.sock.close)
+        self.assertEqual(hs.status, 200)
+        body = hs.rest
+        length = int(hs.header("Content-Length") or 0)
+        while len(body) < length:
+            body += hs.sock.recv(65536)
+        headers = {k.lower(): v for k, v in json.loads(body[:length])["headers"]}
+        self.assertEqual(headers.get("upgrade"), "websocket", "the worker was asked to upgrade")
+        self.assertIn("sec-websocket-key", headers)
+
+    def test_h2c_upgrade_is_served_as_http_1_1(self):
+        valve = self.start_backend_valve("-n", "1")
+        with valve.raw() as conn:
+            for _ in range(2):  # the connection stays usable for plain HTTP
+                response = conn.request("GET", "/echo", [("Connection", "Upgrade, HTTP2-Settings"),
+                                                         ("Upgrade", "h2c"),
+                                                         ("HTTP2-Settings", "AAMAAABkAAQAoAAA")])
+                self.assertEqual(response.status, 200)
+                names = {k.lower() for k, _ in response.json()["headers"]}
+                self.assertFalse(names & {"upgrade", "http2-settings", "connection"}, names)
+
+    def test_websocket_post_with_a_body_is_served_plainly(self):
+        valve = self.start_backend_valve("-n", "1")
+        with valve.raw() as conn:
+            response = conn.request("POST", "/echo", [("Connection", "Upgrade"),
+                                                      ("Upgrade", "websocket")], body=b"abc")
+            self.assertEqual(response.status, 200)
+            self.assertEqual(response.json()["method"], "POST")
+            self.assertEqual(conn.request("GET", "/hello").status, 200)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
