@@ -171,6 +171,28 @@ class Shiny(ValveTestCase):
         self.assertEqual([c["value"] for c in browser.cookies(context)
                           if c["name"] == "valve_worker"], [cookies["a"]])
 
+    def test_a_shiny_app_in_a_config_file_beside_a_plumber_api(self):
+        if not os.access(CHROMIUM, os.X_OK):
+            self.fail(f"{CHROMIUM} not found: run scripts/install-deps (it installs chromium)")
+        config = os.path.join(self.tmpdir, "valve.toml")
+        with open(config, "w") as f:
+            f.write(f'[apps.dash]\ntype = "shiny"\nfile = {json.dumps(APP)}\n'
+                    f'prefix = "/dash"\nstrip-prefix = true\n'
+                    f'[apps.api]\nfile = {json.dumps(app_path("ops.R"))}\nprefix = "/api"\n'
+                    f'strip-prefix = true\n')
+        valve = self.start_valve("--config", config, "--admin", "127.0.0.1:0", ready="/api/hello",
+                                 ready_timeout=60, env={"VALVE_TEST_DIR": self.tmpdir})
+        apps = {a["name"]: a for a in valve.status()["apps"]}
+        self.assertEqual(apps["dash"]["config"]["type"], "shiny")
+        self.assertEqual(apps["api"]["config"]["type"], "plumber")
+        browser = DevTools(self)
+        context, session = browser.open_page(valve.url + "/dash/")
+        browser.wait_text(session, "greeting", lambda t: t == "Hello, WORLD!", timeout=60)
+        browser.type_into(session, "name", "routed")
+        browser.wait_text(session, "greeting", lambda t: t == "Hello, ROUTED!")
+        self.assertEqual(valve.get("/api/hello").header("Valve-App"), "api")
+        self.assertEqual(valve.get("/dash/").header("Valve-App"), "dash")
+
     def test_cookie_pins_requests_and_a_gone_worker_is_replaced_in_the_cookie(self):
         valve = self.start("-n", "2", "--n-min", "2", "--access-log", "-")
         first = valve.get("/", headers={"X-Request-Id": "pin-0"})
