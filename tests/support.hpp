@@ -232,6 +232,24 @@ class JsonReader {
 
 inline Json parse_json(std::string_view s) { return JsonReader(s).document(); }
 
+// ---- files
+
+// A file in /tmp with the given text, removed when it goes out of scope.
+struct TempFile {
+  std::string path;
+  explicit TempFile(const std::string &text) {
+    char templ[] = "/tmp/valve-test-XXXXXX";
+    int fd = mkstemp(templ);
+    if (fd < 0) throw std::runtime_error("mkstemp failed");
+    close(fd);
+    path = templ;
+    std::ofstream(path, std::ios::binary) << text;
+  }
+  ~TempFile() { unlink(path.c_str()); }
+  TempFile(const TempFile &) = delete;
+  TempFile &operator=(const TempFile &) = delete;
+};
+
 // ---- processes
 
 // Waits for a child to end; nullopt if it has not within the timeout (the child is left running).

@@ -11,6 +11,7 @@
 #include "http.hpp"
 #include "layout.hpp"
 #include "router.hpp"
+#include "support.hpp"
 
 namespace {
 
@@ -36,19 +37,7 @@ Route split(double a, double b) {
   return r;
 }
 
-// A config file with the given text, removed when the test ends.
-struct ConfigFile {
-  std::string path;
-  explicit ConfigFile(const std::string &text) {
-    char templ[] = "/tmp/valve-toml-XXXXXX";
-    int fd = mkstemp(templ);
-    REQUIRE(fd >= 0);
-    close(fd);
-    path = templ;
-    std::ofstream(path, std::ios::binary) << text;
-  }
-  ~ConfigFile() { std::remove(path.c_str()); }
-};
+using ConfigFile = test::TempFile;
 
 std::optional<valve::Layout> load(const ConfigFile &file, std::vector<valve::Mistake> *mistakes,
                                   valve::Config options = {}) {

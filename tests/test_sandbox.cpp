@@ -1,6 +1,7 @@
 // sandbox.hpp: the workers' user (--user, --group, --allow-root) and environment (--env,
 // --env-file).
 #include "sandbox.hpp"
+#include "support.hpp"
 
 #include <doctest/doctest.h>
 #include <unistd.h>
@@ -15,19 +16,7 @@ namespace {
 
 using valve::Config;
 
-// A file with the given text, removed when the test ends.
-struct TempFile {
-  std::string path;
-  explicit TempFile(const std::string &text) {
-    char templ[] = "/tmp/valve-env-XXXXXX";
-    int fd = mkstemp(templ);
-    REQUIRE(fd >= 0);
-    close(fd);
-    path = templ;
-    std::ofstream(path, std::ios::binary) << text;
-  }
-  ~TempFile() { std::remove(path.c_str()); }
-};
+using test::TempFile;
 
 std::vector<std::string> read_ok(const std::string &text) {
   TempFile f(text);
