@@ -4,9 +4,10 @@
 //
 // Starts RATE requests a second for SECONDS on 127.0.0.1:PORT, each on a new connection
 // ("Connection: close"), whatever the answers, and prints one line per request:
-//   SCHEDULED_US STATUS LATENCY_US
-// where the latency runs from the request's scheduled start (not from when it was sent: a
-// generator that falls behind does not hide the server's delay), and STATUS is 0 when there was
+//   SCHEDULED_US STATUS LATENCY_US SERVER_US
+// where LATENCY_US runs from the request's scheduled start (not from when it was sent: a
+// generator that falls behind does not hide the server's delay), SERVER_US from the connect()
+// call to the end of the answer (what the server took), and STATUS is 0 when there was
 // no answer (connection refused or reset, or none within TIMEOUT_SECONDS, default 15). The last
 // line, on stderr, says how far behind schedule sending ever fell. One thread, epoll, a timerfd.
 #include <arpa/inet.h>
@@ -40,6 +41,7 @@ struct Request {
   int64_t scheduled_ns = 0;  // from the start
   int status = -1;           // -1: in flight; 0: no answer
   int64_t latency_ns = 0;
+  int64_t connect_ns = 0;  // from the start
   bool sent = false;
   std::string got;
 };
@@ -67,7 +69,8 @@ struct Run {
 
   void start(size_t i) {
     Request &r = reqs[i];
-    int64_t lag = now_ns() - start_ns - r.scheduled_ns;
+    r.connect_ns = now_ns() - start_ns;
+    int64_t lag = r.connect_ns - r.scheduled_ns;
     if (lag > max_lag_ns) max_lag_ns = lag;
     ++in_flight;
     r.fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -191,9 +194,11 @@ int main(int argc, char **argv) {
   out.reserve(total * 24);
   char line[64];
   for (const Request &r : run.reqs) {
-    int len = std::snprintf(line, sizeof line, "%lld %d %lld\n",
+    int64_t server_ns = r.latency_ns - (r.connect_ns - r.scheduled_ns);
+    int len = std::snprintf(line, sizeof line, "%lld %d %lld %lld\n",
                             static_cast<long long>(r.scheduled_ns / 1000), r.status,
-                            static_cast<long long>(r.latency_ns / 1000));
+                            static_cast<long long>(r.latency_ns / 1000),
+                            static_cast<long long>(server_ns / 1000));
     out.append(line, static_cast<size_t>(len));
   }
   std::fwrite(out.data(), 1, out.size(), stdout);
