@@ -1,4 +1,4 @@
-// util.hpp: handle ownership, Timer, write_string, and the string helpers.
+// util.hpp: handle ownership, Timer, write_string, write_now, and the string helpers.
 #include "util.hpp"
 
 #include <doctest/doctest.h>
@@ -8,6 +8,7 @@
 #include <memory>
 #include <set>
 #include <string>
+#include <thread>
 
 #include "support.hpp"
 
@@ -141,6 +142,54 @@ TEST_CASE("util: write_string writes, and reports only to a living owner") {
   CHECK(pipe == nullptr);
   uv_run(l.get(), UV_RUN_DEFAULT);
   CHECK(g_write_done == 2);
+}
+
+TEST_CASE("util: write_now writes at once, queues only what the socket does not take, in order") {
+  TestLoop l;
+  int fds[2];
+  REQUIRE(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) == 0);
+  test::FdGuard peer(fds[1]);
+  int owner = 0;
+  auto *pipe = valve::new_handle<uv_pipe_t>(&owner);
+  REQUIRE(uv_pipe_init(l.get(), pipe, 0) == 0);
+  REQUIRE(uv_pipe_open(pipe, fds[0]) == 0);
+  auto *stream = reinterpret_cast<uv_stream_t *>(pipe);
+  g_write_done = 0;
+  g_write_status = 1;
+  auto done = [](uv_stream_t *, int status) {
+    ++g_write_done;
+    g_write_status = status;
+  };
+
+  // Room in the socket: all of it goes at once, with no request and no callback.
+  REQUIRE(valve::write_now(stream, {"ab", "", "cd"}, done) == 0);
+  CHECK(valve::write_queue_size(stream) == 0);
+  char buf[16];
+  ssize_t n = read(peer.fd, buf, sizeof buf);
+  CHECK(std::string(buf, n > 0 ? static_cast<size_t>(n) : 0) == "abcd");
+  CHECK(g_write_done == 0);
+
+  // More than the socket takes: the rest is queued, and a later write goes after it.
+  std::string big(8 << 20, 'x');
+  for (size_t i = 0; i < big.size(); i += 4096) big[i] = static_cast<char>('a' + i / 4096 % 26);
+  REQUIRE(valve::write_now(stream, {big, "|"}, done) == 0);
+  CHECK(valve::write_queue_size(stream) > 0);
+  REQUIRE(valve::write_now(stream, {"tail"}, done) == 0);
+  std::string got;
+  std::thread reader([&] {
+    char chunk[65536];
+    while (got.size() < big.size() + 5) {
+      ssize_t r = read(peer.fd, chunk, sizeof chunk);
+      if (r <= 0) break;
+      got.append(chunk, static_cast<size_t>(r));
+    }
+  });
+  uv_run(l.get(), UV_RUN_DEFAULT);
+  reader.join();
+  CHECK(g_write_done == 2);
+  CHECK(g_write_status == 0);
+  CHECK(got == big + "|tail");
+  valve::close_handle(pipe);
 }
 
 TEST_CASE("util: json_escape") {

@@ -216,10 +216,10 @@ int ClientConn::on_complete() {
   return closing_ ? -1 : HPE_PAUSED;
 }
 
-bool ClientConn::send(std::string data) {
+bool ClientConn::send(std::string_view data) {
   if (closing_) return true;
   auto *stream = reinterpret_cast<uv_stream_t *>(tcp_);
-  int rc = write_string(stream, std::move(data), [](uv_stream_t *s, int status) {
+  int rc = write_now(stream, {data}, [](uv_stream_t *s, int status) {
     auto *self = static_cast<ClientConn *>(s->data);
     if (status != 0) {
       self->close();

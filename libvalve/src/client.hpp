@@ -24,7 +24,7 @@ class ClientConn final : public HttpParser::Handler {
   int accept(uv_stream_t *listener);
 
   // Writes bytes of the current response. True while the write queue is below its high mark.
-  bool send(std::string data);
+  bool send(std::string_view data);
   // The exchange wrote its whole response. The next pipelined request is parsed, or the
   // connection closes if keep_alive is false.
   void exchange_done(bool keep_alive);

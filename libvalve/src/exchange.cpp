@@ -104,7 +104,7 @@ void Exchange::on_client_body(std::string_view data) {
     pending_body_.append(data);
     return;
   }
-  if (!upstream_->send(body_chunked_ ? chunk(data) : std::string(data)) && client_)
+  if (!(body_chunked_ ? upstream_->send(chunk(data)) : upstream_->send(data)) && client_)
     client_->hold_body(true);
 }
 
@@ -166,7 +166,7 @@ void Exchange::dispatch(Worker &worker, UpstreamConn &conn) {
     pending_body_.clear();
   }
   if (body_chunked_ && request_complete_) out += "0\r\n\r\n";
-  bool room = conn.send(std::move(out));
+  bool room = conn.send(out);
   if (client_ && !request_complete_) {
     if (const std::string *expect = request_.find("expect");
         expect && iequals(*expect, "100-continue"))
@@ -273,7 +273,7 @@ int Exchange::on_upstream_head(Head &head) {
   out += "\r\n";
   holding_ = client_ && retryable();
   if (holding_) hold_timer_.start(kHoldSeconds);
-  write_client(std::move(out));
+  write_client(out);
   return head_request ? 1 : 0;
 }
 
@@ -320,7 +320,11 @@ void Exchange::on_upstream_tunnel_data(std::string_view data) {
 void Exchange::on_upstream_body(std::string_view data) {
   if (data.empty() || framing_ == Framing::none) return;
   bytes_out_ += data.size();
-  write_client(framing_ == Framing::chunked ? chunk(data) : std::string(data));
+  if (framing_ == Framing::chunked) {
+    write_client(chunk(data));
+  } else {
+    write_client(data);  // written from the read buffer, copied only if the client lags
+  }
 }
 
 void Exchange::on_upstream_complete(bool reusable) {
@@ -421,7 +425,7 @@ void Exchange::abort_client() {
   maybe_finish();
 }
 
-void Exchange::write_client(std::string data) {
+void Exchange::write_client(std::string_view data) {
   if (!client_) return;
   if (holding_) {
     held_ += data;
@@ -429,7 +433,7 @@ void Exchange::write_client(std::string data) {
     return;
   }
   response_started_ = true;
-  if (!client_->send(std::move(data)) && upstream_) upstream_->pause_reading();
+  if (!client_->send(data) && upstream_) upstream_->pause_reading();
 }
 
 void Exchange::release_hold() {

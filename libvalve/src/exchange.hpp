@@ -66,7 +66,7 @@ class Exchange {
   int switch_protocols(Head &head);  // the worker's 101: tell the client, then tunnel
   void send_error(int status, std::string_view message, std::string_view extra_headers = {});
   void abort_client();  // closes the client's connection (if any) and ends the exchange
-  void write_client(std::string data);
+  void write_client(std::string_view data);
   void release_hold();  // sends what was held back
   void drop_hold();     // forgets it
   void end_response();

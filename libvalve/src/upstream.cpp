@@ -39,7 +39,7 @@ void UpstreamConn::on_connect(int status) {
   if (!unsent_.empty()) {
     std::string data = std::move(unsent_);
     unsent_.clear();
-    send(std::move(data));
+    send(data);
   }
   if (!paused_) start_reading();
 }
@@ -54,13 +54,13 @@ void UpstreamConn::detach() {
     start_reading();  // an idle connection watches for the worker closing it
 }
 
-bool UpstreamConn::send(std::string data) {
+bool UpstreamConn::send(std::string_view data) {
   if (broken_) return true;
   if (!connected_) {
     unsent_ += data;
     return unsent_.size() < kWriteHighWater;
   }
-  int rc = write_string(stream(), std::move(data), [](uv_stream_t *s, int status) {
+  int rc = write_now(stream(), {data}, [](uv_stream_t *s, int status) {
     auto *self = static_cast<UpstreamConn *>(s->data);
     if (status != 0) {
       self->fail(fmt::format("writing to the worker failed: {}", uv_message(status)));
@@ -95,9 +95,6 @@ void UpstreamConn::resume_reading() {
 
 void UpstreamConn::on_read(ssize_t nread, const uv_buf_t *buf) {
   if (nread == 0 || broken_) return;
-  // Over TCP, a worker that writes a response in pieces with Nagle on (plumber/httpuv does) meets
-  // our delayed ACK and stalls 40 ms a request. Linux clears TCP_QUICKACK after use: re-arm it.
-  stream_.quickack();
   if (tunnel_) {
     if (nread < 0) {
       fail(nread == UV_EOF ? std::string("the worker closed the connection")
@@ -140,11 +137,17 @@ void UpstreamConn::on_read(ssize_t nread, const uv_buf_t *buf) {
     finish_response(static_cast<size_t>(nread) - consumed);
     return;
   }
-  if (err != HPE_OK && !refusal_.empty()) {
-    fail(refusal_);
-  } else if (err != HPE_OK) {
-    fail(fmt::format("the worker's answer is malformed: {}", parser_.error_reason()));
+  if (err != HPE_OK) {
+    fail(!refusal_.empty()
+             ? refusal_
+             : fmt::format("the worker's answer is malformed: {}", parser_.error_reason()));
+    return;
   }
+  // Over TCP, a worker that writes a response in pieces with Nagle on (plumber/httpuv does) waits
+  // for our ACK of the first piece, which Linux delays up to 40 ms: a stall on every request.
+  // Setting TCP_QUICKACK sends that pending ACK at once; Linux clears it after use, so it is set
+  // again after every read that leaves an answer unfinished (a whole answer needs no ACK sooner).
+  stream_.quickack();
 }
 
 void UpstreamConn::finish_response(size_t leftover) {

@@ -24,7 +24,7 @@ class UpstreamConn final : public HttpParser::Handler {
   void attach(Exchange &exchange);
   void detach();
   // Writes request bytes; true while the write queue is below its high mark.
-  bool send(std::string data);
+  bool send(std::string_view data);
   void pause_reading();
   void resume_reading();
   // Fails the connection: its exchange hears of it, or, idle, the worker drops it.

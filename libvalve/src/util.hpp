@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <initializer_list>
 #include <string>
 #include <string_view>
 
@@ -81,6 +82,11 @@ using WriteDone = void (*)(uv_stream_t *stream, int status);
 inline constexpr size_t kWriteHighWater = 256 * 1024;
 inline constexpr size_t kWriteLowWater = 64 * 1024;
 int write_string(uv_stream_t *stream, std::string data, WriteDone done = nullptr);
+// The proxy's writes: the pieces (at most 4) go to the socket at once when nothing is queued before
+// them, without a copy or a write request; only what the socket does not take is copied and queued
+// with write_string (done then runs when it is written). Errors are reported as write_string does.
+int write_now(uv_stream_t *stream, std::initializer_list<std::string_view> pieces,
+              WriteDone done = nullptr);
 size_t write_queue_size(const uv_stream_t *stream);
 
 // One read buffer per loop: data is parsed before the next read, so it can be reused.
