@@ -105,18 +105,29 @@ TEST_CASE("util: one Timer's callback may destroy another due in the same loop t
 namespace {
 int g_write_done = 0;
 int g_write_status = 1;
+
+// A libuv pipe (its handle with an owner) on one end of a socketpair; the test reads the other.
+struct SocketPipe {
+  test::FdGuard peer;
+  int owner = 0;
+  uv_pipe_t *pipe = nullptr;
+  explicit SocketPipe(uv_loop_t *loop) {
+    int fds[2];
+    REQUIRE(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) == 0);
+    peer.fd = fds[1];
+    pipe = valve::new_handle<uv_pipe_t>(&owner);
+    REQUIRE(uv_pipe_init(loop, pipe, 0) == 0);
+    REQUIRE(uv_pipe_open(pipe, fds[0]) == 0);
+  }
+  uv_stream_t *stream() { return reinterpret_cast<uv_stream_t *>(pipe); }
+};
 }  // namespace
 
 TEST_CASE("util: write_string writes, and reports only to a living owner") {
   TestLoop l;
-  int fds[2];
-  REQUIRE(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) == 0);
-  test::FdGuard peer(fds[1]);
-  int owner = 0;
-  auto *pipe = valve::new_handle<uv_pipe_t>(&owner);
-  REQUIRE(uv_pipe_init(l.get(), pipe, 0) == 0);
-  REQUIRE(uv_pipe_open(pipe, fds[0]) == 0);
-  auto *stream = reinterpret_cast<uv_stream_t *>(pipe);
+  SocketPipe sp(l.get());
+  auto *stream = sp.stream();
+  auto &peer = sp.peer;
   g_write_done = 0;
   g_write_status = 1;
   auto done = [](uv_stream_t *s, int status) {
@@ -138,22 +149,17 @@ TEST_CASE("util: write_string writes, and reports only to a living owner") {
 
   // The owner goes away with a write queued: the write completes (or is cancelled) silently.
   REQUIRE(valve::write_string(stream, "late", done) == 0);
-  valve::close_handle(pipe);
-  CHECK(pipe == nullptr);
+  valve::close_handle(sp.pipe);
+  CHECK(sp.pipe == nullptr);
   uv_run(l.get(), UV_RUN_DEFAULT);
   CHECK(g_write_done == 2);
 }
 
 TEST_CASE("util: write_now writes at once, queues only what the socket does not take, in order") {
   TestLoop l;
-  int fds[2];
-  REQUIRE(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) == 0);
-  test::FdGuard peer(fds[1]);
-  int owner = 0;
-  auto *pipe = valve::new_handle<uv_pipe_t>(&owner);
-  REQUIRE(uv_pipe_init(l.get(), pipe, 0) == 0);
-  REQUIRE(uv_pipe_open(pipe, fds[0]) == 0);
-  auto *stream = reinterpret_cast<uv_stream_t *>(pipe);
+  SocketPipe sp(l.get());
+  auto *stream = sp.stream();
+  auto &peer = sp.peer;
   g_write_done = 0;
   g_write_status = 1;
   auto done = [](uv_stream_t *, int status) {
@@ -189,7 +195,7 @@ TEST_CASE("util: write_now writes at once, queues only what the socket does not 
   CHECK(g_write_done == 2);
   CHECK(g_write_status == 0);
   CHECK(got == big + "|tail");
-  valve::close_handle(pipe);
+  valve::close_handle(sp.pipe);
 }
 
 TEST_CASE("util: json_escape") {
