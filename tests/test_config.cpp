@@ -97,6 +97,7 @@ TEST_CASE("config: the defaults, spelled out independently of the table") {
       {"reap-orphans", "false"},
       {"notify", "false"},
       {"preload", "false"},
+      {"preload-spares", "1"},
   };
   Config c;
   CHECK(option_count() == std::size(expected));
@@ -125,9 +126,9 @@ TEST_CASE("config: option_key lists each option once, in table order, then nullp
     INFO("index " << i);
     CHECK(seen.insert(valve::option_key(i)).second);
   }
-  CHECK(i == 48);
+  CHECK(i == 49);
   CHECK(std::string(valve::option_key(0)) == "host");
-  CHECK(std::string(valve::option_key(i - 1)) == "preload");
+  CHECK(std::string(valve::option_key(i - 1)) == "preload-spares");
   CHECK(valve::option_key(i + 1000) == nullptr);
   CHECK(std::string(valve::option_help("n-max")) == "most workers to run at once (default: 3)");
   // An empty default is not shown.

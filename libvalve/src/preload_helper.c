@@ -6,7 +6,16 @@
 //
 // Protocol on the control socket (SOCK_SEQPACKET, one message a packet, text):
 //   valve -> template  "fork ID PATH" with the worker's stdout and stderr (SCM_RIGHTS)
-//   template -> valve  "ready PID", "forked ID PID", "failed ID ERRNO", "exit ID PID WAITSTATUS"
+//   template -> valve  "ready PID", "forked ID PID", "failed ID ERRNO", "exit ID PID WAITSTATUS",
+//                      "spare PID" (a spare is parked), "lost PID" (a spare died unassigned)
+//
+// Spares: the template keeps VALVE_PRELOAD_SPARES children forked ahead of demand. Each starts
+// its HTTP server on a socket of its own (VALVE_SPARE_DIR/spare-PID.sock), answers two requests
+// of its own and parks in valve_spare_wait(). A "fork" is then handed to the oldest spare over a
+// socketpair (the same text and descriptors), and the spare renames its socket to the worker's
+// address: it answers at once, where a fresh fork spends 100-250 ms faulting in copy-on-write
+// pages. The template then forks a new spare. Once a spare dies unassigned, none is forked again
+// (workers are forked on demand).
 #include <dlfcn.h>
 #include <errno.h>
 #include <limits.h>
@@ -20,6 +29,8 @@
 #include <sys/random.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
+#include <sys/time.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -35,6 +46,21 @@ static struct child *children;
 static size_t n_children, cap_children;
 static int sig_fd = -1;
 static sigset_t saved_mask;
+
+#define MAX_SPARES 64
+#define SOCKET_PATH_MAX sizeof(((struct sockaddr_un *)0)->sun_path)
+
+// In the template, its parked spares, oldest first: pid, the template's end of the socketpair,
+// and the path of the spare's socket. In a spare, its own end and path.
+struct spare {
+  pid_t pid;
+  int fd;
+  char path[SOCKET_PATH_MAX];
+};
+static struct spare spares[MAX_SPARES];
+static int n_spares;
+static int spares_failed;  // a spare died unassigned: fork on demand from then on
+static struct spare self_spare = {.fd = -1};
 
 static void send_text(int ctl, const char *text) {
   while (send(ctl, text, strlen(text), MSG_NOSIGNAL) < 0 && errno == EINTR) {
@@ -75,6 +101,17 @@ static void reap(int ctl) {
   pid_t pid;
   while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
     char msg[96];
+    int i = 0;
+    while (i < n_spares && spares[i].pid != pid) ++i;
+    if (i < n_spares) {  // died before it was handed a worker: not a worker's exit
+      close(spares[i].fd);
+      unlink(spares[i].path);
+      spares[i] = spares[--n_spares];
+      spares_failed = 1;
+      snprintf(msg, sizeof msg, "lost %d", (int)pid);
+      send_text(ctl, msg);
+      continue;
+    }
     snprintf(msg, sizeof msg, "exit %d %d %d", forget(pid), (int)pid, status);
     send_text(ctl, msg);
   }
@@ -108,19 +145,18 @@ static void own_tempdir(void) {
   if (copy) *r_tempdir = copy;  // the template's string stays: it is not this process's to free
 }
 
-static void become_worker(int ctl, int lifeline, int out, int err) {
+// In a child just forked: drops the template's state and becomes a process of its own.
+static void become_child(int ctl, int lifeline) {
   close(ctl);
   close(sig_fd);
   sig_fd = -1;
+  for (int i = 0; i < n_spares; ++i) close(spares[i].fd);  // the template's ends
+  n_spares = 0;
   free(children);
   children = NULL;
   n_children = cap_children = 0;
   sigprocmask(SIG_SETMASK, &saved_mask, NULL);
   setpgid(0, 0);  // its own group, as a launched worker has: valve signals the group
-  dup2(out, 1);
-  dup2(err, 2);
-  close(out);
-  close(err);
   if (lifeline >= 0) {
     sigset_t all, old;
     sigfillset(&all);
@@ -130,7 +166,24 @@ static void become_worker(int ctl, int lifeline, int out, int err) {
       pthread_detach(thread);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
   }
+}
+
+// Becoming a worker: its output goes to the pipes valve reads, and it gets a tempdir of its own
+// (a spare uses the template's until then, so that killing an unused spare leaves nothing).
+static void become_worker(int out, int err) {
+  dup2(out, 1);
+  dup2(err, 2);
+  close(out);
+  close(err);
   own_tempdir();
+}
+
+// A fresh random seed for R's set.seed(): never NA_integer_ (INT_MIN).
+static int fresh_seed(void) {
+  unsigned r = 0;
+  if (getrandom(&r, sizeof r, 0) != (ssize_t)sizeof r)
+    r = (unsigned)getpid() ^ (unsigned)time(NULL);
+  return (int)(r & 0x7fffffff);
 }
 
 static int received_fds(struct msghdr *msg, int fds[2]) {
@@ -150,9 +203,103 @@ static int received_fds(struct msghdr *msg, int fds[2]) {
   return n;
 }
 
+static void report_fork(int ctl, int worker, pid_t pid, int error) {
+  char reply[64];
+  if (pid < 0) {
+    snprintf(reply, sizeof reply, "failed %d %d", worker, error);
+  } else {
+    setpgid(pid, pid);  // also here, so the group exists before valve hears of the pid
+    remember(pid, worker);
+    snprintf(reply, sizeof reply, "forked %d %d", worker, (int)pid);
+  }
+  send_text(ctl, reply);
+}
+
+// Hands the "fork" message (text and pipes) to the oldest parked spare; true when one took it
+// (the template's copies of the pipes are then closed).
+static int hand_to_spare(int ctl, const char *text, int pipes[2], int worker) {
+  while (n_spares > 0) {
+    struct spare taken = spares[0];
+    memmove(spares, spares + 1, (size_t)--n_spares * sizeof *spares);
+    union {
+      char space[CMSG_SPACE(2 * sizeof(int))];
+      struct cmsghdr align;
+    } control;
+    memset(&control, 0, sizeof control);
+    struct iovec iov = {.iov_base = (void *)text, .iov_len = strlen(text)};
+    struct msghdr msg = {.msg_iov = &iov,
+                         .msg_iovlen = 1,
+                         .msg_control = control.space,
+                         .msg_controllen = sizeof control.space};
+    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(2 * sizeof(int));
+    memcpy(CMSG_DATA(c), pipes, 2 * sizeof(int));
+    ssize_t n;
+    while ((n = sendmsg(taken.fd, &msg, MSG_NOSIGNAL)) < 0 && errno == EINTR) {
+    }
+    close(taken.fd);
+    if (n < 0) {  // it died and is not reaped yet: the next one, or a fork on demand
+      kill(taken.pid, SIGKILL);  // valve ignores the exit of a pid it does not know
+      continue;
+    }
+    close(pipes[0]);
+    close(pipes[1]);
+    report_fork(ctl, worker, taken.pid, 0);  // its exit is now a worker's
+    return 1;
+  }
+  return 0;
+}
+
+// Forks spares until VALVE_PRELOAD_SPARES are parked; true in a new spare (*socket_path then
+// holds the path its server listens on until it is handed a worker, *seed its random seed).
+static int fork_spares(int ctl, int lifeline, char **socket_path, size_t path_cap, int *seed) {
+  const char *dir = getenv("VALVE_SPARE_DIR");
+  const char *want_text = getenv("VALVE_PRELOAD_SPARES");
+  int want = want_text ? atoi(want_text) : 0;
+  if (want > MAX_SPARES) want = MAX_SPARES;
+  if (!dir || !*dir) return 0;
+  while (n_spares < want && !spares_failed) {
+    struct spare *next = &spares[n_spares];
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) return 0;
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid < 0) {
+      close(sv[0]);
+      close(sv[1]);
+      return 0;
+    }
+    if (pid == 0) {
+      close(sv[0]);
+      become_child(ctl, lifeline);
+      self_spare.pid = getpid();
+      self_spare.fd = sv[1];
+      int len = snprintf(self_spare.path, sizeof self_spare.path, "%s/spare-%d.sock", dir,
+                         (int)self_spare.pid);
+      if (len < 0 || (size_t)len >= sizeof self_spare.path || (size_t)len > path_cap) _exit(1);
+      strcpy(*socket_path, self_spare.path);
+      *seed = fresh_seed();
+      return 1;
+    }
+    close(sv[1]);
+    setpgid(pid, pid);
+    next->pid = pid;
+    next->fd = sv[0];
+    snprintf(next->path, sizeof next->path, "%s/spare-%d.sock", dir, (int)pid);
+    ++n_spares;
+    char msg[32];
+    snprintf(msg, sizeof msg, "spare %d", (int)pid);
+    send_text(ctl, msg);
+  }
+  return 0;
+}
+
 // .C("valve_template_serve", ctl, lifeline, id, socket, seed). Returns in a forked worker with
 // *id > 0, *socket its address (written into the buffer R passed) and *seed a fresh random seed;
-// returns in the template with *id == 0 once valve has closed the control socket.
+// in a new spare with *id == -1, *socket the path its server is to listen on and *seed; in the
+// template with *id == 0 once valve has closed the control socket.
 EXPORT void valve_template_serve(int *ctl_fd, int *lifeline_fd, int *id, char **socket_path,
                                  int *seed) {
   int ctl = *ctl_fd;
@@ -168,6 +315,10 @@ EXPORT void valve_template_serve(int *ctl_fd, int *lifeline_fd, int *id, char **
     char msg[32];
     snprintf(msg, sizeof msg, "ready %d", (int)getpid());
     send_text(ctl, msg);
+    if (fork_spares(ctl, *lifeline_fd, socket_path, path_cap, seed)) {
+      *id = -1;
+      return;
+    }
   }
   for (;;) {
     struct pollfd fds[2] = {{.fd = ctl, .events = POLLIN}, {.fd = sig_fd, .events = POLLIN}};
@@ -202,28 +353,114 @@ EXPORT void valve_template_serve(int *ctl_fd, int *lifeline_fd, int *id, char **
       send_text(ctl, reply);
       continue;
     }
-    fflush(NULL);  // nothing buffered in the template may be written twice
-    pid_t pid = fork();
-    if (pid == 0) {
-      become_worker(ctl, *lifeline_fd, pipes[0], pipes[1]);
-      strcpy(*socket_path, buf + path_at);
-      unsigned r = 0;
-      if (getrandom(&r, sizeof r, 0) != (ssize_t)sizeof r)
-        r = (unsigned)getpid() ^ (unsigned)time(NULL);
-      *seed = (int)(r & 0x7fffffff);  // never NA_integer_ (INT_MIN)
-      *id = worker;
+    if (!hand_to_spare(ctl, buf, pipes, worker)) {
+      fflush(NULL);  // nothing buffered in the template may be written twice
+      pid_t pid = fork();
+      int fork_errno = errno;
+      if (pid == 0) {
+        become_child(ctl, *lifeline_fd);
+        become_worker(pipes[0], pipes[1]);
+        strcpy(*socket_path, buf + path_at);
+        *seed = fresh_seed();
+        *id = worker;
+        return;
+      }
+      close(pipes[0]);
+      close(pipes[1]);
+      report_fork(ctl, worker, pid, fork_errno);
+      if (pid < 0) continue;
+    }
+    if (fork_spares(ctl, *lifeline_fd, socket_path, path_cap, seed)) {
+      *id = -1;  // in the new spare
       return;
     }
-    close(pipes[0]);
-    close(pipes[1]);
-    char reply[64];
-    if (pid < 0) {
-      snprintf(reply, sizeof reply, "failed %d %d", worker, errno);
-    } else {
-      setpgid(pid, pid);  // also here, so the group exists before valve hears of the pid
-      remember(pid, worker);
-      snprintf(reply, sizeof reply, "forked %d %d", worker, (int)pid);
+  }
+}
+
+// The spare's warm-up: a thread of the spare sends the readiness probe's request twice to the
+// spare's own server while R serves them (valve_spare_warmed() is polled between
+// httpuv::service() calls), so the spare faults in the pages of its whole request path before
+// it is handed a worker, not while valve waits for it.
+static int spare_warmed;
+
+static void *warm_up_spare(void *arg) {
+  (void)arg;
+  static const char request[] =
+      "GET /__valve/ready HTTP/1.1\r\nHost: valve\r\nUser-Agent: valve-probe\r\n"
+      "Connection: close\r\n\r\n";
+  struct sockaddr_un addr = {.sun_family = AF_UNIX};
+  strcpy(addr.sun_path, self_spare.path);
+  for (int i = 0; i < 2; ++i) {
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) break;
+    struct timeval limit = {.tv_sec = 5};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof limit);
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &limit, sizeof limit);
+    char buf[1024];
+    if (connect(fd, (struct sockaddr *)&addr, sizeof addr) == 0 &&
+        send(fd, request, sizeof request - 1, MSG_NOSIGNAL) == (ssize_t)(sizeof request - 1)) {
+      while (read(fd, buf, sizeof buf) > 0) {
+      }
     }
-    send_text(ctl, reply);
+    close(fd);
+  }
+  __atomic_store_n(&spare_warmed, 1, __ATOMIC_RELEASE);
+  return NULL;
+}
+
+// .C("valve_spare_warm_up", started): starts the warm-up thread; *started = 0 if it could not.
+EXPORT void valve_spare_warm_up(int *started) {
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  pthread_t thread;
+  *started = pthread_create(&thread, NULL, warm_up_spare, NULL) == 0;
+  if (*started) pthread_detach(thread);
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+}
+
+// .C("valve_spare_warmed", done): *done = 1 once the warm-up thread has finished.
+EXPORT void valve_spare_warmed(int *done) {
+  *done = __atomic_load_n(&spare_warmed, __ATOMIC_ACQUIRE);
+}
+
+// .C("valve_spare_wait", id, socket), in a spare with its server started: waits for a worker to
+// become. Returns with *id > 0 and its address in *socket (the spare's socket renamed there), or
+// with *id == 0 once the template is gone (the spare then quits).
+EXPORT void valve_spare_wait(int *id, char **socket_path) {
+  size_t path_cap = strlen(*socket_path);
+  *id = 0;
+  for (;;) {
+    char buf[PATH_MAX + 64];
+    union {
+      char space[CMSG_SPACE(4 * sizeof(int))];
+      struct cmsghdr align;
+    } control;
+    struct iovec iov = {.iov_base = buf, .iov_len = sizeof buf - 1};
+    struct msghdr msg = {.msg_iov = &iov,
+                         .msg_iovlen = 1,
+                         .msg_control = control.space,
+                         .msg_controllen = sizeof control.space};
+    ssize_t n = recvmsg(self_spare.fd, &msg, MSG_CMSG_CLOEXEC);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return;
+    buf[n] = 0;
+    int pipes[2] = {-1, -1};
+    int got = received_fds(&msg, pipes);
+    int worker = 0, path_at = 0;
+    if (got != 2 || sscanf(buf, "fork %d %n", &worker, &path_at) != 1 || worker <= 0 ||
+        path_at == 0 || strlen(buf + path_at) > path_cap) {
+      for (int i = 0; i < got; ++i) close(pipes[i]);
+      return;  // the template checked it: cannot happen
+    }
+    close(self_spare.fd);
+    self_spare.fd = -1;
+    become_worker(pipes[0], pipes[1]);
+    // Atomic: a client connects to the spare's listening socket under its new name, never to
+    // nothing once the name exists.
+    if (rename(self_spare.path, buf + path_at) != 0) return;
+    strcpy(*socket_path, buf + path_at);
+    *id = worker;
+    return;
   }
 }

@@ -8,12 +8,14 @@
 #include <unistd.h>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <cerrno>
 #include <cstring>
 #include <deque>
 #include <map>
 #include <utility>
+#include <vector>
 
 #include "line_reader.hpp"
 #include "pool.hpp"
@@ -56,12 +58,32 @@ local({
     quit(save = "no", status = 1)
   })
   hook <- get0("valve_post_fork", envir = envir, mode = "function")
+  # Answers the readiness probe's path in-process, without a connection (plumber answers 404): R
+  # compiles plumber's request path here once, not in every worker as it first serves.
+  warm_up <- function() for (i in 1:2) tryCatch({
+    req <- new.env()
+    req$REQUEST_METHOD <- "GET"
+    req$PATH_INFO <- "/__valve/ready"
+    req$QUERY_STRING <- ""
+    req$SCRIPT_NAME <- ""
+    req$SERVER_NAME <- "valve"
+    req$SERVER_PORT <- "0"
+    req$REMOTE_ADDR <- "127.0.0.1"
+    req$REMOTE_PORT <- "0"
+    req$HTTP_HOST <- "valve"
+    req$HTTP_USER_AGENT <- "valve-probe"
+    req$HEADERS <- c(host = "valve", "user-agent" = "valve-probe")
+    req$rook.input <- httpuv:::NullInputStream$new()
+    req$rook.errors <- httpuv:::ErrorStream$new()
+    router$call(req)
+  }, error = function(e) NULL)
+  warm_up()
+  mask <- strtoi("077", 8L)
   got <- .C("valve_template_serve", ctl = 3L, lifeline = 4L, id = 0L,
             socket = strrep(" ", 4096L), seed = 0L)
-  if (got$id <= 0L) quit(save = "no", status = 0)  # valve closed the control socket
-  # A worker from here on, forked from the template.
-  Sys.unsetenv("VALVE_TEMPLATE")
-  Sys.setenv(VALVE_WORKER_ID = as.character(got$id), VALVE_SOCKET = got$socket)
+  if (got$id == 0L) quit(save = "no", status = 0)  # valve closed the control socket
+  # Forked from the template: a worker (id > 0), or a spare (id -1) that becomes one later.
+  Sys.unsetenv(c("VALVE_TEMPLATE", "VALVE_SPARE_DIR", "VALVE_PRELOAD_SPARES"))
   if (exists(".Random.seed", envir = globalenv(), inherits = FALSE))
     rm(".Random.seed", envir = globalenv())
   set.seed(got$seed)
@@ -69,7 +91,16 @@ local({
     message("valve: valve_post_fork() failed: ", conditionMessage(e))
     quit(save = "no", status = 1)
   })
-  httpuv::startPipeServer(got$socket, strtoi("077", 8L), router)
+  httpuv::startPipeServer(got$socket, mask, router)
+  if (got$id < 0L) {
+    # A spare, forked ahead of demand: it answers two probes of its own (paying for its
+    # copy-on-write faults now), then waits to be handed a worker's id and address.
+    if (.C("valve_spare_warm_up", started = 0L)$started == 1L)
+      while (.C("valve_spare_warmed", done = 0L)$done == 0L) httpuv::service(5)
+    got <- .C("valve_spare_wait", id = 0L, socket = strrep(" ", 4096L))
+    if (got$id <= 0L) quit(save = "no", status = 0)  # the template is gone
+  }
+  Sys.setenv(VALVE_WORKER_ID = as.character(got$id), VALVE_SOCKET = got$socket)
   repeat httpuv::service(1000)
 })
 )R";
@@ -143,6 +174,7 @@ class Template {
   State state() const { return state_; }
   unsigned deaths() const { return deaths_; }
   uint64_t forks() const { return forks_; }
+  const std::vector<pid_t> &spares() const { return spares_; }
   const SpawnSpec &spec() const { return spec_; }
   bool was_ready() const { return ready_ms_ != 0; }
   bool ended() const { return ended_; }  // valve ended it
@@ -231,6 +263,7 @@ class Template {
     pool_.log().info("stopping {}: {}", label(), why);
     close_channel();
     signal_group(pid_, SIGTERM);
+    end_spares();
     kill_timer_.start(pool_.config().kill_timeout);
   }
 
@@ -248,6 +281,7 @@ class Template {
     close_channel();
     if (exit_poll_) close_handle(exit_poll_);
     signal_group(pid_, SIGKILL);  // what it started itself (its workers have groups of their own)
+    end_spares();
     pool_.log().write(
         expected ? LogLevel::info : LogLevel::warn,
         fmt::format("{} {}{}", label(), describe_exit(status), expected ? "" : " unexpectedly"));
@@ -255,6 +289,11 @@ class Template {
   }
 
  private:
+  void end_spares() {
+    for (pid_t pid : spares_) owner_.end_spare(pid);
+    spares_.clear();
+  }
+
   void close_channel() {
     if (ctl_poll_) close_handle(ctl_poll_);
     if (ctl_ >= 0) close(ctl_);
@@ -350,7 +389,15 @@ class Template {
       for (auto &[wid, p] : pending_) {
         if (!p.sent) send_fork(wid, p);
       }
+    } else if (sscanf(msg, "spare %d", &pid) == 1) {
+      spares_.push_back(pid);
+    } else if (sscanf(msg, "lost %d", &pid) == 1) {
+      std::erase(spares_, pid);
+      pool_.log().warn("{}: its spare (pid {}) died before it was needed; workers are forked on "
+                       "demand from now on",
+                       label(), pid);
     } else if (sscanf(msg, "forked %d %d", &id, &pid) == 2) {
+      std::erase(spares_, pid);
       auto it = pending_.find(static_cast<uint64_t>(id));
       if (it == pending_.end()) {  // cancelled meanwhile
         signal_group(pid, SIGKILL);
@@ -398,6 +445,7 @@ class Template {
   uint64_t started_ms_ = 0;
   uint64_t ready_ms_ = 0;
   uint64_t forks_ = 0;
+  std::vector<pid_t> spares_;  // parked, oldest first
   bool ended_ = false;
   uv_poll_t *ctl_poll_ = nullptr;
   uv_poll_t *exit_poll_ = nullptr;
@@ -475,6 +523,8 @@ bool Preloader::fork(Worker &w, const SpawnSpec &spec) {
     unset_variable(tspec.env, "VALVE_SOCKET");
     set_variable(tspec.env, "VALVE_TEMPLATE", "1");
     set_variable(tspec.env, "VALVE_PRELOAD_HELPER", helper_path_);
+    set_variable(tspec.env, "VALVE_SPARE_DIR", pool_.server().runtime_dir());
+    set_variable(tspec.env, "VALVE_PRELOAD_SPARES", std::to_string(pool_.config().preload_spares));
     auto fresh = std::make_unique<Template>(*this, w.generation(), std::move(tspec), 0);
     if (int rc = fresh->start(); rc != 0) {
       plain_generations_.insert(w.generation());
@@ -554,6 +604,39 @@ void Preloader::on_template_exit(Template &t, int wait_status) {
   pool_.on_template_exit();
 }
 
+// A killed spare is reaped by its template, or by valve (a subreaper) once the template is gone
+// too. valve waits for that (or 3 s, when it is not the subreaper), so that no spare outlives
+// valvectl as a zombie (in a container without an init, nothing would reap it).
+struct Preloader::EndingSpare {
+  EndingSpare(uv_loop_t *loop, pid_t p, std::function<void()> cb)
+      : pid(p), timer(loop, std::move(cb)) {}
+  pid_t pid;
+  int checks = 0;
+  Timer timer;
+};
+
+void Preloader::end_spare(pid_t pid) {
+  constexpr double kInterval = 0.01;
+  signal_group(pid, SIGKILL);
+  auto &e = ending_spares_.emplace_back(
+      std::make_unique<EndingSpare>(pool_.server().loop(), pid, [this, pid] { check_spare(pid); }));
+  e->timer.start(kInterval, kInterval);
+}
+
+void Preloader::check_spare(pid_t pid) {
+  constexpr int kChecks = 300;
+  for (auto &e : ending_spares_) {
+    if (e->pid != pid) continue;
+    int status;
+    waitpid(pid, &status, WNOHANG);  // valve's child once its template is gone
+    if ((kill(pid, 0) == 0 || errno != ESRCH) && ++e->checks < kChecks) return;
+    e->timer.stop();
+    pool_.server().defer_erase(ending_spares_, e.get());
+    pool_.on_template_exit();
+    return;
+  }
+}
+
 void Preloader::keep_only(uint64_t generation) {
   // A generation number can come again (a failed reload's is reused by the next reload).
   std::erase_if(plain_generations_, [generation](uint64_t g) { return g != generation; });
@@ -568,6 +651,7 @@ void Preloader::terminate() {
 }
 
 bool Preloader::all_exited() const {
+  if (!ending_spares_.empty()) return false;
   for (const auto &t : templates_) {
     if (t->state() != Template::State::exited) return false;
   }
@@ -578,8 +662,10 @@ std::string Preloader::json() const {
   std::string templates;
   for (const auto &t : templates_) {
     if (!templates.empty()) templates += ",";
-    templates += fmt::format(R"({{"generation":{},"pid":{},"state":"{}","forks":{}}})",
-                             t->generation(), t->pid(), t->state_name(), t->forks());
+    templates +=
+        fmt::format(R"({{"generation":{},"pid":{},"state":"{}","forks":{},"spares":[{}]}})",
+                    t->generation(), t->pid(), t->state_name(), t->forks(),
+                    fmt::join(t->spares(), ","));
   }
   std::string plain;
   for (uint64_t g : plain_generations_) plain += (plain.empty() ? "" : ",") + std::to_string(g);

@@ -71,6 +71,9 @@ class Preloader {
   // ---- from templates
   Pool &pool() { return pool_; }
   void on_template_exit(Template &t, int wait_status);
+  // Kills the parked spare of a template that ends or died (it serves nothing) and waits until
+  // it is reaped before the pool counts as exited.
+  void end_spare(pid_t pid);
   int lifeline_fd() const { return lifeline_[0]; }
   const std::string &script_path() const { return script_path_; }
   const std::string &helper_path() const { return helper_path_; }
@@ -82,6 +85,7 @@ class Preloader {
   // t's generation turns to plain launches, saying why; so do the workers waiting for t.
   void fall_back(Template &t, std::string why);
   bool write_files(std::string *why);
+  void check_spare(pid_t pid);
 
   Pool &pool_;
   std::list<std::unique_ptr<Template>> templates_;
@@ -92,6 +96,8 @@ class Preloader {
   std::string script_path_;
   std::string helper_path_;
   bool terminating_ = false;
+  struct EndingSpare;
+  std::list<std::unique_ptr<EndingSpare>> ending_spares_;
 };
 
 }  // namespace valve

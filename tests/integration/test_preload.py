@@ -1,5 +1,6 @@
 """--preload with real plumber workers: workers forked from a template have seeds, temporary
-directories and post-fork hooks of their own and their output in valve's log; a killed worker is
+directories and post-fork hooks of their own and their output in valve's log; spares forked ahead
+become the next workers and are replaced, and one that dies is not; a killed worker is
 seen and replaced; a killed template is relaunched while its workers keep serving; a template that
 cannot load falls back to plain launches and says so; a failing post-fork hook fails the start; a
 reload replaces the template first (and a broken one keeps the old generation); and nothing outlives
@@ -51,9 +52,10 @@ class Preload(ValveTestCase):
         return wait_until(check, 60, message=f"a ready template for generation {generation}")
 
     def test_forked_workers_have_their_own_seed_tempdir_hook_and_logs(self):
-        valve = self.start_preload("--n-min", "3", "-n", "3")
+        valve = self.start_preload("--n-min", "3", "-n", "3", "--preload-spares", "0")
         workers = self.ready_workers(valve, 3)
         template = self.template(valve)
+        self.assertEqual(template["spares"], [])  # all three forked on demand
         answers = []
         for w in workers:
             self.assertTrue(w["forked"], w)
@@ -79,6 +81,70 @@ class Preload(ValveTestCase):
         self.assertRegex(metrics, r"valve_worker_forks_total 3\b")
         self.assertRegex(metrics, r"valve_template_launches_total 1\b")
 
+    def spares(self, valve, n, generation=1):
+        def check():
+            spares = self.template(valve, generation)["spares"]
+            return spares if len(spares) == n else None
+        return wait_until(check, 60, message=f"{n} parked spares")
+
+    def test_spares_forked_ahead_become_the_next_workers_and_are_replaced(self):
+        valve = self.start_preload("--n-min", "1", "-n", "3", "--preload-spares", "2")
+        first, = self.ready_workers(valve, 1)
+        template = self.template(valve)
+        spare, other = self.spares(valve, 2)
+        # A child of the template in a process group of its own, serving no traffic, unknown to
+        # the worker list, listening on a socket of its own until it is handed a worker.
+        self.assertEqual(proc_info(spare).ppid, template["pid"])
+        self.assertEqual(os.getpgid(spare), spare)
+        self.assertNotIn(spare, {w["pid"] for w in valve.status()["workers"]})
+        runtime = os.path.dirname(first["address"][len("unix:"):])
+        wait_until(lambda: os.path.exists(os.path.join(runtime, f"spare-{spare}.sock")), 30,
+                   message="the spare's socket")
+        self.assertEqual(valve.admin("POST", "/scale?n-min=2").status, 200)
+        second = [w for w in self.ready_workers(valve, 2) if w["pid"] != first["pid"]][0]
+        self.assertEqual(second["pid"], spare)
+        self.assertTrue(second["forked"], second)
+        valve.wait_log(rf"worker {second['id']} \(pid {spare}\) ready after \d+ ms")
+        # Its socket was renamed to the worker's address: nothing is left under the spare's name.
+        self.assertFalse(os.path.exists(os.path.join(runtime, f"spare-{spare}.sock")))
+        hello = worker_get(second, "/hello")
+        self.assertEqual(hello["pid"], spare)
+        self.assertEqual(hello["worker_id"], str(second["id"]))
+        self.assertEqual(hello["hook_pid"], spare)
+        self.assertEqual(hello["hook_calls"], 1)
+        self.assertEqual(hello["template"], "")
+        # Its output goes to valve's log under the worker's name from then on.
+        worker_get(second, "/say?msg=from-a-spare")
+        valve.wait_log(rf"worker {second['id']} \(pid {spare}\): err: from-a-spare")
+        # The template forks a new spare; the other one is next in line.
+        self.assertEqual(self.spares(valve, 2)[0], other)
+        successor = self.spares(valve, 2)[1]
+        self.assertNotIn(successor, (spare, other))
+        self.assertEqual(proc_info(successor).ppid, template["pid"])
+        # A spare that dies unassigned is not replaced; workers are then forked on demand.
+        os.kill(successor, signal.SIGKILL)
+        valve.wait_log(rf"its spare \(pid {successor}\) died before it was needed; workers are "
+                       r"forked on demand from now on")
+        wait_until(lambda: not is_alive(successor), 5, message="the dead spare reaped")
+        self.assertEqual(self.template(valve)["spares"], [other])
+        self.assertFalse(os.path.exists(os.path.join(runtime, f"spare-{successor}.sock")))
+        # The one left is still used, and none is forked after it.
+        self.assertEqual(valve.admin("POST", "/scale?n-min=3").status, 200)
+        third = [w for w in self.ready_workers(valve, 3)
+                 if w["pid"] not in (first["pid"], spare)][0]
+        self.assertEqual(third["pid"], other)
+        self.assertEqual(worker_get(third, "/hello")["hook_calls"], 1)
+        # Each spare drew its own seed when it was forked.
+        draws = [tuple(worker_get(w, "/random")["u"]) for w in (first, second, third)]
+        self.assertEqual(len(set(draws)), 3, draws)
+        self.assertEqual(self.template(valve)["spares"], [])
+        # Another worker is forked on demand.
+        self.assertEqual(valve.admin("POST", "/scale?n-min=4&n-max=4").status, 200)
+        fourth = [w for w in self.ready_workers(valve, 4)
+                  if w["pid"] not in (first["pid"], spare, other)][0]
+        self.assertEqual(proc_info(fourth["pid"]).ppid, template["pid"])
+        self.assertEqual(self.template(valve)["spares"], [])
+
     def test_a_killed_forked_worker_is_seen_at_once_and_replaced(self):
         valve = self.start_preload("--n-min", "2", "-n", "2")
         victim, other = self.ready_workers(valve, 2)
@@ -101,6 +167,7 @@ class Preload(ValveTestCase):
         valve = self.start_preload("--n-min", "2", "-n", "3")
         workers = self.ready_workers(valve, 2)
         old = self.template(valve)
+        old_spare, = self.spares(valve, 1)
         os.kill(old["pid"], signal.SIGKILL)
         valve.wait_log(rf"template for generation 1 \(pid {old['pid']}\) was killed by signal 9 "
                        r"\(SIGKILL\) unexpectedly", timeout=5)
@@ -109,6 +176,8 @@ class Preload(ValveTestCase):
         new = wait_until(lambda: (lambda t: t if t["pid"] != old["pid"] else None)(
             self.template(valve)), 60, message="a relaunched template")
         self.assertTrue(all(is_alive(w["pid"]) for w in workers))
+        # Its spare, never handed a worker, ends with it.
+        wait_until(lambda: not is_alive(old_spare), 10, message="the old template's spare gone")
         # Orphaned, the old workers now belong to valvectl, a child subreaper.
         wait_until(lambda: all(proc_info(w["pid"]).ppid == valve.pid for w in workers), 5,
                    message="the orphaned workers reparented to valvectl")
@@ -190,7 +259,7 @@ class Preload(ValveTestCase):
         valve = self.start_preload("--n-min", "2", "-n", "2")
         workers = self.ready_workers(valve, 2)
         template = self.template(valve)
-        pids = [w["pid"] for w in workers] + [template["pid"]]
+        pids = [w["pid"] for w in workers] + [template["pid"]] + self.spares(valve, 1)
         code, left = valve.stop(sig=signal.SIGKILL, leftover_timeout=5)
         self.assertEqual(code, -signal.SIGKILL)
         self.assertEqual(left, [], "processes outlived valvectl")
