@@ -7,7 +7,8 @@
 // Protocol on the control socket (SOCK_SEQPACKET, one message a packet, text):
 //   valve -> template  "fork ID PATH" with the worker's stdout and stderr (SCM_RIGHTS)
 //   template -> valve  "ready PID", "forked ID PID", "failed ID ERRNO", "exit ID PID WAITSTATUS",
-//                      "spare PID" (a spare is parked), "lost PID" (a spare died unassigned)
+//                      "spare PID" (a spare was forked), "parked PID" (it is warm and waits),
+//                      "lost PID" (a spare died unassigned)
 //
 // Spares: the template keeps VALVE_PRELOAD_SPARES children forked ahead of demand. Each starts
 // its HTTP server on a socket of its own (VALVE_SPARE_DIR/spare-PID.sock), answers two requests
@@ -55,6 +56,7 @@ static sigset_t saved_mask;
 struct spare {
   pid_t pid;
   int fd;
+  int parked;  // 0 while it warms up, 1 once it said "parked", -1 if its end closed first
   char path[SOCKET_PATH_MAX];
 };
 static struct spare spares[MAX_SPARES];
@@ -106,7 +108,7 @@ static void reap(int ctl) {
     if (i < n_spares) {  // died before it was handed a worker: not a worker's exit
       close(spares[i].fd);
       unlink(spares[i].path);
-      spares[i] = spares[--n_spares];
+      memmove(spares + i, spares + i + 1, (size_t)(--n_spares - i) * sizeof *spares);
       spares_failed = 1;
       snprintf(msg, sizeof msg, "lost %d", (int)pid);
       send_text(ctl, msg);
@@ -215,12 +217,15 @@ static void report_fork(int ctl, int worker, pid_t pid, int error) {
   send_text(ctl, reply);
 }
 
-// Hands the "fork" message (text and pipes) to the oldest parked spare; true when one took it
-// (the template's copies of the pipes are then closed).
+// Hands the "fork" message (text and pipes) to the oldest parked spare, or else the oldest still
+// warming up; true when one took it (the template's copies of the pipes are then closed).
 static int hand_to_spare(int ctl, const char *text, int pipes[2], int worker) {
   while (n_spares > 0) {
-    struct spare taken = spares[0];
-    memmove(spares, spares + 1, (size_t)--n_spares * sizeof *spares);
+    int i = 0;
+    while (i < n_spares && spares[i].parked != 1) ++i;
+    if (i == n_spares) i = 0;
+    struct spare taken = spares[i];
+    memmove(spares + i, spares + i + 1, (size_t)(--n_spares - i) * sizeof *spares);
     union {
       char space[CMSG_SPACE(2 * sizeof(int))];
       struct cmsghdr align;
@@ -240,7 +245,7 @@ static int hand_to_spare(int ctl, const char *text, int pipes[2], int worker) {
     while ((n = sendmsg(taken.fd, &msg, MSG_NOSIGNAL)) < 0 && errno == EINTR) {
     }
     close(taken.fd);
-    if (n < 0) {  // it died and is not reaped yet: the next one, or a fork on demand
+    if (n < 0) {                 // it died and is not reaped yet: the next one, or a fork on demand
       kill(taken.pid, SIGKILL);  // valve ignores the exit of a pid it does not know
       continue;
     }
@@ -287,6 +292,7 @@ static int fork_spares(int ctl, int lifeline, char **socket_path, size_t path_ca
     setpgid(pid, pid);
     next->pid = pid;
     next->fd = sv[0];
+    next->parked = 0;
     snprintf(next->path, sizeof next->path, "%s/spare-%d.sock", dir, (int)pid);
     ++n_spares;
     char msg[32];
@@ -294,6 +300,23 @@ static int fork_spares(int ctl, int lifeline, char **socket_path, size_t path_ca
     send_text(ctl, msg);
   }
   return 0;
+}
+
+// A warming spare wrote to its end of the socketpair (or closed it): it is parked.
+static void spare_said(int ctl, pid_t pid) {
+  for (int i = 0; i < n_spares; ++i) {
+    if (spares[i].pid != pid) continue;
+    char buf[16];
+    ssize_t n = recv(spares[i].fd, buf, sizeof buf, MSG_DONTWAIT);
+    if (n < 0 && (errno == EINTR || errno == EAGAIN)) return;
+    spares[i].parked = n > 0 ? 1 : -1;  // -1: it is dying, and reaped soon
+    if (n > 0) {
+      char msg[32];
+      snprintf(msg, sizeof msg, "parked %d", (int)pid);
+      send_text(ctl, msg);
+    }
+    return;
+  }
 }
 
 // .C("valve_template_serve", ctl, lifeline, id, socket, seed). Returns in a forked worker with
@@ -321,10 +344,21 @@ EXPORT void valve_template_serve(int *ctl_fd, int *lifeline_fd, int *id, char **
     }
   }
   for (;;) {
-    struct pollfd fds[2] = {{.fd = ctl, .events = POLLIN}, {.fd = sig_fd, .events = POLLIN}};
-    if (poll(fds, 2, -1) < 0) {
+    struct pollfd fds[2 + MAX_SPARES] = {{.fd = ctl, .events = POLLIN},
+                                         {.fd = sig_fd, .events = POLLIN}};
+    pid_t warming[MAX_SPARES];
+    nfds_t n_fds = 2;
+    for (int i = 0; i < n_spares; ++i) {
+      if (spares[i].parked != 0) continue;
+      warming[n_fds - 2] = spares[i].pid;
+      fds[n_fds++] = (struct pollfd){.fd = spares[i].fd, .events = POLLIN};
+    }
+    if (poll(fds, n_fds, -1) < 0) {
       if (errno == EINTR) continue;
       return;
+    }
+    for (nfds_t f = 2; f < n_fds; ++f) {
+      if (fds[f].revents) spare_said(ctl, warming[f - 2]);
     }
     if (fds[1].revents) reap(ctl);
     if (!fds[0].revents) continue;
@@ -430,6 +464,7 @@ EXPORT void valve_spare_warmed(int *done) {
 EXPORT void valve_spare_wait(int *id, char **socket_path) {
   size_t path_cap = strlen(*socket_path);
   *id = 0;
+  send(self_spare.fd, "parked", 6, MSG_NOSIGNAL);
   for (;;) {
     char buf[PATH_MAX + 64];
     union {

@@ -8,12 +8,12 @@
 #include <unistd.h>
 
 #include <fmt/format.h>
-#include <fmt/ranges.h>
 
 #include <cerrno>
 #include <cstring>
 #include <deque>
 #include <map>
+#include <set>
 #include <utility>
 #include <vector>
 
@@ -174,7 +174,15 @@ class Template {
   State state() const { return state_; }
   unsigned deaths() const { return deaths_; }
   uint64_t forks() const { return forks_; }
-  const std::vector<pid_t> &spares() const { return spares_; }
+  // {"pid":P,"parked":B} for each spare, oldest first
+  std::string spares_json() const {
+    std::string out;
+    for (pid_t pid : spares_) {
+      if (!out.empty()) out += ",";
+      out += fmt::format(R"({{"pid":{},"parked":{}}})", pid, parked_.count(pid) ? "true" : "false");
+    }
+    return out;
+  }
   const SpawnSpec &spec() const { return spec_; }
   bool was_ready() const { return ready_ms_ != 0; }
   bool ended() const { return ended_; }  // valve ended it
@@ -292,6 +300,7 @@ class Template {
   void end_spares() {
     for (pid_t pid : spares_) owner_.end_spare(pid);
     spares_.clear();
+    parked_.clear();
   }
 
   void close_channel() {
@@ -391,13 +400,18 @@ class Template {
       }
     } else if (sscanf(msg, "spare %d", &pid) == 1) {
       spares_.push_back(pid);
+    } else if (sscanf(msg, "parked %d", &pid) == 1) {
+      parked_.insert(pid);
     } else if (sscanf(msg, "lost %d", &pid) == 1) {
       std::erase(spares_, pid);
-      pool_.log().warn("{}: its spare (pid {}) died before it was needed; workers are forked on "
-                       "demand from now on",
-                       label(), pid);
+      parked_.erase(pid);
+      pool_.log().warn(
+          "{}: its spare (pid {}) died before it was needed; workers are forked on "
+          "demand from now on",
+          label(), pid);
     } else if (sscanf(msg, "forked %d %d", &id, &pid) == 2) {
       std::erase(spares_, pid);
+      parked_.erase(pid);
       auto it = pending_.find(static_cast<uint64_t>(id));
       if (it == pending_.end()) {  // cancelled meanwhile
         signal_group(pid, SIGKILL);
@@ -445,7 +459,8 @@ class Template {
   uint64_t started_ms_ = 0;
   uint64_t ready_ms_ = 0;
   uint64_t forks_ = 0;
-  std::vector<pid_t> spares_;  // parked, oldest first
+  std::vector<pid_t> spares_;  // forked, oldest first
+  std::set<pid_t> parked_;     // those warm and waiting
   bool ended_ = false;
   uv_poll_t *ctl_poll_ = nullptr;
   uv_poll_t *exit_poll_ = nullptr;
@@ -664,8 +679,7 @@ std::string Preloader::json() const {
     if (!templates.empty()) templates += ",";
     templates +=
         fmt::format(R"({{"generation":{},"pid":{},"state":"{}","forks":{},"spares":[{}]}})",
-                    t->generation(), t->pid(), t->state_name(), t->forks(),
-                    fmt::join(t->spares(), ","));
+                    t->generation(), t->pid(), t->state_name(), t->forks(), t->spares_json());
   }
   std::string plain;
   for (uint64_t g : plain_generations_) plain += (plain.empty() ? "" : ",") + std::to_string(g);
