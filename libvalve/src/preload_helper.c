@@ -257,15 +257,20 @@ static int hand_to_spare(int ctl, const char *text, int pipes[2], int worker) {
   return 0;
 }
 
-// Forks spares until VALVE_PRELOAD_SPARES are parked; true in a new spare (*socket_path then
-// holds the path its server listens on until it is handed a worker, *seed its random seed).
+// Forks a spare if fewer than VALVE_PRELOAD_SPARES are there and none is warming up (one at a
+// time: a warming spare takes a core for 100-250 ms, which workers serving a spike need more);
+// true in the new spare (*socket_path then holds the path its server listens on until it is
+// handed a worker, *seed its random seed).
 static int fork_spares(int ctl, int lifeline, char **socket_path, size_t path_cap, int *seed) {
   const char *dir = getenv("VALVE_SPARE_DIR");
   const char *want_text = getenv("VALVE_PRELOAD_SPARES");
   int want = want_text ? atoi(want_text) : 0;
   if (want > MAX_SPARES) want = MAX_SPARES;
   if (!dir || !*dir) return 0;
-  while (n_spares < want && !spares_failed) {
+  for (int i = 0; i < n_spares; ++i) {
+    if (spares[i].parked == 0) return 0;
+  }
+  if (n_spares < want && !spares_failed) {
     struct spare *next = &spares[n_spares];
     int sv[2];
     if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) return 0;
@@ -338,12 +343,14 @@ EXPORT void valve_template_serve(int *ctl_fd, int *lifeline_fd, int *id, char **
     char msg[32];
     snprintf(msg, sizeof msg, "ready %d", (int)getpid());
     send_text(ctl, msg);
-    if (fork_spares(ctl, *lifeline_fd, socket_path, path_cap, seed)) {
-      *id = -1;
-      return;
-    }
   }
   for (;;) {
+    // Spares are forked when valve asks for nothing else: requests come first in a spike.
+    struct pollfd pending = {.fd = ctl, .events = POLLIN};
+    if (poll(&pending, 1, 0) == 0 && fork_spares(ctl, *lifeline_fd, socket_path, path_cap, seed)) {
+      *id = -1;  // in the new spare
+      return;
+    }
     struct pollfd fds[2 + MAX_SPARES] = {{.fd = ctl, .events = POLLIN},
                                          {.fd = sig_fd, .events = POLLIN}};
     pid_t warming[MAX_SPARES];
@@ -402,11 +409,6 @@ EXPORT void valve_template_serve(int *ctl_fd, int *lifeline_fd, int *id, char **
       close(pipes[0]);
       close(pipes[1]);
       report_fork(ctl, worker, pid, fork_errno);
-      if (pid < 0) continue;
-    }
-    if (fork_spares(ctl, *lifeline_fd, socket_path, path_cap, seed)) {
-      *id = -1;  // in the new spare
-      return;
     }
   }
 }
