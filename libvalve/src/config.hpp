@@ -103,7 +103,7 @@ enum class LogLevel { debug = 0, info = 1, warn = 2, error = 3 };
      "milliseconds and share the template's memory")                                              \
   XX("preload-spares", preload_spares, uint, "1",                                                  \
      "with --preload, workers forked ahead of demand and kept waiting, so that the next ones "     \
-     "serve within milliseconds; each holds only the memory it wrote (about 10 MB)")
+     "serve within milliseconds; each holds only the memory it wrote (about 12 MB)")
 // clang-format on
 
 struct Config {
