@@ -27,7 +27,7 @@ namespace {
 constexpr size_t kMaxConns = 64;
 constexpr size_t kMaxHead = 16 * 1024;
 constexpr size_t kMaxBody = 16 * 1024;
-constexpr double kRequestSeconds = 10;
+constexpr double kRequestSeconds = 10;  // to receive a request; its answer may take longer
 
 using Params = std::vector<std::pair<std::string, std::string>>;
 
@@ -128,6 +128,7 @@ class AdminServer::Conn final : public HttpParser::Handler {
   }
   int on_complete() override {
     complete_ = true;
+    timer_.stop();  // POST /reload answers when the reload ends, which may take minutes
     uv_read_stop(stream());
     route();
     return HPE_PAUSED;

@@ -839,6 +839,7 @@ class ValveTestCase(unittest.TestCase):
         self.tmpdir = tempfile.mkdtemp(prefix="valve-it-")
         self._valves = []
         self._pids = []  # extra processes a test started itself: (pid, Popen or None)
+        self._clients = []  # closers of client connections, run before the valvectl processes stop
 
     def start_valve(self, *args, ready="/hello", listen=True, ready_timeout=30.0, cwd=None,
                     env=None, port=0, host=LOOPBACK, allow_root=True):
@@ -862,6 +863,13 @@ class ValveTestCase(unittest.TestCase):
         self._pids.append(popen)
         return popen
 
+    def close_before_stop(self, close):
+        """close() runs first in tearDown, before any valvectl is stopped: a client connection
+        still open then (a WebSocket, a browser's) would hold valvectl's graceful stop for all of
+        its --graceful-timeout, past stop()'s own wait."""
+        self._clients.append(close)
+        return close
+
     def _test_failed(self):
         outcome = getattr(self, "_outcome", None)
         result = getattr(outcome, "result", None)
@@ -874,6 +882,11 @@ class ValveTestCase(unittest.TestCase):
 
     def tearDown(self):
         problems = []
+        for close in reversed(self._clients):
+            try:
+                close()
+            except Exception as exc:  # noqa: BLE001 - keep closing the others
+                problems.append(f"closing a client: {exc!r}")
         for valve in reversed(self._valves):
             try:
                 code, left = valve.stop()

@@ -4,6 +4,7 @@ public port; access logs (text and JSON, reopened on SIGUSR1) and JSON log lines
 
 import json
 import os
+import shlex
 import signal
 import stat
 import subprocess
@@ -11,7 +12,7 @@ import threading
 import time
 import unittest
 
-from harness import ValveTestCase, app_path, run_valvectl, wait_until
+from harness import BACKEND, ValveTestCase, app_path, run_valvectl, wait_until
 
 PROMTOOL = "/usr/bin/promtool"
 
@@ -20,6 +21,21 @@ class Admin(ValveTestCase):
     def start_ops(self, *args, admin="127.0.0.1:0"):
         return self.start_valve("-f", app_path("ops.R"), "--admin", admin, *args, ready="/hello",
                                 ready_timeout=60, env={"VALVE_TEST_DIR": self.tmpdir})
+
+    def test_post_reload_answers_a_reload_longer_than_ten_seconds(self):
+        # The new generation's worker takes 11 s to listen: the answer comes when the reload ends,
+        # as for a slow R API or a loaded machine, not cut at the admin request's 10 s limit.
+        marker = os.path.join(self.tmpdir, "slow")
+        cmd = (f"if [ -e {shlex.quote(marker)} ]; then sleep 11; fi; "
+               f"exec {shlex.quote(BACKEND)} --port {{port}}")
+        valve = self.start_valve("--cmd", cmd, "-n", "1", "--admin", "127.0.0.1:0")
+        with open(marker, "w"):
+            pass
+        started = time.monotonic()
+        response = valve.admin("POST", "/reload", timeout=60)
+        self.assertEqual(response.status, 200, response)
+        self.assertEqual(response.json()["generation"], 2)
+        self.assertGreater(time.monotonic() - started, 10)
 
     def test_status_describes_every_worker_and_the_configuration(self):
         valve = self.start_ops("--n-min", "2", "--n-max", "3")

@@ -37,7 +37,7 @@ class DevTools:
                 "--disable-extensions", "--remote-debugging-port=0", "about:blank"]
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL, env=env, start_new_session=True)
-        test.addCleanup(self.close)
+        test.close_before_stop(self.close)
         port_file = os.path.join(self.profile, "DevToolsActivePort")
 
         def read_port_file():  # "PORT\n/devtools/browser/ID\n", once Chromium listens
@@ -234,12 +234,12 @@ class Shiny(ValveTestCase):
         sockets = []
         for _ in range(20):
             ws = wsclient.WebSocket.connect(valve.host, valve.port, "/websocket/")
-            self.addCleanup(ws.abort)
+            self.close_before_stop(ws.abort)
             sockets.append(ws)
         wait_until(lambda: valve.status()["workers"][0]["websockets"] == 20, 15,
                    message="20 WebSockets open on the worker")
         hs = wsclient.handshake(valve.host, valve.port, "/websocket/")
-        self.addCleanup(hs.sock.close)
+        self.close_before_stop(hs.sock.close)
         self.assertEqual(hs.status, 503, "a 21st new session waits for room, then 503")
         sockets[0].abort()
         wait_until(lambda: valve.get("/").status == 200, 10, message="room again")

@@ -26,7 +26,7 @@ class WebSockets(ValveTestCase):
     def connect(self, valve, path="/ws", **kwargs):
         ws = wsclient.WebSocket.connect(valve.host, valve.port, path, **kwargs)
         ws.settimeout(15)
-        self.addCleanup(ws.abort)
+        self.close_before_stop(ws.abort)
         return ws
 
     def metric(self, valve, name):
@@ -199,7 +199,7 @@ class OtherUpgrades(ValveTestCase):
     def test_refused_websocket_is_an_ordinary_response(self):
         valve = self.start_backend_valve("-n", "1")
         hs = wsclient.handshake(valve.host, valve.port, "/echo")
-        self.addCleanup(hs.sock.close)
+        self.close_before_stop(hs.sock.close)
         self.assertEqual(hs.status, 200)
         body = hs.rest
         length = int(hs.header("Content-Length") or 0)
