@@ -205,6 +205,36 @@ static int received_fds(struct msghdr *msg, int fds[2]) {
   return n;
 }
 
+// Receives one "fork ID PATH" message and its two pipes from fd (valve's control socket, or a
+// spare's end of its socketpair) into buf. 1: a well-formed one (*worker, buf + *path_at, pipes);
+// 0: a malformed one (its descriptors closed, *worker what could be read); -1: the peer is gone;
+// -2: nothing to read (EINTR, EAGAIN).
+static int receive_fork(int fd, char *buf, size_t size, size_t path_cap, int pipes[2], int *worker,
+                        int *path_at) {
+  union {
+    char space[CMSG_SPACE(4 * sizeof(int))];
+    struct cmsghdr align;
+  } control;
+  struct iovec iov = {.iov_base = buf, .iov_len = size - 1};
+  struct msghdr msg = {.msg_iov = &iov,
+                       .msg_iovlen = 1,
+                       .msg_control = control.space,
+                       .msg_controllen = sizeof control.space};
+  ssize_t n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
+  if (n < 0 && (errno == EINTR || errno == EAGAIN)) return -2;
+  if (n <= 0) return -1;
+  buf[n] = 0;
+  int got = received_fds(&msg, pipes);
+  *worker = 0;
+  *path_at = 0;
+  if (got != 2 || sscanf(buf, "fork %d %n", worker, path_at) != 1 || *worker <= 0 ||
+      *path_at == 0 || strlen(buf + *path_at) > path_cap) {
+    for (int i = 0; i < got; ++i) close(pipes[i]);
+    return 0;
+  }
+  return 1;
+}
+
 static void report_fork(int ctl, int worker, pid_t pid, int error) {
   char reply[64];
   if (pid < 0) {
@@ -370,25 +400,12 @@ EXPORT void valve_template_serve(int *ctl_fd, int *lifeline_fd, int *id, char **
     if (fds[1].revents) reap(ctl);
     if (!fds[0].revents) continue;
     char buf[PATH_MAX + 64];
-    union {
-      char space[CMSG_SPACE(4 * sizeof(int))];
-      struct cmsghdr align;
-    } control;
-    struct iovec iov = {.iov_base = buf, .iov_len = sizeof buf - 1};
-    struct msghdr msg = {.msg_iov = &iov,
-                         .msg_iovlen = 1,
-                         .msg_control = control.space,
-                         .msg_controllen = sizeof control.space};
-    ssize_t n = recvmsg(ctl, &msg, MSG_CMSG_CLOEXEC);
-    if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
-    if (n <= 0) return;  // valve closed the channel (or is gone): the template ends
-    buf[n] = 0;
     int pipes[2] = {-1, -1};
-    int got = received_fds(&msg, pipes);
-    int worker = 0, path_at = 0;
-    if (got != 2 || sscanf(buf, "fork %d %n", &worker, &path_at) != 1 || worker <= 0 ||
-        path_at == 0 || strlen(buf + path_at) > path_cap) {
-      for (int i = 0; i < got; ++i) close(pipes[i]);
+    int worker, path_at;
+    int got = receive_fork(ctl, buf, sizeof buf, path_cap, pipes, &worker, &path_at);
+    if (got == -2) continue;
+    if (got == -1) return;  // valve closed the channel (or is gone): the template ends
+    if (got == 0) {
       char reply[64];
       snprintf(reply, sizeof reply, "failed %d %d", worker, EINVAL);
       send_text(ctl, reply);
@@ -469,27 +486,11 @@ EXPORT void valve_spare_wait(int *id, char **socket_path) {
   send(self_spare.fd, "parked", 6, MSG_NOSIGNAL);
   for (;;) {
     char buf[PATH_MAX + 64];
-    union {
-      char space[CMSG_SPACE(4 * sizeof(int))];
-      struct cmsghdr align;
-    } control;
-    struct iovec iov = {.iov_base = buf, .iov_len = sizeof buf - 1};
-    struct msghdr msg = {.msg_iov = &iov,
-                         .msg_iovlen = 1,
-                         .msg_control = control.space,
-                         .msg_controllen = sizeof control.space};
-    ssize_t n = recvmsg(self_spare.fd, &msg, MSG_CMSG_CLOEXEC);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return;
-    buf[n] = 0;
     int pipes[2] = {-1, -1};
-    int got = received_fds(&msg, pipes);
-    int worker = 0, path_at = 0;
-    if (got != 2 || sscanf(buf, "fork %d %n", &worker, &path_at) != 1 || worker <= 0 ||
-        path_at == 0 || strlen(buf + path_at) > path_cap) {
-      for (int i = 0; i < got; ++i) close(pipes[i]);
-      return;  // the template checked it: cannot happen
-    }
+    int worker, path_at;
+    int got = receive_fork(self_spare.fd, buf, sizeof buf, path_cap, pipes, &worker, &path_at);
+    if (got == -2) continue;
+    if (got <= 0) return;  // the template is gone (a malformed message: it checked it first)
     close(self_spare.fd);
     self_spare.fd = -1;
     become_worker(pipes[0], pipes[1]);
