@@ -13,7 +13,6 @@
 #include <cstring>
 #include <deque>
 #include <map>
-#include <set>
 #include <utility>
 #include <vector>
 
@@ -177,9 +176,9 @@ class Template {
   // {"pid":P,"parked":B} for each spare, oldest first
   std::string spares_json() const {
     std::string out;
-    for (pid_t pid : spares_) {
+    for (const Spare &s : spares_) {
       if (!out.empty()) out += ",";
-      out += fmt::format(R"({{"pid":{},"parked":{}}})", pid, parked_.count(pid) ? "true" : "false");
+      out += fmt::format(R"({{"pid":{},"parked":{}}})", s.pid, s.parked);
     }
     return out;
   }
@@ -297,10 +296,13 @@ class Template {
   }
 
  private:
+  void forget_spare(pid_t pid) {
+    std::erase_if(spares_, [pid](const Spare &s) { return s.pid == pid; });
+  }
+
   void end_spares() {
-    for (pid_t pid : spares_) owner_.end_spare(pid);
+    for (const Spare &s : spares_) owner_.end_spare(s.pid);
     spares_.clear();
-    parked_.clear();
   }
 
   void close_channel() {
@@ -399,19 +401,19 @@ class Template {
         if (!p.sent) send_fork(wid, p);
       }
     } else if (sscanf(msg, "spare %d", &pid) == 1) {
-      spares_.push_back(pid);
+      spares_.push_back({pid, false});
     } else if (sscanf(msg, "parked %d", &pid) == 1) {
-      parked_.insert(pid);
+      for (Spare &s : spares_) {
+        if (s.pid == pid) s.parked = true;
+      }
     } else if (sscanf(msg, "lost %d", &pid) == 1) {
-      std::erase(spares_, pid);
-      parked_.erase(pid);
+      forget_spare(pid);
       pool_.log().warn(
           "{}: its spare (pid {}) died before it was needed; workers are forked on "
           "demand from now on",
           label(), pid);
     } else if (sscanf(msg, "forked %d %d", &id, &pid) == 2) {
-      std::erase(spares_, pid);
-      parked_.erase(pid);
+      forget_spare(pid);
       auto it = pending_.find(static_cast<uint64_t>(id));
       if (it == pending_.end()) {  // cancelled meanwhile
         signal_group(pid, SIGKILL);
@@ -459,8 +461,11 @@ class Template {
   uint64_t started_ms_ = 0;
   uint64_t ready_ms_ = 0;
   uint64_t forks_ = 0;
-  std::vector<pid_t> spares_;  // forked, oldest first
-  std::set<pid_t> parked_;     // those warm and waiting
+  struct Spare {
+    pid_t pid;
+    bool parked;  // warm and waiting
+  };
+  std::vector<Spare> spares_;  // forked, oldest first
   bool ended_ = false;
   uv_poll_t *ctl_poll_ = nullptr;
   uv_poll_t *exit_poll_ = nullptr;

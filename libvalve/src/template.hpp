@@ -71,8 +71,8 @@ class Preloader {
   // ---- from templates
   Pool &pool() { return pool_; }
   void on_template_exit(Template &t, int wait_status);
-  // Kills the parked spare of a template that ends or died (it serves nothing) and waits until
-  // it is reaped before the pool counts as exited.
+  // Kills a spare of a template that ends or died (it serves nothing) and waits until it is
+  // reaped before the pool counts as exited.
   void end_spare(pid_t pid);
   int lifeline_fd() const { return lifeline_[0]; }
   const std::string &script_path() const { return script_path_; }
