@@ -70,6 +70,7 @@ TEST_CASE("config: the defaults, spelled out independently of the table") {
       {"graceful-timeout", "30"},
       {"kill-timeout", "5"},
       {"worker-concurrency", "0"},
+      {"worker-nice", "0"},
       {"queue-max", "1024"},
       {"queue-timeout", "30"},
       {"timeout", "60"},
@@ -126,7 +127,7 @@ TEST_CASE("config: option_key lists each option once, in table order, then nullp
     INFO("index " << i);
     CHECK(seen.insert(valve::option_key(i)).second);
   }
-  CHECK(i == 49);
+  CHECK(i == 50);
   CHECK(std::string(valve::option_key(0)) == "host");
   CHECK(std::string(valve::option_key(i - 1)) == "preload-spares");
   CHECK(valve::option_key(i + 1000) == nullptr);

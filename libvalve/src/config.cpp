@@ -174,6 +174,8 @@ std::optional<std::string> Config::check(std::string_view key) const {
     return fmt::format("max-header-size {}: must be at least 1024", max_header_size);
   if (key == "health-path" && !health_path.empty() && health_path.front() != '/')
     return fmt::format("health-path {}: must start with /", health_path);
+  if (key == "worker-nice" && worker_nice > 19)
+    return fmt::format("worker-nice {}: must be at most 19", worker_nice);
   if (key == "health-rise" && health_rise < 1)
     return fmt::format("health-rise {}: must be at least 1", health_rise);
   if (key == "health-fall" && health_fall < 1)

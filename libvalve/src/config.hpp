@@ -55,6 +55,9 @@ enum class LogLevel { debug = 0, info = 1, warn = 2, error = 3 };
   XX("worker-concurrency", worker_concurrency, uint, "0",                                          \
      "requests (an open WebSocket counts as one) one worker serves at once; 0: by --type, 1 for "   \
      "plumber, 20 for shiny (where a session's own requests always reach its worker)")              \
+  XX("worker-nice", worker_nice, uint, "0",                                                        \
+     "niceness added to the workers' (and a preload template's), 0 to 19: under overload valve "   \
+     "then gets the CPU first, to dispatch and to shed load promptly")                              \
   XX("queue-max", queue_max, uint, "1024", "requests that may wait for a worker; beyond, 503")    \
   XX("queue-timeout", queue_timeout, secs, "30", "seconds a request may wait for a worker; then 503") \
   XX("timeout", timeout, secs, "60", "seconds a worker has to answer a request; then 504")        \
@@ -128,6 +131,7 @@ struct Config {
   double graceful_timeout = 0;
   double kill_timeout = 0;
   uint64_t worker_concurrency = 0;
+  uint64_t worker_nice = 0;
   uint64_t queue_max = 0;
   double queue_timeout = 0;
   double timeout = 0;

@@ -106,6 +106,11 @@ int spawn_process(const SpawnSpec &spec, Spawned *out) {
     if (close_range(static_cast<unsigned>(first_free), UINT_MAX, 0) != 0) {
       for (int fd = first_free; fd < 65536; ++fd) close(fd);
     }
+    // Before the user switch: the lower priority is set for the child's every thread to come.
+    if (spec.nice > 0) {
+      errno = 0;
+      if (::nice(spec.nice) == -1 && errno != 0) child_fail("nice", errno);
+    }
     if (spec.as) {
       // Groups first: once the user is switched, the right to change them is gone.
       if (setgroups(spec.as->groups.size(), spec.as->groups.data()) != 0)

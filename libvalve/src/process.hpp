@@ -26,6 +26,7 @@ struct SpawnSpec {
   std::string cwd;                // empty: inherit
   std::optional<Credentials> as;  // unset: valve's own user
   std::vector<int> keep_fds;      // passed on as descriptors 3, 4, ... (all others are closed)
+  int nice = 0;                   // added to the child's niceness (0 to 19)
 };
 
 struct Spawned {

@@ -237,6 +237,7 @@ int Worker::launch() {
   SpawnSpec spec;
   spec.env = pool_.worker_environment();
   spec.as = pool_.identity().credentials;
+  spec.nice = static_cast<int>(cfg.worker_nice);
   set_variable(spec.env, "VALVE_WORKER_ID", std::to_string(id_));
   // The service manager's socket is valve's to speak on: a worker must not report for it, even
   // when --env names it.

@@ -23,6 +23,15 @@ def proc_uids(pid):
     return uid[0], uid[1], gid[0], gid[1]
 
 
+def thread_nices(pid):
+    """The niceness of each of a process's threads, from /proc (field 19 of stat)."""
+    out = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/stat") as f:
+            out.append(int(f.read().rsplit(")", 1)[1].split()[16]))
+    return out
+
+
 class Isolation(ValveTestCase):
     def test_plumber_workers_listen_in_a_private_directory(self):
         valve = self.start_valve("-f", app_path("ops.R"), "--admin", "127.0.0.1:0", ready="/hello",
@@ -39,6 +48,26 @@ class Isolation(ValveTestCase):
         valve = self.start_backend_valve("-n", "1")
         (worker,) = valve.workers()
         self.assertTrue(worker.comm.startswith("valve-test-back"), worker)  # not sh
+
+    def test_worker_nice_lowers_the_workers_priority_not_valves(self):
+        valve = self.start_valve("-f", app_path("ops.R"), "--admin", "127.0.0.1:0",
+                                 "--worker-nice", "7", ready="/hello", ready_timeout=60,
+                                 env={"VALVE_TEST_DIR": self.tmpdir})
+        (worker,) = valve.status()["workers"]
+        own = thread_nices(valve.proc.pid)
+        self.assertEqual(len(set(own)), 1, own)
+        # Every thread of the worker: R's and httpuv's, started after the priority was set.
+        nices = thread_nices(worker["pid"])
+        self.assertGreater(len(nices), 1, "httpuv's thread is there")
+        self.assertEqual(set(nices), {own[0] + 7}, nices)
+        self.assertEqual(valve.get("/hello").status, 200)
+
+    def test_worker_nice_out_of_range_is_a_usage_error(self):
+        code, out, err, elapsed, left = run_valvectl(
+            ["-f", app_path("ops.R"), "--port", "0", "--worker-nice", "20"], cwd=self.tmpdir)
+        self.assertEqual(code, 2, err)
+        self.assertIn("--worker-nice 20: must be at most 19", err)
+        self.assertEqual(left, [])
 
 
 class Environment(ValveTestCase):

@@ -93,10 +93,15 @@ class Preload(ValveTestCase):
         return wait_until(check, 60, message=f"{n} parked spares")
 
     def test_spares_forked_ahead_become_the_next_workers_and_are_replaced(self):
-        valve = self.start_preload("--n-min", "1", "-n", "3", "--preload-spares", "2")
+        valve = self.start_preload("--n-min", "1", "-n", "3", "--preload-spares", "2",
+                                   "--worker-nice", "3")
         first, = self.ready_workers(valve, 1)
         template = self.template(valve)
         spare, other = self.spares(valve, 2)
+        # --worker-nice reaches the template, and so each worker and spare it forks.
+        base = os.getpriority(os.PRIO_PROCESS, valve.proc.pid)
+        for pid in (template["pid"], first["pid"], spare, other):
+            self.assertEqual(os.getpriority(os.PRIO_PROCESS, pid), base + 3, pid)
         # A child of the template in a process group of its own, serving no traffic, unknown to
         # the worker list, listening on a socket of its own until it is handed a worker.
         self.assertEqual(proc_info(spare).ppid, template["pid"])
