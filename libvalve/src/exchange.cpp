@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <iterator>
 #include <utility>
 
 #include "client.hpp"
@@ -178,7 +179,9 @@ void Exchange::dispatch(Worker &worker, UpstreamConn &conn) {
 std::string Exchange::upstream_head() const {
   const ClientConn *c = client_;
   bool trusted = c && c->peer_trusted();
-  std::string out = fmt::format("{} {} HTTP/1.1\r\n", request_.method, upstream_target_);
+  std::string out;
+  out.reserve(512);
+  fmt::format_to(std::back_inserter(out), "{} {} HTTP/1.1\r\n", request_.method, upstream_target_);
   const std::string *xff = nullptr;
   const std::string *xfproto = nullptr;
   const std::string *xfhost = nullptr;
@@ -203,24 +206,26 @@ std::string Exchange::upstream_head() const {
     if (iequals(h.name, "x-request-id")) {
       if (has_request_id) continue;
       has_request_id = true;
-      out += fmt::format("X-Request-Id: {}\r\n", request_id_);
+      fmt::format_to(std::back_inserter(out), "X-Request-Id: {}\r\n", request_id_);
       continue;
     }
-    out += fmt::format("{}: {}\r\n", h.name, h.value);
+    fmt::format_to(std::back_inserter(out), "{}: {}\r\n", h.name, h.value);
   }
-  if (!has_request_id) out += fmt::format("X-Request-Id: {}\r\n", request_id_);
-  if (!stripped_prefix_.empty()) out += fmt::format("X-Forwarded-Prefix: {}\r\n", stripped_prefix_);
+  if (!has_request_id) fmt::format_to(std::back_inserter(out), "X-Request-Id: {}\r\n", request_id_);
+  if (!stripped_prefix_.empty()) fmt::format_to(std::back_inserter(out), "X-Forwarded-Prefix: {}\r\n", stripped_prefix_);
   if (websocket_)
-    out += fmt::format("Connection: Upgrade\r\nUpgrade: {}\r\n", *request_.find("upgrade"));
-  out += xff ? fmt::format("X-Forwarded-For: {}, {}\r\n", *xff, peer_ip_)
-             : fmt::format("X-Forwarded-For: {}\r\n", peer_ip_);
+    fmt::format_to(std::back_inserter(out), "Connection: Upgrade\r\nUpgrade: {}\r\n", *request_.find("upgrade"));
+  if (xff)
+    fmt::format_to(std::back_inserter(out), "X-Forwarded-For: {}, {}\r\n", *xff, peer_ip_);
+  else
+    fmt::format_to(std::back_inserter(out), "X-Forwarded-For: {}\r\n", peer_ip_);
   // A loopback peer is a front proxy we trust to say how the client reached it.
-  out += fmt::format("X-Forwarded-Proto: {}\r\n", trusted && xfproto ? *xfproto : "http");
+  fmt::format_to(std::back_inserter(out), "X-Forwarded-Proto: {}\r\n", trusted && xfproto ? *xfproto : "http");
   const std::string *host = request_.find("host");
   if (trusted && xfhost) {
-    out += fmt::format("X-Forwarded-Host: {}\r\n", *xfhost);
+    fmt::format_to(std::back_inserter(out), "X-Forwarded-Host: {}\r\n", *xfhost);
   } else if (host) {
-    out += fmt::format("X-Forwarded-Host: {}\r\n", *host);
+    fmt::format_to(std::back_inserter(out), "X-Forwarded-Host: {}\r\n", *host);
   }
   if (body_chunked_) out += "Transfer-Encoding: chunked\r\n";
   out += "\r\n";
@@ -250,8 +255,10 @@ int Exchange::on_upstream_head(Head &head) {
   }
   client_keep_alive_ = request_.keep_alive && framing_ != Framing::close && !server_.stopping();
 
-  std::string out = fmt::format("HTTP/1.1 {} {}\r\n", head.status,
-                                head.reason.empty() ? status_reason(head.status) : head.reason);
+  std::string out;
+  out.reserve(512);
+  fmt::format_to(std::back_inserter(out), "HTTP/1.1 {} {}\r\n", head.status,
+                 head.reason.empty() ? status_reason(head.status) : head.reason);
   bool has_request_id = false;
   for (const auto &h : head.headers) {
     if (is_hop_by_hop(h.name) || head.has_token("connection", h.name)) continue;
@@ -260,19 +267,18 @@ int Exchange::on_upstream_head(Head &head) {
       continue;
     if (iequals(h.name, "x-request-id")) has_request_id = true;
     if (server_.names_apps() && iequals(h.name, "valve-app")) continue;  // valve says which
-    out += fmt::format("{}: {}\r\n", h.name, h.value);
+    fmt::format_to(std::back_inserter(out), "{}: {}\r\n", h.name, h.value);
   }
-  if (!has_request_id) out += fmt::format("X-Request-Id: {}\r\n", request_id_);
-  if (server_.names_apps()) out += fmt::format("Valve-App: {}\r\n", app_->name);
+  if (!has_request_id) fmt::format_to(std::back_inserter(out), "X-Request-Id: {}\r\n", request_id_);
+  if (server_.names_apps()) fmt::format_to(std::back_inserter(out), "Valve-App: {}\r\n", app_->name);
   if (worker_ && worker_->pool().config().shiny() && affinity_ != worker_->affinity())
-    out += fmt::format("Set-Cookie: {}={}; Path=/; HttpOnly; SameSite=Lax\r\n", kAffinityCookie,
+    fmt::format_to(std::back_inserter(out), "Set-Cookie: {}={}; Path=/; HttpOnly; SameSite=Lax\r\n", kAffinityCookie,
                        worker_->affinity());
   if (framing_ == Framing::chunked) out += "Transfer-Encoding: chunked\r\n";
   out += client_keep_alive_ ? (client_11 ? "" : "Connection: keep-alive\r\n")
                             : "Connection: close\r\n";
   out += "\r\n";
-  holding_ = client_ && retryable();
-  if (holding_) hold_timer_.start(kHoldSeconds);
+  holding_ = client_ && retryable();  // the hold's timer starts if the answer is not all here
   write_client(out);
   return head_request ? 1 : 0;
 }
@@ -288,9 +294,9 @@ int Exchange::switch_protocols(Head &head) {
   for (const auto &h : head.headers) {
     if (is_hop_by_hop(h.name) || head.has_token("connection", h.name)) continue;
     if (iequals(h.name, "x-request-id")) has_request_id = true;
-    out += fmt::format("{}: {}\r\n", h.name, h.value);
+    fmt::format_to(std::back_inserter(out), "{}: {}\r\n", h.name, h.value);
   }
-  if (!has_request_id) out += fmt::format("X-Request-Id: {}\r\n", request_id_);
+  if (!has_request_id) fmt::format_to(std::back_inserter(out), "X-Request-Id: {}\r\n", request_id_);
   const std::string *upgrade = head.find("upgrade");
   out +=
       fmt::format("Connection: Upgrade\r\nUpgrade: {}\r\n\r\n", upgrade ? *upgrade : "websocket");
@@ -325,6 +331,10 @@ void Exchange::on_upstream_body(std::string_view data) {
   } else {
     write_client(data);  // written from the read buffer, copied only if the client lags
   }
+}
+
+void Exchange::on_upstream_unfinished() {
+  if (holding_ && !hold_timer_.active()) hold_timer_.start(kHoldSeconds);
 }
 
 void Exchange::on_upstream_complete(bool reusable) {

@@ -43,6 +43,8 @@ class Exchange {
   int on_upstream_head(Head &head);
   void on_upstream_body(std::string_view data);
   void on_upstream_complete(bool reusable);
+  // A read ended with the answer still unfinished.
+  void on_upstream_unfinished();
   void on_upstream_failed(std::string_view reason);
   void on_upstream_drained();
   // Tunnel bytes from the worker (after a 101).

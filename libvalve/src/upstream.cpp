@@ -143,6 +143,7 @@ void UpstreamConn::on_read(ssize_t nread, const uv_buf_t *buf) {
              : fmt::format("the worker's answer is malformed: {}", parser_.error_reason()));
     return;
   }
+  exchange_->on_upstream_unfinished();
   // Over TCP, a worker that writes a response in pieces with Nagle on (plumber/httpuv does) waits
   // for our ACK of the first piece, which Linux delays up to 40 ms: a stall on every request.
   // Setting TCP_QUICKACK sends that pending ACK at once; Linux clears it after use, so it is set

@@ -12,16 +12,17 @@
 
 namespace valve {
 
-Timer::Timer(uv_loop_t *loop, std::function<void()> cb)
-    : handle_(new_handle<uv_timer_t>(this)), cb_(std::move(cb)) {
-  uv_timer_init(loop, handle_);
-}
+Timer::Timer(uv_loop_t *loop, std::function<void()> cb) : loop_(loop), cb_(std::move(cb)) {}
 
 Timer::~Timer() { close_handle(handle_); }
 
 void Timer::start(double seconds, double repeat_seconds) {
   auto ms = [](double s) { return s <= 0 ? uint64_t{0} : static_cast<uint64_t>(s * 1000.0 + 0.5); };
   uint64_t repeat = repeat_seconds > 0 ? std::max<uint64_t>(1, ms(repeat_seconds)) : 0;
+  if (!handle_) {
+    handle_ = new_handle<uv_timer_t>(this);
+    uv_timer_init(loop_, handle_);
+  }
   uv_timer_start(
       handle_,
       [](uv_timer_t *t) {
@@ -30,9 +31,13 @@ void Timer::start(double seconds, double repeat_seconds) {
       ms(seconds), repeat);
 }
 
-void Timer::stop() { uv_timer_stop(handle_); }
+void Timer::stop() {
+  if (handle_) uv_timer_stop(handle_);
+}
 
-bool Timer::active() const { return uv_is_active(reinterpret_cast<const uv_handle_t *>(handle_)); }
+bool Timer::active() const {
+  return handle_ && uv_is_active(reinterpret_cast<const uv_handle_t *>(handle_));
+}
 
 namespace {
 struct ConnectReq {

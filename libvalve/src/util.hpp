@@ -31,6 +31,7 @@ void close_handle(H *&h) {
 }
 
 // A one-shot or repeating timer owned by one object; the callback never runs after destruction.
+// Its libuv handle is made on the first start(): an object may own timers it seldom needs.
 class Timer {
  public:
   Timer(uv_loop_t *loop, std::function<void()> cb);
@@ -43,7 +44,8 @@ class Timer {
   bool active() const;
 
  private:
-  uv_timer_t *handle_;
+  uv_loop_t *loop_;
+  uv_timer_t *handle_ = nullptr;
   std::function<void()> cb_;
 };
 

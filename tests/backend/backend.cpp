@@ -38,8 +38,8 @@ char g_read_buffer[64 * 1024];  // reads are consumed synchronously, so one buff
 
 // clang-format off
 enum class Route {
-  hello, echo, sleep, bytes, upload, status, crash, hang, pid, stats, close, noframe, headers_big,
-  not_found
+  hello, echo, sleep, drip, bytes, upload, status, crash, hang, pid, stats, close, noframe,
+  headers_big, not_found
 };
 // clang-format on
 
@@ -50,7 +50,7 @@ Route route_for(std::string_view path) {
       {"/bytes", Route::bytes}, {"/upload", Route::upload}, {"/status", Route::status},
       {"/crash", Route::crash}, {"/hang", Route::hang},     {"/pid", Route::pid},
       {"/stats", Route::stats}, {"/close", Route::close},   {"/noframe", Route::noframe},
-      {"/headers-big", Route::headers_big}};
+      {"/headers-big", Route::headers_big}, {"/drip", Route::drip}};
   // clang-format on
   for (const auto &[name, route] : routes)
     if (name == path) return route;
@@ -432,6 +432,17 @@ void Conn::respond() {
         c->reply(200, "text/plain", fmt::format("slept {}\n", c->sleep_ms));
       };
       uv_timer_start(&timer, on_slept, sleep_ms, 0);
+      return;
+    }
+    case Route::drip: {  // "first" at once, "last" ms later (chunked)
+      auto ms = number("ms");
+      if (!ms || http10 || is_head) return bad_query();
+      write(response_head(200, "text/plain", Framing::chunked, 0, {}) + "6\r\nfirst\n\r\n", {}, {},
+            false);
+      auto on_slept = [](uv_timer_t *t) {
+        static_cast<Conn *>(t->data)->write("5\r\nlast\n\r\n0\r\n\r\n", {}, {}, true);
+      };
+      uv_timer_start(&timer, on_slept, *ms, 0);
       return;
     }
     case Route::bytes: {

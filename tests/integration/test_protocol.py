@@ -370,6 +370,28 @@ class ValveErrors(ValveTestCase):
         self.assertLess(waited, 8, "the worker stayed busy with an answer nobody reads")
         self.assertNotIn("gave no answer", valve.log())
 
+    def test_a_get_answer_that_is_slow_to_finish_is_held_back_only_briefly(self):
+        # valve holds a retryable GET's answer until it is complete (a worker that dies meanwhile
+        # has sent the client nothing, so the request can be retried), but 0.1 s at most.
+        valve = self.start_backend_valve("-n", "1")
+        sock = socket.create_connection((valve.host, valve.port), timeout=10)
+        with sock:
+            started = time.monotonic()
+            sock.sendall(b"GET /drip?ms=1500 HTTP/1.1\r\nHost: a\r\n\r\n")
+            got, first_at = b"", None
+            while not got.endswith(b"0\r\n\r\n"):
+                chunk = sock.recv(65536)
+                self.assertTrue(chunk, f"the connection closed: {got!r}")
+                got += chunk
+                if first_at is None and b"first" in got:
+                    first_at = time.monotonic() - started
+            done_at = time.monotonic() - started
+        self.assertTrue(got.startswith(b"HTTP/1.1 200"), got)
+        self.assertNotIn(b"last", got[:got.index(b"first")], got)
+        self.assertLess(first_at, 0.9, "the first part waited for the end of the answer")
+        self.assertGreater(done_at, 1.4, "the backend's pause")
+        self.assertIn(b"last", got)
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)
