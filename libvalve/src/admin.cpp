@@ -351,6 +351,13 @@ std::string metrics_text(Server &server) {
       m.counter("valve_requests_total", "answered requests by app and status class",
                 static_cast<double>(counts[c]), {{"app", app}, {"code", kClasses[c]}});
   }
+  std::map<std::string, double> busy = s.busy_seconds_by_app;
+  for (const auto &app : server.apps()) busy[app->name];
+  for (const auto &[app, seconds] : busy)
+    m.counter("valve_worker_busy_seconds_total",
+              "seconds workers spent serving requests (dispatch to the end of the answer; "
+              "WebSockets aside), by app: over the worker count, how busy the workers are",
+              seconds, {{"app", app}});
   m.histogram("valve_request_duration_seconds",
               "seconds from a request's arrival to the end of its answer", s.latency);
   m.histogram("valve_queue_wait_seconds", "seconds a request waited for a worker", s.queue_wait);

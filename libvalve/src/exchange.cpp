@@ -473,7 +473,11 @@ void Exchange::end_response() {
 void Exchange::detach_upstream(bool reusable) {
   UpstreamConn *conn = upstream_;
   Worker *w = worker_;
-  if (conn) upstream_end_ns_ = uv_hrtime();
+  if (conn) {
+    upstream_end_ns_ = uv_hrtime();
+    if (!tunnel_ && app_)
+      server_.stats().busy_seconds_by_app[app_->name] += (upstream_end_ns_ - upstream_start_ns_) / 1e9;
+  }
   upstream_ = nullptr;
   worker_ = nullptr;
   if (conn && tunnel_) {

@@ -31,6 +31,9 @@ struct Stats {
   std::map<std::string, uint64_t> reloads;   // by result: ok, failed
   // Answers by app and status / 100; an app's count outlives the pools a reload replaces.
   std::map<std::string, std::array<uint64_t, 6>> by_app;
+  // Seconds workers spent on requests (from dispatch to the end of the answer, WebSockets aside),
+  // by app: their rate over the pool's worker count is how busy its workers are.
+  std::map<std::string, double> busy_seconds_by_app;
   uint64_t started_unix_ms = 0;
 };
 
