@@ -24,10 +24,13 @@ USER valve
 # Flags may be given after the image name; these are the defaults a flag overrides. The admin
 # interface stays inside the container (docker exec CONTAINER valvectl status); Kubernetes
 # moves it to 0.0.0.0:9000 for its probes (examples/kubernetes).
+# Workers run 10 steps nicer than valvectl: alone in the container's cgroup, that only puts
+# valvectl first when both want the CPU, so that under overload it still dispatches and sheds load.
 ENV VALVECTL_HOST=0.0.0.0 \
     VALVECTL_PORT=8000 \
     VALVECTL_FILE=/srv/app/plumber.R \
-    VALVECTL_ADMIN=127.0.0.1:9000
+    VALVECTL_ADMIN=127.0.0.1:9000 \
+    VALVECTL_WORKER_NICE=10
 EXPOSE 8000
 # docker stop sends SIGTERM: valvectl drains for --graceful-timeout (30 s), so give it longer than
 # Docker's default 10 s: docker stop -t 40.

@@ -234,9 +234,8 @@ class AdminServer::Conn final : public HttpParser::Handler {
       } else if (name == "n-max" || name == "n_max") {
         n_max = value;
       } else {
-        return error(400,
-                     fmt::format("{} {}: unknown parameter (use n-min, n-max and app)", name,
-                                 value));
+        return error(
+            400, fmt::format("{} {}: unknown parameter (use n-min, n-max and app)", name, value));
       }
     }
     if (!n_min && !n_max)

@@ -212,15 +212,18 @@ std::string Exchange::upstream_head() const {
     fmt::format_to(std::back_inserter(out), "{}: {}\r\n", h.name, h.value);
   }
   if (!has_request_id) fmt::format_to(std::back_inserter(out), "X-Request-Id: {}\r\n", request_id_);
-  if (!stripped_prefix_.empty()) fmt::format_to(std::back_inserter(out), "X-Forwarded-Prefix: {}\r\n", stripped_prefix_);
+  if (!stripped_prefix_.empty())
+    fmt::format_to(std::back_inserter(out), "X-Forwarded-Prefix: {}\r\n", stripped_prefix_);
   if (websocket_)
-    fmt::format_to(std::back_inserter(out), "Connection: Upgrade\r\nUpgrade: {}\r\n", *request_.find("upgrade"));
+    fmt::format_to(std::back_inserter(out), "Connection: Upgrade\r\nUpgrade: {}\r\n",
+                   *request_.find("upgrade"));
   if (xff)
     fmt::format_to(std::back_inserter(out), "X-Forwarded-For: {}, {}\r\n", *xff, peer_ip_);
   else
     fmt::format_to(std::back_inserter(out), "X-Forwarded-For: {}\r\n", peer_ip_);
   // A loopback peer is a front proxy we trust to say how the client reached it.
-  fmt::format_to(std::back_inserter(out), "X-Forwarded-Proto: {}\r\n", trusted && xfproto ? *xfproto : "http");
+  fmt::format_to(std::back_inserter(out), "X-Forwarded-Proto: {}\r\n",
+                 trusted && xfproto ? *xfproto : "http");
   const std::string *host = request_.find("host");
   if (trusted && xfhost) {
     fmt::format_to(std::back_inserter(out), "X-Forwarded-Host: {}\r\n", *xfhost);
@@ -270,10 +273,11 @@ int Exchange::on_upstream_head(Head &head) {
     fmt::format_to(std::back_inserter(out), "{}: {}\r\n", h.name, h.value);
   }
   if (!has_request_id) fmt::format_to(std::back_inserter(out), "X-Request-Id: {}\r\n", request_id_);
-  if (server_.names_apps()) fmt::format_to(std::back_inserter(out), "Valve-App: {}\r\n", app_->name);
+  if (server_.names_apps())
+    fmt::format_to(std::back_inserter(out), "Valve-App: {}\r\n", app_->name);
   if (worker_ && worker_->pool().config().shiny() && affinity_ != worker_->affinity())
-    fmt::format_to(std::back_inserter(out), "Set-Cookie: {}={}; Path=/; HttpOnly; SameSite=Lax\r\n", kAffinityCookie,
-                       worker_->affinity());
+    fmt::format_to(std::back_inserter(out), "Set-Cookie: {}={}; Path=/; HttpOnly; SameSite=Lax\r\n",
+                   kAffinityCookie, worker_->affinity());
   if (framing_ == Framing::chunked) out += "Transfer-Encoding: chunked\r\n";
   out += client_keep_alive_ ? (client_11 ? "" : "Connection: keep-alive\r\n")
                             : "Connection: close\r\n";
@@ -406,8 +410,8 @@ void Exchange::on_timeout() {
                      request_id_, request_.method, request_.target, w->id(),
                      format_seconds(config().timeout));
   w->kill("a request timed out");  // first, so the pool gives it nothing more
-  send_error(504, fmt::format("the worker gave no answer within {} s",
-                              format_seconds(config().timeout)));
+  send_error(
+      504, fmt::format("the worker gave no answer within {} s", format_seconds(config().timeout)));
 }
 
 void Exchange::send_error(int status, std::string_view message, std::string_view extra_headers) {
@@ -476,7 +480,8 @@ void Exchange::detach_upstream(bool reusable) {
   if (conn) {
     upstream_end_ns_ = uv_hrtime();
     if (!tunnel_ && app_)
-      server_.stats().busy_seconds_by_app[app_->name] += (upstream_end_ns_ - upstream_start_ns_) / 1e9;
+      server_.stats().busy_seconds_by_app[app_->name] +=
+          (upstream_end_ns_ - upstream_start_ns_) / 1e9;
   }
   upstream_ = nullptr;
   worker_ = nullptr;

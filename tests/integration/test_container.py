@@ -152,6 +152,14 @@ class Dockerfile(ValveTestCase):
         self.assertEqual((answer.status, json.loads(answer.read())), (200, {"msg": "container"}))
         conn.close()
         self.assertIn("valvectl", open(f"/proc/{self.valvectl_pid(proc, as_pid1)}/comm").read())
+        # The image's workers run nicer than valvectl (VALVECTL_WORKER_NICE).
+        vpid = self.valvectl_pid(proc, as_pid1)
+        workers = [c.pid for c in children(vpid)]
+        self.assertTrue(workers, "a worker")
+        nicer = int(image_env["VALVECTL_WORKER_NICE"])
+        for pid in workers:
+            self.assertEqual(os.getpriority(os.PRIO_PROCESS, pid),
+                             os.getpriority(os.PRIO_PROCESS, vpid) + nicer)
         if as_pid1:
             with open(f"/proc/{self.valvectl_pid(proc, as_pid1)}/status") as f:
                 self.assertRegex(f.read(), r"NSpid:\s+\d+\s+1\n", "valvectl is PID 1 inside")
