@@ -59,7 +59,7 @@ class Isolation(ValveTestCase):
         # Every thread of the worker: R's and httpuv's, started after the priority was set.
         nices = thread_nices(worker["pid"])
         self.assertGreater(len(nices), 1, "httpuv's thread is there")
-        self.assertEqual(set(nices), {own[0] + 7}, nices)
+        self.assertEqual(set(nices), {min(19, own[0] + 7)}, nices)  # 19: the most there is
         self.assertEqual(valve.get("/hello").status, 200)
 
     def test_worker_nice_out_of_range_is_a_usage_error(self):
