@@ -343,20 +343,18 @@ std::string metrics_text(Server &server) {
           s.started_unix_ms / 1000.0);
   static const char *const kClasses[] = {"1xx", "1xx", "2xx", "3xx", "4xx", "5xx"};
   // Every app named since the start, so no counter goes backwards.
-  std::map<std::string, std::array<uint64_t, 6>> by_app = s.by_app;
+  std::map<std::string, Stats::AppTotals> by_app = s.by_app;
   for (const auto &app : server.apps()) by_app[app->name];
-  for (const auto &[app, counts] : by_app) {
+  for (const auto &[app, totals] : by_app) {
     for (int c = 1; c <= 5; ++c)
       m.counter("valve_requests_total", "answered requests by app and status class",
-                static_cast<double>(counts[c]), {{"app", app}, {"code", kClasses[c]}});
+                static_cast<double>(totals.answers[c]), {{"app", app}, {"code", kClasses[c]}});
   }
-  std::map<std::string, double> busy = s.busy_seconds_by_app;
-  for (const auto &app : server.apps()) busy[app->name];
-  for (const auto &[app, seconds] : busy)
+  for (const auto &[app, totals] : by_app)
     m.counter("valve_worker_busy_seconds_total",
               "seconds workers spent serving requests (dispatch to the end of the answer; "
               "WebSockets aside), by app: over the worker count, how busy the workers are",
-              seconds, {{"app", app}});
+              totals.busy_seconds, {{"app", app}});
   m.histogram("valve_request_duration_seconds",
               "seconds from a request's arrival to the end of its answer", s.latency);
   m.histogram("valve_queue_wait_seconds", "seconds a request waited for a worker", s.queue_wait);

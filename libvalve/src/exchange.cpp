@@ -25,6 +25,12 @@ constexpr double kHoldSeconds = 0.1;
 // Pins a browser session to one worker of a shiny pool: the worker's affinity token.
 constexpr std::string_view kAffinityCookie = "valve_worker";
 
+// Appends formatted text to out, in place.
+template <typename... A>
+void append(std::string &out, fmt::format_string<A...> f, A &&...a) {
+  fmt::format_to(std::back_inserter(out), f, std::forward<A>(a)...);
+}
+
 std::string chunk(std::string_view data) {
   return fmt::format("{:x}\r\n{}\r\n", data.size(), data);
 }
@@ -181,7 +187,7 @@ std::string Exchange::upstream_head() const {
   bool trusted = c && c->peer_trusted();
   std::string out;
   out.reserve(512);
-  fmt::format_to(std::back_inserter(out), "{} {} HTTP/1.1\r\n", request_.method, upstream_target_);
+  append(out, "{} {} HTTP/1.1\r\n", request_.method, upstream_target_);
   const std::string *xff = nullptr;
   const std::string *xfproto = nullptr;
   const std::string *xfhost = nullptr;
@@ -206,29 +212,25 @@ std::string Exchange::upstream_head() const {
     if (iequals(h.name, "x-request-id")) {
       if (has_request_id) continue;
       has_request_id = true;
-      fmt::format_to(std::back_inserter(out), "X-Request-Id: {}\r\n", request_id_);
+      append(out, "X-Request-Id: {}\r\n", request_id_);
       continue;
     }
-    fmt::format_to(std::back_inserter(out), "{}: {}\r\n", h.name, h.value);
+    append(out, "{}: {}\r\n", h.name, h.value);
   }
-  if (!has_request_id) fmt::format_to(std::back_inserter(out), "X-Request-Id: {}\r\n", request_id_);
-  if (!stripped_prefix_.empty())
-    fmt::format_to(std::back_inserter(out), "X-Forwarded-Prefix: {}\r\n", stripped_prefix_);
-  if (websocket_)
-    fmt::format_to(std::back_inserter(out), "Connection: Upgrade\r\nUpgrade: {}\r\n",
-                   *request_.find("upgrade"));
+  if (!has_request_id) append(out, "X-Request-Id: {}\r\n", request_id_);
+  if (!stripped_prefix_.empty()) append(out, "X-Forwarded-Prefix: {}\r\n", stripped_prefix_);
+  if (websocket_) append(out, "Connection: Upgrade\r\nUpgrade: {}\r\n", *request_.find("upgrade"));
   if (xff)
-    fmt::format_to(std::back_inserter(out), "X-Forwarded-For: {}, {}\r\n", *xff, peer_ip_);
+    append(out, "X-Forwarded-For: {}, {}\r\n", *xff, peer_ip_);
   else
-    fmt::format_to(std::back_inserter(out), "X-Forwarded-For: {}\r\n", peer_ip_);
+    append(out, "X-Forwarded-For: {}\r\n", peer_ip_);
   // A loopback peer is a front proxy we trust to say how the client reached it.
-  fmt::format_to(std::back_inserter(out), "X-Forwarded-Proto: {}\r\n",
-                 trusted && xfproto ? *xfproto : "http");
+  append(out, "X-Forwarded-Proto: {}\r\n", trusted && xfproto ? *xfproto : "http");
   const std::string *host = request_.find("host");
   if (trusted && xfhost) {
-    fmt::format_to(std::back_inserter(out), "X-Forwarded-Host: {}\r\n", *xfhost);
+    append(out, "X-Forwarded-Host: {}\r\n", *xfhost);
   } else if (host) {
-    fmt::format_to(std::back_inserter(out), "X-Forwarded-Host: {}\r\n", *host);
+    append(out, "X-Forwarded-Host: {}\r\n", *host);
   }
   if (body_chunked_) out += "Transfer-Encoding: chunked\r\n";
   out += "\r\n";
@@ -260,8 +262,8 @@ int Exchange::on_upstream_head(Head &head) {
 
   std::string out;
   out.reserve(512);
-  fmt::format_to(std::back_inserter(out), "HTTP/1.1 {} {}\r\n", head.status,
-                 head.reason.empty() ? status_reason(head.status) : head.reason);
+  append(out, "HTTP/1.1 {} {}\r\n", head.status,
+         head.reason.empty() ? status_reason(head.status) : head.reason);
   bool has_request_id = false;
   for (const auto &h : head.headers) {
     if (is_hop_by_hop(h.name) || head.has_token("connection", h.name)) continue;
@@ -270,14 +272,13 @@ int Exchange::on_upstream_head(Head &head) {
       continue;
     if (iequals(h.name, "x-request-id")) has_request_id = true;
     if (server_.names_apps() && iequals(h.name, "valve-app")) continue;  // valve says which
-    fmt::format_to(std::back_inserter(out), "{}: {}\r\n", h.name, h.value);
+    append(out, "{}: {}\r\n", h.name, h.value);
   }
-  if (!has_request_id) fmt::format_to(std::back_inserter(out), "X-Request-Id: {}\r\n", request_id_);
-  if (server_.names_apps())
-    fmt::format_to(std::back_inserter(out), "Valve-App: {}\r\n", app_->name);
+  if (!has_request_id) append(out, "X-Request-Id: {}\r\n", request_id_);
+  if (server_.names_apps()) append(out, "Valve-App: {}\r\n", app_->name);
   if (worker_ && worker_->pool().config().shiny() && affinity_ != worker_->affinity())
-    fmt::format_to(std::back_inserter(out), "Set-Cookie: {}={}; Path=/; HttpOnly; SameSite=Lax\r\n",
-                   kAffinityCookie, worker_->affinity());
+    append(out, "Set-Cookie: {}={}; Path=/; HttpOnly; SameSite=Lax\r\n", kAffinityCookie,
+           worker_->affinity());
   if (framing_ == Framing::chunked) out += "Transfer-Encoding: chunked\r\n";
   out += client_keep_alive_ ? (client_11 ? "" : "Connection: keep-alive\r\n")
                             : "Connection: close\r\n";
@@ -298,9 +299,9 @@ int Exchange::switch_protocols(Head &head) {
   for (const auto &h : head.headers) {
     if (is_hop_by_hop(h.name) || head.has_token("connection", h.name)) continue;
     if (iequals(h.name, "x-request-id")) has_request_id = true;
-    fmt::format_to(std::back_inserter(out), "{}: {}\r\n", h.name, h.value);
+    append(out, "{}: {}\r\n", h.name, h.value);
   }
-  if (!has_request_id) fmt::format_to(std::back_inserter(out), "X-Request-Id: {}\r\n", request_id_);
+  if (!has_request_id) append(out, "X-Request-Id: {}\r\n", request_id_);
   const std::string *upgrade = head.find("upgrade");
   out +=
       fmt::format("Connection: Upgrade\r\nUpgrade: {}\r\n\r\n", upgrade ? *upgrade : "websocket");
@@ -480,7 +481,7 @@ void Exchange::detach_upstream(bool reusable) {
   if (conn) {
     upstream_end_ns_ = uv_hrtime();
     if (!tunnel_ && app_)
-      server_.stats().busy_seconds_by_app[app_->name] +=
+      server_.stats().by_app[app_->name].busy_seconds +=
           (upstream_end_ns_ - upstream_start_ns_) / 1e9;
   }
   upstream_ = nullptr;
@@ -520,7 +521,7 @@ void Exchange::record() {
   if (app_) {
     ++app_->requests;
     app_->by_class[std::min(status / 100, 5)]++;
-    stats.by_app[app_->name][std::min(status / 100, 5)]++;
+    stats.by_app[app_->name].answers[std::min(status / 100, 5)]++;
   }
   stats.latency.observe(total_ms / 1000);
   if (server_.wants_events()) {

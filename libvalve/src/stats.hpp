@@ -29,11 +29,14 @@ struct Stats {
   uint64_t fork_fallbacks = 0;     // workers launched plainly because no template could fork them
   std::map<std::string, uint64_t> recycles;  // by reason: reload, max-requests, max-rss, unhealthy
   std::map<std::string, uint64_t> reloads;   // by result: ok, failed
-  // Answers by app and status / 100; an app's count outlives the pools a reload replaces.
-  std::map<std::string, std::array<uint64_t, 6>> by_app;
-  // Seconds workers spent on requests (from dispatch to the end of the answer, WebSockets aside),
-  // by app: their rate over the pool's worker count is how busy its workers are.
-  std::map<std::string, double> busy_seconds_by_app;
+  // Each app's totals, by name: they outlive the pools a reload replaces.
+  struct AppTotals {
+    std::array<uint64_t, 6> answers{};  // by status / 100
+    // Seconds its workers spent on requests (from dispatch to the end of the answer, WebSockets
+    // aside): their rate over the pool's worker count is how busy its workers are.
+    double busy_seconds = 0;
+  };
+  std::map<std::string, AppTotals> by_app;
   uint64_t started_unix_ms = 0;
 };
 
