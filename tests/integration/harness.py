@@ -699,6 +699,14 @@ class Valve:
         finally:
             conn.close()
 
+    def metric(self, series):
+        """One sample of /metrics on the admin interface, by its series as written there
+        ('valve_websockets_open', 'valve_worker_busy_seconds_total{app="default"}')."""
+        for line in self.admin("GET", "/metrics").text().splitlines():
+            if line.startswith(series + " "):
+                return float(line.split()[1])
+        raise AssertionError(f"no metric {series}")
+
     def status(self):
         """GET /status on the admin interface, as a dict."""
         response = self.admin("GET", "/status")

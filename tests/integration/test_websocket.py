@@ -29,12 +29,6 @@ class WebSockets(ValveTestCase):
         self.close_before_stop(ws.abort)
         return ws
 
-    def metric(self, valve, name):
-        for line in valve.admin("GET", "/metrics").text().splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
-        raise AssertionError(f"no metric {name}")
-
     def test_echo_both_ways_then_the_access_log_shows_101(self):
         valve = self.start("-n", "1", "--access-log", "-")
         ws = self.connect(valve, "/ws?room=1")
@@ -57,7 +51,7 @@ class WebSockets(ValveTestCase):
         self.assertEqual([w["websockets"] for w in status["workers"]], [1])
         self.assertEqual(status["totals"]["websockets_open"], 1)
         self.assertEqual(status["requests_in_progress"], 1, "an open WebSocket is in progress")
-        self.assertEqual(self.metric(valve, "valve_websockets_open"), 1)
+        self.assertEqual(valve.metric("valve_websockets_open"), 1)
         ws.close()
         line = wait_until(lambda: [l for l in valve.stdout().splitlines() if "/ws?room=1" in l],
                           10, message="access log line")[0]
@@ -66,7 +60,7 @@ class WebSockets(ValveTestCase):
         self.assertGreater(sent, 300_000, "bytes sent to the client through the tunnel")
         wait_until(lambda: valve.status()["totals"]["websockets_open"] == 0, 10,
                    message="the tunnel is gone")
-        self.assertEqual(self.metric(valve, "valve_websockets_total"), 1)
+        self.assertEqual(valve.metric("valve_websockets_total"), 1)
         self.assertEqual(valve.status()["workers"][0]["in_flight"], 0)
         self.assertEqual(valve.get("/hello").status, 200)
 
