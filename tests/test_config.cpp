@@ -79,6 +79,8 @@ TEST_CASE("config: the defaults, spelled out independently of the table") {
       {"max-connections", "10000"},
       {"max-header-size", "16384"},
       {"max-body-size", "1073741824"},
+      {"request-buffer-size", "1048576"},
+      {"underscores-in-headers", "false"},
       {"health-path", ""},
       {"health-interval", "5"},
       {"health-timeout", "2"},
@@ -127,7 +129,7 @@ TEST_CASE("config: option_key lists each option once, in table order, then nullp
     INFO("index " << i);
     CHECK(seen.insert(valve::option_key(i)).second);
   }
-  CHECK(i == 50);
+  CHECK(i == 52);
   CHECK(std::string(valve::option_key(0)) == "host");
   CHECK(std::string(valve::option_key(i - 1)) == "preload-spares");
   CHECK(valve::option_key(i + 1000) == nullptr);

@@ -3,6 +3,7 @@
 
 #include <doctest/doctest.h>
 
+#include <cstring>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -352,17 +353,184 @@ TEST_CASE("http: a request refused for its Transfer-Encoding never reaches on_he
 
 TEST_CASE("http: a bad chunk size fails the message after its head") {
   Recorder rec;
-  CHECK(parse_request("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: "
-                      "chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
-                      rec) == HPE_INVALID_CHUNK_SIZE);
+  HttpParser p(HTTP_REQUEST, rec, kLimit);
+  CHECK(feed(p, "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                "zz\r\nhello\r\n0\r\n\r\n") == HPE_USER);
+  CHECK(std::string_view(p.error_reason()).starts_with("invalid chunked body"));
   CHECK(rec.heads.size() == 1);
   CHECK(rec.completes == 0);
   // A chunk size that overflows 64 bits, too.
   Recorder rec2;
   CHECK(parse_request("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
                       "10000000000000000\r\n",
-                      rec2) == HPE_INVALID_CHUNK_SIZE);
+                      rec2) == HPE_USER);
   CHECK(rec2.completes == 0);
+}
+
+// A chunked request with this body; the rest of the head is fixed.
+std::string chunked_request(std::string_view body) {
+  return "POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" +
+         std::string(body);
+}
+
+TEST_CASE("http: chunk extensions with whitespace around ; and = are accepted (RFC 9112 7.1.1)") {
+  // chunk-ext = *( BWS ";" BWS chunk-ext-name [ BWS "=" BWS chunk-ext-val ] ), which llhttp 8.1
+  // refuses when BWS is not empty.
+  for (const char *body : {
+           "3;a=b\r\nabc\r\n0\r\n\r\n",
+           "3 ;a=b\r\nabc\r\n0\r\n\r\n",
+           "3; a = b\r\nabc\r\n0\r\n\r\n",
+           "3\t;\ta\t=\tb\t\r\nabc\r\n0\r\n\r\n",
+           "3 ; a ; b = c;d\r\nabc\r\n0 ; last=1\r\n\r\n",
+           "3;q=\"x \\\" ; y\"\r\nabc\r\n0\r\n\r\n",
+           "003\r\nabc\r\n000\r\n\r\n",
+           "3\r\nabc\r\n0\r\nX-Trailer: t\r\nX-Empty:\r\n\r\n",
+       }) {
+    std::string request = chunked_request(body);
+    INFO(request);
+    for (size_t split = 0; split <= request.size(); ++split) {
+      Recorder rec;
+      HttpParser p(HTTP_REQUEST, rec, kLimit);
+      CHECK(feed(p, std::string_view(request).substr(0, split)) == HPE_OK);
+      CHECK(feed(p, std::string_view(request).substr(split)) == HPE_OK);
+      REQUIRE(rec.heads.size() == 1);
+      CHECK(rec.bodies[0] == "abc");
+      CHECK(rec.completes == 1);
+      CHECK_FALSE(p.in_message());
+    }
+  }
+}
+
+TEST_CASE("http: malformed chunked bodies fail after the head, never completing") {
+  for (const char *body : {
+           "3 \r\nabc\r\n0\r\n\r\n",         // whitespace with no extension after it
+           "3;\r\nabc\r\n0\r\n\r\n",          // ";" with no name
+           "3;=x\r\nabc\r\n0\r\n\r\n",
+           "3;a=\r\nabc\r\n0\r\n\r\n",        // "=" with no value
+           "3;a=\"x\r\nabc\r\n0\r\n\r\n",     // an unterminated quoted value
+           "3;a b\r\nabc\r\n0\r\n\r\n",       // two names with no ";"
+           "3;a\x01\r\nabc\r\n0\r\n\r\n",
+           "3\nabc\r\n0\r\n\r\n",              // bare LF after the size
+           "3\r\nabc\n0\r\n\r\n",              // bare LF after the data
+           "3\rabc\r\n0\r\n\r\n",              // bare CR
+           "3\r\nabcd\r\n0\r\n\r\n",          // more data than the size
+           "-3\r\nabc\r\n0\r\n\r\n", "+3\r\nabc\r\n0\r\n\r\n", "0x3\r\nabc\r\n0\r\n\r\n",
+           " 3\r\nabc\r\n0\r\n\r\n", ";a\r\nabc\r\n0\r\n\r\n",
+           "1000000000000000\r\n",              // 16 significant hex digits: an overflow attempt
+           "3\r\nabc\r\n0\r\n X-Fold: t\r\n\r\n",   // obs-fold in the trailers
+           "3\r\nabc\r\n0\r\nBad Name: t\r\n\r\n",
+           "3\r\nabc\r\n0\r\nX-T: a\x00b\r\n\r\n",
+           "3\r\nabc\r\n0\r\n\r\r\n",
+       }) {
+    std::string request = chunked_request(std::string_view(body, std::strlen(body)));
+    if (std::string_view(body) == "3\r\nabc\r\n0\r\nX-T: a") request = chunked_request(
+        std::string_view("3\r\nabc\r\n0\r\nX-T: a\x00b\r\n\r\n", 22));
+    INFO(request);
+    for (bool bytewise : {false, true}) {
+      Recorder rec;
+      HttpParser p(HTTP_REQUEST, rec, kLimit);
+      CHECK((bytewise ? feed_bytewise(p, request) : feed(p, request)) == HPE_USER);
+      CHECK(rec.heads.size() == 1);
+      CHECK(rec.completes == 0);
+    }
+  }
+}
+
+TEST_CASE("http: chunk extensions and trailers count against the head-size limit") {
+  std::string ext = "3;a=" + std::string(200, 'x') + "\r\nabc\r\n0\r\n\r\n";
+  Recorder under;
+  CHECK(parse_request(chunked_request(ext), under, 1024) == HPE_OK);
+  CHECK(under.completes == 1);
+  Recorder over;
+  CHECK(parse_request(chunked_request(ext), over, 150) == HPE_USER);
+  CHECK(over.completes == 0);
+  std::string trailers = "0\r\n";
+  for (int i = 0; i < 20; ++i) trailers += "X-T: " + std::string(20, 'y') + "\r\n";
+  Recorder many;
+  CHECK(parse_request(chunked_request(trailers + "\r\n"), many, 300) == HPE_USER);
+}
+
+TEST_CASE("http: a chunked request pauses at its end, and the next pipelined one follows") {
+  const std::string first = chunked_request("3 ; x\r\nabc\r\n0\r\n\r\n");
+  const std::string second = "GET /two HTTP/1.1\r\nHost: x\r\n\r\n";
+  const std::string both = first + second;
+  Recorder rec;
+  rec.pause_on_complete = true;
+  HttpParser p(HTTP_REQUEST, rec, kLimit);
+  size_t used = 0;
+  REQUIRE(p.execute(both.data(), both.size(), &used) == HPE_PAUSED);
+  CHECK(used == first.size());
+  CHECK(rec.bodies[0] == "abc");
+  CHECK_FALSE(p.in_message());
+  p.resume();
+  size_t used2 = 0;
+  REQUIRE(p.execute(both.data() + used, both.size() - used, &used2) == HPE_PAUSED);
+  CHECK(used2 == second.size());
+  REQUIRE(rec.heads.size() == 2);
+  CHECK(rec.heads[1].target == "/two");
+  CHECK(rec.completes == 2);
+}
+
+TEST_CASE("http: Transfer-Encoding in an HTTP/1.0 request is faulty framing (RFC 9112 6.1)") {
+  Recorder rec;
+  HttpParser p(HTTP_REQUEST, rec, kLimit);
+  CHECK(feed(p, "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n") !=
+        HPE_OK);
+  CHECK(rec.heads.empty());
+  CHECK(p.error_status() == 400);
+}
+
+TEST_CASE("http: a transfer coding before chunked is not implemented: 501, no head") {
+  for (const char *te : {"gzip, chunked", "gzip\r\nTransfer-Encoding: chunked", "x, chunked"}) {
+    INFO(te);
+    Recorder rec;
+    HttpParser p(HTTP_REQUEST, rec, kLimit);
+    CHECK(feed(p, std::string("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: ") + te +
+                      "\r\n\r\n3\r\nabc\r\n0\r\n\r\n") != HPE_OK);
+    CHECK(rec.heads.empty());
+    CHECK(p.error_status() == 501);
+  }
+  Recorder plain;
+  CHECK(parse_request(chunked_request("0\r\n\r\n"), plain) == HPE_OK);
+}
+
+TEST_CASE("http: an empty header value (plumber's \"Allow: \") is a header, not a fold") {
+  const std::string answer =
+      "HTTP/1.1 405 Method Not Allowed\r\nDate: Sun, 06 Dec 2026 06:56:11 GMT\r\nAllow: \r\n"
+      "X-Bare:\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}";
+  for (size_t split = 0; split <= answer.size(); ++split) {
+    INFO(split);
+    Recorder rec;
+    HttpParser p(HTTP_RESPONSE, rec, kLimit);
+    CHECK(feed(p, std::string_view(answer).substr(0, split)) == HPE_OK);
+    CHECK(feed(p, std::string_view(answer).substr(split)) == HPE_OK);
+    REQUIRE(rec.heads.size() == 1);
+    const auto &headers = rec.heads[0].headers;
+    REQUIRE(headers.size() == 5);
+    CHECK(headers[1].name == "Allow");
+    CHECK(headers[1].value.empty());
+    CHECK(headers[2].name == "X-Bare");
+    CHECK(headers[2].value.empty());
+    CHECK(headers[3].name == "Content-Type");
+    CHECK(rec.bodies[0] == "{}");
+  }
+}
+
+TEST_CASE("http: chunked answers with extensions and trailers; a 204 or 304 reads no body") {
+  Recorder rec;
+  HttpParser p(HTTP_RESPONSE, rec, kLimit);
+  std::string data =
+      "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2 ; a=\"b\"\r\nok\r\n0\r\nX-T: 1\r\n\r\n"
+      "HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\n\r\n"
+      "HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n"  // (RFC 9112 6.3, rule 1)
+      "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi";
+  REQUIRE(feed_bytewise(p, data) == HPE_OK);
+  REQUIRE(rec.heads.size() == 4);
+  CHECK(rec.completes == 4);
+  CHECK(rec.bodies[0] == "ok");
+  CHECK(rec.bodies[1].empty());
+  CHECK(rec.bodies[2].empty());
+  CHECK(rec.bodies[3] == "hi");
 }
 
 TEST_CASE("http: what llhttp 8.1 lets through, for the layers above to handle") {

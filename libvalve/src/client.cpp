@@ -124,10 +124,15 @@ void ClientConn::on_read(ssize_t nread, const uv_buf_t *buf) {
 }
 
 void ClientConn::feed(const char *data, size_t len) {
+  bool fresh = !parser_.in_message();  // this read begins the next request
   size_t consumed = 0;
   llhttp_errno_t err = parser_.execute(data, len, &consumed);
   if (closing_) return;
-  if (err == HPE_OK) return;
+  if (err == HPE_OK) {
+    // Answered now, rather than at --header-timeout: no header lines follow an HTTP/0.9 line.
+    if (parser_.http09_request_line() && !current_) fail(505, "only HTTP/1.0 and HTTP/1.1 are served");
+    return;
+  }
   if (err == HPE_PAUSED_UPGRADE && !tunnel_) {
     // A declined upgrade (h2c, or a WebSocket the worker refused): what follows is HTTP again.
     parser_.resume_after_upgrade();
@@ -140,12 +145,25 @@ void ClientConn::feed(const char *data, size_t len) {
     if (pipelined_.size() > kMaxPipelined) set_block(kPipeline, true);
     return;
   }
-  parse_error(err);
+  parse_error(err, fresh ? std::string_view(data, len) : std::string_view());
 }
 
-void ClientConn::parse_error(llhttp_errno_t err) {
-  int status = 400;
+void ClientConn::parse_error(llhttp_errno_t err, std::string_view start) {
+  int status = parser_.error_status();
   std::string message = fmt::format("malformed request: {}", parser_.error_reason());
+  if (err == HPE_INVALID_METHOD) {
+    // A method is any token (RFC 9110 9.1); llhttp knows a fixed list. A well-formed one it does
+    // not know is not implemented (501), not a malformed request.
+    size_t begin = start.find_first_not_of("\r\n");
+    size_t space = start.find(' ', begin);
+    if (begin != std::string_view::npos && space != std::string_view::npos && space - begin <= 64 &&
+        is_token(start.substr(begin, space - begin))) {
+      status = 501;
+      message = fmt::format("the method {} is not implemented", start.substr(begin, space - begin));
+    }
+  } else if (status != 400) {
+    message = parser_.error_reason();
+  }
   if (parser_.limit_hit() == HttpParser::Limit::start_line) {
     status = 414;
     message = fmt::format("the request line is longer than the limit of {} bytes",
@@ -193,17 +211,57 @@ int ClientConn::on_head(Head &head) {
     fail(400, "a request must have one Host header, not several");
     return -1;
   }
-  // Origin-form only ("/path?query"), or "*" for OPTIONS: an absolute-form target asks for a
-  // forward proxy, and its host could disagree with the Host header.
+  if (const std::string *host = head.find("host"); host && !is_valid_authority(*host)) {
+    fail(400, "the Host header is not a valid host[:port] (RFC 9110 7.2)");
+    return -1;
+  }
+  // A fragment is the client's own, never part of a request target (RFC 9112 3.2).
+  if (head.target.find('#') != std::string::npos) {
+    fail(400, "the request target must not have a fragment (#)");
+    return -1;
+  }
+  // Origin-form ("/path?query"), "*" for OPTIONS, or absolute-form, which a server must accept
+  // and whose authority replaces the Host header (RFC 9112 3.2.2, 3.2.4).
   bool asterisk = head.target == "*" && head.method == "OPTIONS";
-  if (!asterisk && !head.target.starts_with('/')) {
-    fail(400, "the request target must be a path starting with / (valve is not a forward proxy)");
+  if (!asterisk && !head.target.starts_with('/') && !to_origin_form(head)) {
+    fail(400,
+         "the request target must be a path starting with /, or an absolute http(s) URI "
+         "(valve is not a forward proxy)");
     return -1;
   }
   Exchange &ex = server_.open_exchange(*this, std::move(head));
   current_ = &ex;
   ex.start();
   return closing_ ? -1 : 0;
+}
+
+bool ClientConn::to_origin_form(Head &head) {
+  std::string_view target = head.target;
+  size_t scheme_end = target.find("://");
+  if (scheme_end == std::string_view::npos) return false;
+  std::string_view scheme = target.substr(0, scheme_end);
+  if (!iequals(scheme, "http") && !iequals(scheme, "https")) return false;
+  std::string_view rest = target.substr(scheme_end + 3);
+  size_t path_at = rest.find_first_of("/?");
+  std::string_view authority = rest.substr(0, path_at);
+  // host [":" port]: no userinfo (RFC 9110 4.2.4).
+  if (authority.empty() || !is_valid_authority(authority)) return false;
+  std::string origin(path_at == std::string_view::npos ? "" : rest.substr(path_at));
+  if (origin.empty() && head.method == "OPTIONS") {
+    origin = "*";
+  } else if (origin.empty() || origin.front() == '?') {
+    origin.insert(0, "/");
+  }
+  std::string host(authority);
+  head.target = std::move(origin);
+  for (auto &h : head.headers) {
+    if (iequals(h.name, "host")) {
+      h.value = std::move(host);
+      return true;
+    }
+  }
+  head.headers.push_back({"Host", std::move(host)});
+  return true;
 }
 
 int ClientConn::on_body(std::string_view data) {

@@ -52,7 +52,11 @@ class ClientConn final : public HttpParser::Handler {
   enum Block : unsigned { kBody = 1, kPipeline = 2 };
   void on_read(ssize_t nread, const uv_buf_t *buf);
   void feed(const char *data, size_t len);
-  void parse_error(llhttp_errno_t err);
+  // start: the message's bytes from its beginning when this read began it (else empty).
+  void parse_error(llhttp_errno_t err, std::string_view start);
+  // An absolute-form target (RFC 9112 3.2.2) to origin-form, its authority as Host: false when
+  // the target is no http(s) URI.
+  static bool to_origin_form(Head &head);
   void set_block(Block b, bool on);
   void start_reading();
   void on_written();

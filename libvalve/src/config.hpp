@@ -61,13 +61,19 @@ enum class LogLevel { debug = 0, info = 1, warn = 2, error = 3 };
   XX("queue-max", queue_max, uint, "1024", "requests that may wait for a worker; beyond, 503")    \
   XX("queue-timeout", queue_timeout, secs, "30", "seconds a request may wait for a worker; then 503") \
   XX("timeout", timeout, secs, "60", "seconds a worker has to answer a request; then 504")        \
-  XX("header-timeout", header_timeout, secs, "10", "seconds a client has to send a request head; then 408") \
+  XX("header-timeout", header_timeout, secs, "10", "seconds a client has to send a request head (and, for a body valve buffers, each piece of it); then 408") \
   XX("keepalive-timeout", keepalive_timeout, secs, "60", "seconds an idle client connection is kept") \
   XX("max-connections", max_connections, uint, "10000",                                            \
      "client connections open at once; past it a new one gets 503 and is closed")                 \
   XX("max-header-size", max_header_size, bytes, "16k",                                             \
      "largest request line plus headers; beyond, 414 or 431")                                      \
   XX("max-body-size", max_body_size, bytes, "1g", "largest request body; beyond, 413 (0: no limit)") \
+  XX("request-buffer-size", request_buffer_size, bytes, "1m",                                      \
+     "a request body up to this size is read whole before the request goes to a worker, so a "     \
+     "slow or malformed upload never holds one; larger bodies stream (0: stream every body)")      \
+  XX("underscores-in-headers", underscores_in_headers, bool, "false",                              \
+     "pass request headers whose names contain _ to workers; off, they are dropped (as nginx "     \
+     "does), since plumber reads X_User as the same HTTP_X_USER variable as X-User")               \
   XX("health-path", health_path, str, "",                                                          \
      "GET this path to check a ready worker's health (empty: check that it accepts a connection)") \
   XX("health-interval", health_interval, secs, "5", "seconds between health checks of an idle worker") \
@@ -77,8 +83,9 @@ enum class LogLevel { debug = 0, info = 1, warn = 2, error = 3 };
   XX("health-fall", health_fall, uint, "3",                                                        \
      "checks in a row that must fail for a worker to be marked unhealthy and replaced")            \
   XX("max-fails", max_fails, uint, "3",                                                            \
-     "requests in a row the worker itself fails (connection errors, bad answers, 502/503/504) "    \
-     "before it is replaced (0: never)")                                                           \
+     "requests in a row the worker itself fails (no connection, an answer that cannot be parsed, " \
+     "a closed connection) before it is replaced; any answer that parses counts as a success "      \
+     "(0: never)")                                                                                 \
   XX("max-requests", max_requests, uint, "0",                                                      \
      "requests after which a worker is replaced gracefully (0: never)")                            \
   XX("max-requests-jitter", max_requests_jitter, uint, "0",                                        \
@@ -140,6 +147,8 @@ struct Config {
   uint64_t max_connections = 0;
   uint64_t max_header_size = 0;
   uint64_t max_body_size = 0;
+  uint64_t request_buffer_size = 0;
+  bool underscores_in_headers = false;
   std::string health_path;
   double health_interval = 0;
   double health_timeout = 0;

@@ -88,11 +88,31 @@ void Exchange::start() {
                                 *request_.content_length, limit));
     return;
   }
+  uint64_t buffer = config().request_buffer_size;
+  if (has_body_ && client_ && buffer > 0 && request_.content_length.value_or(0) <= buffer &&
+      !server_.stopping()) {
+    // Read the body whole first: a slow upload never holds a worker, and a malformed one (a bad
+    // chunk) is refused before any worker has seen even its head.
+    buffering_ = true;
+    if (const std::string *expect = request_.find("expect");
+        expect && iequals(*expect, "100-continue")) {
+      client_->send("HTTP/1.1 100 Continue\r\n\r\n");
+      continue_sent_ = true;
+    }
+    timer_.start(config().header_timeout);
+    return;
+  }
+  submit();
+}
+
+void Exchange::submit() {
+  buffering_ = false;
+  timer_.stop();
   if (server_.stopping()) {
     send_error(503, "the server is shutting down", "Retry-After: 1\r\n");
     return;
   }
-  if (has_body_ && client_) client_->hold_body(true);
+  if (has_body_ && client_ && !request_complete_) client_->hold_body(true);
   app_->pool->submit(*this);
 }
 
@@ -109,6 +129,13 @@ void Exchange::on_client_body(std::string_view data) {
   if (response_done_) return;
   if (!upstream_) {
     pending_body_.append(data);
+    if (buffering_) {
+      if (pending_body_.size() > config().request_buffer_size) {
+        submit();  // too big to buffer (a chunked body): it streams from here
+      } else {
+        timer_.start(config().header_timeout);  // the body is still arriving
+      }
+    }
     return;
   }
   if (!(body_chunked_ ? upstream_->send(chunk(data)) : upstream_->send(data)) && client_)
@@ -117,6 +144,10 @@ void Exchange::on_client_body(std::string_view data) {
 
 void Exchange::on_client_complete() {
   request_complete_ = true;
+  if (buffering_) {
+    submit();
+    return;
+  }
   if (upstream_ && body_chunked_) upstream_->send("0\r\n\r\n");  // before dispatch: added then
 }
 
@@ -176,8 +207,10 @@ void Exchange::dispatch(Worker &worker, UpstreamConn &conn) {
   bool room = conn.send(out);
   if (client_ && !request_complete_) {
     if (const std::string *expect = request_.find("expect");
-        expect && iequals(*expect, "100-continue"))
+        expect && iequals(*expect, "100-continue") && !continue_sent_) {
       client_->send("HTTP/1.1 100 Continue\r\n\r\n");
+      continue_sent_ = true;
+    }
     client_->hold_body(!room);
   }
 }
@@ -192,9 +225,13 @@ std::string Exchange::upstream_head() const {
   const std::string *xfproto = nullptr;
   const std::string *xfhost = nullptr;
   bool has_request_id = false;
+  bool underscores = config().underscores_in_headers;
   for (const auto &h : request_.headers) {
-    if (is_hop_by_hop(h.name) || request_.has_token("connection", h.name)) continue;
+    if (is_dropped_hop(request_, h.name)) continue;
     if (iequals(h.name, "expect")) continue;
+    // plumber (httpuv) reads X_User and X-User as one variable, HTTP_X_USER: an underscore could
+    // forge a header that a front proxy vouches for.
+    if (!underscores && h.name.find('_') != std::string::npos) continue;
     if (iequals(h.name, "content-length") && body_chunked_) continue;
     if (iequals(h.name, "x-forwarded-for")) {
       xff = &h.value;
@@ -227,6 +264,8 @@ std::string Exchange::upstream_head() const {
   // A loopback peer is a front proxy we trust to say how the client reached it.
   append(out, "X-Forwarded-Proto: {}\r\n", trusted && xfproto ? *xfproto : "http");
   const std::string *host = request_.find("host");
+  // An HTTP/1.0 request may have no Host; the HTTP/1.1 one the worker gets must (RFC 9112 3.2).
+  if (!host) out += "Host: \r\n";
   if (trusted && xfhost) {
     append(out, "X-Forwarded-Host: {}\r\n", *xfhost);
   } else if (host) {
@@ -239,14 +278,20 @@ std::string Exchange::upstream_head() const {
 
 int Exchange::on_upstream_head(Head &head) {
   status_ = head.status;
-  // Gateway statuses come from the worker's server, not from the app's own answers (its 500s).
+  // An answer that parses is the app's, whatever its status (a 503 it sets, plumber's 405): the
+  // worker works. Only what the parser refuses, or no answer, counts against it.
   if (worker_) {
     worker_->note_answered();
-    worker_->note_request_result(status_ != 502 && status_ != 503 && status_ != 504);
+    worker_->note_request_result(true);
   }
   if (head.status == 101) return switch_protocols(head);
   timer_.start(config().timeout);  // the rest of the answer gets a full timeout too
   bool head_request = request_.method == "HEAD";
+  // An answer to HEAD has no body (RFC 9110 9.3.2), but a server may send the one its head
+  // announces all the same (plumber does): that connection is not used again.
+  if (head_request && (head.chunked || head.content_length.value_or(0) > 0 ||
+                       (!head.content_length && head.status != 204 && head.status != 304)))
+    reuse_upstream_ = false;
   bool bodyless = head_request || head.status == 204 || head.status == 304;
   bool client_11 = request_.version_major == 1 && request_.version_minor >= 1;
   if (bodyless) {
@@ -266,7 +311,7 @@ int Exchange::on_upstream_head(Head &head) {
          head.reason.empty() ? status_reason(head.status) : head.reason);
   bool has_request_id = false;
   for (const auto &h : head.headers) {
-    if (is_hop_by_hop(h.name) || head.has_token("connection", h.name)) continue;
+    if (is_dropped_hop(head, h.name)) continue;
     if (iequals(h.name, "content-length") && framing_ != Framing::length &&
         framing_ != Framing::none)
       continue;
@@ -297,7 +342,7 @@ int Exchange::switch_protocols(Head &head) {
   std::string out = "HTTP/1.1 101 Switching Protocols\r\n";
   bool has_request_id = false;
   for (const auto &h : head.headers) {
-    if (is_hop_by_hop(h.name) || head.has_token("connection", h.name)) continue;
+    if (is_dropped_hop(head, h.name)) continue;
     if (iequals(h.name, "x-request-id")) has_request_id = true;
     append(out, "{}: {}\r\n", h.name, h.value);
   }
@@ -345,7 +390,7 @@ void Exchange::on_upstream_unfinished() {
 void Exchange::on_upstream_complete(bool reusable) {
   if (framing_ == Framing::chunked) write_client("0\r\n\r\n");
   end_response();
-  detach_upstream(reusable && request_complete_);
+  detach_upstream(reusable && request_complete_ && reuse_upstream_);
   maybe_finish();
 }
 
@@ -398,6 +443,12 @@ void Exchange::on_upstream_drained() {
 }
 
 void Exchange::on_timeout() {
+  if (buffering_) {
+    buffering_ = false;
+    send_error(408, fmt::format("the request body did not arrive within {} s",
+                                format_seconds(config().header_timeout)));
+    return;
+  }
   if (queued_) {
     app_->pool->cancel(*this);
     reject(503, fmt::format("no worker was free within the queue timeout ({} s)",

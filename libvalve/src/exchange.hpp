@@ -65,6 +65,8 @@ class Exchange {
  private:
   enum class Framing { none, length, chunked, close };
 
+  // To the app's pool, once the body is buffered (or at once when it streams).
+  void submit();
   int switch_protocols(Head &head);  // the worker's 101: tell the client, then tunnel
   void send_error(int status, std::string_view message, std::string_view extra_headers = {});
   void abort_client();  // closes the client's connection (if any) and ends the exchange
@@ -98,6 +100,9 @@ class Exchange {
   std::string affinity_;
   uint64_t body_bytes_ = 0;
   bool request_complete_ = false;
+  bool buffering_ = false;      // reading the body whole before the request is submitted
+  bool continue_sent_ = false;  // 100 Continue went to the client
+  bool reuse_upstream_ = true;  // false: the worker's connection is closed after this answer
   bool queued_ = false;
   bool retried_ = false;
   unsigned unsent_retries_ = 0;  // sent elsewhere after a worker could not be connected to

@@ -48,7 +48,7 @@ std::string Head::cookie(std::string_view name) const {
 }
 
 HttpParser::HttpParser(llhttp_type_t type, Handler &handler, size_t max_head_size)
-    : handler_(handler), max_head_size_(max_head_size) {
+    : handler_(handler), max_head_size_(max_head_size), chunked_(max_head_size) {
   llhttp_settings_init(&settings_);
   settings_.on_message_begin = [](llhttp_t *p) {
     auto &s = self(p);
@@ -57,12 +57,20 @@ HttpParser::HttpParser(llhttp_type_t type, Handler &handler, size_t max_head_siz
     s.error_.clear();
     s.in_message_ = true;
     s.value_last_ = false;
+    s.chunked_body_ = false;
+    s.decoding_ = false;
+    s.url_complete_ = false;
+    s.error_status_ = 400;
     return 0;
   };
   settings_.on_url = [](llhttp_t *p, const char *at, size_t len) {
     auto &s = self(p);
     s.head_.target.append(at, len);
     return s.count(len, Limit::start_line);
+  };
+  settings_.on_url_complete = [](llhttp_t *p) {
+    self(p).url_complete_ = true;
+    return 0;
   };
   settings_.on_status = [](llhttp_t *p, const char *at, size_t len) {
     auto &s = self(p);
@@ -92,7 +100,10 @@ HttpParser::HttpParser(llhttp_type_t type, Handler &handler, size_t max_head_siz
     const char *q = at;
     while (q > s.buffer_ && (q[-1] == ' ' || q[-1] == '\t')) --q;
     char before = q > s.buffer_ ? q[-1] : s.last_solid_;
-    if (before == '\n') return s.reject("obs-fold (a header line starting with whitespace)");
+    // An empty value ("Allow: " then CRLF, as plumber sends) comes as an empty span at the start
+    // of the next line: no whitespace before it, nothing in it. That is no fold.
+    if (before == '\n' && (len > 0 || q != at))
+      return s.reject("obs-fold (a header line starting with whitespace)");
     s.value_last_ = true;
     s.head_.headers.back().value.append(at, len);
     return s.count(len, Limit::headers);
@@ -113,17 +124,53 @@ HttpParser::HttpParser(llhttp_type_t type, Handler &handler, size_t max_head_siz
       if (!is_token(hd.name)) return s.reject(fmt::format("invalid header name \"{}\"", hd.name));
       hd.value = std::string(trim(hd.value));
     }
-    // llhttp refuses a request's Transfer-Encoding without a final "chunked" only after this
-    // callback: refuse it here, before the request is handed on.
-    if (p->type == HTTP_REQUEST && h.find("transfer-encoding") && !h.chunked)
-      return s.reject("Transfer-Encoding must end in chunked");
-    return s.handler_.on_head(h);
+    if (p->type == HTTP_REQUEST && h.find("transfer-encoding")) {
+      // HTTP/1.0 has no transfer codings: its framing is faulty (RFC 9112 6.1).
+      if (h.version_minor == 0)
+        return s.reject("Transfer-Encoding in an HTTP/1.0 request (RFC 9112 6.1)");
+      // llhttp refuses a Transfer-Encoding without a final "chunked" only after this callback:
+      // refuse it here, before the request is handed on.
+      if (!h.chunked) return s.reject("Transfer-Encoding must end in chunked");
+      // A coding before chunked (gzip, chunked) would reach the app unannounced once valve has
+      // dechunked the body: not implemented (RFC 9112 6.1, 501).
+      for (const auto &hd : h.headers) {
+        if (!iequals(hd.name, "transfer-encoding")) continue;
+        std::string_view rest = hd.value;
+        while (!rest.empty()) {
+          size_t comma = rest.find(',');
+          std::string_view coding = trim(rest.substr(0, comma));
+          if (!coding.empty() && !iequals(coding, "chunked"))
+            return s.reject(fmt::format("the transfer coding \"{}\" is not implemented", coding),
+                            501);
+          if (comma == std::string_view::npos) break;
+          rest.remove_prefix(comma + 1);
+        }
+      }
+    }
+    int rc = s.handler_.on_head(h);
+    // 1xx, 204 and 304 answers have no body, whatever their headers say (RFC 9112 6.3).
+    bool bodiless = p->type == HTTP_RESPONSE &&
+                    (h.status < 200 || h.status == 204 || h.status == 304);
+    // (llhttp 8.1 would read a Content-Length or chunked body after a 204 or 304.)
+    if (rc == 0 && bodiless && h.status != 101) return 1;
+    if (rc == 0 && h.chunked && !bodiless) {
+      // valve decodes a chunked body itself (chunked.hpp): llhttp takes the message as bodiless,
+      // and on_message_complete pauses it where the body starts.
+      s.chunked_.reset();
+      s.chunked_body_ = true;
+      return 1;
+    }
+    return rc;
   };
   settings_.on_body = [](llhttp_t *p, const char *at, size_t len) {
     return self(p).handler_.on_body(std::string_view(at, len));
   };
   settings_.on_message_complete = [](llhttp_t *p) {
     auto &s = self(p);
+    if (s.chunked_body_) {
+      s.decoding_ = true;  // execute() decodes the body from here, then completes the message
+      return static_cast<int>(HPE_PAUSED);
+    }
     s.in_message_ = false;
     return s.handler_.on_complete();
   };
@@ -131,8 +178,9 @@ HttpParser::HttpParser(llhttp_type_t type, Handler &handler, size_t max_head_siz
   parser_.data = this;
 }
 
-int HttpParser::reject(std::string reason) {
+int HttpParser::reject(std::string reason, int status) {
   error_ = std::move(reason);
+  error_status_ = status;
   return -1;
 }
 
@@ -157,20 +205,60 @@ int HttpParser::count(size_t n, Limit what) {
 }
 
 llhttp_errno_t HttpParser::execute(const char *data, size_t len, size_t *consumed) {
-  buffer_ = data;
-  llhttp_errno_t err = llhttp_execute(&parser_, data, len);
+  size_t pos = 0;
+  llhttp_errno_t err = HPE_OK;
+  for (;;) {
+    if (decoding_) {
+      err = decode_body(data, len, &pos);
+      if (err != HPE_OK || pos == len) break;
+    }
+    buffer_ = data + pos;
+    err = llhttp_execute(&parser_, data + pos, len - pos);
+    if (err == HPE_PAUSED || err == HPE_PAUSED_UPGRADE) {
+      pos = static_cast<size_t>(llhttp_get_error_pos(&parser_) - data);
+      if (err == HPE_PAUSED && decoding_) continue;  // a chunked body starts at pos
+    } else if (err == HPE_OK) {
+      pos = len;
+    }
+    break;
+  }
   for (size_t i = len; i > 0; --i) {
     if (data[i - 1] != ' ' && data[i - 1] != '\t') {
       last_solid_ = data[i - 1];
       break;
     }
   }
-  if (err == HPE_PAUSED || err == HPE_PAUSED_UPGRADE) {
-    *consumed = static_cast<size_t>(llhttp_get_error_pos(&parser_) - data);
+  if (err == HPE_PAUSED || err == HPE_PAUSED_UPGRADE || err == HPE_OK) {
+    *consumed = pos;
   } else {
-    *consumed = err == HPE_OK ? len : 0;
+    *consumed = 0;
   }
   return err;
+}
+
+llhttp_errno_t HttpParser::decode_body(const char *data, size_t len, size_t *pos) {
+  size_t used = 0;
+  ChunkedDecoder::Result r = chunked_.feed(
+      std::string_view(data + *pos, len - *pos), &used,
+      [this](std::string_view piece) { return handler_.on_body(piece) == 0; });
+  *pos += used;
+  if (r == ChunkedDecoder::Result::more) return HPE_OK;
+  decoding_ = false;
+  chunked_body_ = false;
+  if (r == ChunkedDecoder::Result::error) {
+    error_ = "invalid chunked body: " + chunked_.error();
+    return HPE_USER;
+  }
+  // The body is done: llhttp goes on after the message it paused at, and the handler is told.
+  llhttp_resume(&parser_);
+  in_message_ = false;
+  int rc = handler_.on_complete();
+  if (rc == HPE_PAUSED) return HPE_PAUSED;
+  if (rc != 0) {
+    error_ = "the message was refused when complete";
+    return HPE_USER;
+  }
+  return HPE_OK;
 }
 
 llhttp_errno_t HttpParser::finish() { return llhttp_finish(&parser_); }
@@ -242,6 +330,40 @@ bool is_hop_by_hop(std::string_view name) {
     if (iequals(name, h)) return true;
   }
   return false;
+}
+
+bool is_dropped_hop(const Head &head, std::string_view name) {
+  if (is_hop_by_hop(name)) return true;
+  if (iequals(name, "content-length") || iequals(name, "host")) return false;
+  return head.has_token("connection", name);
+}
+
+bool is_valid_authority(std::string_view authority) {
+  std::string_view host = authority;
+  if (host.starts_with('[')) {
+    size_t close = host.find(']');
+    if (close == std::string_view::npos) return false;
+    for (char c : host.substr(1, close - 1)) {
+      if (!std::isxdigit(static_cast<unsigned char>(c)) && c != ':' && c != '.') return false;
+    }
+    host.remove_prefix(close + 1);
+    if (host.empty()) return true;
+    if (host.front() != ':') return false;
+  } else {
+    size_t colon = host.find(':');
+    for (char c : host.substr(0, colon)) {
+      // reg-name: unreserved, pct-encoded and sub-delims.
+      if (!std::isalnum(static_cast<unsigned char>(c)) &&
+          std::string_view("-._~%!$&'()*+,;=").find(c) == std::string_view::npos)
+        return false;
+    }
+    if (colon == std::string_view::npos) return true;
+    host.remove_prefix(colon);
+  }
+  for (char c : host.substr(1)) {  // the port: digits only, possibly none
+    if (!std::isdigit(static_cast<unsigned char>(c))) return false;
+  }
+  return true;
 }
 
 }  // namespace valve

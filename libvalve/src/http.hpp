@@ -3,6 +3,8 @@
 
 #include <llhttp.h>
 
+#include "chunked.hpp"
+
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -65,16 +67,25 @@ class HttpParser {
   const char *error_reason() const {
     return error_.empty() ? llhttp_get_error_reason(&parser_) : error_.c_str();
   }
+  // The status a client's request failed with should get: 400 unless the wrapper knows better
+  // (501 for a transfer coding valve does not implement).
+  int error_status() const { return error_status_; }
   Limit limit_hit() const { return limit_; }
   bool in_message() const { return in_message_; }
   bool head_started() const { return in_message_ && head_bytes_ > 0; }
+  // A request line with no version (HTTP/0.9) is complete: no header lines will follow it.
+  bool http09_request_line() const {
+    return in_message_ && url_complete_ && parser_.http_major == 0 && parser_.http_minor == 9;
+  }
   bool message_needs_eof() const { return llhttp_message_needs_eof(&parser_) != 0; }
   bool should_keep_alive() const { return llhttp_should_keep_alive(&parser_) != 0; }
 
  private:
   static HttpParser &self(llhttp_t *p) { return *static_cast<HttpParser *>(p->data); }
   int count(size_t n, Limit what);
-  int reject(std::string reason);
+  int reject(std::string reason, int status = 400);
+  // Decodes a chunked body with chunked_ from data[*pos...]; on HPE_OK all of data was used.
+  llhttp_errno_t decode_body(const char *data, size_t len, size_t *pos);
 
   llhttp_t parser_;
   llhttp_settings_t settings_;
@@ -84,10 +95,15 @@ class HttpParser {
   Limit limit_ = Limit::none;
   bool in_message_ = false;
   bool value_last_ = false;
+  bool url_complete_ = false;
   const char *buffer_ = nullptr;  // what execute() parses now
   char last_solid_ = 0;           // the last byte but spaces and tabs of the buffers before
   Head head_;
   std::string error_;  // why this wrapper failed the message, when llhttp did not
+  int error_status_ = 400;
+  ChunkedDecoder chunked_;
+  bool chunked_body_ = false;  // the message's body is chunked_'s to decode (llhttp skips it)
+  bool decoding_ = false;      // ... and llhttp has paused at its start
 };
 
 // True for an HTTP token (a valid header name).
@@ -103,5 +119,12 @@ std::string error_response(int status, std::string_view message, std::string_vie
 const char *status_reason(int status);
 // Hop-by-hop headers, never forwarded (RFC 9110 7.6.1).
 bool is_hop_by_hop(std::string_view name);
+// A header a proxy does not forward: hop-by-hop, or named in the message's Connection header
+// (RFC 9110 7.6.1), but never Content-Length or Host: dropping those because Connection names them
+// would change the message's framing or target (a request smuggled in its body).
+bool is_dropped_hop(const Head &head, std::string_view name);
+// A valid Host value or absolute-form authority: uri-host [":" port] (RFC 9110 7.2, RFC 3986
+// 3.2.2), with no userinfo; empty is valid for Host.
+bool is_valid_authority(std::string_view authority);
 
 }  // namespace valve

@@ -50,3 +50,11 @@ function(marker) {
 function(req) {
   list(length = length(req$bodyRaw), pid = Sys.getpid())
 }
+
+#* An answer the app itself gives as 503 (maintenance): an answer, not a failing worker.
+#* @serializer unboxedJSON
+#* @get /unavailable
+function(res) {
+  res$status <- 503
+  list(error = "down for maintenance", pid = Sys.getpid())
+}

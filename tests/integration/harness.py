@@ -333,8 +333,9 @@ class RawConnection:
             except EOFError:
                 return
 
-    def read_response(self, method="GET", sink=None):
-        """Reads one response. With sink, body pieces go to sink(bytes) and .body stays empty."""
+    def read_response(self, method="GET", sink=None, interim=False):
+        """Reads one response. With sink, body pieces go to sink(bytes) and .body stays empty.
+        Interim (1xx) responses are skipped, unless interim is true: then one is returned."""
         started = time.monotonic()
         while True:
             status_line = self._readline().decode("latin-1")
@@ -350,7 +351,7 @@ class RawConnection:
                     break
                 name, _, value = line.partition(":")
                 headers.append((name.strip(), value.strip()))
-            if 100 <= status < 200 and status != 101:
+            if 100 <= status < 200 and status != 101 and not interim:
                 continue  # interim response
             break
         pieces = []
@@ -358,7 +359,7 @@ class RawConnection:
         response = Response(status, reason, headers, b"", version)
         te = (response.header("Transfer-Encoding") or "").lower()
         cl = response.header("Content-Length")
-        if method == "HEAD" or status in (204, 304):
+        if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
             pass
         elif "chunked" in te:
             while True:

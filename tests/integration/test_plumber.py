@@ -6,7 +6,7 @@ import statistics
 import time
 import unittest
 
-from harness import ValveTestCase, app_path, example_path
+from harness import ValveTestCase, app_path, example_path, wait_until
 
 
 class Example(ValveTestCase):
@@ -74,6 +74,39 @@ class Api(ValveTestCase):
         self.assertEqual(response.json()["length"], len(body))
         small = valve.post("/upload", b"abc", headers={"Content-Type": "text/plain"})
         self.assertEqual(small.json()["length"], 3)
+
+
+class PlumberAnswers(ValveTestCase):
+    """plumber's own answers pass through as they are, and none of them is held against a worker:
+    its 405 with an empty Allow header (to a method the route lacks, and to every HEAD), the
+    stray body it sends after a HEAD answer, and a 503 the app sets itself."""
+
+    def test_405_head_and_app_503_pass_through_and_never_churn_workers(self):
+        valve = self.start_valve("-f", app_path("api.R"), "-n", "2", "--n-min", "2",
+                                 "--admin", "127.0.0.1:0", ready="/pid", ready_timeout=60)
+        wait_until(lambda: len(valve.worker_pids()) == 2, 60, message="two workers")
+        pids = sorted(valve.worker_pids())
+        with valve.raw(timeout=20) as conn:
+            for _ in range(4):  # more than --max-fails (3) in a row, on one kept-alive connection
+                for method in ("POST", "DELETE", "OPTIONS", "PUT", "PATCH"):
+                    answer = conn.request(method, "/pid")
+                    self.assertEqual(answer.status, 405, answer)
+                    self.assertEqual(answer.header_all("Allow"), [""], answer)
+                    self.assertEqual(answer.json(), {"error": "405 - Method Not Allowed"})
+                head = conn.request("HEAD", "/pid")
+                self.assertEqual(head.status, 405, head)
+                self.assertEqual(head.header("Content-Length"), "36", head)
+                self.assertEqual(head.body, b"", "an answer to HEAD has no body (RFC 9110 9.3.2)")
+                unavailable = conn.request("GET", "/unavailable")
+                self.assertEqual(unavailable.status, 503, unavailable)
+                self.assertEqual(unavailable.json()["error"], "down for maintenance")
+                # The connection is still in step: the next answer is the next request's.
+                self.assertEqual(conn.request("GET", "/pid").status, 200)
+        self.assertEqual(sorted(valve.worker_pids()), pids, "a worker was replaced")
+        status = valve.status()
+        self.assertTrue(all(w["state"] == "ready" for w in status["workers"]), status)
+        self.assertNotIn("unhealthy", valve.log())
+        self.assertNotIn("failed before answering", valve.log())
 
 
 class Latency(ValveTestCase):

@@ -254,6 +254,127 @@ class Bodies(ValveTestCase):
             self.assertLess(peak_mb, 80, f"valvectl peaked at {peak_mb:.0f} MB: bodies were buffered")
 
 
+class RequestsAServerMustAccept(ValveTestCase):
+    """RFC 9112 and 9110 requests that a server must take, and valve's own judgement of those it
+    cannot: each checked at the worker (the backend's /echo shows what reached it)."""
+
+    def requests_seen(self, valve):
+        return valve.get("/stats").json()["requests"]
+
+    def test_absolute_form_target_reaches_the_worker_in_origin_form(self):
+        # RFC 9112 3.2.2: a server must accept absolute-form, and its authority replaces Host.
+        valve = self.start_backend_valve("-n", "1")
+        with valve.raw() as conn:
+            for target, origin, host in (
+                    ("http://example.test:8080/echo?x=1", "/echo?x=1", "example.test:8080"),
+                    ("HTTPS://Example.Test/echo", "/echo", "Example.Test"),
+                    ("http://[::1]:9/echo?a=%20b", "/echo?a=%20b", "[::1]:9")):
+                with self.subTest(target=target):
+                    answer = conn.request("GET", target, host="other.test")
+                    self.assertEqual(answer.status, 200, answer)
+                    seen = answer.json()
+                    self.assertEqual(seen["target"], origin)
+                    headers = echo_headers(answer)
+                    self.assertEqual(headers["host"], [host])
+                    self.assertEqual(headers["x-forwarded-host"], [host])
+        for bad in (b"GET ftp://example.test/echo HTTP/1.1\r\nHost: a\r\n\r\n",
+                    b"GET http://user@example.test/echo HTTP/1.1\r\nHost: a\r\n\r\n",
+                    b"GET http:///echo HTTP/1.1\r\nHost: a\r\n\r\n"):
+            with self.subTest(bad=bad), valve.raw() as conn:
+                conn.send(bad)
+                self.assertValveError(conn.read_response(), 400)
+
+    def test_chunk_extensions_with_whitespace_are_accepted(self):
+        # RFC 9112 7.1.1: chunk-ext = *( BWS ";" BWS chunk-ext-name [ BWS "=" BWS chunk-ext-val ] )
+        valve = self.start_backend_valve("-n", "1")
+        body = (b"3 ; a=b\r\nabc\r\n4;x = \"q y\"\t\r\ndefg\r\n2\t;\tz\r\nhi\r\n"
+                b"0 ; end\r\nX-Trailer: t\r\n\r\n")
+        with valve.raw() as conn:
+            conn.send(b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n" + body)
+            answer = conn.read_response()
+        self.assertEqual(answer.status, 200, answer)
+        self.assertEqual(answer.json()["body"], "abcdefghi")
+        self.assertNotIn("x-trailer", echo_headers(answer))
+
+    def test_unknown_method_gets_501_and_reaches_no_worker(self):
+        # RFC 9110 9.1: a method is any token; one the server does not implement gets 501.
+        valve = self.start_backend_valve("-n", "1")
+        before = self.requests_seen(valve)
+        baseline = self.requests_seen(valve) - before
+        before = self.requests_seen(valve)
+        for method in (b"FOO", b"get", b"M-SEARCH2", b"BREW"):
+            with self.subTest(method=method), valve.raw() as conn:
+                conn.send(method + b" /echo HTTP/1.1\r\nHost: a\r\n\r\n")
+                answer = conn.read_response()
+                self.assertValveError(answer, 501)
+                self.assertIn(method.decode(), answer.json()["error"])
+                self.assertEqual(answer.header("Connection"), "close")
+        self.assertEqual(self.requests_seen(valve) - before, baseline, "a request reached the worker")
+
+    def test_transfer_encoding_in_http_1_0_is_refused(self):
+        # RFC 9112 6.1: faulty framing; the connection closes after the answer.
+        valve = self.start_backend_valve("-n", "1")
+        with valve.raw() as conn:
+            conn.send(b"POST /echo HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+            self.assertValveError(conn.read_response(), 400)
+            self.assertTrue(conn.wait_closed(5))
+        with valve.raw() as conn:
+            conn.send(b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+                      b"3\r\nabc\r\n0\r\n\r\n")
+            self.assertValveError(conn.read_response(), 501)
+
+    def test_underscore_headers_are_dropped_unless_allowed(self):
+        # plumber reads X_User and X-User as one variable, HTTP_X_USER: nginx drops the first kind.
+        headers = {"X-User": "alice", "X_User": "admin", "Under_Score": "1"}
+        valve = self.start_backend_valve("-n", "1")
+        seen = echo_headers(valve.get("/echo", headers=headers))
+        self.assertEqual(seen["x-user"], ["alice"])
+        self.assertNotIn("x_user", seen)
+        self.assertNotIn("under_score", seen)
+        allowed = self.start_backend_valve("-n", "1", "--underscores-in-headers")
+        seen = echo_headers(allowed.get("/echo", headers=headers))
+        self.assertEqual(seen["x_user"], ["admin"])
+        self.assertEqual(seen["under_score"], ["1"])
+
+    def test_a_bad_chunked_body_reaches_no_worker_not_even_its_head(self):
+        valve = self.start_backend_valve("-n", "1")
+        before = self.requests_seen(valve)
+        baseline = self.requests_seen(valve) - before
+        before = self.requests_seen(valve)
+        with valve.raw() as conn:
+            conn.send(b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                      b"3\r\nabc\r\nzz\r\n")
+            self.assertValveError(conn.read_response(), 400)
+        self.assertEqual(self.requests_seen(valve) - before, baseline, "a head reached the worker")
+
+    def test_a_slow_small_upload_does_not_hold_the_only_worker(self):
+        # A body up to --request-buffer-size is read whole before the request is queued: a client
+        # that trickles (or stalls) holds no worker, and gets 408 once --header-timeout passes.
+        valve = self.start_backend_valve("-n", "1", "--worker-concurrency", "1",
+                                         "--header-timeout", "2")
+        with valve.raw(timeout=10) as slow:
+            slow.send(b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n" + b"x" * 10)
+            time.sleep(0.3)
+            started = time.monotonic()
+            self.assertEqual(valve.get("/hello", timeout=5).status, 200)
+            self.assertLess(time.monotonic() - started, 1.5, "the stalled upload held the worker")
+            self.assertValveError(slow.read_response(), 408)
+
+    def test_expect_100_continue_gets_continue_then_the_answer(self):
+        valve = self.start_backend_valve("-n", "1")
+        for size in (5, 3 * MiB):  # buffered, and streamed past --request-buffer-size
+            with self.subTest(size=size), valve.raw(timeout=20) as conn:
+                conn.send(f"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: {size}\r\n"
+                          "Expect: 100-continue\r\n\r\n".encode())
+                interim = conn.read_response(interim=True)
+                self.assertEqual(interim.status, 100, interim)
+                body = b"z" * size
+                conn.send(body)
+                answer = conn.read_response()
+                self.assertEqual(answer.status, 200, answer)
+                self.assertEqual(answer.json()["length"], size)
+
+
 class ValveErrors(ValveTestCase):
     """valve's own answers to bad requests: status, JSON body, and nothing forwarded."""
 
