@@ -9,6 +9,8 @@ Sources cited in the rows:
                 obfuscations of the Transfer-Encoding header)
   Kettle 2021   James Kettle, "HTTP/2: The Sequel is Always Worse" (request-line and header
                 injection via CR/LF, the H2 preface at an HTTP/1 port)
+  Kettle 2022   James Kettle, "Browser-Powered Desync Attacks" (CL.0: a body the back end does
+                not know is there)
   Kettle 2025   James Kettle, "HTTP/1.1 must die: the desync endgame" (Expect variants, 0.CL)
   Regilero      Regilero's smuggling write-ups (2015-2019: NUL and CR in headers, chunk-size
                 overflow and truncation, HTTP/0.9 and absolute-form targets)
@@ -80,6 +82,7 @@ def hello(target="/rfc/post", method="POST", **kw):
 
 
 BODY_ERROR = Reject(400, reaches="head")
+SMUGGLED = b"GET /rfc/smuggled HTTP/1.1\r\nHost: h.test\r\n\r\n"
 
 ROWS = [
     # ---- baselines ------------------------------------------------------------------------------
@@ -371,6 +374,19 @@ ROWS = [
         hello(absent=["expect"]), "9110 10.1.1", "MAY answer 417; valve drops Expect instead"),
     Row("expect-obs-fold", post(b"Expect:\r\n 100-continue\r\nContent-Length: 5\r\n", b"hello"),
         Reject(400), "9112 5.2; Kettle 2025", "obs-fold: 400"),
+
+    # ---- Connection options naming end-to-end fields (last: a proxy that drops the framing header
+    # but not the body desyncs its backend connection, and the rows after it would pay) ----------
+    Row("connection-names-host", b"GET /rfc/get HTTP/1.1\r\nHost: h.test\r\n"
+        b"Connection: Host\r\n\r\n", Forward("GET", "/rfc/get", {"host": "h.test"}),
+        "9110 7.6.1; 9112 3.2", "Host is not a connection option (a sender MUST NOT name it); "
+        "an HTTP/1.1 request MUST carry Host"),
+    Row("connection-names-cl", post(b"Connection: Content-Length\r\nContent-Length: 44\r\n",
+                                    SMUGGLED),
+        Forward("POST", "/rfc/post", body=SMUGGLED),
+        "9110 7.6.1; Kettle 2022 CL.0", "framing fields are never connection options: the body "
+        "must reach the worker framed, or the request be refused; never a body without its "
+        "Content-Length (CL.0)"),
 ]
 
 # Why valve's outcome differs from both nginx's and HAProxy's, for the rows where it does (the test

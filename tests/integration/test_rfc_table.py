@@ -388,9 +388,10 @@ def valve_problems(outcome):
 
 
 def format_table(rows, columns, outcomes):
-    """rows x columns (valve first) as a Markdown table, with a "why" for each row where valve's
-    outcome differs from every peer's, then the notes on starred cells."""
-    header = ["row", "cite"] + columns + ["why valve differs from both"]
+    """rows x columns (valve first) as a Markdown table, after the outcome each row requires of
+    valve, with a "why" for each row where valve's outcome differs from every peer's, then the
+    notes on starred cells."""
+    header = ["row", "cite", "valve must"] + columns + ["why valve differs from both"]
     lines, notes = [], []
     for i, row in enumerate(rows):
         cells = [outcomes[c][i] for c in columns]
@@ -398,7 +399,7 @@ def format_table(rows, columns, outcomes):
         why = ""
         if all(p.klass() != valve.klass() for p in peers):
             why = row.why or "(no reason recorded in rfc_requests.py)"
-        lines.append([row.id, row.cite] + [c.cell() for c in cells] + [why])
+        lines.append([row.id, row.cite, str(row.expect)] + [c.cell() for c in cells] + [why])
         for column, c in zip(columns, cells):
             if c.note():
                 notes.append(f"- {row.id}, {column}: {c.note()}")
