@@ -365,7 +365,7 @@ class Proxy:
 
 def valve_problems(outcome):
     """How valve's outcome breaks its row's expectation ([] if it does not)."""
-    row, a, expect = outcome.row, outcome.answer, outcome.row.expect
+    a, expect = outcome.answer, outcome.row.expect
     if isinstance(expect, Forward):
         if a.statuses[:1] != [200]:
             return [f"answered {a.statuses or a.end} {a.body[:200]!r}, not forwarded"]
@@ -511,7 +511,8 @@ class RfcTable(ValveTestCase):
                 failures.append(f"{outcome.row.id} ({outcome.row.cite}; expected "
                                 f"{outcome.row.expect}): " + "; ".join(problems))
         if failures:
-            self.fail(f"{len(failures)} of {len(ROWS)} rows not as expected:\n" + "\n".join(failures))
+            self.fail(f"{len(failures)} of {len(ROWS)} rows not as expected:\n"
+                      + "\n".join(failures))
 
 
 if __name__ == "__main__":
