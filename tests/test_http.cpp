@@ -802,3 +802,16 @@ TEST_CASE("http: error_response is a complete response a client parses") {
     CHECK(body["request_id"].text == "abc123");
   }
 }
+
+TEST_CASE("http: an HTTP/0.9 request line is known complete at once") {
+  Recorder rec;
+  HttpParser p(HTTP_REQUEST, rec, kLimit);
+  CHECK(feed(p, "GET /old\r\n") == HPE_OK);
+  CHECK(p.http09_request_line());
+  Recorder rec2;
+  HttpParser p2(HTTP_REQUEST, rec2, kLimit);
+  CHECK(feed(p2, "GET /new HTTP/1.1\r\n") == HPE_OK);
+  CHECK_FALSE(p2.http09_request_line());
+  CHECK(feed(p2, "Host: x\r\n\r\n") == HPE_OK);
+  CHECK_FALSE(p2.http09_request_line());
+}

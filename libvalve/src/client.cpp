@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <cctype>
+
 #include "exchange.hpp"
 #include "server.hpp"
 
@@ -9,6 +11,32 @@ namespace valve {
 
 namespace {
 constexpr size_t kMaxPipelined = 64 * 1024;
+
+// The method of a well-formed request line (token SP target SP HTTP/d.d CRLF, RFC 9112 3) at the
+// start of data, after any empty lines; empty when the line is malformed or not all there.
+std::string_view unknown_method(std::string_view data) {
+  size_t begin = data.find_first_not_of("\r\n");
+  if (begin == std::string_view::npos) return {};
+  size_t end = data.find("\r\n", begin);
+  if (end == std::string_view::npos) return {};
+  std::string_view line = data.substr(begin, end - begin);
+  size_t first = line.find(' ');
+  size_t second = line.find(' ', first + 1);
+  if (first == std::string_view::npos || second == std::string_view::npos || first > 64)
+    return {};
+  std::string_view method = line.substr(0, first);
+  std::string_view target = line.substr(first + 1, second - first - 1);
+  std::string_view version = line.substr(second + 1);
+  bool version_ok = version.size() == 8 && version.starts_with("HTTP/") &&
+                    std::isdigit(static_cast<unsigned char>(version[5])) && version[6] == '.' &&
+                    std::isdigit(static_cast<unsigned char>(version[7]));
+  if (!is_token(method) || target.empty() || !version_ok) return {};
+  for (unsigned char c : target) {
+    if (c <= ' ' || c >= 0x7F) return {};
+  }
+  return method;
+}
+
 constexpr double kLingerSeconds = 2;
 }  // namespace
 
@@ -154,12 +182,9 @@ void ClientConn::parse_error(llhttp_errno_t err, std::string_view start) {
   if (err == HPE_INVALID_METHOD) {
     // A method is any token (RFC 9110 9.1); llhttp knows a fixed list. A well-formed one it does
     // not know is not implemented (501), not a malformed request.
-    size_t begin = start.find_first_not_of("\r\n");
-    size_t space = start.find(' ', begin);
-    if (begin != std::string_view::npos && space != std::string_view::npos && space - begin <= 64 &&
-        is_token(start.substr(begin, space - begin))) {
+    if (std::string_view method = unknown_method(start); !method.empty()) {
       status = 501;
-      message = fmt::format("the method {} is not implemented", start.substr(begin, space - begin));
+      message = fmt::format("the method {} is not implemented", method);
     }
   } else if (status != 400) {
     message = parser_.error_reason();

@@ -59,18 +59,15 @@ HttpParser::HttpParser(llhttp_type_t type, Handler &handler, size_t max_head_siz
     s.value_last_ = false;
     s.chunked_body_ = false;
     s.decoding_ = false;
-    s.url_complete_ = false;
+    s.http09_ = false;
     s.error_status_ = 400;
     return 0;
   };
   settings_.on_url = [](llhttp_t *p, const char *at, size_t len) {
     auto &s = self(p);
     s.head_.target.append(at, len);
+    s.url_end_ = at + len;
     return s.count(len, Limit::start_line);
-  };
-  settings_.on_url_complete = [](llhttp_t *p) {
-    self(p).url_complete_ = true;
-    return 0;
   };
   settings_.on_status = [](llhttp_t *p, const char *at, size_t len) {
     auto &s = self(p);
@@ -213,7 +210,14 @@ llhttp_errno_t HttpParser::execute(const char *data, size_t len, size_t *consume
       if (err != HPE_OK || pos == len) break;
     }
     buffer_ = data + pos;
+    buffer_end_ = data + len;
+    url_end_ = nullptr;
     err = llhttp_execute(&parser_, data + pos, len - pos);
+    // A request line that ends right after its target has no version (HTTP/0.9): no header lines
+    // follow it. (llhttp's strict mode waits for them.)
+    if (err == HPE_OK && url_end_ && url_end_ < buffer_end_ && head_.headers.empty() &&
+        (*url_end_ == '\r' || *url_end_ == '\n'))
+      http09_ = true;
     if (err == HPE_PAUSED || err == HPE_PAUSED_UPGRADE) {
       pos = static_cast<size_t>(llhttp_get_error_pos(&parser_) - data);
       if (err == HPE_PAUSED && decoding_) continue;  // a chunked body starts at pos

@@ -74,9 +74,7 @@ class HttpParser {
   bool in_message() const { return in_message_; }
   bool head_started() const { return in_message_ && head_bytes_ > 0; }
   // A request line with no version (HTTP/0.9) is complete: no header lines will follow it.
-  bool http09_request_line() const {
-    return in_message_ && url_complete_ && parser_.http_major == 0 && parser_.http_minor == 9;
-  }
+  bool http09_request_line() const { return in_message_ && http09_; }
   bool message_needs_eof() const { return llhttp_message_needs_eof(&parser_) != 0; }
   bool should_keep_alive() const { return llhttp_should_keep_alive(&parser_) != 0; }
 
@@ -95,7 +93,9 @@ class HttpParser {
   Limit limit_ = Limit::none;
   bool in_message_ = false;
   bool value_last_ = false;
-  bool url_complete_ = false;
+  bool http09_ = false;             // this message's request line had no version
+  const char *url_end_ = nullptr;   // where the target's span ended in this execute()'s data
+  const char *buffer_end_ = nullptr;
   const char *buffer_ = nullptr;  // what execute() parses now
   char last_solid_ = 0;           // the last byte but spaces and tabs of the buffers before
   Head head_;

@@ -81,7 +81,9 @@ def hello(target="/rfc/post", method="POST", **kw):
     return Forward(method, target, body=b"hello", **kw)
 
 
-BODY_ERROR = Reject(400, reaches="head")
+# A chunked body valve refuses: it reads bodies up to --request-buffer-size (1 MB) whole before a
+# worker gets the request, so not even the head reaches one.
+BODY_ERROR = Reject(400)
 SMUGGLED = b"GET /rfc/smuggled HTTP/1.1\r\nHost: h.test\r\n\r\n"
 
 ROWS = [
@@ -208,7 +210,7 @@ ROWS = [
         "9112 7.1.2; 9110 6.5", "trailers MAY be dropped by a proxy (valve re-chunks)"),
     Row("chunk-trailer-framing", chunked(b"5\r\nhello\r\n0\r\nContent-Length: 99\r\n"
                                          b"Transfer-Encoding: gzip\r\n\r\n"),
-        hello("/rfc/chunked", not_in_raw=[b"99"]),
+        hello("/rfc/chunked", not_in_raw=[b": 99", b"gzip"]),
         "9110 6.5.1", "framing fields MUST NOT be trailers; never merged into the head"),
     Row("chunk-size-overflow", chunked(b"10000000000000005\r\nhello\r\n0\r\n\r\n"), BODY_ERROR,
         "9112 7.1; Regilero; Kettle 2025", "a size past 2^64 must not wrap to 5: 400"),
@@ -230,8 +232,9 @@ ROWS = [
         "9112 7.1.1; Regilero", "NUL is not a token or qdtext byte"),
 
     # ---- line endings, bytes that must not appear, field syntax ----------------------------------
-    Row("bare-lf-request-line", b"GET /rfc/lf HTTP/1.1\n" + H + b"\r\n", Reject(400),
-        "9112 2.2", "a recipient MAY accept bare LF as a line end (valve: strict)"),
+    Row("bare-lf-request-line", b"GET /rfc/lf HTTP/1.1\n" + H + b"\r\n", Forward("GET", "/rfc/lf"),
+        "9112 2.2", "a recipient MAY accept bare LF as a line end: valve (llhttp) does after the "
+        "request line, and re-frames the head it forwards with CRLF"),
     Row("bare-lf-everywhere", b"GET /rfc/lf HTTP/1.1\nHost: h.test\n\n", Reject(400),
         "9112 2.2", "MAY accept bare LF (valve: strict)"),
     Row("bare-cr", b"GET /rfc/cr HTTP/1.1\r" + H + b"\r\n", Reject(400),
