@@ -84,7 +84,8 @@ class PlumberAnswers(ValveTestCase):
     def test_405_head_and_app_503_pass_through_and_never_churn_workers(self):
         valve = self.start_valve("-f", app_path("api.R"), "-n", "2", "--n-min", "2",
                                  "--admin", "127.0.0.1:0", ready="/pid", ready_timeout=60)
-        wait_until(lambda: len(valve.worker_pids()) == 2, 60, message="two workers")
+        wait_until(lambda: [w["state"] for w in valve.status()["workers"]] == ["ready"] * 2, 60,
+                   message="two ready workers")
         pids = sorted(valve.worker_pids())
         with valve.raw(timeout=20) as conn:
             for _ in range(4):  # more than --max-fails (3) in a row, on one kept-alive connection
