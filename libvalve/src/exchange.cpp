@@ -287,12 +287,15 @@ int Exchange::on_upstream_head(Head &head) {
   if (head.status == 101) return switch_protocols(head);
   timer_.start(config().timeout);  // the rest of the answer gets a full timeout too
   bool head_request = request_.method == "HEAD";
-  // An answer to HEAD has no body (RFC 9110 9.3.2), but a server may send the one its head
-  // announces all the same (plumber does): that connection is not used again.
-  if (head_request && (head.chunked || head.content_length.value_or(0) > 0 ||
-                       (!head.content_length && head.status != 204 && head.status != 304)))
+  bool bodiless_status = head.status == 204 || head.status == 304;
+  // An answer to HEAD, a 204 and a 304 have no body (RFC 9110 9.3.2, RFC 9112 6.3), but a server
+  // may send the one its head announces all the same (plumber does after HEAD): that connection
+  // is not used again.
+  if ((head_request || bodiless_status) &&
+      (head.chunked || head.content_length.value_or(0) > 0 ||
+       (head_request && !head.content_length && !bodiless_status)))
     reuse_upstream_ = false;
-  bool bodyless = head_request || head.status == 204 || head.status == 304;
+  bool bodyless = head_request || bodiless_status;
   bool client_11 = request_.version_major == 1 && request_.version_minor >= 1;
   if (bodyless) {
     framing_ = Framing::none;
@@ -315,6 +318,8 @@ int Exchange::on_upstream_head(Head &head) {
     if (iequals(h.name, "content-length") && framing_ != Framing::length &&
         framing_ != Framing::none)
       continue;
+    // A 204 never has a Content-Length (RFC 9110 8.6); a 304's names the 200's size, and stays.
+    if (iequals(h.name, "content-length") && head.status == 204) continue;
     if (iequals(h.name, "x-request-id")) has_request_id = true;
     if (server_.names_apps() && iequals(h.name, "valve-app")) continue;  // valve says which
     append(out, "{}: {}\r\n", h.name, h.value);
@@ -344,9 +349,11 @@ int Exchange::switch_protocols(Head &head) {
   for (const auto &h : head.headers) {
     if (is_dropped_hop(head, h.name)) continue;
     if (iequals(h.name, "x-request-id")) has_request_id = true;
+    if (server_.names_apps() && iequals(h.name, "valve-app")) continue;  // valve says which
     append(out, "{}: {}\r\n", h.name, h.value);
   }
   if (!has_request_id) append(out, "X-Request-Id: {}\r\n", request_id_);
+  if (server_.names_apps()) append(out, "Valve-App: {}\r\n", app_->name);
   const std::string *upgrade = head.find("upgrade");
   out +=
       fmt::format("Connection: Upgrade\r\nUpgrade: {}\r\n\r\n", upgrade ? *upgrade : "websocket");
@@ -467,6 +474,7 @@ void Exchange::on_timeout() {
 }
 
 void Exchange::send_error(int status, std::string_view message, std::string_view extra_headers) {
+  buffering_ = false;
   timer_.stop();
   drop_hold();
   if (upstream_) detach_upstream(false);
@@ -479,7 +487,10 @@ void Exchange::send_error(int status, std::string_view message, std::string_view
   client_keep_alive_ = request_.keep_alive && request_complete_ && !server_.stopping();
   std::string headers(extra_headers);
   if (app_ && server_.names_apps()) headers += fmt::format("Valve-App: {}\r\n", app_->name);
-  write_client(error_response(status, message, request_id_, client_keep_alive_, headers));
+  std::string answer = error_response(status, message, request_id_, client_keep_alive_, headers);
+  // An answer to HEAD is its head alone, Content-Length as a GET's would be (RFC 9110 9.3.2).
+  if (request_.method == "HEAD") answer.resize(answer.find("\r\n\r\n") + 4);
+  write_client(answer);
   end_response();
   maybe_finish();
 }

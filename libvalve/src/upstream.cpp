@@ -160,6 +160,11 @@ void UpstreamConn::finish_response(size_t leftover) {
 }
 
 int UpstreamConn::on_head(Head &head) {
+  if (head.status < 100 || head.status > 599) {
+    // A status is three digits, 100 to 599 (RFC 9110 15): anything else is not an answer to pass.
+    refusal_ = fmt::format("the worker answered with status {}, outside 100-599", head.status);
+    return -1;
+  }
   if (head.status >= 100 && head.status < 200 && head.status != 101) {
     interim_ = true;  // 100 Continue, 103 Early Hints: not forwarded
     return 0;
