@@ -32,14 +32,16 @@
 // Fails (abort) on a crash or sanitizer report, and when the client sees:
 //   - no end within 10 s (valve neither answered nor closed);
 //   - an answer that does not parse (with valve's own parser, strict: llhttp plus token header
-//     names and no obs-fold), or whose status line is not HTTP/1.1;
+//     names and no obs-fold), whose status line is not HTTP/1.1 or whose status is not three
+//     digits;
 //   - an answer with no request left to answer (two answers for one request, or bytes after a
 //     HEAD answer's head or after a 204/304's), or any answer after one that said it closes;
 //   - an interim answer other than valve's own 100 Continue to a request that expected it, or a
 //     101 to a request that asked for no WebSocket;
 //   - in a final answer: a hop-by-hop header other than valve's one Connection and, for an
 //     HTTP/1.1 client, Transfer-Encoding: chunked (then with no Content-Length); no X-Request-Id;
-//     not exactly one Valve-App naming the app the request was routed to.
+//     not exactly one Valve-App naming the app the request was routed to; a Content-Length in a
+//     204 (RFC 9110 8.6: a client's llhttp would wait for that body).
 // and when valve still has an exchange or a client connection 5 s after the client and the workers
 // closed theirs (a leak).
 //
@@ -369,15 +371,15 @@ Harness *start() {
   char templ[] = "/tmp/valve-fuzz-response-XXXXXX";
   if (!mkdtemp(templ)) die("mkdtemp");
   h->runtime_dir = templ;
-  // Two apps: a, mounted at /a with its prefix stripped (one worker), and b at every other path
-  // (two workers, so a retry has another to go to).
+  // Two apps: a, mounted at /a with its prefix stripped, and b at every other path; two workers
+  // each, so a retry has another to go to (in a pool of one it waits out the queue timeout).
   std::string toml = R"(port = 0
 host = "127.0.0.1"
 cmd = "exec sleep 100000 # {socket}"
 runtime-dir = "RUNTIME"
 allow-root = true
 timeout = "500ms"
-queue-timeout = 2
+queue-timeout = 1
 startup-timeout = 5
 header-timeout = 2
 keepalive-timeout = 2
@@ -388,8 +390,8 @@ kill-timeout = 1
 [apps.a]
 prefix = "/a"
 strip-prefix = true
-n-min = 1
-n-max = 1
+n-min = 2
+n-max = 2
 
 [apps.b]
 prefix = "/"
@@ -545,6 +547,8 @@ class Checker final : public valve::HttpParser::Handler {
     if (h.version_major != 1 || h.version_minor != 1)
       return fail("an answer whose status line is not HTTP/1.1");
     status_ = h.status;
+    if (h.status < 100 || h.status > 999)
+      return fail("a status that is not three digits: " + std::to_string(h.status));
     if (h.status == 101) {
       if (r.kind != kWebSocket) return fail("a 101 to a request that asked for no WebSocket");
       return 0;
@@ -582,8 +586,12 @@ class Checker final : public valve::HttpParser::Handler {
       return fail("both Transfer-Encoding and Content-Length");
     if (apps != 1) return fail("not exactly one Valve-App header: " + std::to_string(apps));
     if (ids == 0) return fail("no X-Request-Id");
+    if (content_length && h.status == 204)
+      return fail("Content-Length in a 204 answer (RFC 9110 8.6)");
     closing_after_ = !h.keep_alive;
-    return r.head() ? 1 : 0;
+    // No body after a HEAD answer's head, nor after a 204's or a 304's whatever their headers
+    // say (RFC 9112 6.3; llhttp alone would read a 304's Content-Length as a body to come).
+    return r.head() || h.status == 204 || h.status == 304 ? 1 : 0;
   }
 
   int on_body(std::string_view) override { return 0; }
