@@ -20,7 +20,7 @@
 //           bits 4-6: the second request's kind; bit 7: it goes to app a.
 //   byte 1, bit 0: a second request on the same connection; bit 1: pipelined (sent at once, not
 //           after the first answer); bit 2: the workers keep their connections open after an
-//           answer (else they close them); bit 3: a slow client (a small receive buffer, read in
+//           answer but the input's last (else they close them after each); bit 3: a slow client (a small receive buffer, read in
 //           small pieces); bit 4: after a 101 the client sends a WebSocket frame.
 //   The answers: "\xf6\xf6" separates the answer to each proxied request, in the order valve
 //   sends them (a retry gets the next one; none left: the worker closes the connection). Within
@@ -298,7 +298,9 @@ class FakeWorkers {
         size_t i = proxied_++;
         if (i >= answers_.size()) return false;
         answer = answers_[i];
-        keep_open = keep_open_;
+        // The last answer ends with the connection's close, so a close-delimited or cut-short
+        // one does not wait out valve's timeout.
+        keep_open = keep_open_ && i + 1 < answers_.size();
       }
       int64_t deadline = now_ms() + 3000;
       for (const Piece &p : answer) {
