@@ -15,7 +15,8 @@ perform <- function(spec) {
   # The answer as it came: no error for 4xx/5xx, no retry (nor Retry-After's sleep), no redirect.
   req <- req_error(req, is_error = function(resp) FALSE)
   req <- req_retry(req, max_tries = 1, is_transient = function(resp) FALSE)
-  req <- req_options(req, followlocation = FALSE)
+  # A connection each: plumber's stray body after a HEAD answer would spoil the next request.
+  req <- req_options(req, followlocation = FALSE, forbid_reuse = TRUE)
   headers <- list()
   for (pair in spec$headers) headers[[pair[[1]]]] <- pair[[2]]
   if (length(headers)) req <- do.call(req_headers, c(list(req), headers))
