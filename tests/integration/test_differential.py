@@ -21,7 +21,6 @@ import gzip
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -472,7 +471,7 @@ def comparable_headers(answer, reference, target, kind):
     once it is checked, and Content-Length left out for /echo (what the app saw differs)."""
     dropped = HOP_BY_HOP | header_tokens(answer.headers, "connection")
     reference_names = {n.lower() for n, _ in reference.headers}
-    out, problems = [], []
+    out = []
     for name, value in answer.headers:
         lname = name.lower()
         if lname in dropped:
@@ -809,20 +808,23 @@ class Differential(ValveTestCase):
         real = [k for k in kinds if not k.raw_only]
         self.log(f"{len(kinds)} request kinds, {len(real)} of them for curl, requests and httr2")
 
-        # httr2 in one R process beside the others: it mostly waits for answers.
+        # The four clients at once (httr2 in one R process): they mostly wait for answers.
         jobs = [(t, k) for k in real for t in [plumber] + setups if k.prefixable or not t.prefix]
-        httr2 = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-        httr2_future = httr2.submit(self.timed, "httr2", httr2_batch, jobs, tmpdir, 240)
-        try:
-            self.timed("raw sockets", self.compare, "raw", plumber, setups, kinds, raw_exchange)
-            self.timed("curl", self.compare, "curl", plumber, setups, real,
-                       lambda t, k: curl_exchange(t, k, tmpdir))
-            self.timed("requests", self.compare, "requests", plumber, setups, real,
-                       requests_exchange)
-            self.timed("sequences", self.sequences, plumber, setups, by_name)
-            answers = httr2_future.result(timeout=300)
-        finally:
-            httr2.shutdown(wait=True)
+        clients = [
+            lambda: self.timed("httr2", httr2_batch, jobs, tmpdir, 240),
+            lambda: self.timed("raw sockets", self.compare, "raw", plumber, setups, kinds,
+                               raw_exchange),
+            lambda: self.timed("curl", self.compare, "curl", plumber, setups, real,
+                               lambda t, k: curl_exchange(t, k, tmpdir)),
+            lambda: self.timed("requests", self.compare, "requests", plumber, setups, real,
+                               requests_exchange),
+        ]
+        outcomes = self.timed("clients", lambda: parallel(clients, 300))
+        for outcome in outcomes:
+            if isinstance(outcome, Exception):
+                raise outcome
+        answers = outcomes[0]
+        self.timed("sequences", self.sequences, plumber, setups, by_name)
         i = 0
         for kind in real:
             targets = [t for t in [plumber] + setups if kind.prefixable or not t.prefix]
