@@ -138,10 +138,13 @@ Worker *Pool::pick(const Exchange *ex) {
         return w.get();
     }
   }
+  // A retry avoids the worker that failed it, while another worker exists or can be launched; a
+  // pool that can only ever have that one tries it again rather than wait for none.
+  bool avoid_excluded = workers_.size() > 1 || workers_.size() < config_.n_max;
   Worker *best = nullptr;
   for (auto &w : workers_) {
     if (!w->accepting() || w->in_flight() >= config_.concurrency()) continue;
-    if (ex && ex->excluded_worker() == w->id()) continue;
+    if (ex && ex->excluded_worker() == w->id() && avoid_excluded) continue;
     // A worker being replaced serves only when no other can. Then the most recently used first:
     // spare workers fall idle and can be retired.
     if (!best || (best->retiring() && !w->retiring()) ||

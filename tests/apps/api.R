@@ -58,3 +58,11 @@ function(res) {
   res$status <- 503
   list(error = "down for maintenance", pid = Sys.getpid())
 }
+
+#* Sets 101 on a plain request: httpuv sends a bare "101 Switching Protocols" head and no more,
+#* which valve refuses as an answer (no WebSocket was asked for).
+#* @get /switch
+function(res) {
+  res$status <- 101
+  list()
+}

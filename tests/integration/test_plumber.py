@@ -110,6 +110,19 @@ class PlumberAnswers(ValveTestCase):
         self.assertNotIn("failed before answering", valve.log())
 
 
+    def test_a_retry_in_a_one_worker_pool_goes_to_that_worker_at_once(self):
+        # The retry of a GET avoids the worker that failed it, unless no other can ever exist:
+        # then it must not wait the queue timeout for one.
+        valve = self.start_valve("-f", app_path("api.R"), "-n", "1", "--queue-timeout", "20",
+                                 ready="/pid", ready_timeout=60)
+        started = time.monotonic()
+        answer = valve.get("/switch", timeout=30)
+        self.assertValveError(answer, 502)
+        self.assertIn("switched protocols", answer.json()["error"])
+        self.assertLess(time.monotonic() - started, 10, "the retry waited for a worker")
+        self.assertEqual(valve.get("/pid").status, 200)
+
+
 class Latency(ValveTestCase):
     def assert_no_stall(self, valve):
         with valve.raw() as conn:
