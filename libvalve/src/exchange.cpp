@@ -483,8 +483,9 @@ void Exchange::send_error(int status, std::string_view message, std::string_view
     abort_client();
     return;
   }
-  // After an error the rest of the request may still be on the wire: close unless it was all read.
-  client_keep_alive_ = request_.keep_alive && request_complete_ && !server_.stopping();
+  // After an error the rest of the request may still be on the wire: close unless it was all read
+  // (a bodiless request is, once its head is: valve's own 404 keeps a pipelined connection).
+  client_keep_alive_ = request_.keep_alive && whole_request() && !server_.stopping();
   std::string headers(extra_headers);
   if (app_ && server_.names_apps()) headers += fmt::format("Valve-App: {}\r\n", app_->name);
   std::string answer = error_response(status, message, request_id_, client_keep_alive_, headers);
@@ -533,7 +534,7 @@ void Exchange::end_response() {
   response_done_ = true;
   if (ClientConn *c = client_) {
     client_ = nullptr;
-    c->exchange_done(client_keep_alive_ && request_complete_);
+    c->exchange_done(client_keep_alive_ && whole_request());
   }
 }
 

@@ -53,6 +53,8 @@ class Exchange {
   void on_upstream_switched(std::string_view early);
 
   bool retryable() const;
+  // All of the request has been read (a bodiless one once its head is).
+  bool whole_request() const { return request_complete_ || !has_body_; }
   uint64_t excluded_worker() const { return excluded_worker_; }
   const Head &request() const { return request_; }
   const std::string &request_id() const { return request_id_; }

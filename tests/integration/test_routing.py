@@ -66,6 +66,14 @@ class Routing(ValveTestCase):
         self.assertEqual(body["status"], 404)
         self.assertIn("no route for other.test/hello", body["error"])
         self.assertEqual(response.header("Content-Type"), "application/json")
+        # valve's own 404 keeps a kept-alive connection: the requests pipelined after it are served.
+        with valve.raw() as conn:
+            conn.send(b"GET /hello HTTP/1.1\r\nHost: other.test\r\n\r\n"
+                      b"GET /hello HTTP/1.1\r\nHost: tenant.test\r\n\r\n")
+            first, second = conn.read_response(), conn.read_response()
+        self.assertEqual(first.status, 404, first)
+        self.assertNotEqual(first.header("Connection"), "close", first)
+        self.assertEqual((second.status, second.header("Valve-App")), (200, "tenant"), second)
 
         status = valve.status()
         apps = {a["name"]: a for a in status["apps"]}
