@@ -354,8 +354,9 @@ TEST_CASE("http: a request refused for its Transfer-Encoding never reaches on_he
 TEST_CASE("http: a bad chunk size fails the message after its head") {
   Recorder rec;
   HttpParser p(HTTP_REQUEST, rec, kLimit);
-  CHECK(feed(p, "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-                "zz\r\nhello\r\n0\r\n\r\n") == HPE_USER);
+  CHECK(feed(p,
+             "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+             "zz\r\nhello\r\n0\r\n\r\n") == HPE_USER);
   CHECK(std::string_view(p.error_reason()).starts_with("invalid chunked body"));
   CHECK(rec.heads.size() == 1);
   CHECK(rec.completes == 0);
@@ -369,8 +370,7 @@ TEST_CASE("http: a bad chunk size fails the message after its head") {
 
 // A chunked request with this body; the rest of the head is fixed.
 std::string chunked_request(std::string_view body) {
-  return "POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" +
-         std::string(body);
+  return "POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + std::string(body);
 }
 
 TEST_CASE("http: chunk extensions with whitespace around ; and = are accepted (RFC 9112 7.1.1)") {
@@ -402,29 +402,31 @@ TEST_CASE("http: chunk extensions with whitespace around ; and = are accepted (R
 }
 
 TEST_CASE("http: malformed chunked bodies fail after the head, never completing") {
-  for (const char *body : {
-           "3 \r\nabc\r\n0\r\n\r\n",         // whitespace with no extension after it
-           "3;\r\nabc\r\n0\r\n\r\n",          // ";" with no name
-           "3;=x\r\nabc\r\n0\r\n\r\n",
-           "3;a=\r\nabc\r\n0\r\n\r\n",        // "=" with no value
-           "3;a=\"x\r\nabc\r\n0\r\n\r\n",     // an unterminated quoted value
-           "3;a b\r\nabc\r\n0\r\n\r\n",       // two names with no ";"
-           "3;a\x01\r\nabc\r\n0\r\n\r\n",
-           "3\nabc\r\n0\r\n\r\n",              // bare LF after the size
-           "3\r\nabc\n0\r\n\r\n",              // bare LF after the data
-           "3\rabc\r\n0\r\n\r\n",              // bare CR
-           "3\r\nabcd\r\n0\r\n\r\n",          // more data than the size
-           "-3\r\nabc\r\n0\r\n\r\n", "+3\r\nabc\r\n0\r\n\r\n", "0x3\r\nabc\r\n0\r\n\r\n",
-           " 3\r\nabc\r\n0\r\n\r\n", ";a\r\nabc\r\n0\r\n\r\n",
-           "1000000000000000\r\n",              // 16 significant hex digits: an overflow attempt
-           "3\r\nabc\r\n0\r\n X-Fold: t\r\n\r\n",   // obs-fold in the trailers
-           "3\r\nabc\r\n0\r\nBad Name: t\r\n\r\n",
-           "3\r\nabc\r\n0\r\nX-T: a\x00b\r\n\r\n",
-           "3\r\nabc\r\n0\r\n\r\r\n",
+  using namespace std::literals;  // "..."sv keeps the NUL byte below
+  for (std::string_view body : {
+           "3 \r\nabc\r\n0\r\n\r\n"sv,  // whitespace with no extension after it
+           "3;\r\nabc\r\n0\r\n\r\n"sv,  // ";" with no name
+           "3;=x\r\nabc\r\n0\r\n\r\n"sv,
+           "3;a=\r\nabc\r\n0\r\n\r\n"sv,     // "=" with no value
+           "3;a=\"x\r\nabc\r\n0\r\n\r\n"sv,  // an unterminated quoted value
+           "3;a b\r\nabc\r\n0\r\n\r\n"sv,    // two names with no ";"
+           "3;a\x01\r\nabc\r\n0\r\n\r\n"sv,
+           "3\nabc\r\n0\r\n\r\n"sv,     // bare LF after the size
+           "3\r\nabc\n0\r\n\r\n"sv,     // bare LF after the data
+           "3\rabc\r\n0\r\n\r\n"sv,     // bare CR
+           "3\r\nabcd\r\n0\r\n\r\n"sv,  // more data than the size
+           "-3\r\nabc\r\n0\r\n\r\n"sv,
+           "+3\r\nabc\r\n0\r\n\r\n"sv,
+           "0x3\r\nabc\r\n0\r\n\r\n"sv,
+           " 3\r\nabc\r\n0\r\n\r\n"sv,
+           ";a\r\nabc\r\n0\r\n\r\n"sv,
+           "1000000000000000\r\n"sv,  // 16 significant hex digits: an overflow attempt
+           "3\r\nabc\r\n0\r\n X-Fold: t\r\n\r\n"sv,  // obs-fold in the trailers
+           "3\r\nabc\r\n0\r\nBad Name: t\r\n\r\n"sv,
+           "3\r\nabc\r\n0\r\nX-T: a\0b\r\n\r\n"sv,  // NUL in a trailer value
+           "3\r\nabc\r\n0\r\n\r\r\n"sv,
        }) {
-    std::string request = chunked_request(std::string_view(body, std::strlen(body)));
-    if (std::string_view(body) == "3\r\nabc\r\n0\r\nX-T: a") request = chunked_request(
-        std::string_view("3\r\nabc\r\n0\r\nX-T: a\x00b\r\n\r\n", 22));
+    std::string request = chunked_request(body);
     INFO(request);
     for (bool bytewise : {false, true}) {
       Recorder rec;
@@ -520,7 +522,8 @@ TEST_CASE("http: chunked answers with extensions and trailers; a 204 or 304 read
   Recorder rec;
   HttpParser p(HTTP_RESPONSE, rec, kLimit);
   std::string data =
-      "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2 ; a=\"b\"\r\nok\r\n0\r\nX-T: 1\r\n\r\n"
+      "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2 ; a=\"b\"\r\nok\r\n0\r\nX-T: "
+      "1\r\n\r\n"
       "HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\n\r\n"
       "HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n"  // (RFC 9112 6.3, rule 1)
       "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi";

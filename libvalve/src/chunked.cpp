@@ -17,7 +17,9 @@ int hex_value(unsigned char c) {
 
 bool is_ws(unsigned char c) { return c == ' ' || c == '\t'; }
 
-bool is_tchar(unsigned char c) { return is_token(std::string_view(reinterpret_cast<char *>(&c), 1)); }
+bool is_tchar(unsigned char c) {
+  return is_token(std::string_view(reinterpret_cast<char *>(&c), 1));
+}
 
 // qdtext (RFC 9110 5.6.4): HTAB, SP, VCHAR but '"' and '\', obs-text.
 bool is_qdtext(unsigned char c) {

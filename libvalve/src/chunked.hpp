@@ -31,24 +31,24 @@ class ChunkedDecoder {
 
  private:
   enum class State {
-    size,          // chunk-size hex digits
-    size_ws,       // BWS after the size: a ";" must follow
-    ext_name,      // a chunk-ext-name (token)
-    ext_name_ws,   // BWS after the name: "=", ";" or the line's end
-    ext_eq_ws,     // BWS after "="
-    ext_value,     // a token value
-    ext_quoted,    // inside a quoted-string value
-    ext_escape,    // after a backslash in one
-    ext_after,     // after a value: BWS, then ";" or the line's end
-    ext_semi_ws,   // BWS after ";"
-    size_lf,       // the LF of the chunk-size line
-    data,          // chunk data
-    data_cr,       // the CR after chunk data
-    data_lf,       // the LF after it
-    trailer_start, // a trailer line's first byte, or the CR of the final empty line
-    trailer_line,  // in a trailer field line
-    trailer_lf,    // the LF of a trailer line
-    end_lf,        // the LF of the final empty line
+    size,           // chunk-size hex digits
+    size_ws,        // BWS after the size: a ";" must follow
+    ext_name,       // a chunk-ext-name (token)
+    ext_name_ws,    // BWS after the name: "=", ";" or the line's end
+    ext_eq_ws,      // BWS after "="
+    ext_value,      // a token value
+    ext_quoted,     // inside a quoted-string value
+    ext_escape,     // after a backslash in one
+    ext_after,      // after a value: BWS, then ";" or the line's end
+    ext_semi_ws,    // BWS after ";"
+    size_lf,        // the LF of the chunk-size line
+    data,           // chunk data
+    data_cr,        // the CR after chunk data
+    data_lf,        // the LF after it
+    trailer_start,  // a trailer line's first byte, or the CR of the final empty line
+    trailer_line,   // in a trailer field line
+    trailer_lf,     // the LF of a trailer line
+    end_lf,         // the LF of the final empty line
     done,
   };
 

@@ -11,6 +11,7 @@ namespace valve {
 
 namespace {
 constexpr size_t kMaxPipelined = 64 * 1024;
+constexpr double kLingerSeconds = 2;
 
 // The method of a well-formed request line (token SP target SP HTTP/d.d CRLF, RFC 9112 3) at the
 // start of data, after any empty lines; empty when the line is malformed or not all there.
@@ -22,8 +23,7 @@ std::string_view unknown_method(std::string_view data) {
   std::string_view line = data.substr(begin, end - begin);
   size_t first = line.find(' ');
   size_t second = line.find(' ', first + 1);
-  if (first == std::string_view::npos || second == std::string_view::npos || first > 64)
-    return {};
+  if (first == std::string_view::npos || second == std::string_view::npos || first > 64) return {};
   std::string_view method = line.substr(0, first);
   std::string_view target = line.substr(first + 1, second - first - 1);
   std::string_view version = line.substr(second + 1);
@@ -36,8 +36,6 @@ std::string_view unknown_method(std::string_view data) {
   }
   return method;
 }
-
-constexpr double kLingerSeconds = 2;
 }  // namespace
 
 ClientConn::ClientConn(Server &server)
@@ -158,7 +156,8 @@ void ClientConn::feed(const char *data, size_t len) {
   if (closing_) return;
   if (err == HPE_OK) {
     // Answered now, rather than at --header-timeout: no header lines follow an HTTP/0.9 line.
-    if (parser_.http09_request_line() && !current_) fail(505, "only HTTP/1.0 and HTTP/1.1 are served");
+    if (parser_.http09_request_line() && !current_)
+      fail(505, "only HTTP/1.0 and HTTP/1.1 are served");
     return;
   }
   if (err == HPE_PAUSED_UPGRADE && !tunnel_) {

@@ -85,7 +85,7 @@ class Exchange {
   const Config &config() const;  // the app's, once routed; the server's before
 
   Server &server_;
-  App *app_ = nullptr;  // where the routes sent it
+  App *app_ = nullptr;           // where the routes sent it
   std::string upstream_target_;  // the target the worker gets (its prefix stripped)
   std::string stripped_prefix_;  // sent as X-Forwarded-Prefix
   ClientConn *client_;

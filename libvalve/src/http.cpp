@@ -146,8 +146,8 @@ HttpParser::HttpParser(llhttp_type_t type, Handler &handler, size_t max_head_siz
     }
     int rc = s.handler_.on_head(h);
     // 1xx, 204 and 304 answers have no body, whatever their headers say (RFC 9112 6.3).
-    bool bodiless = p->type == HTTP_RESPONSE &&
-                    (h.status < 200 || h.status == 204 || h.status == 304);
+    bool bodiless =
+        p->type == HTTP_RESPONSE && (h.status < 200 || h.status == 204 || h.status == 304);
     // (llhttp 8.1 would read a Content-Length or chunked body after a 204 or 304.)
     if (rc == 0 && bodiless && h.status != 101) return 1;
     if (rc == 0 && h.chunked && !bodiless) {
@@ -242,9 +242,9 @@ llhttp_errno_t HttpParser::execute(const char *data, size_t len, size_t *consume
 
 llhttp_errno_t HttpParser::decode_body(const char *data, size_t len, size_t *pos) {
   size_t used = 0;
-  ChunkedDecoder::Result r = chunked_.feed(
-      std::string_view(data + *pos, len - *pos), &used,
-      [this](std::string_view piece) { return handler_.on_body(piece) == 0; });
+  ChunkedDecoder::Result r =
+      chunked_.feed(std::string_view(data + *pos, len - *pos), &used,
+                    [this](std::string_view piece) { return handler_.on_body(piece) == 0; });
   *pos += used;
   if (r == ChunkedDecoder::Result::more) return HPE_OK;
   decoding_ = false;

@@ -93,8 +93,8 @@ class HttpParser {
   Limit limit_ = Limit::none;
   bool in_message_ = false;
   bool value_last_ = false;
-  bool http09_ = false;             // this message's request line had no version
-  const char *url_end_ = nullptr;   // where the target's span ended in this execute()'s data
+  bool http09_ = false;            // this message's request line had no version
+  const char *url_end_ = nullptr;  // where the target's span ended in this execute()'s data
   const char *buffer_end_ = nullptr;
   const char *buffer_ = nullptr;  // what execute() parses now
   char last_solid_ = 0;           // the last byte but spaces and tabs of the buffers before

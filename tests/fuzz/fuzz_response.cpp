@@ -20,8 +20,9 @@
 //           bits 4-6: the second request's kind; bit 7: it goes to app a.
 //   byte 1, bit 0: a second request on the same connection; bit 1: pipelined (sent at once, not
 //           after the first answer); bit 2: the workers keep their connections open after an
-//           answer but the input's last (else they close them after each); bit 3: a slow client (a small receive buffer, read in
-//           small pieces); bit 4: after a 101 the client sends a WebSocket frame.
+//           answer but the input's last (else they close them after each); bit 3: a slow client (a
+//           small receive buffer, read in small pieces); bit 4: after a 101 the client sends a
+//           WebSocket frame.
 //   The answers: "\xf6\xf6" separates the answer to each proxied request, in the order valve
 //   sends them (a retry gets the next one; none left: the worker closes the connection). Within
 //   an answer, "\xf5\xf5" is a split point (a separate write after 0.3 ms), "\xf7\xf7" one after
@@ -48,12 +49,12 @@
 // Workers are `sleep` processes whose Unix sockets this harness binds when valve reports them
 // launched, as in fuzz_request.cpp; valve's probes (no X-Forwarded-For) get a plain 200.
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
-#include <fmt/format.h>
 #include <valve/valve.h>
 
 #include <array>
@@ -86,8 +87,7 @@ constexpr int kMaxLongPauses = 2;
 constexpr size_t kFillUnit = 512;
 
 [[noreturn]] void die(const char *what, const std::string &detail = {}) {
-  std::fprintf(stderr, "fuzz_response: %s%s%s\n", what, detail.empty() ? "" : ": ",
-               detail.c_str());
+  std::fprintf(stderr, "fuzz_response: %s%s%s\n", what, detail.empty() ? "" : ": ", detail.c_str());
   std::abort();
 }
 
@@ -446,7 +446,8 @@ std::string status_json() {
 // apps' and workers'), or -1.
 long status_number(const std::string &json, std::string_view key) {
   size_t at = json.find(std::string("\"") + std::string(key) + "\":");
-  return at == std::string::npos ? -1 : std::strtol(json.c_str() + at + key.size() + 3, nullptr, 10);
+  return at == std::string::npos ? -1
+                                 : std::strtol(json.c_str() + at + key.size() + 3, nullptr, 10);
 }
 
 enum Kind : uint8_t {
@@ -460,9 +461,8 @@ enum Kind : uint8_t {
   kDelete,       // DELETE with its own X-Request-Id (not retryable)
 };
 
-constexpr const char *kKindNames[] = {"GET",        "HEAD",         "POST",
-                                      "chunked POST", "WebSocket", "HTTP/1.0 GET",
-                                      "HTTP/1.0 HEAD", "DELETE"};
+constexpr const char *kKindNames[] = {"GET",       "HEAD",         "POST",          "chunked POST",
+                                      "WebSocket", "HTTP/1.0 GET", "HTTP/1.0 HEAD", "DELETE"};
 
 struct Request {
   Kind kind;
@@ -528,10 +528,11 @@ class Checker final : public valve::HttpParser::Handler {
     if (err == HPE_PAUSED_UPGRADE) {
       upgraded_ = true;
     } else if (err != HPE_OK) {
-      fail(fmt::format("valve's answer does not parse ({}), after {} whole answers, the last to a "
-                       "{} request",
-                       parser_.error_reason(), answered_,
-                       answered_ ? kKindNames[requests_[answered_ - 1].kind] : "(none)"));
+      fail(
+          fmt::format("valve's answer does not parse ({}), after {} whole answers, the last to a "
+                      "{} request",
+                      parser_.error_reason(), answered_,
+                      answered_ ? kKindNames[requests_[answered_ - 1].kind] : "(none)"));
     }
   }
 
@@ -570,7 +571,8 @@ class Checker final : public valve::HttpParser::Handler {
           return fail("a Connection header that is not valve's: " + hd.value);
       } else if (valve::iequals(name, "transfer-encoding")) {
         ++transfer_encoding;
-        if (hd.value != "chunked") return fail("a Transfer-Encoding that is not valve's: " + hd.value);
+        if (hd.value != "chunked")
+          return fail("a Transfer-Encoding that is not valve's: " + hd.value);
       } else if (valve::is_hop_by_hop(name)) {
         return fail("a hop-by-hop header passed on: " + hd.name);
       }
@@ -697,7 +699,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (!shut && !checker.upgraded() && !checker.closing() && checker.answered() == sent &&
         sent < requests.size())
       send_next();
-    if (!shut && (checker.upgraded() || checker.closing() || checker.answered() == requests.size())) {
+    if (!shut &&
+        (checker.upgraded() || checker.closing() || checker.answered() == requests.size())) {
       if (checker.upgraded() && frame) write_all(fd, kClientFrame, deadline);
       shutdown(fd, SHUT_WR);
       shut = true;
@@ -714,9 +717,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       if (slow) pause_us(100);
     }
     if (!checker.failure().empty()) {
-      die(checker.failure().c_str(),
-          "what valve sent:\n    " + printable(received) + "\nits last log lines:\n" +
-              harness->log.dump());
+      die(checker.failure().c_str(), "what valve sent:\n    " + printable(received) +
+                                         "\nits last log lines:\n" + harness->log.dump());
     }
   }
   close(fd);
