@@ -224,6 +224,24 @@ def free_port():
         return s.getsockname()[1]
 
 
+NGINX_PREAMBLE = """\
+daemon off;
+master_process off;      # one process, ended by its PID: a test harness, not production
+error_log {tmp}/nginx-error.log warn;
+pid {tmp}/nginx.pid;
+events {{ worker_connections 256; }}
+"""
+
+
+def nginx_conf(tmp, http_block):
+    """A whole nginx.conf for a test's own nginx: in the foreground, one process, every file it
+    writes under tmp; http_block is what goes inside http { }."""
+    temp_paths = "".join(f"  {kind}_temp_path {tmp}/{kind};\n"
+                         for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    return (NGINX_PREAMBLE.format(tmp=tmp) + "http {\n  access_log off;\n" + temp_paths +
+            http_block + "}\n")
+
+
 def fnv1a64(data, h=0xCBF29CE484222325):
     for byte in data:
         h = ((h ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF

@@ -11,22 +11,10 @@ import subprocess
 import time
 import unittest
 
-from harness import LOOPBACK, SteadyLoad, ValveTestCase, example_path, free_port, wait_until
+from harness import LOOPBACK, SteadyLoad, ValveTestCase, example_path, free_port, nginx_conf, \
+    wait_until
 
-NGINX_CONF = """\
-daemon off;
-master_process off;      # one process, ended by its PID: a test harness, not production
-error_log {tmp}/nginx-error.log warn;
-pid {tmp}/nginx.pid;
-events {{ worker_connections 256; }}
-http {{
-  access_log off;
-  client_body_temp_path {tmp}/client_body;
-  proxy_temp_path {tmp}/proxy;
-  fastcgi_temp_path {tmp}/fastcgi;
-  uwsgi_temp_path {tmp}/uwsgi;
-  scgi_temp_path {tmp}/scgi;
-
+NGINX_HTTP = """\
   upstream valve {{
     server 127.0.0.1:{port_a} max_fails=1 fail_timeout=10s;
     server 127.0.0.1:{port_b} max_fails=1 fail_timeout=10s;
@@ -47,7 +35,6 @@ http {{
       proxy_next_upstream_tries 2;
     }}
   }}
-}}
 """
 
 
@@ -73,7 +60,7 @@ class BehindNginx(ValveTestCase):
         port = free_port()
         conf = os.path.join(self.tmpdir, "nginx.conf")
         with open(conf, "w") as f:
-            f.write(NGINX_CONF.format(tmp=self.tmpdir, port=port, port_a=port_a, port_b=port_b))
+            f.write(nginx_conf(self.tmpdir, NGINX_HTTP.format(port=port, port_a=port_a, port_b=port_b)))
         nginx = self.track_process(subprocess.Popen(
             ["nginx", "-p", self.tmpdir, "-c", conf, "-e", os.path.join(self.tmpdir, "stderr.log")],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))

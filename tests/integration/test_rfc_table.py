@@ -20,7 +20,7 @@ import threading
 import time
 import unittest
 
-from harness import LOOPBACK, ValveTestCase, free_port, wait_until
+from harness import LOOPBACK, ValveTestCase, free_port, nginx_conf, wait_until
 from rfc_requests import ROWS, Forward
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -31,19 +31,7 @@ PYTHON = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else sys.e
 ANSWER_TIMEOUT = {"valve": 5.0, "nginx": 2.0, "haproxy": 2.0}
 SETTLE = 0.1  # after the answer, for anything a proxy sends the backend late (a smuggled request)
 
-NGINX_CONF = """\
-daemon off;
-master_process off;      # one process, ended by its PID
-error_log {tmp}/nginx-error.log warn;
-pid {tmp}/nginx.pid;
-events {{ worker_connections 256; }}
-http {{
-  access_log off;
-  client_body_temp_path {tmp}/client_body;
-  proxy_temp_path {tmp}/proxy;
-  fastcgi_temp_path {tmp}/fastcgi;
-  uwsgi_temp_path {tmp}/uwsgi;
-  scgi_temp_path {tmp}/scgi;
+NGINX_HTTP = """\
   upstream recorder {{
     server 127.0.0.1:{backend};
     keepalive 4;
@@ -57,7 +45,6 @@ http {{
       proxy_set_header Host $host;
     }}
   }}
-}}
 """
 
 HAPROXY_CONF = """\
@@ -453,7 +440,7 @@ class RfcTable(ValveTestCase):
         port = free_port()
         conf = os.path.join(self.tmpdir, "nginx.conf")
         with open(conf, "w") as f:
-            f.write(NGINX_CONF.format(tmp=self.tmpdir, port=port, backend=backend))
+            f.write(nginx_conf(self.tmpdir, NGINX_HTTP.format(port=port, backend=backend)))
         self.start_peer("nginx", ["nginx", "-p", self.tmpdir, "-c", conf, "-e",
                                   os.path.join(self.tmpdir, "nginx-stderr.log")], port)
         return Proxy("nginx", port, recording)
