@@ -35,44 +35,21 @@
 #include <thread>
 #include <vector>
 
+#include "fuzz_support.hpp"
+
+const char *const fuzz::kName = "fuzz_request";
+
 namespace {
+
+using fuzz::die;
+using fuzz::LogRing;
+using fuzz::now_ms;
+using fuzz::set;
+using fuzz::wait_for;
+using fuzz::write_all;
 
 constexpr int kAnswerDeadlineMs = 10000;
 constexpr std::string_view kReadyAnswer = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
-
-[[noreturn]] void die(const char *what, const std::string &detail = {}) {
-  std::fprintf(stderr, "fuzz_request: %s%s%s\n", what, detail.empty() ? "" : ": ", detail.c_str());
-  std::abort();
-}
-
-int64_t now_ms() {
-  using namespace std::chrono;
-  return duration_cast<milliseconds>(steady_clock::now().time_since_epoch()).count();
-}
-
-// Waits until fd is ready for `events` or the deadline passes. A signal (valve's SIGCHLD lands on
-// any thread) does not end the wait early: an early end was once taken for a hang of valve's.
-bool wait_for(int fd, short events, int64_t deadline) {
-  for (;;) {
-    int wait = static_cast<int>(deadline - now_ms());
-    if (wait <= 0) return false;
-    pollfd p{fd, events, 0};
-    int r = poll(&p, 1, wait);
-    if (r > 0) return true;
-    if (r == 0 || errno != EINTR) return false;
-  }
-}
-
-// Writes all of data, giving up (without failing) when the peer stops reading or closes.
-void write_all(int fd, std::string_view data, int64_t deadline) {
-  while (!data.empty()) {
-    if (!wait_for(fd, POLLOUT, deadline)) return;
-    ssize_t n = send(fd, data.data(), data.size(), MSG_NOSIGNAL);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return;
-    data.remove_prefix(static_cast<size_t>(n));
-  }
-}
 
 // Reads until EOF or a reset; false if the deadline passed first.
 bool read_to_end(int fd, std::string *out, int64_t deadline) {
@@ -209,29 +186,6 @@ class FakeWorkers {
   std::thread thread_;
 };
 
-// valve's last log lines, shown when an input fails.
-class LogRing {
- public:
-  void add(const char *line) {
-    std::lock_guard lock(mutex_);
-    lines_[next_++ % lines_.size()] = line;
-  }
-  std::string dump() {
-    std::lock_guard lock(mutex_);
-    std::string out;
-    for (size_t i = 0; i < lines_.size(); ++i) {
-      const std::string &line = lines_[(next_ + i) % lines_.size()];
-      if (!line.empty()) out += "  " + line + "\n";
-    }
-    return out;
-  }
-
- private:
-  std::mutex mutex_;
-  std::array<std::string, 100> lines_;
-  size_t next_ = 0;
-};
-
 struct Harness {
   std::string runtime_dir;
   FakeWorkers workers;
@@ -241,10 +195,6 @@ struct Harness {
 };
 
 Harness *harness = nullptr;
-
-void set(valve_config_t *cfg, const char *key, const char *value) {
-  if (valve_config_set(cfg, key, value) != 0) die("valve_config_set", valve_config_last_error(cfg));
-}
 
 Harness *start() {
   auto *h = new Harness;

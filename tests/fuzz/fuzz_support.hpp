@@ -1,0 +1,87 @@
+// What both libFuzzer harnesses (fuzz_request.cpp, fuzz_response.cpp) need around a real valve
+// server: deadlines, socket waits and writes that a signal does not cut short, valve's last log
+// lines, and config setters that abort with valve's message.
+#pragma once
+
+#include <poll.h>
+#include <sys/socket.h>
+#include <valve/valve.h>
+
+#include <array>
+#include <cerrno>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <mutex>
+#include <string>
+#include <string_view>
+
+namespace fuzz {
+
+// The harness's name in its messages ("fuzz_request", "fuzz_response"); each harness defines it.
+extern const char *const kName;
+
+[[noreturn]] inline void die(const char *what, const std::string &detail = {}) {
+  std::fprintf(stderr, "%s: %s%s%s\n", kName, what, detail.empty() ? "" : ": ", detail.c_str());
+  std::abort();
+}
+
+inline int64_t now_ms() {
+  using namespace std::chrono;
+  return duration_cast<milliseconds>(steady_clock::now().time_since_epoch()).count();
+}
+
+// Waits until fd is ready for `events` or the deadline passes. A signal (valve's SIGCHLD lands on
+// any thread) does not end the wait early: an early end was once taken for a hang of valve's.
+inline bool wait_for(int fd, short events, int64_t deadline) {
+  for (;;) {
+    int wait = static_cast<int>(deadline - now_ms());
+    if (wait <= 0) return false;
+    pollfd p{fd, events, 0};
+    int r = poll(&p, 1, wait);
+    if (r > 0) return true;
+    if (r == 0 || errno != EINTR) return false;
+  }
+}
+
+// Writes all of data; false when the peer stops reading or closes, or the deadline passes.
+inline bool write_all(int fd, std::string_view data, int64_t deadline) {
+  while (!data.empty()) {
+    if (!wait_for(fd, POLLOUT, deadline)) return false;
+    ssize_t n = send(fd, data.data(), data.size(), MSG_NOSIGNAL);
+    if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+    if (n <= 0) return false;
+    data.remove_prefix(static_cast<size_t>(n));
+  }
+  return true;
+}
+
+// valve's last log lines, shown when an input fails.
+class LogRing {
+ public:
+  void add(const char *line) {
+    std::lock_guard lock(mutex_);
+    lines_[next_++ % lines_.size()] = line;
+  }
+  std::string dump() {
+    std::lock_guard lock(mutex_);
+    std::string out;
+    for (size_t i = 0; i < lines_.size(); ++i) {
+      const std::string &line = lines_[(next_ + i) % lines_.size()];
+      if (!line.empty()) out += "  " + line + "\n";
+    }
+    return out;
+  }
+
+ private:
+  std::mutex mutex_;
+  std::array<std::string, 100> lines_;
+  size_t next_ = 0;
+};
+
+inline void set(valve_config_t *cfg, const char *key, const char *value) {
+  if (valve_config_set(cfg, key, value) != 0) die("valve_config_set", valve_config_last_error(cfg));
+}
+
+}  // namespace fuzz
