@@ -217,31 +217,13 @@ Harness *start() {
   set(cfg, "max-body-size", "64k");
   set(cfg, "graceful-timeout", "1");
   set(cfg, "kill-timeout", "1");
-  // VALVE_FUZZ_LOG=1 shows valve's log, to see what an input did (run the fuzzer on that file);
-  // otherwise the last lines are kept, to be shown with a failure.
-  bool show_log = std::getenv("VALVE_FUZZ_LOG") != nullptr;
-  if (const char *path = std::getenv("VALVE_FUZZ_ACCESS_LOG")) set(cfg, "access-log", path);
-  set(cfg, "log-level", show_log ? "debug" : "info");
-  valve_config_set_log_callback(
-      cfg,
-      show_log ? [](void *, int, const char *line) { std::fprintf(stderr, "valve: %s\n", line); }
-               : [](void *data, int, const char *line) { static_cast<LogRing *>(data)->add(line); },
-      &h->log, nullptr);
-  valve_config_set_event_callback(
-      cfg,
+  h->server = fuzz::start_server(
+      cfg, h->log,
       [](void *data, const char *json) {
         auto *self = static_cast<Harness *>(data);
         self->workers.on_event(json, self->runtime_dir);
       },
-      h, nullptr);
-  if (valve_server_new(&h->server, cfg) != 0) die("valve_server_new", valve_config_last_error(cfg));
-  valve_config_free(cfg);
-  if (valve_server_start(h->server) != 0)
-    die("valve_server_start", valve_server_last_error(h->server));
-  char address[128];
-  if (valve_server_address(h->server, address, sizeof address) != 0) die("valve_server_address");
-  const char *colon = std::strrchr(address, ':');
-  h->port = static_cast<uint16_t>(std::atoi(colon ? colon + 1 : "0"));
+      h, &h->port);
   return h;
 }
 

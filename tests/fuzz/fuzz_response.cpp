@@ -358,29 +358,13 @@ n-max = 2
   valve_config_t *cfg = nullptr;
   if (valve_config_new(&cfg) != 0) die("valve_config_new");
   set(cfg, "config", path.c_str());
-  bool show_log = std::getenv("VALVE_FUZZ_LOG") != nullptr;
-  if (const char *log = std::getenv("VALVE_FUZZ_ACCESS_LOG")) set(cfg, "access-log", log);
-  set(cfg, "log-level", show_log ? "debug" : "info");
-  valve_config_set_log_callback(
-      cfg,
-      show_log ? [](void *, int, const char *line) { std::fprintf(stderr, "valve: %s\n", line); }
-               : [](void *data, int, const char *line) { static_cast<LogRing *>(data)->add(line); },
-      &h->log, nullptr);
-  valve_config_set_event_callback(
-      cfg,
+  h->server = fuzz::start_server(
+      cfg, h->log,
       [](void *data, const char *json) {
         auto *self = static_cast<Harness *>(data);
         self->workers.on_event(json, self->runtime_dir);
       },
-      h, nullptr);
-  if (valve_server_new(&h->server, cfg) != 0) die("valve_server_new", valve_config_last_error(cfg));
-  valve_config_free(cfg);
-  if (valve_server_start(h->server) != 0)
-    die("valve_server_start", valve_server_last_error(h->server));
-  char address[128];
-  if (valve_server_address(h->server, address, sizeof address) != 0) die("valve_server_address");
-  const char *colon = std::strrchr(address, ':');
-  h->port = static_cast<uint16_t>(std::atoi(colon ? colon + 1 : "0"));
+      h, &h->port);
   return h;
 }
 

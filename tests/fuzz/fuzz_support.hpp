@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <mutex>
 #include <string>
 #include <string_view>
@@ -82,6 +83,32 @@ class LogRing {
 
 inline void set(valve_config_t *cfg, const char *key, const char *value) {
   if (valve_config_set(cfg, key, value) != 0) die("valve_config_set", valve_config_last_error(cfg));
+}
+
+// Starts a server from cfg (and frees cfg): valve's log goes to stderr with VALVE_FUZZ_LOG=1, and
+// is otherwise kept in `log` to be shown with a failure; VALVE_FUZZ_ACCESS_LOG names an access log
+// file. on_event gets valve's events (workers launched). Returns the server; *port is its port.
+inline valve_server_t *start_server(valve_config_t *cfg, LogRing &log,
+                                    void (*on_event)(void *, const char *), void *event_data,
+                                    uint16_t *port) {
+  bool show_log = std::getenv("VALVE_FUZZ_LOG") != nullptr;
+  if (const char *path = std::getenv("VALVE_FUZZ_ACCESS_LOG")) set(cfg, "access-log", path);
+  set(cfg, "log-level", show_log ? "debug" : "info");
+  valve_config_set_log_callback(
+      cfg,
+      show_log ? [](void *, int, const char *line) { std::fprintf(stderr, "valve: %s\n", line); }
+               : [](void *data, int, const char *line) { static_cast<LogRing *>(data)->add(line); },
+      &log, nullptr);
+  valve_config_set_event_callback(cfg, on_event, event_data, nullptr);
+  valve_server_t *server = nullptr;
+  if (valve_server_new(&server, cfg) != 0) die("valve_server_new", valve_config_last_error(cfg));
+  valve_config_free(cfg);
+  if (valve_server_start(server) != 0) die("valve_server_start", valve_server_last_error(server));
+  char address[128];
+  if (valve_server_address(server, address, sizeof address) != 0) die("valve_server_address");
+  const char *colon = std::strrchr(address, ':');
+  *port = static_cast<uint16_t>(std::atoi(colon ? colon + 1 : "0"));
+  return server;
 }
 
 }  // namespace fuzz
