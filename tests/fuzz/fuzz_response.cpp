@@ -159,24 +159,12 @@ class FakeWorkers {
 
   // Called from valve's event callback: a worker was launched, or has exited.
   void on_event(std::string_view json, const std::string &runtime_dir) {
-    bool launched = json.find(R"("event":"worker_launched")") != std::string_view::npos;
-    bool exited = json.find(R"("event":"worker_exited")") != std::string_view::npos;
-    if (!launched && !exited) return;
-    size_t at = json.find(R"("worker":)");
-    if (at == std::string_view::npos) return;
-    long id = std::strtol(json.data() + at + 9, nullptr, 10);
-    std::string path = runtime_dir + "/w" + std::to_string(id) + ".sock";
+    std::optional<fuzz::WorkerEvent> event = fuzz::worker_event(json, runtime_dir);
+    if (!event) return;
     std::lock_guard lock(mutex_);
-    if (launched) {
-      int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-      sockaddr_un addr{};
-      addr.sun_family = AF_UNIX;
-      std::snprintf(addr.sun_path, sizeof addr.sun_path, "%s", path.c_str());
-      if (fd < 0 || bind(fd, reinterpret_cast<sockaddr *>(&addr), sizeof addr) != 0 ||
-          listen(fd, 64) != 0)
-        die("cannot listen on a worker socket", path);
-      listeners_[id] = fd;
-    } else if (auto it = listeners_.find(id); it != listeners_.end()) {
+    if (event->launched) {
+      listeners_[event->id] = fuzz::listen_unix(event->path);
+    } else if (auto it = listeners_.find(event->id); it != listeners_.end()) {
       closing_.push_back(it->second);
       listeners_.erase(it);
     }

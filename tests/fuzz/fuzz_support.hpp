@@ -5,6 +5,7 @@
 
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <valve/valve.h>
 
 #include <array>
@@ -15,6 +16,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -83,6 +85,37 @@ class LogRing {
 
 inline void set(valve_config_t *cfg, const char *key, const char *value) {
   if (valve_config_set(cfg, key, value) != 0) die("valve_config_set", valve_config_last_error(cfg));
+}
+
+// A worker_launched or worker_exited event of valve's, for the harness's fake workers: the
+// worker's id and the Unix socket path valve gave it in runtime_dir.
+struct WorkerEvent {
+  bool launched;
+  long id;
+  std::string path;
+};
+
+inline std::optional<WorkerEvent> worker_event(std::string_view json,
+                                               const std::string &runtime_dir) {
+  bool launched = json.find(R"("event":"worker_launched")") != std::string_view::npos;
+  bool exited = json.find(R"("event":"worker_exited")") != std::string_view::npos;
+  if (!launched && !exited) return std::nullopt;
+  size_t at = json.find(R"("worker":)");
+  if (at == std::string_view::npos) return std::nullopt;
+  long id = std::strtol(json.data() + at + 9, nullptr, 10);
+  return WorkerEvent{launched, id, runtime_dir + "/w" + std::to_string(id) + ".sock"};
+}
+
+// A listening Unix socket at path, where valve expects its worker.
+inline int listen_unix(const std::string &path) {
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::snprintf(addr.sun_path, sizeof addr.sun_path, "%s", path.c_str());
+  if (fd < 0 || bind(fd, reinterpret_cast<sockaddr *>(&addr), sizeof addr) != 0 ||
+      listen(fd, 64) != 0)
+    die("cannot listen on a worker socket", path);
+  return fd;
 }
 
 // Starts a server from cfg (and frees cfg): valve's log goes to stderr with VALVE_FUZZ_LOG=1, and
