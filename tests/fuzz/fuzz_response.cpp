@@ -312,7 +312,7 @@ Harness *start() {
   if (!mkdtemp(templ)) die("mkdtemp");
   h->runtime_dir = templ;
   // Two apps: a, mounted at /a with its prefix stripped, and b at every other path; two workers
-  // each, so a retry has another to go to (in a pool of one it waits out the queue timeout).
+  // each, so a retry has another to go to (in a pool of one, the same worker takes it again).
   std::string toml = R"(port = 0
 host = "127.0.0.1"
 cmd = "exec sleep 100000 # {socket}"
