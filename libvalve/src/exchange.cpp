@@ -18,6 +18,9 @@ namespace valve {
 namespace {
 
 constexpr unsigned kUnsentRetries = 3;
+// Request bodies read whole before dispatch (--request-buffer-size each) share this much memory:
+// past it, a body streams as it would past its own limit, so many slow uploads cannot exhaust it.
+constexpr uint64_t kBufferedBodiesBudget = 64 << 20;
 // A retryable request's answer is held back until it is complete, this big, or this old: a worker
 // that dies within it has sent the client nothing, so the request can go to another worker.
 constexpr size_t kHoldBytes = 64 * 1024;
@@ -49,7 +52,12 @@ Exchange::Exchange(Server &server, ClientConn &client, Head request)
   request_id_ = id && !id->empty() && id->size() <= 200 ? *id : random_hex(16);
 }
 
-Exchange::~Exchange() = default;
+Exchange::~Exchange() { release_buffered(); }
+
+void Exchange::release_buffered() {
+  server_.stats().buffered_body_bytes -= buffered_;
+  buffered_ = 0;
+}
 
 const Config &Exchange::config() const { return app_ ? app_->config : server_.config(); }
 
@@ -130,8 +138,11 @@ void Exchange::on_client_body(std::string_view data) {
   if (!upstream_) {
     pending_body_.append(data);
     if (buffering_) {
-      if (pending_body_.size() > config().request_buffer_size) {
-        submit();  // too big to buffer (a chunked body): it streams from here
+      uint64_t &budget = server_.stats().buffered_body_bytes;
+      budget += data.size();
+      buffered_ += data.size();
+      if (pending_body_.size() > config().request_buffer_size || budget > kBufferedBodiesBudget) {
+        submit();  // too big to buffer (a chunked body, or the budget is spent): it streams
       } else {
         timer_.start(config().header_timeout);  // the body is still arriving
       }
@@ -201,7 +212,8 @@ void Exchange::dispatch(Worker &worker, UpstreamConn &conn) {
   std::string out = upstream_head();
   if (!pending_body_.empty()) {
     out += body_chunked_ ? chunk(pending_body_) : pending_body_;
-    pending_body_.clear();
+    pending_body_ = std::string();
+    release_buffered();
   }
   if (body_chunked_ && request_complete_) out += "0\r\n\r\n";
   bool room = conn.send(out);

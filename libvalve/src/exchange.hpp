@@ -69,6 +69,7 @@ class Exchange {
 
   // To the app's pool, once the body is buffered (or at once when it streams).
   void submit();
+  void release_buffered();  // pending_body_ is sent or dropped: out of the server's budget
   int switch_protocols(Head &head);  // the worker's 101: tell the client, then tunnel
   void send_error(int status, std::string_view message, std::string_view extra_headers = {});
   void abort_client();  // closes the client's connection (if any) and ends the exchange
@@ -103,6 +104,7 @@ class Exchange {
   uint64_t body_bytes_ = 0;
   bool request_complete_ = false;
   bool buffering_ = false;      // reading the body whole before the request is submitted
+  uint64_t buffered_ = 0;       // of pending_body_, counted in Stats::buffered_body_bytes
   bool continue_sent_ = false;  // 100 Continue went to the client
   bool reuse_upstream_ = true;  // false: the worker's connection is closed after this answer
   bool queued_ = false;

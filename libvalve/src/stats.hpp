@@ -27,6 +27,7 @@ struct Stats {
   uint64_t template_launches = 0;  // --preload: template processes started
   uint64_t forks = 0;              // workers forked from a template
   uint64_t fork_fallbacks = 0;     // workers launched plainly because no template could fork them
+  uint64_t buffered_body_bytes = 0;  // request bodies read whole ahead of dispatch, held now
   std::map<std::string, uint64_t> recycles;  // by reason: reload, max-requests, max-rss, unhealthy
   std::map<std::string, uint64_t> reloads;   // by result: ok, failed
   // Each app's totals, by name: they outlive the pools a reload replaces.
