@@ -41,12 +41,21 @@ function() {
   stop("the model failed")
 }
 
-#* A gateway status from the worker (as a server in front of an app would answer).
+#* A 503 the app answers itself (maintenance): an answer like any other.
 #* @serializer unboxedJSON
 #* @get /unavailable
 function(res) {
   res$status <- 503
   list(pid = Sys.getpid())
+}
+
+#* An answer that cannot be parsed: httpuv adds its Content-Length beside this Transfer-Encoding,
+#* and a message with both is refused (RFC 9112 6.3): the worker's fault, as valve counts it.
+#* @serializer text
+#* @get /malformed
+function(res) {
+  res$setHeader("Transfer-Encoding", "chunked")
+  "not chunked"
 }
 
 #* Sleeps s seconds.

@@ -236,13 +236,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   static std::array<std::string, 64> history;
   history[inputs % history.size()].assign(reinterpret_cast<const char *>(data), size);
 
-  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = htons(harness->port);
-  if (fd < 0 || connect(fd, reinterpret_cast<sockaddr *>(&addr), sizeof addr) != 0)
-    die("cannot connect to valve", std::strerror(errno));
+  int fd = fuzz::connect_loopback(harness->port);
   int64_t deadline = now_ms() + kAnswerDeadlineMs;
   write_all(fd, client, deadline);
   shutdown(fd, SHUT_WR);

@@ -592,18 +592,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       parse_answers(std::string_view(reinterpret_cast<const char *>(data) + 2, size - 2)),
       keep_open);
 
-  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) die("socket", std::strerror(errno));
-  if (slow) {
-    int small = 2048;
-    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
-  }
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = htons(harness->port);
-  if (connect(fd, reinterpret_cast<sockaddr *>(&addr), sizeof addr) != 0)
-    die("cannot connect to valve", std::strerror(errno));
+  int fd = fuzz::connect_loopback(harness->port, slow ? 2048 : 0);
 
   Checker checker(requests);
   std::string received;

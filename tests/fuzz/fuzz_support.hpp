@@ -3,6 +3,7 @@
 // lines, and config setters that abort with valve's message.
 #pragma once
 
+#include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -58,6 +59,27 @@ inline bool write_all(int fd, std::string_view data, int64_t deadline) {
     data.remove_prefix(static_cast<size_t>(n));
   }
   return true;
+}
+
+// A TCP connection to valve on loopback. A signal (valve's SIGCHLD) may interrupt connect(): the
+// connection then completes on its own, and is waited for rather than taken for a failure.
+inline int connect_loopback(uint16_t port, int receive_buffer = 0) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) die("socket", std::strerror(errno));
+  if (receive_buffer > 0)
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &receive_buffer, sizeof receive_buffer);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = htons(port);
+  if (connect(fd, reinterpret_cast<sockaddr *>(&addr), sizeof addr) == 0) return fd;
+  if (errno != EINTR) die("cannot connect to valve", std::strerror(errno));
+  int error = 0;
+  socklen_t len = sizeof error;
+  if (!wait_for(fd, POLLOUT, now_ms() + 10000) ||
+      getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &len) != 0 || error != 0)
+    die("cannot connect to valve", std::strerror(error ? error : ETIMEDOUT));
+  return fd;
 }
 
 // valve's last log lines, shown when an input fails.

@@ -94,14 +94,17 @@ class Operations(ValveTestCase):
         self.assertEqual(response.status, 200)
         self.assertEqual(response.json()["pid"], pid)
 
-    def test_gateway_errors_eject_a_worker_but_the_apps_own_500s_do_not(self):
+    def test_unparseable_answers_eject_a_worker_but_the_apps_own_errors_do_not(self):
         valve = self.start_ops("--n-min", "1", "--n-max", "1", "--max-fails", "3")
         (pid,) = self.wait_ready_count(valve, 1)
-        for _ in range(6):
+        for _ in range(4):
             self.assertEqual(valve.get("/error").status, 500)
-        self.assertEqual(self.ready_pids(valve), [pid], "an app's 500 is an answer")
-        for _ in range(3):
             self.assertEqual(valve.get("/unavailable").status, 503)
+        self.assertEqual(self.ready_pids(valve), [pid], "an app's 500 and 503 are answers")
+        for _ in range(2):  # each is tried twice, on the only worker there is
+            response = valve.get("/malformed", timeout=30)
+            self.assertValveError(response, 502)
+            self.assertIn("malformed", response.json()["error"])
         valve.wait_log(rf"worker \d+ \(pid {pid}\) is unhealthy: 3 requests in a row failed", 10)
         wait_until(lambda: not is_alive(pid), 30, message="the ejected worker exits")
         response = valve.get("/hello", timeout=60)
