@@ -16,18 +16,7 @@ const std::string *Head::find(std::string_view name) const {
 }
 
 bool Head::has_token(std::string_view name, std::string_view token) const {
-  for (const auto &h : headers) {
-    if (!iequals(h.name, name)) continue;
-    std::string_view rest = h.value;
-    while (!rest.empty()) {
-      size_t comma = rest.find(',');
-      std::string_view item = trim(rest.substr(0, comma));
-      if (iequals(item, token)) return true;
-      if (comma == std::string_view::npos) break;
-      rest.remove_prefix(comma + 1);
-    }
-  }
-  return false;
+  return find_token(name, [&](std::string_view item) { return iequals(item, token); }).has_value();
 }
 
 std::string Head::cookie(std::string_view name) const {
@@ -130,19 +119,9 @@ HttpParser::HttpParser(llhttp_type_t type, Handler &handler, size_t max_head_siz
       if (!h.chunked) return s.reject("Transfer-Encoding must end in chunked");
       // A coding before chunked (gzip, chunked) would reach the app unannounced once valve has
       // dechunked the body: not implemented (RFC 9112 6.1, 501).
-      for (const auto &hd : h.headers) {
-        if (!iequals(hd.name, "transfer-encoding")) continue;
-        std::string_view rest = hd.value;
-        while (!rest.empty()) {
-          size_t comma = rest.find(',');
-          std::string_view coding = trim(rest.substr(0, comma));
-          if (!coding.empty() && !iequals(coding, "chunked"))
-            return s.reject(fmt::format("the transfer coding \"{}\" is not implemented", coding),
-                            501);
-          if (comma == std::string_view::npos) break;
-          rest.remove_prefix(comma + 1);
-        }
-      }
+      if (auto coding = h.find_token("transfer-encoding",
+                                     [](std::string_view c) { return !iequals(c, "chunked"); }))
+        return s.reject(fmt::format("the transfer coding \"{}\" is not implemented", *coding), 501);
     }
     int rc = s.handler_.on_head(h);
     // 1xx, 204 and 304 answers have no body, whatever their headers say (RFC 9112 6.3).

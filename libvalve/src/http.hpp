@@ -4,6 +4,7 @@
 #include <llhttp.h>
 
 #include "chunked.hpp"
+#include "util.hpp"
 
 #include <cstdint>
 #include <optional>
@@ -33,9 +34,29 @@ struct Head {
 
   const std::string *find(std::string_view name) const;
   bool has_token(std::string_view name, std::string_view token) const;  // comma-separated list
+  // The first item of the comma-separated lists in the `name` headers for which pred is true
+  // (items trimmed; empty ones skipped), or nullopt.
+  template <typename Pred>
+  std::optional<std::string_view> find_token(std::string_view name, Pred pred) const;
   // The value of a cookie from the Cookie headers ("" when absent).
   std::string cookie(std::string_view name) const;
 };
+
+template <typename Pred>
+std::optional<std::string_view> Head::find_token(std::string_view name, Pred pred) const {
+  for (const auto &h : headers) {
+    if (!iequals(h.name, name)) continue;
+    std::string_view rest = h.value;
+    while (!rest.empty()) {
+      size_t comma = rest.find(',');
+      std::string_view item = trim(rest.substr(0, comma));
+      if (!item.empty() && pred(item)) return item;
+      if (comma == std::string_view::npos) break;
+      rest.remove_prefix(comma + 1);
+    }
+  }
+  return std::nullopt;
+}
 
 class HttpParser {
  public:
@@ -67,7 +88,7 @@ class HttpParser {
   const char *error_reason() const {
     return error_.empty() ? llhttp_get_error_reason(&parser_) : error_.c_str();
   }
-  // The status a client's request failed with should get: 400 unless the wrapper knows better
+  // The status a request that failed to parse should get: 400 unless the wrapper knows better
   // (501 for a transfer coding valve does not implement).
   int error_status() const { return error_status_; }
   Limit limit_hit() const { return limit_; }
@@ -82,7 +103,8 @@ class HttpParser {
   static HttpParser &self(llhttp_t *p) { return *static_cast<HttpParser *>(p->data); }
   int count(size_t n, Limit what);
   int reject(std::string reason, int status = 400);
-  // Decodes a chunked body with chunked_ from data[*pos...]; on HPE_OK all of data was used.
+  // Decodes a chunked body with chunked_ from data[*pos...]. On HPE_OK parsing goes on at *pos:
+  // the body needs more (all of data was used) or it ended and the handler went on.
   llhttp_errno_t decode_body(const char *data, size_t len, size_t *pos);
 
   llhttp_t parser_;
