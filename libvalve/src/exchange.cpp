@@ -102,11 +102,7 @@ void Exchange::start() {
     // Read the body whole first: a slow upload never holds a worker, and a malformed one (a bad
     // chunk) is refused before any worker has seen even its head.
     buffering_ = true;
-    if (const std::string *expect = request_.find("expect");
-        expect && iequals(*expect, "100-continue")) {
-      client_->send("HTTP/1.1 100 Continue\r\n\r\n");
-      continue_sent_ = true;
-    }
+    send_continue();
     timer_.start(config().header_timeout);
     return;
   }
@@ -218,13 +214,17 @@ void Exchange::dispatch(Worker &worker, UpstreamConn &conn) {
   if (body_chunked_ && request_complete_) out += "0\r\n\r\n";
   bool room = conn.send(out);
   if (client_ && !request_complete_) {
-    if (const std::string *expect = request_.find("expect");
-        expect && iequals(*expect, "100-continue") && !continue_sent_) {
-      client_->send("HTTP/1.1 100 Continue\r\n\r\n");
-      continue_sent_ = true;
-    }
+    send_continue();
     client_->hold_body(!room);
   }
+}
+
+void Exchange::send_continue() {
+  if (continue_sent_ || !client_) return;
+  const std::string *expect = request_.find("expect");
+  if (!expect || !iequals(*expect, "100-continue")) return;
+  client_->send("HTTP/1.1 100 Continue\r\n\r\n");
+  continue_sent_ = true;
 }
 
 std::string Exchange::upstream_head() const {
@@ -324,20 +324,10 @@ int Exchange::on_upstream_head(Head &head) {
   out.reserve(512);
   append(out, "HTTP/1.1 {} {}\r\n", head.status,
          head.reason.empty() ? status_reason(head.status) : head.reason);
-  bool has_request_id = false;
-  for (const auto &h : head.headers) {
-    if (is_dropped_hop(head, h.name)) continue;
-    if (iequals(h.name, "content-length") && framing_ != Framing::length &&
-        framing_ != Framing::none)
-      continue;
-    // A 204 never has a Content-Length (RFC 9110 8.6); a 304's names the 200's size, and stays.
-    if (iequals(h.name, "content-length") && head.status == 204) continue;
-    if (iequals(h.name, "x-request-id")) has_request_id = true;
-    if (server_.names_apps() && iequals(h.name, "valve-app")) continue;  // valve says which
-    append(out, "{}: {}\r\n", h.name, h.value);
-  }
-  if (!has_request_id) append(out, "X-Request-Id: {}\r\n", request_id_);
-  if (server_.names_apps()) append(out, "Valve-App: {}\r\n", app_->name);
+  // A Content-Length stays where it frames the body valve sends, or describes a bodiless answer's
+  // body; a 204 never has one (RFC 9110 8.6), while a 304's names the 200's size.
+  append_worker_headers(
+      out, head, (framing_ == Framing::length || framing_ == Framing::none) && head.status != 204);
   if (worker_ && worker_->pool().config().shiny() && affinity_ != worker_->affinity())
     append(out, "Set-Cookie: {}={}; Path=/; HttpOnly; SameSite=Lax\r\n", kAffinityCookie,
            worker_->affinity());
@@ -350,6 +340,20 @@ int Exchange::on_upstream_head(Head &head) {
   return head_request ? 1 : 0;
 }
 
+void Exchange::append_worker_headers(std::string &out, const Head &head,
+                                     bool keep_content_length) const {
+  bool has_request_id = false;
+  for (const auto &h : head.headers) {
+    if (is_dropped_hop(head, h.name)) continue;
+    if (!keep_content_length && iequals(h.name, "content-length")) continue;
+    if (iequals(h.name, "x-request-id")) has_request_id = true;
+    if (server_.names_apps() && iequals(h.name, "valve-app")) continue;  // valve says which
+    append(out, "{}: {}\r\n", h.name, h.value);
+  }
+  if (!has_request_id) append(out, "X-Request-Id: {}\r\n", request_id_);
+  if (server_.names_apps()) append(out, "Valve-App: {}\r\n", app_->name);
+}
+
 int Exchange::switch_protocols(Head &head) {
   // The request timeout ends here: a WebSocket lasts until either side closes it.
   timer_.stop();
@@ -357,15 +361,7 @@ int Exchange::switch_protocols(Head &head) {
   tunnel_ = true;
   client_keep_alive_ = false;
   std::string out = "HTTP/1.1 101 Switching Protocols\r\n";
-  bool has_request_id = false;
-  for (const auto &h : head.headers) {
-    if (is_dropped_hop(head, h.name)) continue;
-    if (iequals(h.name, "x-request-id")) has_request_id = true;
-    if (server_.names_apps() && iequals(h.name, "valve-app")) continue;  // valve says which
-    append(out, "{}: {}\r\n", h.name, h.value);
-  }
-  if (!has_request_id) append(out, "X-Request-Id: {}\r\n", request_id_);
-  if (server_.names_apps()) append(out, "Valve-App: {}\r\n", app_->name);
+  append_worker_headers(out, head, true);
   const std::string *upgrade = head.find("upgrade");
   out +=
       fmt::format("Connection: Upgrade\r\nUpgrade: {}\r\n\r\n", upgrade ? *upgrade : "websocket");

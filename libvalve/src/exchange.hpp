@@ -70,6 +70,11 @@ class Exchange {
   // To the app's pool, once the body is buffered (or at once when it streams).
   void submit();
   void release_buffered();  // pending_body_ is sent or dropped: out of the server's budget
+  // Expect: 100-continue is answered once, when valve starts reading the body.
+  void send_continue();
+  // The worker's end-to-end headers, then X-Request-Id (unless it set one) and Valve-App: what
+  // every answer's head passes on. keep_content_length: whether the worker's Content-Length stays.
+  void append_worker_headers(std::string &out, const Head &head, bool keep_content_length) const;
   int switch_protocols(Head &head);  // the worker's 101: tell the client, then tunnel
   void send_error(int status, std::string_view message, std::string_view extra_headers = {});
   void abort_client();  // closes the client's connection (if any) and ends the exchange
