@@ -4,7 +4,7 @@
 
 #include <cctype>
 
-#include "exchange.hpp"
+#include "proxy.hpp"
 #include "server.hpp"
 
 namespace valve {
@@ -203,7 +203,7 @@ void ClientConn::parse_error(llhttp_errno_t err, std::string_view start) {
     message = "only HTTP/1.0 and HTTP/1.1 are served";
   }
   if (current_) {
-    Exchange *ex = current_;
+    Proxy *ex = current_;
     current_ = nullptr;
     bool answered = ex->response_started();
     ex->on_client_gone();
@@ -253,7 +253,7 @@ int ClientConn::on_head(Head &head) {
          "(valve is not a forward proxy)");
     return -1;
   }
-  Exchange &ex = server_.open_exchange(*this, std::move(head));
+  Proxy &ex = server_.open_proxy(*this, std::move(head));
   current_ = &ex;
   ex.start();
   return closing_ ? -1 : 0;
@@ -321,7 +321,7 @@ void ClientConn::on_written() {
   if (current_ && write_queue_size(stream) < kWriteLowWater) current_->on_client_drained();
 }
 
-void ClientConn::exchange_done(bool keep_alive) {
+void ClientConn::response_done(bool keep_alive) {
   current_ = nullptr;
   if (closing_) return;
   // A client that half-closed after pipelining requests still gets an answer to each of them.
@@ -367,7 +367,7 @@ void ClientConn::exchange_done(bool keep_alive) {
       if (parser_.in_message()) {
         close();
       } else if (!current_) {
-        exchange_done(false);
+        response_done(false);
       }
     }
   });
@@ -377,7 +377,7 @@ void ClientConn::fail(int status, std::string_view message) {
   if (closing_) return;
   send(error_response(status, message, random_hex(16), false));
   server_.log().debug("client {}: {} {}", peer_ip_, status, message);
-  exchange_done(false);
+  response_done(false);
 }
 
 void ClientConn::drain() {
@@ -390,7 +390,7 @@ void ClientConn::close() {
   closing_ = true;
   timer_.stop();
   if (current_) {
-    Exchange *ex = current_;
+    Proxy *ex = current_;
     current_ = nullptr;
     ex->on_client_gone();
   }

@@ -12,7 +12,7 @@
 namespace valve {
 
 class Server;
-class Exchange;
+class Proxy;
 
 class ClientConn final : public HttpParser::Handler {
  public:
@@ -25,16 +25,16 @@ class ClientConn final : public HttpParser::Handler {
 
   // Writes bytes of the current response. True while the write queue is below its high mark.
   bool send(std::string_view data);
-  // The exchange wrote its whole response. The next pipelined request is parsed, or the
+  // The proxy wrote its whole response. The next pipelined request is parsed, or the
   // connection closes if keep_alive is false.
-  void exchange_done(bool keep_alive);
-  // Writes a final error response outside any exchange, then closes.
+  void response_done(bool keep_alive);
+  // Writes a final error response outside any request, then closes.
   void fail(int status, std::string_view message);
   // Block or unblock reading for the request body (the worker is not ready for it), or in a
   // tunnel for what the client sends.
   void hold_body(bool hold);
   // The worker switched protocols (101, a WebSocket): from now on the bytes the client sends go
-  // unparsed to the exchange (on_tunnel_data), those that came early first.
+  // unparsed to the proxy (on_tunnel_data), those that came early first.
   void start_tunnel();
   // Shutting down: close now if idle, else after the current response.
   void drain();
@@ -66,7 +66,7 @@ class ClientConn final : public HttpParser::Handler {
   uv_tcp_t *tcp_;
   HttpParser parser_;
   Timer timer_;
-  Exchange *current_ = nullptr;
+  Proxy *current_ = nullptr;
   std::string pipelined_;  // bytes after a complete request, parsed once its response is done
   bool paused_ = false;
   unsigned blocks_ = 0;

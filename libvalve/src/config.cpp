@@ -226,7 +226,7 @@ std::optional<std::string> Config::validate() const {
   for (size_t i = 0; const char *key = option_key(i); ++i) {
     if (auto err = check(key)) return err;
   }
-  // With a config file, the checks across options are made once it is read (layout.cpp).
+  // With a config file, the checks across options are made once it is read (config_file.cpp).
   if (!config.empty()) return std::nullopt;
   if (n_min > n_max) return fmt::format("n-min {}: must be at most n-max ({})", n_min, n_max);
   if (file.empty() && cmd.empty()) return std::string("file \"\": give a plumber file or --cmd");

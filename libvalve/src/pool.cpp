@@ -10,12 +10,12 @@
 #include <climits>
 #include <vector>
 
-#include "exchange.hpp"
+#include "proxy.hpp"
 #include "process.hpp"
 #include "server.hpp"
 #include "spawn_policy.hpp"
 #include "stats.hpp"
-#include "template.hpp"
+#include "preloader.hpp"
 #include "valve/valve.h"
 #include "worker.hpp"
 
@@ -128,7 +128,7 @@ Worker *Pool::find_pid(int pid) {
   return nullptr;
 }
 
-Worker *Pool::pick(const Exchange *ex) {
+Worker *Pool::pick(const Proxy *ex) {
   // A Shiny session lives in one worker's memory: its requests go there while that worker takes
   // requests, even past its concurrency, which only decides where new sessions go. A session
   // whose worker is gone starts over on another (and gets a new cookie).
@@ -154,9 +154,9 @@ Worker *Pool::pick(const Exchange *ex) {
   return best;
 }
 
-void Pool::assign(Worker &w, Exchange &ex) { ex.dispatch(w, w.lease()); }
+void Pool::assign(Worker &w, Proxy &ex) { ex.dispatch(w, w.lease()); }
 
-void Pool::submit(Exchange &ex, bool front) {
+void Pool::submit(Proxy &ex, bool front) {
   if (terminating_) {
     ex.reject(503, "the server is shutting down");
     return;
@@ -181,7 +181,7 @@ void Pool::submit(Exchange &ex, bool front) {
   rebalance();
 }
 
-void Pool::cancel(Exchange &ex) {
+void Pool::cancel(Proxy &ex) {
   queue_.erase(std::remove(queue_.begin(), queue_.end(), &ex), queue_.end());
 }
 
@@ -193,7 +193,7 @@ void Pool::drain_queue() {
       ++it;                        // only its excluded worker is free: let others pass
       continue;
     }
-    Exchange *ex = *it;
+    Proxy *ex = *it;
     it = queue_.erase(it);
     assign(*w, *ex);
     it = queue_.begin();  // assign may have changed the queue
@@ -586,9 +586,9 @@ void Pool::terminate() {
     done(ReloadResult{false, generation_, 0, 0, "the server is shutting down"});
   if (reload_.phase == Reload::Phase::in_progress)
     finish_reload(false, "the server is shutting down");
-  std::deque<Exchange *> waiting;
+  std::deque<Proxy *> waiting;
   waiting.swap(queue_);
-  for (Exchange *ex : waiting) ex->reject(503, "the server is shutting down");
+  for (Proxy *ex : waiting) ex->reject(503, "the server is shutting down");
   std::vector<Worker *> all;
   for (auto &w : workers_) all.push_back(w.get());
   for (Worker *w : all) w->stop("shutting down");

@@ -21,7 +21,7 @@ namespace valve {
 
 class Server;
 class Worker;
-class Exchange;
+class Proxy;
 class Logger;
 class Preloader;
 
@@ -45,8 +45,8 @@ class Pool {
 
   void start();
   // Sends the request to an idle worker, queues it, or rejects it with 503.
-  void submit(Exchange &ex, bool front = false);
-  void cancel(Exchange &ex);
+  void submit(Proxy &ex, bool front = false);
+  void cancel(Proxy &ex);
   // Stop launching; end every worker (SIGTERM, then SIGKILL). done() runs when all have exited.
   void terminate();
   bool all_exited() const;
@@ -93,7 +93,7 @@ class Pool {
   Worker *find_pid(int pid);
   // valve reaped a child (SIGCHLD): a worker's or a template's exit. False when it was neither.
   bool on_reaped(int pid, int wait_status);
-  // With --preload, the templates workers are forked from (template.hpp); null without.
+  // With --preload, the templates workers are forked from (preloader.hpp); null without.
   Preloader *preloader() { return preloader_.get(); }
   void on_template_exit();
   std::string preload_json() const;
@@ -105,8 +105,8 @@ class Pool {
   bool ready(std::string *why) const;
 
  private:
-  Worker *pick(const Exchange *ex);
-  void assign(Worker &w, Exchange &ex);
+  Worker *pick(const Proxy *ex);
+  void assign(Worker &w, Proxy &ex);
   void drain_queue();
   void launch_needed();
   void launch_one();
@@ -135,7 +135,7 @@ class Pool {
   std::vector<std::string> worker_env_;
   std::unique_ptr<Preloader> preloader_;  // before workers_: it outlives them
   std::list<std::unique_ptr<Worker>> workers_;
-  std::deque<Exchange *> queue_;
+  std::deque<Proxy *> queue_;
   unsigned failures_ = 0;  // launches in a row that never became ready
   bool ever_ready_ = false;
   bool terminating_ = false;

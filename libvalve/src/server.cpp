@@ -17,7 +17,7 @@
 
 #include "admin.hpp"
 #include "client.hpp"
-#include "exchange.hpp"
+#include "proxy.hpp"
 #include "pool.hpp"
 #include "process.hpp"
 #include "valve/valve.h"
@@ -311,7 +311,7 @@ std::string Server::status_json_now() {
         R"("workers":{},"config":{}}})",
         apps.size() > 1 ? "," : "", json_escape(app->name),
         app->retiring ? "retiring" : app->pending ? "starting" : "serving", pool.generation(),
-        pool.reload_json(), pool.queue_depth(), app->exchanges, app->requests, app->by_class[2],
+        pool.reload_json(), pool.queue_depth(), app->in_progress, app->requests, app->by_class[2],
         app->by_class[3], app->by_class[4], app->by_class[5], count, app->config.to_json());
   }
   workers += "]";
@@ -335,7 +335,7 @@ std::string Server::status_json_now() {
       R"("totals":{},"workers":{},"apps":{},"routes":{},"preload":{},"config":{}}})",
       VALVE_VERSION_STRING, state, json_escape(address_), json_escape(admin_->address()), getpid(),
       (unix_ms() - static_cast<int64_t>(st.started_unix_ms)) / 1000.0, main.generation(),
-      reload_json(), queue, exchanges_.size(), clients_.size(), totals, workers, apps, routes,
+      reload_json(), queue, proxies_.size(), clients_.size(), totals, workers, apps, routes,
       main.preload_json(), config_.to_json());
 }
 
@@ -668,14 +668,14 @@ void Server::on_connection() {
   }
 }
 
-Exchange &Server::open_exchange(ClientConn &client, Head head) {
-  auto *ex = new Exchange(*this, client, std::move(head));
-  exchanges_.insert(ex);
+Proxy &Server::open_proxy(ClientConn &client, Head head) {
+  auto *ex = new Proxy(*this, client, std::move(head));
+  proxies_.insert(ex);
   return *ex;
 }
 
-void Server::close_exchange(Exchange &ex) {
-  exchanges_.erase(&ex);
+void Server::close_proxy(Proxy &ex) {
+  proxies_.erase(&ex);
   defer_delete(&ex);
   if (stopping_) maybe_terminate_pool();
 }
@@ -784,22 +784,22 @@ Routing Server::route(const Head &request, std::string_view peer_ip) {
   for (auto &a : apps_) {
     if (a->name == r.backends[i].app && !a->pending && !a->retiring) out.app = a.get();
   }
-  if (out.app) ++out.app->exchanges;
+  if (out.app) ++out.app->in_progress;
   return out;
 }
 
-void Server::on_exchange_done(App &app) {
-  if (app.exchanges > 0) --app.exchanges;
+void Server::on_proxy_done(App &app) {
+  if (app.in_progress > 0) --app.in_progress;
   if (app.retiring) maybe_end_app(app);
 }
 
 void Server::retire_app(App &app, std::string_view why) {
   if (app.retiring) return;
   app.retiring = true;
-  if (app.exchanges > 0) {
+  if (app.in_progress > 0) {
     log_.info("{}", app_message(app, fmt::format("leaves ({}) once its {} requests in progress "
                                                  "are over (at most {} s)",
-                                                 why, app.exchanges,
+                                                 why, app.in_progress,
                                                  format_seconds(config_.graceful_timeout))));
   } else {
     log_.info("{}", app_message(app, fmt::format("leaves ({})", why)));
@@ -807,7 +807,7 @@ void Server::retire_app(App &app, std::string_view why) {
   app.retire_timer = std::make_unique<Timer>(&loop_, [this, &app] {
     log_.warn("{}", app_message(app, fmt::format("graceful timeout: {} requests still in "
                                                  "progress are cut off",
-                                                 app.exchanges)));
+                                                 app.in_progress)));
     app.pool->terminate();
   });
   app.retire_timer->start(config_.graceful_timeout);
@@ -817,10 +817,10 @@ void Server::retire_app(App &app, std::string_view why) {
 void Server::maybe_end_app(App &app) {
   if (!app.retiring || terminating_) return;
   if (!app.pool->terminating()) {
-    if (app.exchanges == 0) app.pool->terminate();  // reports back through on_pool_terminated
+    if (app.in_progress == 0) app.pool->terminate();  // reports back through on_pool_terminated
     return;
   }
-  if (!app.terminated || app.exchanges > 0) return;
+  if (!app.terminated || app.in_progress > 0) return;
   app.retire_timer.reset();
   app.pool->remove_runtime_files();
   for (auto it = apps_.begin(); it != apps_.end(); ++it) {
@@ -998,20 +998,20 @@ void Server::begin_stop(double deadline_seconds) {
     stopping_ = true;
     notify_timer_.reset();
     notifier_.send(fmt::format("STOPPING=1\nSTATUS=shutting down: {} requests in progress",
-                               exchanges_.size()));
+                               proxies_.size()));
     if (listener_) close_handle(listener_);
     std::vector<ClientConn *> clients(clients_.begin(), clients_.end());
     for (ClientConn *c : clients) c->drain();
-    if (!exchanges_.empty() && deadline_seconds > 0)
+    if (!proxies_.empty() && deadline_seconds > 0)
       log_.info("waiting up to {} s for {} requests in progress", format_seconds(deadline_seconds),
-                exchanges_.size());
+                proxies_.size());
   }
   if (deadline_seconds <= 0) {
     terminate_pool();
     return;
   }
   stop_timer_ = std::make_unique<Timer>(&loop_, [this] {
-    log_.warn("graceful timeout: {} requests still in progress are cut off", exchanges_.size());
+    log_.warn("graceful timeout: {} requests still in progress are cut off", proxies_.size());
     terminate_pool();
   });
   stop_timer_->start(deadline_seconds);
@@ -1019,7 +1019,7 @@ void Server::begin_stop(double deadline_seconds) {
 }
 
 void Server::maybe_terminate_pool() {
-  if (stopping_ && !terminating_ && exchanges_.empty()) terminate_pool();
+  if (stopping_ && !terminating_ && proxies_.empty()) terminate_pool();
 }
 
 void Server::terminate_pool() {

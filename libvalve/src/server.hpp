@@ -1,4 +1,4 @@
-// The server: one loop thread owning a listener, client connections, exchanges and the pool.
+// The server: one loop thread owning a listener, client connections, proxies and the pool.
 #pragma once
 
 #include <signal.h>
@@ -18,9 +18,9 @@
 
 #include "config.hpp"
 #include "http.hpp"
-#include "layout.hpp"
+#include "config_file.hpp"
 #include "log.hpp"
-#include "loop.hpp"
+#include "inbox.hpp"
 #include "notify.hpp"
 #include "stats.hpp"
 #include "util.hpp"
@@ -31,7 +31,7 @@ class Pool;
 struct ReloadResult;
 using ReloadDone = std::function<void(const ReloadResult &)>;
 class ClientConn;
-class Exchange;
+class Proxy;
 class AdminServer;
 
 using EventSink = void (*)(void *user_data, const char *event_json);
@@ -43,7 +43,7 @@ struct App {
   std::string name;
   Config config;  // the pool reads it by reference: an App never moves
   std::unique_ptr<Pool> pool;
-  size_t exchanges = 0;  // requests routed here and not over yet
+  size_t in_progress = 0;  // requests routed here and not over yet
   bool ready = false;    // a worker of it was ready once (or it needs none: n-min 0)
   bool pending = false;  // started by a reload in progress: not routed to yet
   bool retiring = false;  // out of the routes: it ends once its requests have
@@ -111,7 +111,7 @@ class Server {
                                    const std::string &app = {});
   // The app an app-specific admin command means: the named one, or the only one.
   App *find_app(std::string_view name, std::string *why);
-  size_t requests_in_progress() const { return exchanges_.size(); }
+  size_t requests_in_progress() const { return proxies_.size(); }
   size_t client_connections() const { return clients_.size(); }
   // Every app, those leaving and arriving included.
   const std::vector<std::unique_ptr<App>> &apps() const { return apps_; }
@@ -123,7 +123,7 @@ class Server {
   // The app for a request; app is null when no route matches.
   Routing route(const Head &request, std::string_view peer_ip);
   // A request routed to app is over.
-  void on_exchange_done(App &app);
+  void on_proxy_done(App &app);
   uint64_t next_worker_id() { return next_worker_id_++; }
   // Reloads every app (and, with a config file, the apps and routes from it); done runs on the
   // loop thread when it is over.
@@ -146,8 +146,8 @@ class Server {
   // Hands one event (a JSON object) to the host, if it asked for events.
   void emit(const std::string &event_json) const;
 
-  Exchange &open_exchange(ClientConn &client, Head head);
-  void close_exchange(Exchange &ex);
+  Proxy &open_proxy(ClientConn &client, Head head);
+  void close_proxy(Proxy &ex);
   void close_client(ClientConn &client);
   // Runs fn on the loop thread soon, after the current callback has returned.
   void defer(std::function<void()> fn);
@@ -240,7 +240,7 @@ class Server {
   Notifier notifier_;
   std::unique_ptr<Timer> notify_timer_;  // refreshes STATUS= while serving
   std::unordered_set<ClientConn *> clients_;
-  std::unordered_set<Exchange *> exchanges_;
+  std::unordered_set<Proxy *> proxies_;
   std::vector<std::function<void()>> deferred_;
   std::string runtime_dir_;
   bool own_runtime_dir_ = false;

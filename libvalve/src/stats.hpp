@@ -6,7 +6,7 @@
 #include <map>
 #include <string>
 
-#include "metrics.hpp"
+#include "prometheus.hpp"
 
 namespace valve {
 

@@ -2,7 +2,7 @@
 
 #include <fmt/format.h>
 
-#include "exchange.hpp"
+#include "proxy.hpp"
 #include "pool.hpp"
 #include "server.hpp"
 #include "util.hpp"
@@ -44,10 +44,10 @@ void UpstreamConn::on_connect(int status) {
   if (!paused_) start_reading();
 }
 
-void UpstreamConn::attach(Exchange &exchange) { exchange_ = &exchange; }
+void UpstreamConn::attach(Proxy &proxy) { proxy_ = &proxy; }
 
 void UpstreamConn::detach() {
-  exchange_ = nullptr;
+  proxy_ = nullptr;
   paused_ = false;
   if (tunnel_) broken_ = true;  // a tunnel's connection is never reused
   if (connected_ && !broken_)
@@ -64,8 +64,8 @@ bool UpstreamConn::send(std::string_view data) {
     auto *self = static_cast<UpstreamConn *>(s->data);
     if (status != 0) {
       self->fail(fmt::format("writing to the worker failed: {}", uv_message(status)));
-    } else if (self->exchange_ && write_queue_size(s) < kWriteLowWater) {
-      self->exchange_->on_upstream_drained();
+    } else if (self->proxy_ && write_queue_size(s) < kWriteLowWater) {
+      self->proxy_->on_upstream_drained();
     }
   });
   if (rc != 0) {
@@ -100,13 +100,13 @@ void UpstreamConn::on_read(ssize_t nread, const uv_buf_t *buf) {
       fail(nread == UV_EOF ? std::string("the worker closed the connection")
                            : fmt::format("reading from the worker failed: {}",
                                          uv_message(static_cast<int>(nread))));
-    } else if (exchange_) {
-      exchange_->on_upstream_tunnel_data(std::string_view(buf->base, static_cast<size_t>(nread)));
+    } else if (proxy_) {
+      proxy_->on_upstream_tunnel_data(std::string_view(buf->base, static_cast<size_t>(nread)));
     }
     return;
   }
   if (nread < 0) {
-    if (nread == UV_EOF && exchange_ && parser_.in_message() && parser_.message_needs_eof()) {
+    if (nread == UV_EOF && proxy_ && parser_.in_message() && parser_.message_needs_eof()) {
       parser_.finish();  // a close-delimited body ends here
       if (complete_)
         finish_response(0);
@@ -119,7 +119,7 @@ void UpstreamConn::on_read(ssize_t nread, const uv_buf_t *buf) {
                                        uv_message(static_cast<int>(nread))));
     return;
   }
-  if (!exchange_) {
+  if (!proxy_) {
     fail("the worker sent data with no request pending");
     return;
   }
@@ -129,7 +129,7 @@ void UpstreamConn::on_read(ssize_t nread, const uv_buf_t *buf) {
   if ((err == HPE_PAUSED || err == HPE_PAUSED_UPGRADE) && complete_ && switching_) {
     complete_ = false;
     tunnel_ = true;
-    if (Exchange *ex = exchange_)
+    if (Proxy *ex = proxy_)
       ex->on_upstream_switched(std::string_view(buf->base + consumed, nread - consumed));
     return;
   }
@@ -143,7 +143,7 @@ void UpstreamConn::on_read(ssize_t nread, const uv_buf_t *buf) {
              : fmt::format("the worker's answer is malformed: {}", parser_.error_reason()));
     return;
   }
-  exchange_->on_upstream_unfinished();
+  proxy_->on_upstream_unfinished();
   // Over TCP, a worker that writes a response in pieces with Nagle on (plumber/httpuv does) waits
   // for our ACK of the first piece, which Linux delays up to 40 ms: a stall on every request.
   // Setting TCP_QUICKACK sends that pending ACK at once; Linux clears it after use, so it is set
@@ -156,7 +156,7 @@ void UpstreamConn::finish_response(size_t leftover) {
   bool reusable = parser_.should_keep_alive() && leftover == 0;
   parser_.resume();
   if (!reusable) broken_ = true;  // never reused: no further reads on it
-  if (Exchange *ex = exchange_) ex->on_upstream_complete(reusable);
+  if (Proxy *ex = proxy_) ex->on_upstream_complete(reusable);
 }
 
 int UpstreamConn::on_head(Head &head) {
@@ -170,17 +170,17 @@ int UpstreamConn::on_head(Head &head) {
     return 0;
   }
   if (head.status == 101) {
-    if (!exchange_ || !exchange_->websocket() || !head.upgrade) {
+    if (!proxy_ || !proxy_->websocket() || !head.upgrade) {
       refusal_ = "the worker switched protocols (101) though no WebSocket was asked for";
       return -1;
     }
     switching_ = true;
   }
-  return exchange_ ? exchange_->on_upstream_head(head) : -1;
+  return proxy_ ? proxy_->on_upstream_head(head) : -1;
 }
 
 int UpstreamConn::on_body(std::string_view data) {
-  if (exchange_) exchange_->on_upstream_body(data);
+  if (proxy_) proxy_->on_upstream_body(data);
   return 0;
 }
 
@@ -197,7 +197,7 @@ void UpstreamConn::fail(std::string reason) {
   if (broken_) return;
   broken_ = true;
   if (connected_) uv_read_stop(stream());
-  if (Exchange *ex = exchange_) {
+  if (Proxy *ex = proxy_) {
     ex->on_upstream_failed(reason);  // detaches and releases this connection
   } else {
     worker_.drop_idle(*this);

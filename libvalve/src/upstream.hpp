@@ -11,7 +11,7 @@
 namespace valve {
 
 class Worker;
-class Exchange;
+class Proxy;
 
 class UpstreamConn final : public HttpParser::Handler {
  public:
@@ -21,13 +21,13 @@ class UpstreamConn final : public HttpParser::Handler {
   UpstreamConn &operator=(const UpstreamConn &) = delete;
 
   void connect();
-  void attach(Exchange &exchange);
+  void attach(Proxy &proxy);
   void detach();
   // Writes request bytes; true while the write queue is below its high mark.
   bool send(std::string_view data);
   void pause_reading();
   void resume_reading();
-  // Fails the connection: its exchange hears of it, or, idle, the worker drops it.
+  // Fails the connection: its proxy hears of it, or, idle, the worker drops it.
   void fail(std::string reason);
   bool broken() const { return broken_; }
   bool connected() const { return connected_; }
@@ -35,7 +35,7 @@ class UpstreamConn final : public HttpParser::Handler {
   bool tunneling() const { return tunnel_; }
 
   Worker &worker() { return worker_; }
-  Exchange *exchange() { return exchange_; }
+  Proxy *proxy() { return proxy_; }
 
   int on_head(Head &head) override;
   int on_body(std::string_view data) override;
@@ -49,7 +49,7 @@ class UpstreamConn final : public HttpParser::Handler {
   uv_stream_t *stream();
 
   Worker &worker_;
-  Exchange *exchange_ = nullptr;
+  Proxy *proxy_ = nullptr;
   WorkerStream stream_;  // a Unix socket (plumber workers, {socket}) or loopback TCP ({port})
   HttpParser parser_;
   std::string unsent_;  // written before the connection was up

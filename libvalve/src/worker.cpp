@@ -17,7 +17,7 @@
 #include "sandbox.hpp"
 #include "server.hpp"
 #include "stats.hpp"
-#include "template.hpp"
+#include "preloader.hpp"
 #include "upstream.hpp"
 
 namespace valve {

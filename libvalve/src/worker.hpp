@@ -37,7 +37,7 @@ class Worker {
 
   // Starts the process (or, with --preload, asks the template to fork it); 0 or a negative errno.
   int launch();
-  // Preloading (template.hpp): the template forked this worker; or it could not, and the worker is
+  // Preloading (preloader.hpp): the template forked this worker; or it could not, and the worker is
   // launched plainly from spec instead.
   void on_forked(const Spawned &child);
   void on_fork_failed(const SpawnSpec &spec, std::string_view why);

@@ -1,4 +1,4 @@
-#include "exchange.hpp"
+#include "proxy.hpp"
 
 #include <fmt/format.h>
 
@@ -40,7 +40,7 @@ std::string chunk(std::string_view data) {
 
 }  // namespace
 
-Exchange::Exchange(Server &server, ClientConn &client, Head request)
+Proxy::Proxy(Server &server, ClientConn &client, Head request)
     : server_(server),
       client_(&client),
       request_(std::move(request)),
@@ -52,20 +52,20 @@ Exchange::Exchange(Server &server, ClientConn &client, Head request)
   request_id_ = id && !id->empty() && id->size() <= 200 ? *id : random_hex(16);
 }
 
-Exchange::~Exchange() { release_buffered(); }
+Proxy::~Proxy() { release_buffered(); }
 
-void Exchange::release_buffered() {
+void Proxy::release_buffered() {
   server_.stats().buffered_body_bytes -= buffered_;
   buffered_ = 0;
 }
 
-const Config &Exchange::config() const { return app_ ? app_->config : server_.config(); }
+const Config &Proxy::config() const { return app_ ? app_->config : server_.config(); }
 
-bool Exchange::retryable() const {
+bool Proxy::retryable() const {
   return !retried_ && !has_body_ && (request_.method == "GET" || request_.method == "HEAD");
 }
 
-void Exchange::start() {
+void Proxy::start() {
   has_body_ = request_.chunked || request_.content_length.value_or(0) > 0;
   body_chunked_ = request_.chunked;
   Routing routing = server_.route(request_, peer_ip_);
@@ -109,7 +109,7 @@ void Exchange::start() {
   submit();
 }
 
-void Exchange::submit() {
+void Proxy::submit() {
   buffering_ = false;
   timer_.stop();
   if (server_.stopping()) {
@@ -120,7 +120,7 @@ void Exchange::submit() {
   app_->pool->submit(*this);
 }
 
-void Exchange::on_client_body(std::string_view data) {
+void Proxy::on_client_body(std::string_view data) {
   body_bytes_ += data.size();
   uint64_t limit = config().max_body_size;
   if (limit > 0 && body_bytes_ > limit) {
@@ -149,7 +149,7 @@ void Exchange::on_client_body(std::string_view data) {
     client_->hold_body(true);
 }
 
-void Exchange::on_client_complete() {
+void Proxy::on_client_complete() {
   request_complete_ = true;
   if (buffering_) {
     submit();
@@ -158,7 +158,7 @@ void Exchange::on_client_complete() {
   if (upstream_ && body_chunked_) upstream_->send("0\r\n\r\n");  // before dispatch: added then
 }
 
-void Exchange::on_client_gone() {
+void Proxy::on_client_gone() {
   client_ = nullptr;
   if (queued_) {
     app_->pool->cancel(*this);
@@ -173,27 +173,27 @@ void Exchange::on_client_gone() {
   maybe_finish();
 }
 
-void Exchange::on_client_drained() {
+void Proxy::on_client_drained() {
   if (upstream_) upstream_->resume_reading();
 }
 
-void Exchange::on_tunnel_data(std::string_view data) {
+void Proxy::on_tunnel_data(std::string_view data) {
   if (!upstream_) return;
   if (!upstream_->send(std::string(data)) && client_) client_->hold_body(true);
 }
 
-void Exchange::on_queued() {
+void Proxy::on_queued() {
   queued_ = true;
   timer_.start(config().queue_timeout);
 }
 
-void Exchange::reject(int status, std::string_view message) {
+void Proxy::reject(int status, std::string_view message) {
   queued_ = false;
   ++server_.stats().rejected;
   send_error(status, message, "Retry-After: 1\r\n");
 }
 
-void Exchange::dispatch(Worker &worker, UpstreamConn &conn) {
+void Proxy::dispatch(Worker &worker, UpstreamConn &conn) {
   queued_ = false;
   worker_ = &worker;
   served_by_ = worker.id();
@@ -219,7 +219,7 @@ void Exchange::dispatch(Worker &worker, UpstreamConn &conn) {
   }
 }
 
-void Exchange::send_continue() {
+void Proxy::send_continue() {
   if (continue_sent_ || !client_) return;
   const std::string *expect = request_.find("expect");
   if (!expect || !iequals(*expect, "100-continue")) return;
@@ -227,7 +227,7 @@ void Exchange::send_continue() {
   continue_sent_ = true;
 }
 
-std::string Exchange::upstream_head() const {
+std::string Proxy::upstream_head() const {
   const ClientConn *c = client_;
   bool trusted = c && c->peer_trusted();
   std::string out;
@@ -288,7 +288,7 @@ std::string Exchange::upstream_head() const {
   return out;
 }
 
-int Exchange::on_upstream_head(Head &head) {
+int Proxy::on_upstream_head(Head &head) {
   status_ = head.status;
   // An answer that parses is the app's, whatever its status (a 503 it sets, plumber's 405): the
   // worker works. Only what the parser refuses, or no answer, counts against it.
@@ -340,7 +340,7 @@ int Exchange::on_upstream_head(Head &head) {
   return head_request ? 1 : 0;
 }
 
-void Exchange::append_worker_headers(std::string &out, const Head &head,
+void Proxy::append_worker_headers(std::string &out, const Head &head,
                                      bool keep_content_length) const {
   bool has_request_id = false;
   for (const auto &h : head.headers) {
@@ -354,7 +354,7 @@ void Exchange::append_worker_headers(std::string &out, const Head &head,
   if (server_.names_apps()) append(out, "Valve-App: {}\r\n", app_->name);
 }
 
-int Exchange::switch_protocols(Head &head) {
+int Proxy::switch_protocols(Head &head) {
   // The request timeout ends here: a WebSocket lasts until either side closes it.
   timer_.stop();
   drop_hold();
@@ -372,7 +372,7 @@ int Exchange::switch_protocols(Head &head) {
   return 0;
 }
 
-void Exchange::on_upstream_switched(std::string_view early) {
+void Proxy::on_upstream_switched(std::string_view early) {
   if (!client_) {
     // The client left before the worker's 101: nobody to tunnel for.
     detach_upstream(false);
@@ -383,12 +383,12 @@ void Exchange::on_upstream_switched(std::string_view early) {
   if (!early.empty()) on_upstream_tunnel_data(early);
 }
 
-void Exchange::on_upstream_tunnel_data(std::string_view data) {
+void Proxy::on_upstream_tunnel_data(std::string_view data) {
   bytes_out_ += data.size();
   write_client(std::string(data));
 }
 
-void Exchange::on_upstream_body(std::string_view data) {
+void Proxy::on_upstream_body(std::string_view data) {
   if (data.empty() || framing_ == Framing::none) return;
   bytes_out_ += data.size();
   if (framing_ == Framing::chunked) {
@@ -398,18 +398,18 @@ void Exchange::on_upstream_body(std::string_view data) {
   }
 }
 
-void Exchange::on_upstream_unfinished() {
+void Proxy::on_upstream_unfinished() {
   if (holding_ && !hold_timer_.active()) hold_timer_.start(kHoldSeconds);
 }
 
-void Exchange::on_upstream_complete(bool reusable) {
+void Proxy::on_upstream_complete(bool reusable) {
   if (framing_ == Framing::chunked) write_client("0\r\n\r\n");
   end_response();
   detach_upstream(reusable && request_complete_ && reuse_upstream_);
   maybe_finish();
 }
 
-void Exchange::on_upstream_failed(std::string_view reason) {
+void Proxy::on_upstream_failed(std::string_view reason) {
   Worker *w = worker_;
   uint64_t worker_id = w ? w->id() : 0;
   if (tunnel_) {
@@ -453,11 +453,11 @@ void Exchange::on_upstream_failed(std::string_view reason) {
   send_error(502, fmt::format("the worker failed before answering: {}", reason));
 }
 
-void Exchange::on_upstream_drained() {
+void Proxy::on_upstream_drained() {
   if (client_ && (tunnel_ || !request_complete_)) client_->hold_body(false);
 }
 
-void Exchange::on_timeout() {
+void Proxy::on_timeout() {
   if (buffering_) {
     buffering_ = false;
     send_error(408, fmt::format("the request body did not arrive within {} s",
@@ -481,7 +481,7 @@ void Exchange::on_timeout() {
       504, fmt::format("the worker gave no answer within {} s", format_seconds(config().timeout)));
 }
 
-void Exchange::send_error(int status, std::string_view message, std::string_view extra_headers) {
+void Proxy::send_error(int status, std::string_view message, std::string_view extra_headers) {
   buffering_ = false;
   timer_.stop();
   drop_hold();
@@ -504,14 +504,14 @@ void Exchange::send_error(int status, std::string_view message, std::string_view
   maybe_finish();
 }
 
-void Exchange::abort_client() {
+void Proxy::abort_client() {
   // Part of an answer went out, or none can: the connection is the only way left to say so.
   if (client_) client_->close();
   client_ = nullptr;
   maybe_finish();
 }
 
-void Exchange::write_client(std::string_view data) {
+void Proxy::write_client(std::string_view data) {
   if (!client_) return;
   if (holding_) {
     held_ += data;
@@ -522,31 +522,31 @@ void Exchange::write_client(std::string_view data) {
   if (!client_->send(data) && upstream_) upstream_->pause_reading();
 }
 
-void Exchange::release_hold() {
+void Proxy::release_hold() {
   if (!holding_) return;
   holding_ = false;
   hold_timer_.stop();
   write_client(std::exchange(held_, {}));
 }
 
-void Exchange::drop_hold() {
+void Proxy::drop_hold() {
   holding_ = false;
   hold_timer_.stop();
   held_.clear();
 }
 
-void Exchange::end_response() {
+void Proxy::end_response() {
   release_hold();
   timer_.stop();
   if (response_done_) return;
   response_done_ = true;
   if (ClientConn *c = client_) {
     client_ = nullptr;
-    c->exchange_done(client_keep_alive_ && whole_request());
+    c->response_done(client_keep_alive_ && whole_request());
   }
 }
 
-void Exchange::detach_upstream(bool reusable) {
+void Proxy::detach_upstream(bool reusable) {
   UpstreamConn *conn = upstream_;
   Worker *w = worker_;
   if (conn) {
@@ -567,17 +567,17 @@ void Exchange::detach_upstream(bool reusable) {
   }
 }
 
-void Exchange::maybe_finish() {
+void Proxy::maybe_finish() {
   if (finished_ || queued_ || upstream_) return;
   if (client_ && !response_done_) return;
   finished_ = true;
   timer_.stop();
   record();
-  if (app_) server_.on_exchange_done(*app_);
-  server_.close_exchange(*this);
+  if (app_) server_.on_proxy_done(*app_);
+  server_.close_proxy(*this);
 }
 
-void Exchange::record() {
+void Proxy::record() {
   uint64_t now = uv_hrtime();
   // Nothing was answered: the client left first (499, as nginx logs it).
   int status = status_ != 0 ? status_ : 499;

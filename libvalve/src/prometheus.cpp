@@ -1,4 +1,4 @@
-#include "metrics.hpp"
+#include "prometheus.hpp"
 
 #include <fmt/format.h>
 

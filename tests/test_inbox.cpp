@@ -1,5 +1,5 @@
-// loop.hpp: the Inbox through which other threads hand work to the loop thread.
-#include "loop.hpp"
+// inbox.hpp: the Inbox through which other threads hand work to the loop thread.
+#include "inbox.hpp"
 
 #include <doctest/doctest.h>
 

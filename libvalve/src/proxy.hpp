@@ -1,4 +1,4 @@
-// One request and its response: the object that joins a client connection to a worker.
+// The proxy: one request and its response, joining a client connection to a worker.
 #pragma once
 
 #include <cstdint>
@@ -17,12 +17,12 @@ class Worker;
 struct App;
 struct Config;
 
-class Exchange {
+class Proxy {
  public:
-  Exchange(Server &server, ClientConn &client, Head request);
-  ~Exchange();
-  Exchange(const Exchange &) = delete;
-  Exchange &operator=(const Exchange &) = delete;
+  Proxy(Server &server, ClientConn &client, Head request);
+  ~Proxy();
+  Proxy(const Proxy &) = delete;
+  Proxy &operator=(const Proxy &) = delete;
 
   // ---- from the client connection
   void start();
@@ -77,7 +77,7 @@ class Exchange {
   void append_worker_headers(std::string &out, const Head &head, bool keep_content_length) const;
   int switch_protocols(Head &head);  // the worker's 101: tell the client, then tunnel
   void send_error(int status, std::string_view message, std::string_view extra_headers = {});
-  void abort_client();  // closes the client's connection (if any) and ends the exchange
+  void abort_client();  // closes the client's connection (if any) and ends the proxy
   void write_client(std::string_view data);
   void release_hold();  // sends what was held back
   void drop_hold();     // forgets it
@@ -85,7 +85,7 @@ class Exchange {
   void detach_upstream(bool reusable);
   void on_timeout();
   void maybe_finish();
-  void record();  // metrics and the access log, once the exchange is over
+  void record();  // metrics and the access log, once the request is over
   std::string upstream_head() const;
 
   const Config &config() const;  // the app's, once routed; the server's before

@@ -1,4 +1,4 @@
-#include "layout.hpp"
+#include "config_file.hpp"
 
 #include <fmt/format.h>
 

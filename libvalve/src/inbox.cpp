@@ -1,4 +1,4 @@
-#include "loop.hpp"
+#include "inbox.hpp"
 
 #include "util.hpp"
 

@@ -1,4 +1,4 @@
-#include "template.hpp"
+#include "preloader.hpp"
 
 #include <fcntl.h>
 #include <signal.h>
@@ -37,7 +37,7 @@ constexpr unsigned kMaxDeaths =
     3;  // deaths in a row, without a fork between, before plain launches
 
 // Run by the template: load the API once, then fork workers on valve's request (the helper's
-// .C() returns in each forked child). See template.hpp.
+// .C() returns in each forked child). See preloader.hpp.
 constexpr const char *kTemplateScript =
     R"R(# Written by valve. The preload template: loads one plumber API, then forks workers.
 local({

@@ -1,5 +1,5 @@
-// metrics.hpp: Histogram (buckets, sum, quantile) and the Prometheus text builder.
-#include "metrics.hpp"
+// prometheus.hpp: Histogram (buckets, sum, quantile) and the Prometheus text builder.
+#include "prometheus.hpp"
 
 #include <doctest/doctest.h>
 #include <unistd.h>
