@@ -15,7 +15,8 @@
 #include "config.hpp"
 #include "http.hpp"
 #include "pool.hpp"
-#include "server.hpp"
+#include "app.hpp"
+#include "context.hpp"
 #include "stats.hpp"
 #include "util.hpp"
 #include "valve/valve.h"
@@ -72,19 +73,18 @@ class AdminServer::Conn final : public HttpParser::Handler {
  public:
   Conn(AdminServer &admin, bool unix_socket)
       : admin_(admin),
-        server_(admin.server_),
+        host_(admin.host_),
         parser_(HTTP_REQUEST, *this, kMaxHead),
-        timer_(server_.loop(), [this] { close(); }) {
+        timer_(admin.ctx_.loop(), [this] { close(); }) {
     if (unix_socket) {
       pipe_ = new_handle<uv_pipe_t>(this);
-      uv_pipe_init(server_.loop(), pipe_, 0);
+      uv_pipe_init(admin.ctx_.loop(), pipe_, 0);
     } else {
       tcp_ = new_handle<uv_tcp_t>(this);
-      uv_tcp_init(server_.loop(), tcp_);
+      uv_tcp_init(admin.ctx_.loop(), tcp_);
     }
   }
   ~Conn() override {
-    *alive_ = false;
     close_handle(tcp_);
     close_handle(pipe_);
   }
@@ -156,7 +156,8 @@ class AdminServer::Conn final : public HttpParser::Handler {
     timer_.stop();
     close_handle(tcp_);
     close_handle(pipe_);
-    server_.defer_erase(admin_.conns_, this);
+    // One waiting for a reload lives until the reload answers (a reload is never abandoned).
+    if (!reload_pending_) admin_.ctx_.defer_erase(admin_.conns_, this);
   }
 
  private:
@@ -182,15 +183,15 @@ class AdminServer::Conn final : public HttpParser::Handler {
     if (path == "/") {
       if (only(get, "GET")) respond(200, "text/html; charset=utf-8", admin_page_html());
     } else if (path == "/status") {
-      if (only(get, "GET")) json(200, server_.status_json_now() + "\n");
+      if (only(get, "GET")) json(200, host_.status_json_now() + "\n");
     } else if (path == "/metrics") {
-      if (only(get, "GET")) respond(200, "text/plain; version=0.0.4", metrics_text(server_));
+      if (only(get, "GET")) respond(200, "text/plain; version=0.0.4", host_.metrics_text());
     } else if (path == "/healthz") {
       if (only(get, "GET")) json(200, "{\"status\":\"ok\"}\n");
     } else if (path == "/readyz") {
       if (!only(get, "GET")) return;
       std::string why;
-      if (server_.ready(&why)) {
+      if (host_.ready(&why)) {
         json(200, "{\"ready\":true}\n");
       } else {
         json(503, fmt::format("{{\"ready\":false,\"error\":\"{}\",\"status\":503}}\n",
@@ -212,9 +213,11 @@ class AdminServer::Conn final : public HttpParser::Handler {
   }
 
   void reload() {
-    if (server_.stopping()) return error(503, "the server is shutting down");
-    server_.reload_all([this, alive = alive_](const ReloadResult &r) {
-      if (!*alive) return;
+    if (admin_.ctx_.stopping()) return error(503, "the server is shutting down");
+    reload_pending_ = true;
+    host_.reload([this](const ReloadResult &r) {
+      reload_pending_ = false;
+      if (closed_) return admin_.ctx_.defer_erase(admin_.conns_, this);
       if (!r.ok) return error(r.error == "the server is shutting down" ? 503 : 502, r.error);
       json(200,
            fmt::format(R"({{"result":"reloaded","generation":{},"workers":{},"duration_ms":{}}})"
@@ -240,15 +243,15 @@ class AdminServer::Conn final : public HttpParser::Handler {
     }
     if (!n_min && !n_max)
       return error(400, "give n-min, n-max or both, like /scale?n-min=2&n-max=8");
-    if (auto err = server_.scale(n_min, n_max, app)) return error(400, *err);
+    if (auto err = host_.scale(n_min, n_max, app)) return error(400, *err);
     std::string why;
-    const App *scaled = server_.find_app(app, &why);
+    const App *scaled = host_.find_app(app, &why);
     json(200, fmt::format("{{\"app\":\"{}\",\"n_min\":{},\"n_max\":{}}}\n",
                           json_escape(scaled->name), scaled->config.n_min, scaled->config.n_max));
   }
 
   AdminServer &admin_;
-  Server &server_;
+  Host &host_;
   uv_tcp_t *tcp_ = nullptr;
   uv_pipe_t *pipe_ = nullptr;
   HttpParser parser_;
@@ -258,10 +261,10 @@ class AdminServer::Conn final : public HttpParser::Handler {
   bool answered_ = false;
   bool complete_ = false;
   bool closed_ = false;
-  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+  bool reload_pending_ = false;
 };
 
-AdminServer::AdminServer(Server &server) : server_(server) {}
+AdminServer::AdminServer(Context &ctx, Host &host) : ctx_(ctx), host_(host) {}
 
 AdminServer::~AdminServer() { close(); }
 
@@ -279,7 +282,7 @@ int AdminServer::listen(const std::string &spec, std::string *why) {
     struct stat st {};
     if (lstat(unix_path_.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) unlink(unix_path_.c_str());
     pipe_ = new_handle<uv_pipe_t>(this);
-    uv_pipe_init(server_.loop(), pipe_, 0);
+    uv_pipe_init(ctx_.loop(), pipe_, 0);
     mode_t old = umask(0177);
     rc = uv_pipe_bind(pipe_, unix_path_.c_str());
     umask(old);
@@ -294,7 +297,7 @@ int AdminServer::listen(const std::string &spec, std::string *why) {
       uv_ip4_addr(addr->host.c_str(), addr->port, reinterpret_cast<sockaddr_in *>(&sa));
     }
     tcp_ = new_handle<uv_tcp_t>(this);
-    uv_tcp_init(server_.loop(), tcp_);
+    uv_tcp_init(ctx_.loop(), tcp_);
     rc = uv_tcp_bind(tcp_, reinterpret_cast<const sockaddr *>(&sa), 0);
     if (rc == 0) rc = uv_listen(reinterpret_cast<uv_stream_t *>(tcp_), 64, on_conn);
     if (rc == 0) {
@@ -333,100 +336,6 @@ void AdminServer::close() {
   std::vector<Conn *> all;
   for (auto &c : conns_) all.push_back(c.get());
   for (Conn *c : all) c->close();
-}
-
-std::string metrics_text(Server &server) {
-  const Stats &s = server.stats();
-  MetricsText m;
-  m.gauge("valve_build_info", "valve's version", 1, {{"version", VALVE_VERSION_STRING}});
-  m.gauge("valve_start_time_seconds", "when valve started, in seconds since the Unix epoch",
-          s.started_unix_ms / 1000.0);
-  static const char *const kClasses[] = {"1xx", "1xx", "2xx", "3xx", "4xx", "5xx"};
-  // Every app named since the start, so no counter goes backwards.
-  std::map<std::string, Stats::AppTotals> by_app = s.by_app;
-  for (const auto &app : server.apps()) by_app[app->name];
-  for (const auto &[app, totals] : by_app) {
-    for (int c = 1; c <= 5; ++c)
-      m.counter("valve_requests_total", "answered requests by app and status class",
-                static_cast<double>(totals.answers[c]), {{"app", app}, {"code", kClasses[c]}});
-  }
-  for (const auto &[app, totals] : by_app)
-    m.counter("valve_worker_busy_seconds_total",
-              "seconds workers spent serving requests (dispatch to the end of the answer; "
-              "WebSockets aside), by app: over the worker count, how busy the workers are",
-              totals.busy_seconds, {{"app", app}});
-  m.histogram("valve_request_duration_seconds",
-              "seconds from a request's arrival to the end of its answer", s.latency);
-  m.histogram("valve_queue_wait_seconds", "seconds a request waited for a worker", s.queue_wait);
-  m.gauge("valve_requests_in_progress", "requests being served or waiting",
-          static_cast<double>(server.requests_in_progress()));
-  m.gauge("valve_client_connections", "open client connections",
-          static_cast<double>(server.client_connections()));
-  // Each app's pool. While a reload replaces an app, its old and new pools add up under its name.
-  struct PoolGauges {
-    double queue = 0, memory = 0, generation = 0, n_min = 0, n_max = 0;
-    std::map<std::string, double> states;
-  };
-  std::map<std::string, PoolGauges> pools;
-  for (const auto &app : server.apps()) {
-    const Pool &pool = *app->pool;
-    PoolGauges &g = pools[app->name];
-    g.queue += static_cast<double>(pool.queue_depth());
-    g.memory += static_cast<double>(pool.resident_bytes());
-    for (const auto &[state, n] : pool.count_states()) g.states[state] += static_cast<double>(n);
-    if (!app->retiring && !app->pending) {
-      g.generation = static_cast<double>(pool.generation());
-      g.n_min = static_cast<double>(app->config.n_min);
-      g.n_max = static_cast<double>(app->config.n_max);
-    }
-  }
-  for (const auto &[a, g] : pools) {
-    m.gauge("valve_queue_depth", "requests waiting for a worker", g.queue, {{"app", a}});
-    for (const auto &[state, n] : g.states)
-      m.gauge("valve_workers", "workers by state", n, {{"app", a}, {"state", state}});
-    m.gauge("valve_workers_resident_memory_bytes", "resident memory of all workers", g.memory,
-            {{"app", a}});
-    m.gauge("valve_generation", "the worker generation that takes new requests", g.generation,
-            {{"app", a}});
-    m.gauge("valve_pool_min_workers", "n-min", g.n_min, {{"app", a}});
-    m.gauge("valve_pool_max_workers", "n-max", g.n_max, {{"app", a}});
-  }
-  m.counter("valve_worker_launches_total", "workers launched", static_cast<double>(s.launches));
-  m.counter("valve_worker_exits_total", "workers that exited", static_cast<double>(s.exits));
-  m.counter("valve_worker_crashes_total", "workers that exited without being asked to",
-            static_cast<double>(s.crashes));
-  m.counter("valve_template_launches_total", "preload templates launched (--preload)",
-            static_cast<double>(s.template_launches));
-  m.counter("valve_worker_forks_total", "workers forked from a preload template",
-            static_cast<double>(s.forks));
-  m.counter("valve_fork_fallbacks_total",
-            "workers launched plainly because no preload template could fork them",
-            static_cast<double>(s.fork_fallbacks));
-  m.counter("valve_request_timeouts_total", "requests a worker did not answer within --timeout",
-            static_cast<double>(s.timeouts));
-  m.counter("valve_rejections_total",
-            "requests refused with 503 (queue full, queue timeout, shutting down)",
-            static_cast<double>(s.rejected));
-  m.counter("valve_retries_total", "requests sent again after their worker failed",
-            static_cast<double>(s.retries));
-  m.counter("valve_websockets_total", "WebSockets opened (the worker answered 101)",
-            static_cast<double>(s.websockets));
-  m.gauge("valve_websockets_open", "WebSockets open now (each also a request in progress)",
-          static_cast<double>(s.websockets_open));
-  m.counter("valve_health_check_failures_total", "failed active health checks",
-            static_cast<double>(s.health_check_failures));
-  // Every label value is written, 0 until it happens, so the series exist from the start.
-  auto count_of = [](const std::map<std::string, uint64_t> &counts, const char *key) {
-    auto it = counts.find(key);
-    return it == counts.end() ? 0.0 : static_cast<double>(it->second);
-  };
-  for (const char *reason : {"max-requests", "max-rss", "reload", "unhealthy"})
-    m.counter("valve_worker_recycles_total", "workers replaced gracefully, by reason",
-              count_of(s.recycles, reason), {{"reason", reason}});
-  for (const char *result : {"ok", "failed"})
-    m.counter("valve_reloads_total", "reloads by result", count_of(s.reloads, result),
-              {{"result", result}});
-  return m.str();
 }
 
 }  // namespace valve

@@ -6,15 +6,41 @@
 
 #include <list>
 #include <memory>
+#include <optional>
 #include <string>
+#include <string_view>
+
+#include "reload.hpp"
 
 namespace valve {
 
-class Server;
+class Context;
+struct App;
 
 class AdminServer {
  public:
-  explicit AdminServer(Server &server);
+  // What the admin interface asks of the server (on the loop thread).
+  class Host {
+   public:
+    virtual std::string status_json_now() = 0;
+    virtual std::string metrics_text() = 0;
+    // Whether /readyz passes; else why not.
+    virtual bool ready(std::string *why) = 0;
+    // Reloads every app; done runs when it is over.
+    virtual void reload(ReloadDone done) = 0;
+    // Sets n-min and/or n-max of an app (the only one when app is empty) from their text: a
+    // message naming the option, or nullopt.
+    virtual std::optional<std::string> scale(const std::optional<std::string> &n_min,
+                                             const std::optional<std::string> &n_max,
+                                             const std::string &app) = 0;
+    // The app an app-specific command means: the named one, or the only one.
+    virtual App *find_app(std::string_view name, std::string *why) = 0;
+
+   protected:
+    ~Host() = default;
+  };
+
+  AdminServer(Context &ctx, Host &host);
   ~AdminServer();
   AdminServer(const AdminServer &) = delete;
   AdminServer &operator=(const AdminServer &) = delete;
@@ -31,7 +57,8 @@ class AdminServer {
  private:
   void on_connection(uv_stream_t *listener);
 
-  Server &server_;
+  Context &ctx_;
+  Host &host_;
   uv_tcp_t *tcp_ = nullptr;
   uv_pipe_t *pipe_ = nullptr;
   std::string address_;
@@ -39,8 +66,5 @@ class AdminServer {
   std::list<std::unique_ptr<Conn>> conns_;
   friend class Conn;
 };
-
-// The Prometheus text for the server's metrics (loop thread).
-std::string metrics_text(Server &server);
 
 }  // namespace valve

@@ -5,7 +5,7 @@
 #include <cctype>
 
 #include "proxy.hpp"
-#include "server.hpp"
+#include "context.hpp"
 
 namespace valve {
 
@@ -38,21 +38,22 @@ std::string_view unknown_method(std::string_view data) {
 }
 }  // namespace
 
-ClientConn::ClientConn(Server &server)
-    : server_(server),
+ClientConn::ClientConn(Context &ctx, Host &host)
+    : ctx_(ctx),
+      host_(host),
       tcp_(new_handle<uv_tcp_t>(this)),
-      parser_(HTTP_REQUEST, *this, server.config().max_header_size),
-      timer_(server.loop(), [this] {
+      parser_(HTTP_REQUEST, *this, ctx.config().max_header_size),
+      timer_(ctx.loop(), [this] {
         if (closing_) {
           close();
         } else if (current_ == nullptr && parser_.in_message()) {
           fail(408, fmt::format("the request head did not arrive within {} s",
-                                format_seconds(server_.config().header_timeout)));
+                                format_seconds(ctx_.config().header_timeout)));
         } else if (current_ == nullptr) {
           close();  // idle keep-alive connection
         }
       }) {
-  uv_tcp_init(server.loop(), tcp_);
+  uv_tcp_init(ctx.loop(), tcp_);
 }
 
 ClientConn::~ClientConn() { close_handle(tcp_); }
@@ -74,7 +75,7 @@ int ClientConn::accept(uv_stream_t *listener) {
   peer_ip_ = ip;
   std::string_view v = peer_ip_;
   peer_trusted_ = v.starts_with("127.") || v == "::1" || v.starts_with("::ffff:127.");
-  timer_.start(server_.config().header_timeout);
+  timer_.start(ctx_.config().header_timeout);
   set_block(kBody, false);
   return 0;
 }
@@ -191,11 +192,11 @@ void ClientConn::parse_error(llhttp_errno_t err, std::string_view start) {
   if (parser_.limit_hit() == HttpParser::Limit::start_line) {
     status = 414;
     message = fmt::format("the request line is longer than the limit of {} bytes",
-                          server_.config().max_header_size);
+                          ctx_.config().max_header_size);
   } else if (parser_.limit_hit() == HttpParser::Limit::headers) {
     status = 431;
     message = fmt::format("the request headers are larger than the limit of {} bytes",
-                          server_.config().max_header_size);
+                          ctx_.config().max_header_size);
   } else if (err == HPE_INVALID_VERSION &&
              std::string_view(parser_.error_reason()) == "Invalid HTTP version") {
     // A well-formed version valve does not serve (HTTP/1.2); a malformed one is a 400.
@@ -253,7 +254,7 @@ int ClientConn::on_head(Head &head) {
          "(valve is not a forward proxy)");
     return -1;
   }
-  Proxy &ex = server_.open_proxy(*this, std::move(head));
+  Proxy &ex = host_.open_proxy(*this, std::move(head));
   current_ = &ex;
   ex.start();
   return closing_ ? -1 : 0;
@@ -345,7 +346,7 @@ void ClientConn::response_done(bool keep_alive) {
     if (!reading_ && !eof_) start_reading();  // read and drop until the client closes
     return;
   }
-  server_.defer([this] {
+  ctx_.defer([this] {
     if (closing_ || current_) return;
     paused_ = false;
     parser_.resume();
@@ -353,12 +354,12 @@ void ClientConn::response_done(bool keep_alive) {
     // completed the request: that hold belonged to the finished exchange.
     blocks_ &= ~static_cast<unsigned>(kBody);
     set_block(kPipeline, false);
-    timer_.start(server_.config().keepalive_timeout);
+    timer_.start(ctx_.config().keepalive_timeout);
     std::string data = std::move(pipelined_);
     pipelined_.clear();
     if (!data.empty()) {
       // Bytes of a next request are here: the head timeout applies from now.
-      timer_.start(server_.config().header_timeout);
+      timer_.start(ctx_.config().header_timeout);
       feed(data.data(), data.size());
     }
     // After the client's end only whole requests are answered: one cut short ends the connection,
@@ -376,7 +377,7 @@ void ClientConn::response_done(bool keep_alive) {
 void ClientConn::fail(int status, std::string_view message) {
   if (closing_) return;
   send(error_response(status, message, random_hex(16), false));
-  server_.log().debug("client {}: {} {}", peer_ip_, status, message);
+  ctx_.log().debug("client {}: {} {}", peer_ip_, status, message);
   response_done(false);
 }
 
@@ -395,7 +396,7 @@ void ClientConn::close() {
     ex->on_client_gone();
   }
   close_handle(tcp_);
-  server_.close_client(*this);
+  host_.on_client_closed(*this);
 }
 
 }  // namespace valve

@@ -11,12 +11,22 @@
 
 namespace valve {
 
-class Server;
+class Context;
 class Proxy;
 
 class ClientConn final : public HttpParser::Handler {
  public:
-  explicit ClientConn(Server &server);
+  // Who keeps the connections: it starts a proxy for each request and hears of the end.
+  class Host {
+   public:
+    virtual Proxy &open_proxy(ClientConn &client, Head head) = 0;
+    virtual void on_client_closed(ClientConn &client) = 0;
+
+   protected:
+    ~Host() = default;
+  };
+
+  ClientConn(Context &ctx, Host &host);
   ~ClientConn() override;
   ClientConn(const ClientConn &) = delete;
   ClientConn &operator=(const ClientConn &) = delete;
@@ -62,7 +72,8 @@ class ClientConn final : public HttpParser::Handler {
   void on_written();
   void arm_idle_timer();
 
-  Server &server_;
+  Context &ctx_;
+  Host &host_;
   uv_tcp_t *tcp_;
   HttpParser parser_;
   Timer timer_;

@@ -12,7 +12,7 @@
 
 #include "proxy.hpp"
 #include "process.hpp"
-#include "server.hpp"
+#include "context.hpp"
 #include "spawn_policy.hpp"
 #include "stats.hpp"
 #include "preloader.hpp"
@@ -28,22 +28,22 @@ constexpr uint64_t kStableMs = 10000;     // a worker up this long after ready e
 constexpr double kMonitorSeconds = 1;     // how often resident memory is read
 }  // namespace
 
-Pool::Pool(Server &server, const Config &config, std::string name, uint64_t serial)
-    : server_(server),
+Pool::Pool(Context &ctx, Observer &observer, const Config &config, std::string name,
+           uint64_t serial)
+    : ctx_(ctx),
+      observer_(observer),
       config_(config),
       name_(std::move(name)),
       serial_(serial),
-      launch_timer_(server.loop(), [this] { rebalance(); }),
-      maintenance_timer_(server.loop(), [this] { retire_idle(); }),
-      monitor_timer_(server.loop(), [this] { monitor(); }) {
+      launch_timer_(ctx.loop(), [this] { rebalance(); }),
+      maintenance_timer_(ctx.loop(), [this] { retire_idle(); }),
+      monitor_timer_(ctx.loop(), [this] { monitor(); }) {
   if (config.preload) preloader_ = std::make_unique<Preloader>(*this);
 }
 
 Pool::~Pool() = default;
 
-const Logger &Pool::log() const { return server_.log(); }
-
-std::string Pool::script_path() const { return server_.runtime_dir() + "/worker.R"; }
+const Logger &Pool::log() const { return ctx_.log(); }
 
 std::optional<std::string> Pool::check_environment() {
   std::string error;
@@ -112,7 +112,7 @@ bool Pool::on_reaped(int pid, int wait_status) {
 }
 
 void Pool::on_template_exit() {
-  if (terminating_ && all_exited()) server_.on_pool_terminated(*this);
+  if (terminating_ && all_exited()) observer_.on_pool_terminated(*this);
 }
 
 std::string Pool::preload_json() const { return preloader_ ? preloader_->json() : "null"; }
@@ -205,7 +205,7 @@ void Pool::on_worker_ready(Worker &w) {
   if (!ever_ready_) failures_ = 0;  // start-up succeeded; later crash loops count from here
   if (!ever_ready_) {
     ever_ready_ = true;
-    server_.on_pool_ready(*this);
+    observer_.on_pool_ready(*this);
   }
   rebalance();
 }
@@ -229,22 +229,22 @@ void Pool::on_worker_free(Worker &w) {
 
 void Pool::on_worker_exit(Worker &w, int wait_status, bool never_ready) {
   bool expected = w.stop_requested();  // stopped, killed, or lost its port race
-  Stats &stats = server_.stats();
+  Stats &stats = ctx_.stats();
   ++stats.exits;
   if (!expected && !terminating_) ++stats.crashes;
   bool failed_start = never_ready && !w.lost_race() && !w.stop_chosen() && !terminating_;
-  if (failed_start && reload_.phase == Reload::Phase::in_progress &&
-      w.generation() == reload_.generation) {
+  if (failed_start && reload_.in_progress() &&
+      w.generation() == reload_generation_) {
     abort_reload(fmt::format("new {} {} before it was ready. Its last output:{}", w.label(),
                              describe_exit(wait_status), w.tail()));
   } else if (failed_start) {
     ++failures_;
     if (!ever_ready_ && WIFEXITED(wait_status) && WEXITSTATUS(wait_status) == kExitPlumberMissing) {
-      server_.on_pool_failed(*this, VALVE_ECONFIG,
+      observer_.on_pool_failed(*this, VALVE_ECONFIG,
                              fmt::format("rscript {}: the R package {} is not installed{}",
                                          config_.rscript, config_.type, w.tail()));
     } else if (!ever_ready_ && failures_ >= kStartupAttempts) {
-      server_.on_pool_failed(
+      observer_.on_pool_failed(
           *this, VALVE_ESTARTUP,
           fmt::format("no worker became ready: {} launches failed; the last {} {}. Its last "
                       "output:{}",
@@ -271,9 +271,9 @@ void Pool::on_worker_exit(Worker &w, int wait_status, bool never_ready) {
       log().warn("{} crashed; replacing it if needed", w.label());
     }
   }
-  server_.defer_erase(workers_, &w);  // forget the worker once this callback is over
+  ctx_.defer_erase(workers_, &w);  // forget the worker once this callback is over
   if (terminating_) {
-    if (all_exited()) server_.on_pool_terminated(*this);
+    if (all_exited()) observer_.on_pool_terminated(*this);
     return;
   }
   rebalance();
@@ -298,10 +298,10 @@ void Pool::rebalance() {
     }
     for (Worker *w : going) {
       std::string kind = w->unhealthy() ? "unhealthy" : w->retire_reason();
-      server_.stats().recycles[kind]++;
+      ctx_.stats().recycles[kind]++;
       w->drain(fmt::format("replaced ({})", kind));
     }
-    if (reload_.phase == Reload::Phase::in_progress) finish_reload(true, {});
+    if (reload_.in_progress()) finish_reload(true, {});
   }
   drain_queue();
 }
@@ -311,27 +311,17 @@ void Pool::reload(ReloadDone done) {
     if (done) done(ReloadResult{false, generation_, 0, 0, "the server is shutting down"});
     return;
   }
-  if (reload_.phase == Reload::Phase::in_progress) {
-    log().info("a reload to generation {} is in progress: the new one runs after it",
-               reload_.generation);
-    reload_.again = true;
-    if (done) reload_.again_waiters.push_back(std::move(done));
-    return;
-  }
-  std::vector<ReloadDone> waiters;
-  if (done) waiters.push_back(std::move(done));
-  begin_reload(std::move(waiters));
+  if (reload_.ask(std::move(done))) return begin_reload();
+  log().info("a reload to generation {} is in progress: the new one runs after it",
+             reload_generation_);
 }
 
-void Pool::begin_reload(std::vector<ReloadDone> waiters) {
-  reload_.phase = Reload::Phase::in_progress;
-  reload_.previous = generation_;
-  reload_.generation = ++generation_;
-  reload_.started_ms = monotonic_ms();
-  reload_.error.clear();
-  reload_.waiters = std::move(waiters);
+void Pool::begin_reload() {
+  reload_.begin();
+  previous_generation_ = generation_;
+  reload_generation_ = ++generation_;
   // The env-file is read again: a reload is how workers get new settings or secrets.
-  reload_.previous_env = worker_env_;
+  previous_env_ = worker_env_;
   if (auto err = load_worker_environment()) {
     abort_reload(std::move(*err));
     return;
@@ -341,7 +331,7 @@ void Pool::begin_reload(std::vector<ReloadDone> waiters) {
   next_launch_ms_ = 0;
   launch_timer_.stop();
   log().info("reload: starting generation {}", generation_);
-  server_.on_reload_started();
+  observer_.on_reload_started();
   std::vector<Worker *> old;
   for (auto &w : workers_) {
     if (w->generation() < generation_) old.push_back(w.get());
@@ -358,8 +348,8 @@ void Pool::begin_reload(std::vector<ReloadDone> waiters) {
 }
 
 void Pool::abort_reload(std::string why) {
-  uint64_t failed = reload_.generation;
-  generation_ = reload_.previous;
+  uint64_t failed = reload_generation_;
+  generation_ = previous_generation_;
   std::vector<Worker *> fresh;
   for (auto &w : workers_) {
     if (w->generation() == failed) {
@@ -369,7 +359,7 @@ void Pool::abort_reload(std::string why) {
     }
   }
   for (Worker *w : fresh) w->stop("its reload failed");
-  worker_env_ = std::move(reload_.previous_env);
+  worker_env_ = std::move(previous_env_);
   failures_ = 0;
   next_launch_ms_ = 0;
   finish_reload(
@@ -381,51 +371,29 @@ void Pool::finish_reload(bool ok, std::string error) {
   ReloadResult result;
   result.ok = ok;
   result.generation = generation_;
-  result.duration_ms = monotonic_ms() - reload_.started_ms;
+  result.duration_ms = reload_.elapsed_ms();
   result.error = std::move(error);
   for (auto &w : workers_) result.workers += is_current(*w) && w->accepting();
-  reload_.phase = ok ? Reload::Phase::done : Reload::Phase::failed;
-  reload_.error = result.error;
   // With a config file the server counts each reload once, whatever its apps did.
-  if (!server_.names_apps()) server_.stats().reloads[ok ? "ok" : "failed"]++;
+  if (!ctx_.names_apps()) ctx_.stats().reloads[ok ? "ok" : "failed"]++;
   if (ok) {
     log().info("reload: generation {} serves with {} workers, {} ms after the reload began",
                generation_, result.workers, result.duration_ms);
   } else {
     log().error("{}", result.error);
   }
-  if (server_.wants_events())
-    server_.emit(fmt::format(R"({{"event":"reload","ok":{},"generation":{},"error":"{}"}})",
+  if (ctx_.wants_events())
+    ctx_.emit(fmt::format(R"({{"event":"reload","ok":{},"generation":{},"error":"{}"}})",
                              ok ? "true" : "false", generation_, json_escape(result.error)));
   // Only the serving generation's template stays (a failed reload's ends too).
   if (preloader_) preloader_->keep_only(generation_);
-  server_.on_reload_finished(ok);
-  auto waiters = std::move(reload_.waiters);
-  reload_.waiters.clear();
-  for (auto &done : waiters) done(result);
-  if (reload_.again && !terminating_) {
-    reload_.again = false;
-    begin_reload(std::exchange(reload_.again_waiters, {}));
-  }
+  observer_.on_reload_finished(ok);
+  if (reload_.finish(result) && !terminating_) begin_reload();
 }
 
 std::string Pool::reload_json() const {
-  const char *phase = "none";
-  switch (reload_.phase) {
-    case Reload::Phase::none:
-      break;
-    case Reload::Phase::in_progress:
-      phase = "in_progress";
-      break;
-    case Reload::Phase::done:
-      phase = "done";
-      break;
-    case Reload::Phase::failed:
-      phase = "failed";
-      break;
-  }
-  return fmt::format(R"({{"state":"{}","generation":{},"error":"{}"}})", phase, reload_.generation,
-                     json_escape(reload_.error));
+  return fmt::format(R"({{"state":"{}","generation":{},"error":"{}"}})", reload_.phase_name(),
+                     reload_generation_, json_escape(reload_.error()));
 }
 
 void Pool::on_scaled() {
@@ -538,11 +506,11 @@ double Pool::back_off() {
 }
 
 void Pool::launch_one() {
-  auto w = std::make_unique<Worker>(*this, server_.next_worker_id(), generation_);
+  auto w = std::make_unique<Worker>(*this, ctx_.next_worker_id(), generation_);
   int rc = w->launch();
   if (rc != 0) {
     log().error("cannot launch a worker: {}", uv_message(rc));
-    if (reload_.phase == Reload::Phase::in_progress) {
+    if (reload_.in_progress()) {
       abort_reload(fmt::format("cannot launch a worker: {}", uv_message(rc)));
       return;
     }
@@ -550,7 +518,7 @@ void Pool::launch_one() {
     launch_timer_.start(back_off());
     return;
   }
-  ++server_.stats().launches;
+  ++ctx_.stats().launches;
   workers_.push_back(std::move(w));
 }
 
@@ -581,10 +549,8 @@ void Pool::terminate() {
   launch_timer_.stop();
   maintenance_timer_.stop();
   monitor_timer_.stop();
-  reload_.again = false;
-  for (auto &done : std::exchange(reload_.again_waiters, {}))
-    done(ReloadResult{false, generation_, 0, 0, "the server is shutting down"});
-  if (reload_.phase == Reload::Phase::in_progress)
+  reload_.drop_next(ReloadResult{false, generation_, 0, 0, "the server is shutting down"});
+  if (reload_.in_progress())
     finish_reload(false, "the server is shutting down");
   std::deque<Proxy *> waiting;
   waiting.swap(queue_);
@@ -593,7 +559,7 @@ void Pool::terminate() {
   for (auto &w : workers_) all.push_back(w.get());
   for (Worker *w : all) w->stop("shutting down");
   if (preloader_) preloader_->terminate();
-  if (all_exited()) server_.defer([this] { server_.on_pool_terminated(*this); });
+  if (all_exited()) ctx_.defer([this] { observer_.on_pool_terminated(*this); });
 }
 
 bool Pool::all_exited() const {

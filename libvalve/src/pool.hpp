@@ -14,31 +14,38 @@
 #include <vector>
 
 #include "config.hpp"
+#include "reload.hpp"
 #include "sandbox.hpp"
 #include "util.hpp"
 
 namespace valve {
 
-class Server;
+class Context;
 class Worker;
 class Proxy;
 class Logger;
 class Preloader;
 
-// How a reload ended.
-struct ReloadResult {
-  bool ok = false;
-  uint64_t generation = 0;  // the generation that serves now
-  size_t workers = 0;       // its ready workers
-  uint64_t duration_ms = 0;
-  std::string error;
-};
-using ReloadDone = std::function<void(const ReloadResult &)>;
 
 class Pool {
  public:
+  // What a pool tells the one that owns it.
+  class Observer {
+   public:
+    // Its first worker is ready; its start-up cannot succeed; it ended all its workers.
+    virtual void on_pool_ready(Pool &pool) = 0;
+    virtual void on_pool_failed(Pool &pool, int code, std::string message) = 0;
+    virtual void on_pool_terminated(Pool &pool) = 0;
+    // Its reload began or ended.
+    virtual void on_reload_started() = 0;
+    virtual void on_reload_finished(bool ok) = 0;
+
+   protected:
+    ~Observer() = default;
+  };
+
   // name: the app's; serial: unique in the server, for the pool's files in the runtime directory.
-  Pool(Server &server, const Config &config, std::string name, uint64_t serial);
+  Pool(Context &ctx, Observer &observer, const Config &config, std::string name, uint64_t serial);
   ~Pool();
   Pool(const Pool &) = delete;
   Pool &operator=(const Pool &) = delete;
@@ -70,14 +77,14 @@ class Pool {
   void on_worker_free(Worker &w);
   void on_worker_exit(Worker &w, int wait_status, bool never_ready);
 
-  Server &server() { return server_; }
+  Context &context() { return ctx_; }
+  const Context &context() const { return ctx_; }
   const std::string &name() const { return name_; }
   uint64_t serial() const { return serial_; }
   bool terminating() const { return terminating_; }
   const Config &config() const { return config_; }
   const Logger &log() const;
-  // Where the R bootstrap script is, the resolved Rscript, and the API file's absolute path.
-  std::string script_path() const;
+  // The resolved Rscript, and the API file's absolute path.
   const std::string &rscript_path() const { return rscript_path_; }
   const std::string &api_file() const { return api_file_; }
   // The directory workers start in: the API file's, or a Shiny app directory itself.
@@ -116,7 +123,7 @@ class Pool {
   // Launches what is needed, drains replaced workers once their replacements are ready, completes
   // a reload, and hands queued requests to free workers. Called after every change.
   void rebalance();
-  void begin_reload(std::vector<ReloadDone> waiters);
+  void begin_reload();
   void abort_reload(std::string why);
   void finish_reload(bool ok, std::string error);
   void monitor();  // resident memory, max-rss
@@ -124,7 +131,8 @@ class Pool {
   // The workers' environment from the configuration, the identity and --env-file.
   std::optional<std::string> load_worker_environment();
 
-  Server &server_;
+  Context &ctx_;
+  Observer &observer_;
   const Config &config_;
   std::string name_;
   uint64_t serial_;
@@ -142,17 +150,10 @@ class Pool {
   uint64_t next_launch_ms_ = 0;  // crash-loop backoff
   uint64_t generation_ = 1;
   size_t owed_ = 0;  // replacements still to launch for workers awaiting them
-  struct Reload {
-    enum class Phase { none, in_progress, done, failed } phase = Phase::none;
-    uint64_t generation = 1;
-    uint64_t previous = 1;
-    uint64_t started_ms = 0;
-    std::string error;
-    std::vector<ReloadDone> waiters;
-    bool again = false;  // another reload was asked for meanwhile
-    std::vector<ReloadDone> again_waiters;
-    std::vector<std::string> previous_env;  // restored if the reload fails
-  } reload_;
+  Reload reload_;
+  uint64_t reload_generation_ = 1;  // the generation the last reload started
+  uint64_t previous_generation_ = 1;  // the one serving before it, restored if it fails
+  std::vector<std::string> previous_env_;  // likewise
   Timer launch_timer_;
   Timer maintenance_timer_;
   Timer monitor_timer_;

@@ -20,7 +20,7 @@
 #include "pool.hpp"
 #include "process.hpp"
 #include "sandbox.hpp"
-#include "server.hpp"
+#include "context.hpp"
 #include "stats.hpp"
 #include "util.hpp"
 #include "worker.hpp"
@@ -147,19 +147,18 @@ class Template {
         generation_(generation),
         spec_(std::move(spec)),
         deaths_(deaths),
-        startup_timer_(pool_.server().loop(),
+        startup_timer_(pool_.context().loop(),
                        [this] {
                          if (state_ != State::starting) return;
                          pool_.log().warn("{} did not load the API within {} s", label(),
                                           format_seconds(pool_.config().startup_timeout));
                          signal_group(pid_, SIGKILL);
                        }),
-        kill_timer_(pool_.server().loop(), [this] {
+        kill_timer_(pool_.context().loop(), [this] {
           if (state_ == State::ending) signal_group(pid_, SIGKILL);
         }) {}
 
   ~Template() {
-    *alive_ = false;
     close_channel();
     if (exit_poll_) close_handle(exit_poll_);
     if (pidfd_ >= 0) close(pidfd_);
@@ -226,7 +225,7 @@ class Template {
     pid_ = child.pid;
     pidfd_ = child.pidfd;
     started_ms_ = monotonic_ms();
-    uv_loop_t *loop = pool_.server().loop();
+    uv_loop_t *loop = pool_.context().loop();
     out_ = std::make_unique<LineReader>(loop, child.out_fd,
                                         [this](std::string_view l) { on_line(false, l); });
     err_ = std::make_unique<LineReader>(loop, child.err_fd,
@@ -242,7 +241,7 @@ class Template {
       if (auto *self = static_cast<Template *>(p->data)) self->check_exit();
     });
     startup_timer_.start(pool_.config().startup_timeout);
-    pool_.server().stats().template_launches++;
+    pool_.context().stats().template_launches++;
     pool_.log().info("{} launched: loading {}", label(), pool_.api_file());
     return 0;
   }
@@ -359,14 +358,13 @@ class Template {
 
   // The worker is launched plainly instead, from the loop (never from inside Preloader::fork).
   void fail_later(uint64_t id, std::string why) {
-    pool_.server().defer([this, alive = alive_, id, why = std::move(why)] {
-      if (!*alive) return;
+    calls_.post([this, id, why = std::move(why)] {
       auto it = pending_.find(id);
       if (it == pending_.end()) return;
       Pending p = std::move(it->second);
       pending_.erase(it);
       p.close_pipes();
-      pool_.server().stats().fork_fallbacks++;
+      pool_.context().stats().fork_fallbacks++;
       p.worker->on_fork_failed(p.spec, why);
     });
   }
@@ -382,9 +380,8 @@ class Template {
         return;
       }
       buf[n] = 0;
-      auto alive = alive_;
-      on_message(buf);
-      if (!*alive || ctl_ < 0) return;
+      on_message(buf);  // a template is deleted after the callback, never inside it
+      if (ctl_ < 0) return;
     }
   }
 
@@ -423,7 +420,7 @@ class Template {
       pending_.erase(it);
       ++forks_;
       deaths_ = 0;
-      pool_.server().stats().forks++;
+      pool_.context().stats().forks++;
       Spawned child;
       child.pid = pid;
       child.pidfd = static_cast<int>(syscall(SYS_pidfd_open, pid, 0));
@@ -438,7 +435,7 @@ class Template {
       Pending p = std::move(it->second);
       pending_.erase(it);
       p.close_pipes();
-      pool_.server().stats().fork_fallbacks++;
+      pool_.context().stats().fork_fallbacks++;
       p.worker->on_fork_failed(p.spec,
                                fmt::format("{} could not fork it: {}", label(), strerror(status)));
     } else if (sscanf(msg, "exit %d %d %d", &id, &pid, &status) == 3) {
@@ -474,7 +471,7 @@ class Template {
   std::map<uint64_t, Pending> pending_;
   Timer startup_timer_;
   Timer kill_timer_;
-  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+  DeferredCalls calls_{pool_.context().deferred()};
 };
 
 Preloader::Preloader(Pool &pool) : pool_(pool) {
@@ -499,7 +496,7 @@ bool Preloader::write_files(std::string *why) {
     *why = fmt::format("cannot make the lifeline pipe: {}", strerror(errno));
     return false;
   }
-  const std::string &dir = pool_.server().runtime_dir();
+  const std::string &dir = pool_.context().runtime_dir();
   script_path_ = fmt::format("{}/template-{}.R", dir, pool_.serial());
   helper_path_ = fmt::format("{}/preload-{}.so", dir, pool_.serial());
   if (!write_file(script_path_, kTemplateScript, std::strlen(kTemplateScript)) ||
@@ -543,12 +540,12 @@ bool Preloader::fork(Worker &w, const SpawnSpec &spec) {
     unset_variable(tspec.env, "VALVE_SOCKET");
     set_variable(tspec.env, "VALVE_TEMPLATE", "1");
     set_variable(tspec.env, "VALVE_PRELOAD_HELPER", helper_path_);
-    set_variable(tspec.env, "VALVE_SPARE_DIR", pool_.server().runtime_dir());
+    set_variable(tspec.env, "VALVE_SPARE_DIR", pool_.context().runtime_dir());
     set_variable(tspec.env, "VALVE_PRELOAD_SPARES", std::to_string(pool_.config().preload_spares));
     auto fresh = std::make_unique<Template>(*this, w.generation(), std::move(tspec), 0);
     if (int rc = fresh->start(); rc != 0) {
       plain_generations_.insert(w.generation());
-      pool_.server().stats().fork_fallbacks++;
+      pool_.context().stats().fork_fallbacks++;
       pool_.log().warn(
           "preload: generation {} launches workers plainly: cannot launch its template: {}",
           w.generation(), uv_message(rc));
@@ -580,7 +577,7 @@ void Preloader::launch_plainly(Template &t, std::string_view why) {
   t.pending().clear();
   for (auto &[id, p] : waiting) {
     p.close_pipes();
-    pool_.server().stats().fork_fallbacks++;
+    pool_.context().stats().fork_fallbacks++;
     p.worker->on_fork_failed(p.spec, why);
   }
 }
@@ -620,7 +617,7 @@ void Preloader::on_template_exit(Template &t, int wait_status) {
       }
     }
   }
-  pool_.server().defer_erase(templates_, &t);
+  pool_.context().defer_erase(templates_, &t);
   pool_.on_template_exit();
 }
 
@@ -639,7 +636,7 @@ void Preloader::end_spare(pid_t pid) {
   constexpr double kInterval = 0.01;
   signal_group(pid, SIGKILL);
   auto &e = ending_spares_.emplace_back(
-      std::make_unique<EndingSpare>(pool_.server().loop(), pid, [this, pid] { check_spare(pid); }));
+      std::make_unique<EndingSpare>(pool_.context().loop(), pid, [this, pid] { check_spare(pid); }));
   e->timer.start(kInterval, kInterval);
 }
 
@@ -651,7 +648,7 @@ void Preloader::check_spare(pid_t pid) {
     waitpid(pid, &status, WNOHANG);  // valve's child once its template is gone
     if ((kill(pid, 0) == 0 || errno != ESRCH) && ++e->checks < kChecks) return;
     e->timer.stop();
-    pool_.server().defer_erase(ending_spares_, e.get());
+    pool_.context().defer_erase(ending_spares_, e.get());
     pool_.on_template_exit();
     return;
   }

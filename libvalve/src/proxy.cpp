@@ -8,7 +8,8 @@
 #include "client.hpp"
 #include "pool.hpp"
 #include "router.hpp"
-#include "server.hpp"
+#include "app.hpp"
+#include "context.hpp"
 #include "stats.hpp"
 #include "upstream.hpp"
 #include "worker.hpp"
@@ -40,14 +41,15 @@ std::string chunk(std::string_view data) {
 
 }  // namespace
 
-Proxy::Proxy(Server &server, ClientConn &client, Head request)
-    : server_(server),
+Proxy::Proxy(Context &ctx, Host &host, ClientConn &client, Head request)
+    : ctx_(ctx),
+      host_(host),
       client_(&client),
       request_(std::move(request)),
       peer_ip_(client.peer_ip()),
       arrived_ns_(uv_hrtime()),
-      timer_(server.loop(), [this] { on_timeout(); }),
-      hold_timer_(server.loop(), [this] { release_hold(); }) {
+      timer_(ctx.loop(), [this] { on_timeout(); }),
+      hold_timer_(ctx.loop(), [this] { release_hold(); }) {
   const std::string *id = request_.find("x-request-id");
   request_id_ = id && !id->empty() && id->size() <= 200 ? *id : random_hex(16);
 }
@@ -55,11 +57,11 @@ Proxy::Proxy(Server &server, ClientConn &client, Head request)
 Proxy::~Proxy() { release_buffered(); }
 
 void Proxy::release_buffered() {
-  server_.stats().buffered_body_bytes -= buffered_;
+  ctx_.stats().buffered_body_bytes -= buffered_;
   buffered_ = 0;
 }
 
-const Config &Proxy::config() const { return app_ ? app_->config : server_.config(); }
+const Config &Proxy::config() const { return app_ ? app_->config : ctx_.config(); }
 
 bool Proxy::retryable() const {
   return !retried_ && !has_body_ && (request_.method == "GET" || request_.method == "HEAD");
@@ -68,11 +70,11 @@ bool Proxy::retryable() const {
 void Proxy::start() {
   has_body_ = request_.chunked || request_.content_length.value_or(0) > 0;
   body_chunked_ = request_.chunked;
-  Routing routing = server_.route(request_, peer_ip_);
+  Routing routing = host_.route(request_, peer_ip_);
   if (!routing.app) {
     const std::string *host = request_.find("host");
     std::string prefixes;
-    for (const Route &r : server_.routes())
+    for (const Route &r : host_.routes())
       prefixes += (prefixes.empty() ? "" : ", ") + r.hostname + r.prefix;
     send_error(404, fmt::format("no route for {}{}; the routes are {}", host ? *host : "",
                                 request_.target.substr(0, request_.target.find('?')), prefixes));
@@ -98,7 +100,7 @@ void Proxy::start() {
   }
   uint64_t buffer = config().request_buffer_size;
   if (has_body_ && client_ && buffer > 0 && request_.content_length.value_or(0) <= buffer &&
-      !server_.stopping()) {
+      !ctx_.stopping()) {
     // Read the body whole first: a slow upload never holds a worker, and a malformed one (a bad
     // chunk) is refused before any worker has seen even its head.
     buffering_ = true;
@@ -112,7 +114,7 @@ void Proxy::start() {
 void Proxy::submit() {
   buffering_ = false;
   timer_.stop();
-  if (server_.stopping()) {
+  if (ctx_.stopping()) {
     send_error(503, "the server is shutting down", "Retry-After: 1\r\n");
     return;
   }
@@ -134,7 +136,7 @@ void Proxy::on_client_body(std::string_view data) {
   if (!upstream_) {
     pending_body_.append(data);
     if (buffering_) {
-      uint64_t &budget = server_.stats().buffered_body_bytes;
+      uint64_t &budget = ctx_.stats().buffered_body_bytes;
       budget += data.size();
       buffered_ += data.size();
       if (pending_body_.size() > config().request_buffer_size || budget > kBufferedBodiesBudget) {
@@ -189,7 +191,7 @@ void Proxy::on_queued() {
 
 void Proxy::reject(int status, std::string_view message) {
   queued_ = false;
-  ++server_.stats().rejected;
+  ++ctx_.stats().rejected;
   send_error(status, message, "Retry-After: 1\r\n");
 }
 
@@ -201,7 +203,7 @@ void Proxy::dispatch(Worker &worker, UpstreamConn &conn) {
   upstream_start_ns_ = uv_hrtime();
   if (dispatched_ns_ == 0) {
     dispatched_ns_ = upstream_start_ns_;
-    server_.stats().queue_wait.observe((dispatched_ns_ - arrived_ns_) / 1e9);
+    ctx_.stats().queue_wait.observe((dispatched_ns_ - arrived_ns_) / 1e9);
   }
   conn.attach(*this);
   timer_.start(config().timeout);
@@ -318,7 +320,7 @@ int Proxy::on_upstream_head(Head &head) {
   } else {
     framing_ = Framing::close;
   }
-  client_keep_alive_ = request_.keep_alive && framing_ != Framing::close && !server_.stopping();
+  client_keep_alive_ = request_.keep_alive && framing_ != Framing::close && !ctx_.stopping();
 
   std::string out;
   out.reserve(512);
@@ -347,11 +349,11 @@ void Proxy::append_worker_headers(std::string &out, const Head &head,
     if (is_dropped_hop(head, h.name)) continue;
     if (!keep_content_length && iequals(h.name, "content-length")) continue;
     if (iequals(h.name, "x-request-id")) has_request_id = true;
-    if (server_.names_apps() && iequals(h.name, "valve-app")) continue;  // valve says which
+    if (ctx_.names_apps() && iequals(h.name, "valve-app")) continue;  // valve says which
     append(out, "{}: {}\r\n", h.name, h.value);
   }
   if (!has_request_id) append(out, "X-Request-Id: {}\r\n", request_id_);
-  if (server_.names_apps()) append(out, "Valve-App: {}\r\n", app_->name);
+  if (ctx_.names_apps()) append(out, "Valve-App: {}\r\n", app_->name);
 }
 
 int Proxy::switch_protocols(Head &head) {
@@ -366,8 +368,8 @@ int Proxy::switch_protocols(Head &head) {
   out +=
       fmt::format("Connection: Upgrade\r\nUpgrade: {}\r\n\r\n", upgrade ? *upgrade : "websocket");
   write_client(std::move(out));
-  ++server_.stats().websockets;
-  ++server_.stats().websockets_open;
+  ++ctx_.stats().websockets;
+  ++ctx_.stats().websockets_open;
   if (worker_) worker_->note_tunnel(true);
   return 0;
 }
@@ -415,7 +417,7 @@ void Proxy::on_upstream_failed(std::string_view reason) {
   if (tunnel_) {
     // The worker closed the WebSocket, or went away: what it sent reaches the client, then the
     // client's connection closes too.
-    server_.log().debug("request {} {} {}: WebSocket to worker {} closed: {}", request_id_,
+    ctx_.log().debug("request {} {} {}: WebSocket to worker {} closed: {}", request_id_,
                         request_.method, request_.target, worker_id, reason);
     detach_upstream(false);
     end_response();
@@ -429,14 +431,14 @@ void Proxy::on_upstream_failed(std::string_view reason) {
   detach_upstream(false);
   drop_hold();  // what was held never reached the client: the request may still go elsewhere
   if (response_started_) {
-    server_.log().warn("request {} {} {}: worker {} failed mid-answer ({}); closing the client",
+    ctx_.log().warn("request {} {} {}: worker {} failed mid-answer ({}); closing the client",
                        request_id_, request_.method, request_.target, worker_id, reason);
     abort_client();
     return;
   }
   bool resend = never_sent && unsent_retries_ < kUnsentRetries;
-  if (client_ && (resend || retryable()) && !server_.stopping()) {
-    server_.log().warn(
+  if (client_ && (resend || retryable()) && !ctx_.stopping()) {
+    ctx_.log().warn(
         "request {} {} {}: worker {} failed before answering ({}); {}", request_id_,
         request_.method, request_.target, worker_id, reason,
         resend ? "it never got the request: sending it to another" : "retrying once");
@@ -445,7 +447,7 @@ void Proxy::on_upstream_failed(std::string_view reason) {
     } else {
       retried_ = true;
     }
-    ++server_.stats().retries;
+    ++ctx_.stats().retries;
     excluded_worker_ = worker_id;
     app_->pool->submit(*this, true);
     return;
@@ -472,8 +474,8 @@ void Proxy::on_timeout() {
   }
   Worker *w = worker_;
   if (!w) return;
-  ++server_.stats().timeouts;
-  server_.log().warn("request {} {} {}: worker {} gave no answer within {} s; replacing it",
+  ++ctx_.stats().timeouts;
+  ctx_.log().warn("request {} {} {}: worker {} gave no answer within {} s; replacing it",
                      request_id_, request_.method, request_.target, w->id(),
                      format_seconds(config().timeout));
   w->kill("a request timed out");  // first, so the pool gives it nothing more
@@ -493,9 +495,9 @@ void Proxy::send_error(int status, std::string_view message, std::string_view ex
   }
   // After an error the rest of the request may still be on the wire: close unless it was all read
   // (a bodiless request is, once its head is: valve's own 404 keeps a pipelined connection).
-  client_keep_alive_ = request_.keep_alive && whole_request() && !server_.stopping();
+  client_keep_alive_ = request_.keep_alive && whole_request() && !ctx_.stopping();
   std::string headers(extra_headers);
-  if (app_ && server_.names_apps()) headers += fmt::format("Valve-App: {}\r\n", app_->name);
+  if (app_ && ctx_.names_apps()) headers += fmt::format("Valve-App: {}\r\n", app_->name);
   std::string answer = error_response(status, message, request_id_, client_keep_alive_, headers);
   // An answer to HEAD is its head alone, Content-Length as a GET's would be (RFC 9110 9.3.2).
   if (request_.method == "HEAD") answer.resize(answer.find("\r\n\r\n") + 4);
@@ -552,13 +554,13 @@ void Proxy::detach_upstream(bool reusable) {
   if (conn) {
     upstream_end_ns_ = uv_hrtime();
     if (!tunnel_ && app_)
-      server_.stats().by_app[app_->name].busy_seconds +=
+      ctx_.stats().by_app[app_->name].busy_seconds +=
           (upstream_end_ns_ - upstream_start_ns_) / 1e9;
   }
   upstream_ = nullptr;
   worker_ = nullptr;
   if (conn && tunnel_) {
-    --server_.stats().websockets_open;
+    --ctx_.stats().websockets_open;
     if (w) w->note_tunnel(false);
   }
   if (conn && w) {
@@ -573,8 +575,7 @@ void Proxy::maybe_finish() {
   finished_ = true;
   timer_.stop();
   record();
-  if (app_) server_.on_proxy_done(*app_);
-  server_.close_proxy(*this);
+  host_.on_proxy_done(*this);
 }
 
 void Proxy::record() {
@@ -586,7 +587,7 @@ void Proxy::record() {
   double upstream_ms =
       upstream_start_ns_ ? ((upstream_end_ns_ ? upstream_end_ns_ : now) - upstream_start_ns_) / 1e6
                          : 0.0;
-  Stats &stats = server_.stats();
+  Stats &stats = ctx_.stats();
   ++stats.requests;
   stats.by_class[std::min(status / 100, 5)]++;
   if (app_) {
@@ -595,14 +596,14 @@ void Proxy::record() {
     stats.by_app[app_->name].answers[std::min(status / 100, 5)]++;
   }
   stats.latency.observe(total_ms / 1000);
-  if (server_.wants_events()) {
-    server_.emit(fmt::format(
+  if (ctx_.wants_events()) {
+    ctx_.emit(fmt::format(
         R"({{"event":"request_completed","request_id":"{}","method":"{}","target":"{}","status":{},)"
         R"("worker":{},"duration_ms":{:.3f}}})",
         json_escape(request_id_), json_escape(request_.method), json_escape(request_.target),
         status, served_by_, total_ms));
   }
-  AccessLog &log = server_.access_log();
+  AccessLog &log = ctx_.access_log();
   if (!log.enabled()) return;
   std::string line =
       log.json()
@@ -620,8 +621,8 @@ void Proxy::record() {
                 request_.version_major, request_.version_minor, status, bytes_out_,
                 escape_for_log(request_id_), served_by_ ? std::to_string(served_by_) : "-",
                 queue_ms, upstream_ms, total_ms);
-  if (!log.json() && server_.names_apps()) line += " app=" + (app_ ? app_->name : "-");
-  if (log.add(line)) server_.defer([&log] { log.flush(); });
+  if (!log.json() && ctx_.names_apps()) line += " app=" + (app_ ? app_->name : "-");
+  if (log.add(line)) ctx_.defer([&log] { log.flush(); });
 }
 
 }  // namespace valve

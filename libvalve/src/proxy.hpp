@@ -4,22 +4,38 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "http.hpp"
 #include "util.hpp"
 
 namespace valve {
 
-class Server;
+class Context;
 class ClientConn;
 class UpstreamConn;
 class Worker;
 struct App;
 struct Config;
+struct Route;
+struct Routing;
 
 class Proxy {
  public:
-  Proxy(Server &server, ClientConn &client, Head request);
+  // Who routes requests and keeps the proxies.
+  class Host {
+   public:
+    // The app for a request (none when no route matches); the app counts it in progress.
+    virtual Routing route(const Head &request, std::string_view peer_ip) = 0;
+    virtual const std::vector<Route> &routes() const = 0;
+    // The proxy is over: the host forgets it (and deletes it after the current callback).
+    virtual void on_proxy_done(Proxy &proxy) = 0;
+
+   protected:
+    ~Host() = default;
+  };
+
+  Proxy(Context &ctx, Host &host, ClientConn &client, Head request);
   ~Proxy();
   Proxy(const Proxy &) = delete;
   Proxy &operator=(const Proxy &) = delete;
@@ -59,6 +75,8 @@ class Proxy {
   const Head &request() const { return request_; }
   const std::string &request_id() const { return request_id_; }
   bool response_started() const { return response_started_; }
+  // The app the routes chose (null before, or when none matched).
+  App *app() const { return app_; }
   // A WebSocket handshake, passed on to the worker with its Upgrade headers.
   bool websocket() const { return websocket_; }
   // The worker the client's session is pinned to (the valve_worker cookie), "" when none.
@@ -90,7 +108,8 @@ class Proxy {
 
   const Config &config() const;  // the app's, once routed; the server's before
 
-  Server &server_;
+  Context &ctx_;
+  Host &host_;
   App *app_ = nullptr;           // where the routes sent it
   std::string upstream_target_;  // the target the worker gets (its prefix stripped)
   std::string stripped_prefix_;  // sent as X-Forwarded-Prefix

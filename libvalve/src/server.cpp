@@ -15,13 +15,11 @@
 #include <fstream>
 #include <future>
 
-#include "admin.hpp"
-#include "client.hpp"
-#include "proxy.hpp"
-#include "pool.hpp"
+#include "launch.hpp"
+#include "metrics.hpp"
 #include "process.hpp"
+#include "status.hpp"
 #include "valve/valve.h"
-#include "worker.hpp"
 
 namespace valve {
 
@@ -43,34 +41,6 @@ void add_onstack(int signum) {
   }
 }
 
-// Run by every plumber or shiny worker: load the API or app, serve it on the Unix socket valve
-// assigned. httpuv's pipe server has no Nagle/delayed-ACK stall on kept-alive connections, unlike
-// plumber over TCP. Shiny serves a pipe itself when its port is a path with a "mask" attribute
-// (how Shiny Server runs apps).
-constexpr const char *kWorkerScript =
-    R"R(# Written by valve. Serves one plumber API or Shiny app on the Unix socket valve assigns.
-local({
-  file <- Sys.getenv("VALVE_FILE")
-  socket <- Sys.getenv("VALVE_SOCKET")
-  type <- Sys.getenv("VALVE_TYPE", "plumber")
-  if (!requireNamespace(type, quietly = TRUE) || !requireNamespace("httpuv", quietly = TRUE)) {
-    message("valve: the R package '", type, "' is not installed (library paths: ",
-            paste(.libPaths(), collapse = ", "), ")")
-    quit(save = "no", status = 78)
-  }
-  if (type == "shiny") {
-    shiny::runApp(file, port = structure(socket, mask = strtoi("077", 8L)),
-                  launch.browser = FALSE)
-    quit(save = "no", status = 0)
-  }
-  router <- tryCatch(plumber::pr(file), error = function(e) {
-    message("valve: cannot load ", file, ": ", conditionMessage(e))
-    quit(save = "no", status = 1)
-  })
-  httpuv::startPipeServer(socket, strtoi("077", 8L), router)
-  repeat httpuv::service(1000)
-})
-)R";
 
 }  // namespace
 
@@ -83,22 +53,20 @@ Server::Server(Config config, Hooks hooks)
   } else {
     layout_error_ = format_mistakes(options_.config, mistakes);
   }
-  log_ = Logger(config_.log_level, hooks.log, hooks.log_data);
-  log_.set_json(config_.log_format == "json");
-  stats_.started_unix_ms = static_cast<uint64_t>(unix_ms());
+  Logger log(config_.log_level, hooks.log, hooks.log_data);
+  log.set_json(config_.log_format == "json");
   uv_loop_init(&loop_);
+  ctx_ = std::make_unique<Context>(&loop_, config_, log, hooks.event, hooks.event_data);
+  ctx_->set_names_apps(layout_.from_file);
   inbox_ = std::make_unique<Inbox>(&loop_);
   for (const AppSpec &spec : layout_.apps) add_app(spec);
-  admin_ = std::make_unique<AdminServer>(*this);
+  listener_ = std::make_unique<Listener>(*ctx_, *this);
+  admin_ = std::make_unique<AdminServer>(*ctx_, *this);
 }
-
-App::App(std::string app_name, Config app_config)
-    : name(std::move(app_name)), config(std::move(app_config)) {}
-App::~App() = default;
 
 App &Server::add_app(const AppSpec &spec) {
   auto app = std::make_unique<App>(spec.name, spec.config);
-  app->pool = std::make_unique<Pool>(*this, app->config, spec.name, next_pool_serial_++);
+  app->pool = std::make_unique<Pool>(*ctx_, *this, app->config, spec.name, next_pool_serial_++);
   apps_.push_back(std::move(app));
   return *apps_.back();
 }
@@ -128,12 +96,13 @@ Server::~Server() {
     thread_.join();
   }
   admin_.reset();
+  listener_.reset();
   apps_.clear();
   inbox_.reset();
-  run_deferred();
-  if (deferred_check_) close_handle(deferred_check_);
-  if (deferred_idle_) close_handle(deferred_idle_);
+  ctx_->deferred().run();
+  ctx_->deferred().close();
   uv_run(&loop_, UV_RUN_DEFAULT);
+  ctx_.reset();
   uv_loop_close(&loop_);
 }
 
@@ -190,7 +159,7 @@ int Server::serve() {
   } else {
     finish();
   }
-  while (!deferred_.empty()) run_deferred();
+  while (!ctx_->deferred().empty()) ctx_->deferred().run();
   uv_run(&loop_, UV_RUN_NOWAIT);
   for (const auto &[signum, action] : saved_signals_) sigaction(signum, &action, nullptr);
   remove_runtime_dir();
@@ -276,77 +245,29 @@ std::string Server::idle_status_json() {
 }
 
 std::string Server::status_json_now() {
-  const char *state = finished_   ? "stopped"
-                      : stopping_ ? "stopping"
-                      : started_  ? "running"
-                                  : "starting";
-  const Stats &st = stats_;
-  auto count = [](const std::map<std::string, uint64_t> &m) {
-    uint64_t n = 0;
-    for (const auto &[k, v] : m) n += v;
-    return n;
-  };
-  std::string totals = fmt::format(
-      R"({{"requests":{},"latency_sum_s":{:.6f},"queue_wait_sum_s":{:.6f},"2xx":{},"3xx":{},)"
-      R"("4xx":{},"5xx":{},"rejected":{},"timeouts":{},"retries":{},"launches":{},"exits":{},)"
-      R"("crashes":{},"recycles":{},"health_check_failures":{},"template_launches":{},)"
-      R"("forks":{},"fork_fallbacks":{},"websockets":{},"websockets_open":{}}})",
-      st.requests, st.latency.sum(), st.queue_wait.sum(), st.by_class[2], st.by_class[3],
-      st.by_class[4], st.by_class[5], st.rejected, st.timeouts, st.retries, st.launches, st.exits,
-      st.crashes, count(st.recycles), st.health_check_failures, st.template_launches, st.forks,
-      st.fork_fallbacks, st.websockets, st.websockets_open);
-  // Every app's workers in one list (each names its app), and each app on its own.
-  std::string workers = "[", apps = "[";
-  size_t queue = 0;
-  for (const auto &app : apps_) {
-    const Pool &pool = *app->pool;
-    std::string list = pool.workers_json();
-    if (list.size() > 2) workers += (workers.size() > 1 ? "," : "") + list.substr(1, list.size() - 2);
-    queue += pool.queue_depth();
-    size_t count = 0;
-    for (const auto &[s, n] : pool.count_states()) count += n;
-    apps += fmt::format(
-        R"({}{{"name":"{}","state":"{}","generation":{},"reload":{},"queue":{},)"
-        R"("requests_in_progress":{},"requests":{},"2xx":{},"3xx":{},"4xx":{},"5xx":{},)"
-        R"("workers":{},"config":{}}})",
-        apps.size() > 1 ? "," : "", json_escape(app->name),
-        app->retiring ? "retiring" : app->pending ? "starting" : "serving", pool.generation(),
-        pool.reload_json(), pool.queue_depth(), app->in_progress, app->requests, app->by_class[2],
-        app->by_class[3], app->by_class[4], app->by_class[5], count, app->config.to_json());
-  }
-  workers += "]";
-  apps += "]";
-  std::string routes = "[";
-  for (const Route &r : layout_.routes) {
-    std::string backends;
-    for (const Backend &b : r.backends)
-      backends += fmt::format(R"({}{{"app":"{}","weight":{}}})", backends.empty() ? "" : ",",
-                              json_escape(b.app), b.weight);
-    routes += fmt::format(
-        R"({}{{"hostname":"{}","prefix":"{}","strip_prefix":{},"sticky":"{}","apps":[{}]}})",
-        routes.size() > 1 ? "," : "", json_escape(r.hostname), json_escape(r.prefix),
-        r.strip_prefix ? "true" : "false", json_escape(r.sticky.describe()), backends);
-  }
-  routes += "]";
-  Pool &main = *main_app().pool;
-  return fmt::format(
-      R"({{"version":"{}","state":"{}","address":"{}","admin":"{}","pid":{},"uptime_s":{:.3f},)"
-      R"("generation":{},"reload":{},"queue":{},"requests_in_progress":{},"connections":{},)"
-      R"("totals":{},"workers":{},"apps":{},"routes":{},"preload":{},"config":{}}})",
-      VALVE_VERSION_STRING, state, json_escape(address_), json_escape(admin_->address()), getpid(),
-      (unix_ms() - static_cast<int64_t>(st.started_unix_ms)) / 1000.0, main.generation(),
-      reload_json(), queue, proxies_.size(), clients_.size(), totals, workers, apps, routes,
-      main.preload_json(), config_.to_json());
+  const char *state = finished_          ? "stopped"
+                      : ctx_->stopping() ? "stopping"
+                      : started_         ? "running"
+                                         : "starting";
+  return valve::status_json(StatusView{state, address_, admin_->address(), ctx_->stats(), apps_,
+                                layout_.routes, main_app(), reload_json(),
+                                listener_->requests_in_progress(), listener_->connections(),
+                                config_});
+}
+
+std::string Server::metrics_text() {
+  return valve::metrics_text(ctx_->stats(), apps_, listener_->requests_in_progress(),
+                             listener_->connections());
 }
 
 std::string Server::reload_json() const {
   if (!layout_.from_file) return apps_.front()->pool->reload_json();
-  const auto &r = layout_reload_;
-  return fmt::format(R"({{"state":"{}","error":"{}"}})", r.state, json_escape(r.last_error));
+  return fmt::format(R"({{"state":"{}","error":"{}"}})", layout_reload_.phase_name(),
+                     json_escape(layout_reload_.error()));
 }
 
 bool Server::ready(std::string *why) {
-  if (stopping_) {
+  if (ctx_->stopping()) {
     *why = "the server is shutting down";
     return false;
   }
@@ -400,11 +321,11 @@ std::optional<std::string> Server::scale(const std::optional<std::string> &n_min
     return n_min ? fmt::format("n-min {}: must be at most n-max ({})", trial.n_min, trial.n_max)
                  : fmt::format("n-max {}: must be at least n-min ({})", trial.n_max, trial.n_min);
   }
-  if (stopping_) return std::string("the server is shutting down");
+  if (ctx_->stopping()) return std::string("the server is shutting down");
   config.n_min = trial.n_min;
   config.n_max = trial.n_max;
   if (!layout_.from_file) config_.n_min = trial.n_min, config_.n_max = trial.n_max;
-  log_.info("{}", app_message(*app, fmt::format("scaled: n-min {}, n-max {}", config.n_min,
+  ctx_->log().info("{}", app_message(*app, fmt::format("scaled: n-min {}, n-max {}", config.n_min,
                                                 config.n_max)));
   app->pool->on_scaled();
   return std::nullopt;
@@ -458,19 +379,13 @@ int Server::reload(std::string *error) {
 }
 
 void Server::start_reload(std::string_view why) {
-  log_.info("reload ({})", why);
+  ctx_->log().info("reload ({})", why);
   reload_all(nullptr);
 }
 
 int Server::prepare() {
-  deferred_check_ = new_handle<uv_check_t>(this);
-  deferred_idle_ = new_handle<uv_idle_t>(this);
-  uv_check_init(&loop_, deferred_check_);
-  uv_idle_init(&loop_, deferred_idle_);
-  uv_check_start(deferred_check_, [](uv_check_t *h) {
-    if (auto *self = static_cast<Server *>(h->data)) self->run_deferred();
-  });
-
+  ctx_->deferred().start();
+  std::string runtime_dir;
   if (config_.runtime_dir.empty()) {
     const char *tmp = getenv("TMPDIR");
     std::string templ = fmt::format("{}/valve-XXXXXX", tmp && *tmp ? tmp : "/tmp");
@@ -479,35 +394,31 @@ int Server::prepare() {
       set_result(-e, fmt::format("runtime-dir {}: cannot create: {}", templ, strerror(e)));
       return -e;
     }
-    runtime_dir_ = templ;
+    runtime_dir = templ;
     own_runtime_dir_ = true;
   } else {
-    runtime_dir_ = config_.runtime_dir;
-    if (mkdir(runtime_dir_.c_str(), 0700) != 0 && errno != EEXIST) {
+    runtime_dir = config_.runtime_dir;
+    if (mkdir(runtime_dir.c_str(), 0700) != 0 && errno != EEXIST) {
       int e = errno;
       set_result(VALVE_EINVALID,
-                 fmt::format("runtime-dir {}: cannot create: {}", runtime_dir_, strerror(e)));
+                 fmt::format("runtime-dir {}: cannot create: {}", runtime_dir, strerror(e)));
       return VALVE_EINVALID;
     }
-    chmod(runtime_dir_.c_str(), 0700);
+    chmod(runtime_dir.c_str(), 0700);
   }
-  {  // any app may run R: a config file may add one on reload
-    std::ofstream script(main_app().pool->script_path());
-    script << kWorkerScript;
-    script.close();
-    if (!script) {
-      set_result(VALVE_EINVALID, fmt::format("runtime-dir {}: cannot write there", runtime_dir_));
-      return VALVE_EINVALID;
-    }
-    chmod(main_app().pool->script_path().c_str(), 0644);
+  ctx_->set_runtime_dir(runtime_dir);
+  // Any app may run R: a config file may add one on reload.
+  if (!write_worker_script(runtime_dir)) {
+    set_result(VALVE_EINVALID, fmt::format("runtime-dir {}: cannot write there", runtime_dir));
+    return VALVE_EINVALID;
   }
   if (const auto &as = main_app().pool->identity().credentials) {
     // Workers of another user make their sockets here: the directory becomes theirs, still 0700,
     // and valve, as root, keeps its way in.
-    if (chown(runtime_dir_.c_str(), as->uid, as->gid) != 0) {
+    if (chown(ctx_->runtime_dir().c_str(), as->uid, as->gid) != 0) {
       int e = errno;
       set_result(VALVE_EINVALID, fmt::format("runtime-dir {}: cannot give it to user {}: {}",
-                                             runtime_dir_, config_.user, strerror(e)));
+                                             ctx_->runtime_dir(), config_.user, strerror(e)));
       return VALVE_EINVALID;
     }
   }
@@ -519,11 +430,11 @@ int Server::prepare() {
     auto on_signal = [](uv_signal_t *h, int signum) {
       auto *self = static_cast<Server *>(h->data);
       if (!self) return;
-      if (self->stopping_) {
-        self->log_.warn("{} again: stopping now", signum == SIGINT ? "SIGINT" : "SIGTERM");
+      if (self->ctx_->stopping()) {
+        self->ctx_->log().warn("{} again: stopping now", signum == SIGINT ? "SIGINT" : "SIGTERM");
         self->begin_stop(0);
       } else {
-        self->log_.info("{}: shutting down gracefully", signum == SIGINT ? "SIGINT" : "SIGTERM");
+        self->ctx_->log().info("{}: shutting down gracefully", signum == SIGINT ? "SIGINT" : "SIGTERM");
         self->begin_stop(-1);
       }
     };
@@ -554,17 +465,17 @@ int Server::prepare() {
         [](uv_signal_t *h, int) {
           auto *self = static_cast<Server *>(h->data);
           if (!self) return;
-          if (auto err = self->access_log_.reopen()) {
-            self->log_.error("SIGUSR1: {}", *err);
+          if (auto err = self->ctx_->access_log().reopen()) {
+            self->ctx_->log().error("SIGUSR1: {}", *err);
           } else {
-            self->log_.info("SIGUSR1: log files reopened");
+            self->ctx_->log().info("SIGUSR1: log files reopened");
           }
         },
         SIGUSR1);
     add_onstack(SIGHUP);
     add_onstack(SIGUSR1);
   }
-  if (auto err = access_log_.open(config_.access_log, config_.access_log_format == "json")) {
+  if (auto err = ctx_->access_log().open(config_.access_log, config_.access_log_format == "json")) {
     set_result(VALVE_EINVALID, *err);
     return VALVE_EINVALID;
   }
@@ -584,7 +495,7 @@ int Server::prepare() {
             bool ours = false;
             for (auto &app : self->apps_) ours = ours || app->pool->on_reaped(pid, status);
             if (!ours) {
-              self->log_.debug("reaped orphan process {} ({})", pid, describe_exit(status));
+              self->ctx_->log().debug("reaped orphan process {} ({})", pid, describe_exit(status));
             }
           }
         },
@@ -593,7 +504,7 @@ int Server::prepare() {
   }
   if (config_.notify) {
     if (auto why = notifier_.open_from_environment())
-      log_.warn("{}: not telling it anything", *why);
+      ctx_->log().warn("{}: not telling it anything", *why);
   }
   if (int rc = listen(); rc != 0) return rc;
   if (!config_.admin.empty()) {
@@ -602,106 +513,24 @@ int Server::prepare() {
       set_result(rc, fmt::format("admin {}: {}", config_.admin, why));
       return rc;
     }
-    log_.info("admin interface on {}{}", admin_->address().starts_with("unix:") ? "" : "http://",
+    ctx_->log().info("admin interface on {}{}", admin_->address().starts_with("unix:") ? "" : "http://",
               admin_->address());
   }
   return 0;
 }
 
 int Server::listen() {
-  std::string host = config_.host == "localhost" ? "127.0.0.1" : config_.host;
-  sockaddr_storage addr{};
-  bool v6 = false;
-  if (uv_ip4_addr(host.c_str(), static_cast<int>(config_.port),
-                  reinterpret_cast<sockaddr_in *>(&addr)) != 0) {
-    if (uv_ip6_addr(host.c_str(), static_cast<int>(config_.port),
-                    reinterpret_cast<sockaddr_in6 *>(&addr)) != 0) {
-      set_result(VALVE_EINVALID, fmt::format("host {}: not an IPv4 or IPv6 address", config_.host));
-      return VALVE_EINVALID;
-    }
-    v6 = true;
-  }
-  listener_ = new_handle<uv_tcp_t>(this);
-  uv_tcp_init(&loop_, listener_);
-  int rc = uv_tcp_bind(listener_, reinterpret_cast<const sockaddr *>(&addr), 0);
-  if (rc == 0) {
-    rc =
-        uv_listen(reinterpret_cast<uv_stream_t *>(listener_), 1024, [](uv_stream_t *s, int status) {
-          auto *self = static_cast<Server *>(s->data);
-          if (self && status == 0) self->on_connection();
-        });
-  }
-  if (rc != 0) {
-    bool host_problem = rc == UV_EADDRNOTAVAIL;
-    set_result(rc, host_problem ? fmt::format("host {}: cannot listen there: {}", config_.host,
-                                              uv_message(rc))
-                                : fmt::format("port {}: cannot listen on {}: {}", config_.port,
-                                              config_.host, uv_message(rc)));
-    close_handle(listener_);
+  std::string address, why;
+  if (int rc = listener_->listen(&address, &why); rc != 0) {
+    set_result(rc, why);
     return rc;
   }
-  sockaddr_storage bound{};
-  int len = sizeof bound;
-  uv_tcp_getsockname(listener_, reinterpret_cast<sockaddr *>(&bound), &len);
-  int port = ntohs(v6 ? reinterpret_cast<sockaddr_in6 *>(&bound)->sin6_port
-                      : reinterpret_cast<sockaddr_in *>(&bound)->sin_port);
   {
     std::lock_guard lock(mutex_);
-    address_ = v6 ? fmt::format("[{}]:{}", host, port) : fmt::format("{}:{}", host, port);
+    address_ = address;
   }
-  log_.info("listening on http://{}", address_);
+  ctx_->log().info("listening on http://{}", address);
   return 0;
-}
-
-void Server::on_connection() {
-  auto *client = new ClientConn(*this);
-  if (client->accept(reinterpret_cast<uv_stream_t *>(listener_)) != 0) {
-    delete client;
-    return;
-  }
-  clients_.insert(client);
-  if (clients_.size() > config_.max_connections) {
-    ++stats_.rejected;
-    log_.debug("refusing a connection: {} are open (max-connections)", clients_.size() - 1);
-    client->fail(503, fmt::format("too many connections: {} are open (max-connections)",
-                                  clients_.size() - 1));
-  }
-}
-
-Proxy &Server::open_proxy(ClientConn &client, Head head) {
-  auto *ex = new Proxy(*this, client, std::move(head));
-  proxies_.insert(ex);
-  return *ex;
-}
-
-void Server::close_proxy(Proxy &ex) {
-  proxies_.erase(&ex);
-  defer_delete(&ex);
-  if (stopping_) maybe_terminate_pool();
-}
-
-void Server::close_client(ClientConn &client) {
-  if (clients_.erase(&client)) defer_delete(&client);
-}
-
-void Server::defer(std::function<void()> fn) {
-  deferred_.push_back(std::move(fn));
-  // An active idle handle keeps the loop from blocking in poll, so the check handle runs soon.
-  if (deferred_idle_ && !uv_is_active(reinterpret_cast<uv_handle_t *>(deferred_idle_)))
-    uv_idle_start(deferred_idle_, [](uv_idle_t *) {});
-}
-
-void Server::run_deferred() {
-  while (!deferred_.empty()) {
-    std::vector<std::function<void()>> now;
-    now.swap(deferred_);
-    for (auto &fn : now) fn();
-  }
-  if (deferred_idle_) uv_idle_stop(deferred_idle_);
-}
-
-void Server::emit(const std::string &event_json) const {
-  if (hooks_.event) hooks_.event(hooks_.event_data, event_json.c_str());
 }
 
 void Server::on_first_ready() {
@@ -711,7 +540,7 @@ void Server::on_first_ready() {
     started_ = true;
     cv_.notify_all();
   }
-  if (notifier_.active() && !stopping_) {
+  if (notifier_.active() && !ctx_->stopping()) {
     notifier_.send("READY=1");
     notifier_.status(service_status());
     notify_timer_ = std::make_unique<Timer>(&loop_, [this] { notifier_.status(service_status()); });
@@ -730,7 +559,7 @@ void Server::on_reload_started() {
 
 void Server::on_reload_finished(bool ok) {
   if (reloads_active_ > 0) --reloads_active_;
-  if (stopping_ || reloads_active_ > 0) return;
+  if (ctx_->stopping() || reloads_active_ > 0) return;
   notifier_.send("READY=1");
   notifier_.status(ok ? service_status() : "the last reload failed; " + service_status());
 }
@@ -755,7 +584,7 @@ void Server::on_pool_ready(Pool &pool) {
   if (!app || app->ready) return;
   app->ready = true;
   if (app->pending) {
-    log_.info("{}", app_message(*app, "ready: it takes requests once the reload completes"));
+    ctx_->log().info("{}", app_message(*app, "ready: it takes requests once the reload completes"));
     layout_step_done(true, {});
   } else if (all_apps_ready()) {
     on_first_ready();
@@ -765,7 +594,7 @@ void Server::on_pool_ready(Pool &pool) {
 void Server::on_pool_failed(Pool &pool, int code, std::string message) {
   App *app = app_for(pool);
   if (app && app->pending) {
-    log_.error("{}", app_message(*app, message));
+    ctx_->log().error("{}", app_message(*app, message));
     app->pending = false;  // not taken in by the reload: it ends
     retire_app(*app, "its start-up failed");
     layout_step_done(false, app_message(*app, message));
@@ -788,24 +617,28 @@ Routing Server::route(const Head &request, std::string_view peer_ip) {
   return out;
 }
 
-void Server::on_proxy_done(App &app) {
-  if (app.in_progress > 0) --app.in_progress;
-  if (app.retiring) maybe_end_app(app);
+void Server::on_proxy_done(Proxy &proxy) {
+  if (App *app = proxy.app()) {
+    if (app->in_progress > 0) --app->in_progress;
+    if (app->retiring) maybe_end_app(*app);
+  }
+  listener_->close_proxy(proxy);
+  if (ctx_->stopping()) maybe_terminate_pool();
 }
 
 void Server::retire_app(App &app, std::string_view why) {
   if (app.retiring) return;
   app.retiring = true;
   if (app.in_progress > 0) {
-    log_.info("{}", app_message(app, fmt::format("leaves ({}) once its {} requests in progress "
+    ctx_->log().info("{}", app_message(app, fmt::format("leaves ({}) once its {} requests in progress "
                                                  "are over (at most {} s)",
                                                  why, app.in_progress,
                                                  format_seconds(config_.graceful_timeout))));
   } else {
-    log_.info("{}", app_message(app, fmt::format("leaves ({})", why)));
+    ctx_->log().info("{}", app_message(app, fmt::format("leaves ({})", why)));
   }
   app.retire_timer = std::make_unique<Timer>(&loop_, [this, &app] {
-    log_.warn("{}", app_message(app, fmt::format("graceful timeout: {} requests still in "
+    ctx_->log().warn("{}", app_message(app, fmt::format("graceful timeout: {} requests still in "
                                                  "progress are cut off",
                                                  app.in_progress)));
     app.pool->terminate();
@@ -825,8 +658,8 @@ void Server::maybe_end_app(App &app) {
   app.pool->remove_runtime_files();
   for (auto it = apps_.begin(); it != apps_.end(); ++it) {
     if (it->get() == &app) {
-      log_.info("{}", app_message(app, "ended"));
-      defer_delete(it->release());
+      ctx_->log().info("{}", app_message(app, "ended"));
+      ctx_->defer_delete(it->release());
       apps_.erase(it);
       return;
     }
@@ -834,7 +667,7 @@ void Server::maybe_end_app(App &app) {
 }
 
 void Server::reload_all(ReloadDone done) {
-  if (stopping_) {
+  if (ctx_->stopping()) {
     if (done) done(ReloadResult{false, 0, 0, 0, "the server is shutting down"});
     return;
   }
@@ -842,28 +675,15 @@ void Server::reload_all(ReloadDone done) {
     main_app().pool->reload(std::move(done));
     return;
   }
-  LayoutReload &r = layout_reload_;
-  if (r.active) {
-    log_.info("a reload is in progress: the new one runs after it");
-    r.run_again = true;
-    if (done) r.again.push_back(std::move(done));
-    return;
-  }
-  std::vector<ReloadDone> waiters;
-  if (done) waiters.push_back(std::move(done));
-  begin_layout_reload(std::move(waiters));
+  if (layout_reload_.ask(std::move(done))) return begin_layout_reload();
+  ctx_->log().info("a reload is in progress: the new one runs after it");
 }
 
-void Server::begin_layout_reload(std::vector<ReloadDone> waiters) {
-  LayoutReload &r = layout_reload_;
-  r.active = true;
-  r.state = "in_progress";
-  r.failed = false;
-  r.error.clear();
-  r.fresh.clear();
+void Server::begin_layout_reload() {
+  layout_reload_.begin();
+  LayoutReloadWork &r = layout_work_;
+  r = LayoutReloadWork{};
   r.steps = 1;  // this function's own, so no step completes the reload before all have begun
-  r.started_ms = monotonic_ms();
-  r.waiters = std::move(waiters);
   on_reload_started();
   std::vector<Mistake> mistakes;
   auto next = load_layout(options_, &mistakes);
@@ -876,7 +696,7 @@ void Server::begin_layout_reload(std::vector<ReloadDone> waiters) {
   for (size_t i = 0; const char *key = option_key(i); ++i) {
     if (is_server_option(key) && config_.get(key) != r.next.server.get(key) &&
         std::string_view(key) != "config")
-      log_.warn("reload: {} changed in {}; it takes effect when valve restarts", key,
+      ctx_->log().warn("reload: {} changed in {}; it takes effect when valve restarts", key,
                 options_.config);
   }
   // Each app the file names: one serving with the same options reloads its workers; any other
@@ -910,7 +730,7 @@ void Server::begin_layout_reload(std::vector<ReloadDone> waiters) {
   }
   r.steps += reloading.size() + r.fresh.size();
   for (App *a : r.fresh) {
-    log_.info("{}", app_message(*a, "starting"));
+    ctx_->log().info("{}", app_message(*a, "starting"));
     a->pool->start();
     if (a->config.n_min == 0) on_pool_ready(*a->pool);
   }
@@ -921,8 +741,8 @@ void Server::begin_layout_reload(std::vector<ReloadDone> waiters) {
 }
 
 void Server::layout_step_done(bool ok, const std::string &error) {
-  LayoutReload &r = layout_reload_;
-  if (!r.active) return;
+  LayoutReloadWork &r = layout_work_;
+  if (!layout_reload_.in_progress()) return;
   if (!ok && !r.failed) {
     r.failed = true;
     r.error = error;
@@ -932,7 +752,7 @@ void Server::layout_step_done(bool ok, const std::string &error) {
 }
 
 void Server::finish_layout_reload(bool ok, std::string error) {
-  LayoutReload &r = layout_reload_;
+  LayoutReloadWork &r = layout_work_;
   if (ok) {
     // The new routes take every request from here on; apps no longer named, or replaced by a
     // fresh one of the same name, finish what they have and end.
@@ -957,36 +777,29 @@ void Server::finish_layout_reload(bool ok, std::string error) {
   result.ok = ok;
   result.error = ok ? std::string() : error;
   result.generation = main_app().pool->generation();
-  result.duration_ms = monotonic_ms() - r.started_ms;
+  result.duration_ms = layout_reload_.elapsed_ms();
   for (auto &a : apps_) {
     if (a->pending || a->retiring) continue;
     for (const auto &[state, n] : a->pool->count_states()) {
       if (state == "ready") result.workers += n;
     }
   }
-  r.active = false;
   r.fresh.clear();
-  r.state = ok ? "done" : "failed";
-  r.last_error = result.error;
   if (ok) {
-    log_.info("reload: {} apps serve, {} ms after the reload began", layout_.apps.size(),
+    ctx_->log().info("reload: {} apps serve, {} ms after the reload began", layout_.apps.size(),
               result.duration_ms);
   } else {
-    log_.error("reload failed; what served goes on serving: {}", error);
+    ctx_->log().error("reload failed; what served goes on serving: {}", error);
   }
-  stats_.reloads[ok ? "ok" : "failed"]++;
+  ctx_->stats().reloads[ok ? "ok" : "failed"]++;
   on_reload_finished(ok);
-  auto waiters = std::move(r.waiters);
-  r.waiters.clear();
-  for (auto &w : waiters) w(result);
-  if (r.run_again && !stopping_) {
-    r.run_again = false;
-    begin_layout_reload(std::exchange(r.again, {}));
-  }
+  if (!layout_reload_.finish(result)) return;
+  if (!ctx_->stopping()) return begin_layout_reload();
+  layout_reload_.drop_next(ReloadResult{false, 0, 0, 0, "the server is shutting down"});
 }
 
 void Server::fatal(int code, std::string message) {
-  log_.error("{}", message);
+  ctx_->log().error("{}", message);
   set_result(code, std::move(message));
   begin_stop(0);
 }
@@ -994,24 +807,22 @@ void Server::fatal(int code, std::string message) {
 void Server::begin_stop(double deadline_seconds) {
   if (finished_) return;
   if (deadline_seconds < 0) deadline_seconds = config_.graceful_timeout;
-  if (!stopping_) {
-    stopping_ = true;
+  if (!ctx_->stopping()) {
+    ctx_->set_stopping();
     notify_timer_.reset();
     notifier_.send(fmt::format("STOPPING=1\nSTATUS=shutting down: {} requests in progress",
-                               proxies_.size()));
-    if (listener_) close_handle(listener_);
-    std::vector<ClientConn *> clients(clients_.begin(), clients_.end());
-    for (ClientConn *c : clients) c->drain();
-    if (!proxies_.empty() && deadline_seconds > 0)
-      log_.info("waiting up to {} s for {} requests in progress", format_seconds(deadline_seconds),
-                proxies_.size());
+                               listener_->requests_in_progress()));
+    listener_->drain();
+    if (listener_->requests_in_progress() > 0 && deadline_seconds > 0)
+      ctx_->log().info("waiting up to {} s for {} requests in progress", format_seconds(deadline_seconds),
+                listener_->requests_in_progress());
   }
   if (deadline_seconds <= 0) {
     terminate_pool();
     return;
   }
   stop_timer_ = std::make_unique<Timer>(&loop_, [this] {
-    log_.warn("graceful timeout: {} requests still in progress are cut off", proxies_.size());
+    ctx_->log().warn("graceful timeout: {} requests still in progress are cut off", listener_->requests_in_progress());
     terminate_pool();
   });
   stop_timer_->start(deadline_seconds);
@@ -1019,7 +830,7 @@ void Server::begin_stop(double deadline_seconds) {
 }
 
 void Server::maybe_terminate_pool() {
-  if (stopping_ && !terminating_ && proxies_.empty()) terminate_pool();
+  if (ctx_->stopping() && !terminating_ && listener_->requests_in_progress() == 0) terminate_pool();
 }
 
 void Server::terminate_pool() {
@@ -1040,45 +851,44 @@ void Server::on_pool_terminated(Pool &pool) {
     if (!a->terminated) return;
   }
   // Requests still open lost their workers: their clients are closed with them.
-  std::vector<ClientConn *> clients(clients_.begin(), clients_.end());
-  for (ClientConn *c : clients) c->close();
+  listener_->close_clients();
   finish();
 }
 
 void Server::finish() {
   if (finished_) return;
   finished_ = true;
-  stopping_ = true;
-  if (listener_) close_handle(listener_);
+  ctx_->set_stopping();
+  listener_->close();
   if (sigint_) close_handle(sigint_);
   if (sigterm_) close_handle(sigterm_);
   if (sigchld_) close_handle(sigchld_);
   if (sighup_) close_handle(sighup_);
   if (sigusr1_) close_handle(sigusr1_);
   admin_->close();
-  access_log_.flush();
+  ctx_->access_log().flush();
   stop_timer_.reset();
   notify_timer_.reset();
   inbox_->close();
-  if (deferred_check_) close_handle(deferred_check_);
-  if (deferred_idle_) close_handle(deferred_idle_);
-  if (result_ == 0) log_.info("stopped");
+  ctx_->deferred().close();
+  if (result_ == 0) ctx_->log().info("stopped");
 }
 
 void Server::remove_runtime_dir() {
-  if (runtime_dir_.empty()) return;
+  const std::string &dir = ctx_->runtime_dir();
+  if (dir.empty()) return;
   if (apps_.empty()) return;
-  unlink(main_app().pool->script_path().c_str());
+  unlink(worker_script_path(dir).c_str());
   for (auto &app : apps_) app->pool->remove_runtime_files();
   if (own_runtime_dir_) {
-    if (DIR *d = opendir(runtime_dir_.c_str())) {
+    if (DIR *d = opendir(dir.c_str())) {
       while (dirent *e = readdir(d)) {
         std::string name = e->d_name;
-        if (name.ends_with(".sock")) unlink((runtime_dir_ + "/" + name).c_str());
+        if (name.ends_with(".sock")) unlink((dir + "/" + name).c_str());
       }
       closedir(d);
     }
-    rmdir(runtime_dir_.c_str());
+    rmdir(dir.c_str());
   }
 }
 

@@ -1,4 +1,6 @@
-// The server: one loop thread owning a listener, client connections, proxies and the pool.
+// The server, on top of everything: the host API and the lifecycle (start, serve, reload, stop), on
+// one loop thread that owns the listener, the apps (each a pool of workers), the admin interface and
+// the signals. It hands a Context down, and hears back as each part's host or observer.
 #pragma once
 
 #include <signal.h>
@@ -16,48 +18,22 @@
 #include <utility>
 #include <vector>
 
+#include "admin.hpp"
+#include "app.hpp"
 #include "config.hpp"
-#include "http.hpp"
 #include "config_file.hpp"
-#include "log.hpp"
+#include "context.hpp"
+#include "http.hpp"
 #include "inbox.hpp"
+#include "listener.hpp"
+#include "log.hpp"
 #include "notify.hpp"
-#include "stats.hpp"
+#include "pool.hpp"
+#include "proxy.hpp"
+#include "reload.hpp"
 #include "util.hpp"
 
 namespace valve {
-
-class Pool;
-struct ReloadResult;
-using ReloadDone = std::function<void(const ReloadResult &)>;
-class ClientConn;
-class Proxy;
-class AdminServer;
-
-using EventSink = void (*)(void *user_data, const char *event_json);
-
-// One app: a pool of workers with its own settings, reached through the routes.
-struct App {
-  App(std::string app_name, Config app_config);
-  ~App();
-  std::string name;
-  Config config;  // the pool reads it by reference: an App never moves
-  std::unique_ptr<Pool> pool;
-  size_t in_progress = 0;  // requests routed here and not over yet
-  bool ready = false;    // a worker of it was ready once (or it needs none: n-min 0)
-  bool pending = false;  // started by a reload in progress: not routed to yet
-  bool retiring = false;  // out of the routes: it ends once its requests have
-  bool terminated = false;  // its pool ended all its workers
-  std::unique_ptr<Timer> retire_timer;  // cuts its requests off at graceful-timeout
-  uint64_t requests = 0;
-  uint64_t by_class[6] = {};  // answers by status / 100
-};
-
-// The app a request goes to, and the route that chose it.
-struct Routing {
-  App *app = nullptr;
-  const Route *route = nullptr;
-};
 
 // The host's callbacks; null members are unused.
 struct Hooks {
@@ -67,7 +43,7 @@ struct Hooks {
   void *event_data = nullptr;
 };
 
-class Server {
+class Server final : public Pool::Observer, public Proxy::Host, public AdminServer::Host {
  public:
   Server(Config config, Hooks hooks);
   ~Server();
@@ -97,87 +73,50 @@ class Server {
 
   // ---- loop thread
   uv_loop_t *loop() { return &loop_; }
-  const Config &config() const { return config_; }
-  const Logger &log() const { return log_; }
-  Stats &stats() { return stats_; }
-  AccessLog &access_log() { return access_log_; }
-  std::string status_json_now();
+  Context &context() { return *ctx_; }
+
+  // Pool::Observer
+  void on_pool_ready(Pool &pool) override;
+  void on_pool_failed(Pool &pool, int code, std::string message) override;
+  void on_pool_terminated(Pool &pool) override;
+  // The service manager hears RELOADING=1, then READY=1.
+  void on_reload_started() override;
+  void on_reload_finished(bool ok) override;
+
+  // Proxy::Host
+  Routing route(const Head &request, std::string_view peer_ip) override;
+  const std::vector<Route> &routes() const override { return layout_.routes; }
+  void on_proxy_done(Proxy &proxy) override;
+
+  // AdminServer::Host
+  std::string status_json_now() override;
+  std::string metrics_text() override;
   // Whether /readyz passes: not stopping, and a worker can take a request; else why not.
-  bool ready(std::string *why);
-  // Sets n-min and/or n-max of an app (the only one when app is empty) from their text: a
-  // message naming the option, or nullopt.
-  std::optional<std::string> scale(const std::optional<std::string> &n_min,
-                                   const std::optional<std::string> &n_max,
-                                   const std::string &app = {});
-  // The app an app-specific admin command means: the named one, or the only one.
-  App *find_app(std::string_view name, std::string *why);
-  size_t requests_in_progress() const { return proxies_.size(); }
-  size_t client_connections() const { return clients_.size(); }
-  // Every app, those leaving and arriving included.
-  const std::vector<std::unique_ptr<App>> &apps() const { return apps_; }
-  // The first app serving: the only one without a config file.
-  App &main_app();
-  // Whether answers name their app (a Valve-App header): when a config file defines the apps.
-  bool names_apps() const { return layout_.from_file; }
-  const std::vector<Route> &routes() const { return layout_.routes; }
-  // The app for a request; app is null when no route matches.
-  Routing route(const Head &request, std::string_view peer_ip);
-  // A request routed to app is over.
-  void on_proxy_done(App &app);
-  uint64_t next_worker_id() { return next_worker_id_++; }
+  bool ready(std::string *why) override;
   // Reloads every app (and, with a config file, the apps and routes from it); done runs on the
   // loop thread when it is over.
-  void reload_all(ReloadDone done);
-  std::string reload_json() const;
-  const std::string &runtime_dir() const { return runtime_dir_; }
-  bool stopping() const { return stopping_; }
-
-  // Start-up cannot succeed (no worker became ready, R or plumber missing): stop with this result.
-  void fatal(int code, std::string message);
-  void on_first_ready();
-  // A pool's first worker is ready; its start-up failed; it ended all its workers.
-  void on_pool_ready(Pool &pool);
-  void on_pool_failed(Pool &pool, int code, std::string message);
-  void on_pool_terminated(Pool &pool);
-  // The pool's reload began or ended (the service manager hears RELOADING=1, then READY=1).
-  void on_reload_started();
-  void on_reload_finished(bool ok);
-  bool wants_events() const { return hooks_.event != nullptr; }
-  // Hands one event (a JSON object) to the host, if it asked for events.
-  void emit(const std::string &event_json) const;
-
-  Proxy &open_proxy(ClientConn &client, Head head);
-  void close_proxy(Proxy &ex);
-  void close_client(ClientConn &client);
-  // Runs fn on the loop thread soon, after the current callback has returned.
-  void defer(std::function<void()> fn);
-  template <typename T>
-  void defer_delete(T *p) {
-    defer([p] { delete p; });
-  }
-  // Takes p out of the list that owns it, deleting it after the current callback has returned.
-  template <typename T>
-  void defer_erase(std::list<std::unique_ptr<T>> &owners, T *p) {
-    for (auto it = owners.begin(); it != owners.end(); ++it) {
-      if (it->get() == p) {
-        defer_delete(it->release());
-        owners.erase(it);
-        return;
-      }
-    }
-  }
+  void reload(ReloadDone done) override { reload_all(std::move(done)); }
+  std::optional<std::string> scale(const std::optional<std::string> &n_min,
+                                   const std::optional<std::string> &n_max,
+                                   const std::string &app) override;
+  App *find_app(std::string_view name, std::string *why) override;
 
  private:
   int serve();  // run() with SIGPIPE blocked
+  void reload_all(ReloadDone done);
+  std::string reload_json() const;
+  App &main_app();  // the first app serving: the only one without a config file
+  bool all_apps_ready() const;
+  void on_first_ready();
+  // Start-up cannot succeed (no worker became ready, R or plumber missing): stop with this result.
+  void fatal(int code, std::string message);
   int prepare();
   int listen();
-  void on_connection();
   void begin_stop(double deadline_seconds);
   void maybe_terminate_pool();
   void terminate_pool();
   void finish();
   void remove_runtime_dir();
-  void run_deferred();
   void start_reload(std::string_view why);  // SIGHUP
   // Whether the caller is the loop thread of a running server; *error says if it is not running.
   bool on_running_loop(std::string *error);
@@ -194,43 +133,32 @@ class Server {
   std::string app_message(const App &app, std::string_view message) const;
   void retire_app(App &app, std::string_view why);
   void maybe_end_app(App &app);
-  void begin_layout_reload(std::vector<ReloadDone> waiters);
+  void begin_layout_reload();
   void layout_step_done(bool ok, const std::string &error);
   void finish_layout_reload(bool ok, std::string error);
-  bool all_apps_ready() const;
 
   Config options_;  // as given (flags): a config file's values yield to these on every reload
   Config config_;   // the server's options, the file's included
   Layout layout_;   // the apps and routes in force
   std::string layout_error_;
   std::vector<std::unique_ptr<App>> apps_;
-  uint64_t next_worker_id_ = 1;
   uint64_t next_pool_serial_ = 1;
   int reloads_active_ = 0;  // pools reloading: the service manager hears RELOADING=1 once
-  struct LayoutReload {
-    bool active = false;
+  // A config file's reload: the mechanism, and what this one builds.
+  Reload layout_reload_;
+  struct LayoutReloadWork {
     Layout next;
     std::vector<App *> fresh;  // apps it started
     size_t steps = 0;          // pool reloads and fresh apps not over yet
     bool failed = false;
     std::string error;
-    uint64_t started_ms = 0;
-    std::vector<ReloadDone> waiters;
-    std::vector<ReloadDone> again;  // asked for meanwhile: run after it
-    bool run_again = false;
-    std::string state = "none";  // for the status: none, in_progress, done, failed
-    std::string last_error;
-  } layout_reload_;
+  } layout_work_;
   Hooks hooks_;
-  Logger log_;
-  Stats stats_;
-  AccessLog access_log_;
   uv_loop_t loop_{};
+  std::unique_ptr<Context> ctx_;
   std::unique_ptr<Inbox> inbox_;
+  std::unique_ptr<Listener> listener_;
   std::unique_ptr<AdminServer> admin_;
-  uv_tcp_t *listener_ = nullptr;
-  uv_check_t *deferred_check_ = nullptr;
-  uv_idle_t *deferred_idle_ = nullptr;
   uv_signal_t *sigint_ = nullptr;
   uv_signal_t *sigterm_ = nullptr;
   uv_signal_t *sigchld_ = nullptr;
@@ -239,13 +167,8 @@ class Server {
   std::unique_ptr<Timer> stop_timer_;
   Notifier notifier_;
   std::unique_ptr<Timer> notify_timer_;  // refreshes STATUS= while serving
-  std::unordered_set<ClientConn *> clients_;
-  std::unordered_set<Proxy *> proxies_;
-  std::vector<std::function<void()>> deferred_;
-  std::string runtime_dir_;
   bool own_runtime_dir_ = false;
   std::vector<std::pair<int, struct sigaction>> saved_signals_;  // the host's, restored at the end
-  bool stopping_ = false;
   bool terminating_ = false;
   bool finished_ = false;
 

@@ -4,7 +4,7 @@
 
 #include "proxy.hpp"
 #include "pool.hpp"
-#include "server.hpp"
+#include "context.hpp"
 #include "util.hpp"
 #include "worker.hpp"
 
@@ -23,9 +23,9 @@ uv_stream_t *UpstreamConn::stream() { return stream_.get(); }
 
 void UpstreamConn::connect() {
   int rc = stream_.connect(
-      worker_.pool().server().loop(), this, worker_.socket_path(), worker_.port(),
+      worker_.pool().context().loop(), this, worker_.socket_path(), worker_.port(),
       [](void *self, int status) { static_cast<UpstreamConn *>(self)->on_connect(status); });
-  if (rc != 0) worker_.pool().server().defer([this, rc] { on_connect(rc); });
+  if (rc != 0) worker_.pool().context().defer([this, rc] { on_connect(rc); });
 }
 
 void UpstreamConn::on_connect(int status) {
@@ -69,7 +69,7 @@ bool UpstreamConn::send(std::string_view data) {
     }
   });
   if (rc != 0) {
-    worker_.pool().server().defer(
+    worker_.pool().context().defer(
         [this, rc] { fail(fmt::format("writing to the worker failed: {}", uv_message(rc))); });
     return true;
   }

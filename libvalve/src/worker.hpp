@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include "context.hpp"
+#include "health.hpp"
 #include "util.hpp"
 
 namespace valve {
@@ -18,8 +20,6 @@ namespace valve {
 class Pool;
 class UpstreamConn;
 class LineReader;
-class Probe;
-class ReadinessProbe;
 struct SpawnSpec;
 struct Spawned;
 
@@ -87,12 +87,14 @@ class Worker {
   uint64_t ready_ms() const { return ready_ms_; }
   uint64_t generation() const { return generation_; }
   // Ready and healthy: may be given requests (a retiring one only when no other can).
-  bool accepting() const { return state_ == State::ready && !unhealthy_; }
+  bool accepting() const { return state_ == State::ready && !health_.unhealthy(); }
   bool retiring() const { return !retire_reason_.empty(); }
   const std::string &retire_reason() const { return retire_reason_; }
-  bool unhealthy() const { return unhealthy_; }
+  bool unhealthy() const { return health_.unhealthy(); }
   // Ready but to be replaced (retiring or unhealthy), and not yet draining.
-  bool awaiting_replacement() const { return state_ == State::ready && (retiring() || unhealthy_); }
+  bool awaiting_replacement() const {
+    return state_ == State::ready && (retiring() || health_.unhealthy());
+  }
   uint64_t rss_bytes() const { return rss_bytes_; }
   uint64_t pss_bytes() const { return pss_bytes_; }  // sampled for forked workers only
   bool forked() const { return forked_; }            // forked from a preload template
@@ -113,7 +115,7 @@ class Worker {
   void on_line(bool is_stderr, std::string_view line);
 
  private:
-  friend class ReadinessProbe;
+  WorkerAddress worker_address() const { return {socket_path_, port_}; }
   void attach(const Spawned &child);  // the process exists: watch it, read its output, probe it
   void end_unstarted(std::string_view why);  // stopped or killed before the template forked it
   void on_probe_result(bool answered);
@@ -146,10 +148,7 @@ class Worker {
   uint64_t rss_bytes_ = 0;
   uint64_t pss_bytes_ = 0;
   std::string retire_reason_;
-  bool unhealthy_ = false;
-  uint64_t health_passes_ = 0;  // checks in a row
-  uint64_t health_fails_ = 0;
-  uint64_t request_fails_ = 0;  // requests in a row the worker itself failed
+  Health health_;
   std::list<std::unique_ptr<UpstreamConn>> conns_;
   std::vector<UpstreamConn *> idle_;
   std::unique_ptr<LineReader> out_, err_;
@@ -163,7 +162,7 @@ class Worker {
   bool fork_pending_ = false;  // the template has been asked to fork it: no process yet
   bool forked_ = false;
   bool exit_seen_ = false;  // a forked worker's pidfd said it ended; its status is awaited
-  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+  DeferredCalls calls_;
   Timer startup_timer_;
   Timer kill_timer_;
   Timer exit_check_;

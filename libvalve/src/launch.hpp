@@ -1,0 +1,32 @@
+// How a worker process is launched: the R script plumber and shiny workers run, and the command
+// line, environment and address of each kind of worker (plumber, shiny, --cmd). With --preload a
+// plumber or shiny worker is forked from a template instead (preloader.hpp), from the same spec.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "process.hpp"
+
+namespace valve {
+
+class Pool;
+
+// The R script every plumber or shiny worker runs, in the runtime directory.
+std::string worker_script_path(const std::string &runtime_dir);
+// Writes it (mode 0644): false when it cannot.
+bool write_worker_script(const std::string &runtime_dir);
+
+// How to start one worker, and where it will serve.
+struct WorkerLaunch {
+  SpawnSpec spec;
+  std::string socket_path;  // a Unix socket, or empty: it serves on 127.0.0.1:port
+  int port = 0;
+  bool preloadable = false;  // an R worker, which a preload template can fork
+};
+
+// The launch of worker `id` of the pool: 0, or a negative errno (no free port for {port}).
+int plan_worker_launch(const Pool &pool, uint64_t id, WorkerLaunch *out);
+
+}  // namespace valve
