@@ -10,14 +10,14 @@
 #include <climits>
 #include <vector>
 
-#include "proxy.hpp"
+#include "http.hpp"
 #include "process.hpp"
 #include "context.hpp"
 #include "spawn_policy.hpp"
 #include "stats.hpp"
 #include "preloader.hpp"
 #include "valve/valve.h"
-#include "worker.hpp"
+#include "launch.hpp"
 
 namespace valve {
 
@@ -44,6 +44,10 @@ Pool::Pool(Context &ctx, Observer &observer, const Config &config, std::string n
 Pool::~Pool() = default;
 
 const Logger &Pool::log() const { return ctx_.log(); }
+
+int Pool::plan_launch(uint64_t id, WorkerLaunch *out) const {
+  return plan_worker_launch(*this, id, out);
+}
 
 std::optional<std::string> Pool::check_environment() {
   std::string error;
@@ -128,13 +132,13 @@ Worker *Pool::find_pid(int pid) {
   return nullptr;
 }
 
-Worker *Pool::pick(const Proxy *ex) {
+Worker *Pool::pick(const Request *req) {
   // A Shiny session lives in one worker's memory: its requests go there while that worker takes
   // requests, even past its concurrency, which only decides where new sessions go. A session
   // whose worker is gone starts over on another (and gets a new cookie).
-  if (ex && config_.shiny() && !ex->affinity().empty()) {
+  if (req && config_.shiny() && !req->affinity().empty()) {
     for (auto &w : workers_) {
-      if (w->affinity() == ex->affinity() && w->accepting() && ex->excluded_worker() != w->id())
+      if (w->affinity() == req->affinity() && w->accepting() && req->excluded_worker() != w->id())
         return w.get();
     }
   }
@@ -144,7 +148,7 @@ Worker *Pool::pick(const Proxy *ex) {
   Worker *best = nullptr;
   for (auto &w : workers_) {
     if (!w->accepting() || w->in_flight() >= config_.concurrency()) continue;
-    if (ex && ex->excluded_worker() == w->id() && avoid_excluded) continue;
+    if (req && req->excluded_worker() == w->id() && avoid_excluded) continue;
     // A worker being replaced serves only when no other can. Then the most recently used first:
     // spare workers fall idle and can be retired.
     if (!best || (best->retiring() && !w->retiring()) ||
@@ -154,35 +158,35 @@ Worker *Pool::pick(const Proxy *ex) {
   return best;
 }
 
-void Pool::assign(Worker &w, Proxy &ex) { ex.dispatch(w, w.lease()); }
+void Pool::assign(Worker &w, Request &req) { req.dispatch(w, w.lease()); }
 
-void Pool::submit(Proxy &ex, bool front) {
+void Pool::submit(Request &req, bool front) {
   if (terminating_) {
-    ex.reject(503, "the server is shutting down");
+    req.reject(503, "the server is shutting down");
     return;
   }
-  if (Worker *w = pick(&ex)) {
-    assign(*w, ex);
+  if (Worker *w = pick(&req)) {
+    assign(*w, req);
     return;
   }
   if (queue_.size() >= config_.queue_max) {
-    log().warn("queue full ({} waiting): rejecting {} {}", queue_.size(), ex.request().method,
-               ex.request().target);
-    ex.reject(
+    log().warn("queue full ({} waiting): rejecting {} {}", queue_.size(), req.request().method,
+               req.request().target);
+    req.reject(
         503, fmt::format("all workers are busy and the queue is full ({} waiting)", queue_.size()));
     return;
   }
   if (front) {
-    queue_.push_front(&ex);
+    queue_.push_front(&req);
   } else {
-    queue_.push_back(&ex);
+    queue_.push_back(&req);
   }
-  ex.on_queued();
+  req.on_queued();
   rebalance();
 }
 
-void Pool::cancel(Proxy &ex) {
-  queue_.erase(std::remove(queue_.begin(), queue_.end(), &ex), queue_.end());
+void Pool::cancel(Request &req) {
+  queue_.erase(std::remove(queue_.begin(), queue_.end(), &req), queue_.end());
 }
 
 void Pool::drain_queue() {
@@ -193,9 +197,9 @@ void Pool::drain_queue() {
       ++it;                        // only its excluded worker is free: let others pass
       continue;
     }
-    Proxy *ex = *it;
+    Request *req = *it;
     it = queue_.erase(it);
-    assign(*w, *ex);
+    assign(*w, *req);
     it = queue_.begin();  // assign may have changed the queue
   }
 }
@@ -552,9 +556,9 @@ void Pool::terminate() {
   reload_.drop_next(ReloadResult{false, generation_, 0, 0, "the server is shutting down"});
   if (reload_.in_progress())
     finish_reload(false, "the server is shutting down");
-  std::deque<Proxy *> waiting;
+  std::deque<Request *> waiting;
   waiting.swap(queue_);
-  for (Proxy *ex : waiting) ex->reject(503, "the server is shutting down");
+  for (Request *req : waiting) req->reject(503, "the server is shutting down");
   std::vector<Worker *> all;
   for (auto &w : workers_) all.push_back(w.get());
   for (Worker *w : all) w->stop("shutting down");

@@ -17,17 +17,18 @@
 #include "reload.hpp"
 #include "sandbox.hpp"
 #include "util.hpp"
+#include "worker.hpp"
 
 namespace valve {
 
 class Context;
-class Worker;
-class Proxy;
+class UpstreamConn;
+struct Head;
 class Logger;
 class Preloader;
 
 
-class Pool {
+class Pool final : public Worker::Owner {
  public:
   // What a pool tells the one that owns it.
   class Observer {
@@ -44,6 +45,25 @@ class Pool {
     ~Observer() = default;
   };
 
+  // A request as the pool sees it (a proxy): what places it, and how it is handed over.
+  class Request {
+   public:
+    virtual const Head &request() const = 0;
+    // The worker a retry avoids (0: none).
+    virtual uint64_t excluded_worker() const = 0;
+    // The worker a Shiny session is pinned to (its affinity token), "" when none.
+    virtual const std::string &affinity() const = 0;
+    // A worker takes it, over conn (leased from the worker).
+    virtual void dispatch(Worker &worker, UpstreamConn &conn) = 0;
+    // It waits in the queue (its queue timeout starts).
+    virtual void on_queued() = 0;
+    // It is refused with 503: the queue is full, or the pool is shutting down.
+    virtual void reject(int status, std::string_view message) = 0;
+
+   protected:
+    ~Request() = default;
+  };
+
   // name: the app's; serial: unique in the server, for the pool's files in the runtime directory.
   Pool(Context &ctx, Observer &observer, const Config &config, std::string name, uint64_t serial);
   ~Pool();
@@ -52,8 +72,8 @@ class Pool {
 
   void start();
   // Sends the request to an idle worker, queues it, or rejects it with 503.
-  void submit(Proxy &ex, bool front = false);
-  void cancel(Proxy &ex);
+  void submit(Request &req, bool front = false);
+  void cancel(Request &req);
   // Stop launching; end every worker (SIGTERM, then SIGKILL). done() runs when all have exited.
   void terminate();
   bool all_exited() const;
@@ -68,21 +88,22 @@ class Pool {
   std::string reload_json() const;
 
   // ---- from workers
-  void on_worker_ready(Worker &w);
+  void on_worker_ready(Worker &w) override;
   // The worker should be replaced gracefully: its replacement starts first (kind: max-requests,
   // max-rss).
-  void retire(Worker &w, std::string kind, std::string_view why);
+  void retire(Worker &w, std::string kind, std::string_view why) override;
   // A worker turned unhealthy or healthy again.
-  void on_worker_health(Worker &w);
-  void on_worker_free(Worker &w);
-  void on_worker_exit(Worker &w, int wait_status, bool never_ready);
+  void on_worker_health(Worker &w) override;
+  void on_worker_free(Worker &w) override;
+  void on_worker_exit(Worker &w, int wait_status, bool never_ready) override;
+  int plan_launch(uint64_t id, WorkerLaunch *out) const override;
 
-  Context &context() { return ctx_; }
+  Context &context() override { return ctx_; }
   const Context &context() const { return ctx_; }
-  const std::string &name() const { return name_; }
+  const std::string &name() const override { return name_; }
   uint64_t serial() const { return serial_; }
   bool terminating() const { return terminating_; }
-  const Config &config() const { return config_; }
+  const Config &config() const override { return config_; }
   const Logger &log() const;
   // The resolved Rscript, and the API file's absolute path.
   const std::string &rscript_path() const { return rscript_path_; }
@@ -95,13 +116,13 @@ class Pool {
   // Who workers run as, and the environment they get (re-read from --env-file on each reload).
   const Identity &identity() const { return identity_; }
   const std::vector<std::string> &worker_environment() const { return worker_env_; }
-  size_t queue_depth() const { return queue_.size(); }
+  size_t queue_depth() const override { return queue_.size(); }
   std::string workers_json() const;
   Worker *find_pid(int pid);
   // valve reaped a child (SIGCHLD): a worker's or a template's exit. False when it was neither.
   bool on_reaped(int pid, int wait_status);
   // With --preload, the templates workers are forked from (preloader.hpp); null without.
-  Preloader *preloader() { return preloader_.get(); }
+  Preloader *preloader() override { return preloader_.get(); }
   void on_template_exit();
   std::string preload_json() const;
   void remove_runtime_files();
@@ -112,8 +133,8 @@ class Pool {
   bool ready(std::string *why) const;
 
  private:
-  Worker *pick(const Proxy *ex);
-  void assign(Worker &w, Proxy &ex);
+  Worker *pick(const Request *req);
+  void assign(Worker &w, Request &req);
   void drain_queue();
   void launch_needed();
   void launch_one();
@@ -143,7 +164,7 @@ class Pool {
   std::vector<std::string> worker_env_;
   std::unique_ptr<Preloader> preloader_;  // before workers_: it outlives them
   std::list<std::unique_ptr<Worker>> workers_;
-  std::deque<Proxy *> queue_;
+  std::deque<Request *> queue_;
   unsigned failures_ = 0;  // launches in a row that never became ready
   bool ever_ready_ = false;
   bool terminating_ = false;

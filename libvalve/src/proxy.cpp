@@ -330,7 +330,7 @@ int Proxy::on_upstream_head(Head &head) {
   // body; a 204 never has one (RFC 9110 8.6), while a 304's names the 200's size.
   append_worker_headers(
       out, head, (framing_ == Framing::length || framing_ == Framing::none) && head.status != 204);
-  if (worker_ && worker_->pool().config().shiny() && affinity_ != worker_->affinity())
+  if (worker_ && config().shiny() && affinity_ != worker_->affinity())
     append(out, "Set-Cookie: {}={}; Path=/; HttpOnly; SameSite=Lax\r\n", kAffinityCookie,
            worker_->affinity());
   if (framing_ == Framing::chunked) out += "Transfer-Encoding: chunked\r\n";

@@ -7,20 +7,21 @@
 #include <vector>
 
 #include "http.hpp"
+#include "pool.hpp"
+#include "upstream.hpp"
 #include "util.hpp"
 
 namespace valve {
 
 class Context;
 class ClientConn;
-class UpstreamConn;
 class Worker;
 struct App;
 struct Config;
 struct Route;
 struct Routing;
 
-class Proxy {
+class Proxy final : public Pool::Request, public UpstreamConn::Handler {
  public:
   // Who routes requests and keeps the proxies.
   class Host {
@@ -49,38 +50,35 @@ class Proxy {
   // Tunnel bytes from the client (after a 101).
   void on_tunnel_data(std::string_view data);
 
-  // ---- from the pool
-  void on_queued();
-  void dispatch(Worker &worker, UpstreamConn &conn);
+  // ---- Pool::Request: from the pool
+  void on_queued() override;
+  void dispatch(Worker &worker, UpstreamConn &conn) override;
   // Ends a queued request with 503 (queue full, queue timeout, shutting down).
-  void reject(int status, std::string_view message);
+  void reject(int status, std::string_view message) override;
 
-  // ---- from the upstream connection
-  int on_upstream_head(Head &head);
-  void on_upstream_body(std::string_view data);
-  void on_upstream_complete(bool reusable);
-  // A read ended with the answer still unfinished.
-  void on_upstream_unfinished();
-  void on_upstream_failed(std::string_view reason);
-  void on_upstream_drained();
-  // Tunnel bytes from the worker (after a 101).
-  void on_upstream_tunnel_data(std::string_view data);
-  // The worker's 101 is parsed; early is what it sent after it.
-  void on_upstream_switched(std::string_view early);
+  // ---- UpstreamConn::Handler: from the worker's connection
+  int on_upstream_head(Head &head) override;
+  void on_upstream_body(std::string_view data) override;
+  void on_upstream_complete(bool reusable) override;
+  void on_upstream_unfinished() override;
+  void on_upstream_failed(std::string_view reason) override;
+  void on_upstream_drained() override;
+  void on_upstream_tunnel_data(std::string_view data) override;
+  void on_upstream_switched(std::string_view early) override;
 
   bool retryable() const;
   // All of the request has been read (a bodiless one once its head is).
   bool whole_request() const { return request_complete_ || !has_body_; }
-  uint64_t excluded_worker() const { return excluded_worker_; }
-  const Head &request() const { return request_; }
+  uint64_t excluded_worker() const override { return excluded_worker_; }
+  const Head &request() const override { return request_; }
   const std::string &request_id() const { return request_id_; }
   bool response_started() const { return response_started_; }
   // The app the routes chose (null before, or when none matched).
   App *app() const { return app_; }
   // A WebSocket handshake, passed on to the worker with its Upgrade headers.
-  bool websocket() const { return websocket_; }
+  bool websocket() const override { return websocket_; }
   // The worker the client's session is pinned to (the valve_worker cookie), "" when none.
-  const std::string &affinity() const { return affinity_; }
+  const std::string &affinity() const override { return affinity_; }
 
  private:
   enum class Framing { none, length, chunked, close };

@@ -2,8 +2,6 @@
 
 #include <fmt/format.h>
 
-#include "proxy.hpp"
-#include "pool.hpp"
 #include "context.hpp"
 #include "util.hpp"
 #include "worker.hpp"
@@ -23,9 +21,9 @@ uv_stream_t *UpstreamConn::stream() { return stream_.get(); }
 
 void UpstreamConn::connect() {
   int rc = stream_.connect(
-      worker_.pool().context().loop(), this, worker_.socket_path(), worker_.port(),
+      worker_.context().loop(), this, worker_.socket_path(), worker_.port(),
       [](void *self, int status) { static_cast<UpstreamConn *>(self)->on_connect(status); });
-  if (rc != 0) worker_.pool().context().defer([this, rc] { on_connect(rc); });
+  if (rc != 0) worker_.context().defer([this, rc] { on_connect(rc); });
 }
 
 void UpstreamConn::on_connect(int status) {
@@ -44,10 +42,10 @@ void UpstreamConn::on_connect(int status) {
   if (!paused_) start_reading();
 }
 
-void UpstreamConn::attach(Proxy &proxy) { proxy_ = &proxy; }
+void UpstreamConn::attach(Handler &handler) { handler_ = &handler; }
 
 void UpstreamConn::detach() {
-  proxy_ = nullptr;
+  handler_ = nullptr;
   paused_ = false;
   if (tunnel_) broken_ = true;  // a tunnel's connection is never reused
   if (connected_ && !broken_)
@@ -64,12 +62,12 @@ bool UpstreamConn::send(std::string_view data) {
     auto *self = static_cast<UpstreamConn *>(s->data);
     if (status != 0) {
       self->fail(fmt::format("writing to the worker failed: {}", uv_message(status)));
-    } else if (self->proxy_ && write_queue_size(s) < kWriteLowWater) {
-      self->proxy_->on_upstream_drained();
+    } else if (self->handler_ && write_queue_size(s) < kWriteLowWater) {
+      self->handler_->on_upstream_drained();
     }
   });
   if (rc != 0) {
-    worker_.pool().context().defer(
+    worker_.context().defer(
         [this, rc] { fail(fmt::format("writing to the worker failed: {}", uv_message(rc))); });
     return true;
   }
@@ -100,13 +98,13 @@ void UpstreamConn::on_read(ssize_t nread, const uv_buf_t *buf) {
       fail(nread == UV_EOF ? std::string("the worker closed the connection")
                            : fmt::format("reading from the worker failed: {}",
                                          uv_message(static_cast<int>(nread))));
-    } else if (proxy_) {
-      proxy_->on_upstream_tunnel_data(std::string_view(buf->base, static_cast<size_t>(nread)));
+    } else if (handler_) {
+      handler_->on_upstream_tunnel_data(std::string_view(buf->base, static_cast<size_t>(nread)));
     }
     return;
   }
   if (nread < 0) {
-    if (nread == UV_EOF && proxy_ && parser_.in_message() && parser_.message_needs_eof()) {
+    if (nread == UV_EOF && handler_ && parser_.in_message() && parser_.message_needs_eof()) {
       parser_.finish();  // a close-delimited body ends here
       if (complete_)
         finish_response(0);
@@ -119,7 +117,7 @@ void UpstreamConn::on_read(ssize_t nread, const uv_buf_t *buf) {
                                        uv_message(static_cast<int>(nread))));
     return;
   }
-  if (!proxy_) {
+  if (!handler_) {
     fail("the worker sent data with no request pending");
     return;
   }
@@ -129,8 +127,8 @@ void UpstreamConn::on_read(ssize_t nread, const uv_buf_t *buf) {
   if ((err == HPE_PAUSED || err == HPE_PAUSED_UPGRADE) && complete_ && switching_) {
     complete_ = false;
     tunnel_ = true;
-    if (Proxy *ex = proxy_)
-      ex->on_upstream_switched(std::string_view(buf->base + consumed, nread - consumed));
+    if (Handler *h = handler_)
+      h->on_upstream_switched(std::string_view(buf->base + consumed, nread - consumed));
     return;
   }
   if (err == HPE_PAUSED && complete_) {
@@ -143,7 +141,7 @@ void UpstreamConn::on_read(ssize_t nread, const uv_buf_t *buf) {
              : fmt::format("the worker's answer is malformed: {}", parser_.error_reason()));
     return;
   }
-  proxy_->on_upstream_unfinished();
+  handler_->on_upstream_unfinished();
   // Over TCP, a worker that writes a response in pieces with Nagle on (plumber/httpuv does) waits
   // for our ACK of the first piece, which Linux delays up to 40 ms: a stall on every request.
   // Setting TCP_QUICKACK sends that pending ACK at once; Linux clears it after use, so it is set
@@ -156,7 +154,7 @@ void UpstreamConn::finish_response(size_t leftover) {
   bool reusable = parser_.should_keep_alive() && leftover == 0;
   parser_.resume();
   if (!reusable) broken_ = true;  // never reused: no further reads on it
-  if (Proxy *ex = proxy_) ex->on_upstream_complete(reusable);
+  if (Handler *h = handler_) h->on_upstream_complete(reusable);
 }
 
 int UpstreamConn::on_head(Head &head) {
@@ -170,17 +168,17 @@ int UpstreamConn::on_head(Head &head) {
     return 0;
   }
   if (head.status == 101) {
-    if (!proxy_ || !proxy_->websocket() || !head.upgrade) {
+    if (!handler_ || !handler_->websocket() || !head.upgrade) {
       refusal_ = "the worker switched protocols (101) though no WebSocket was asked for";
       return -1;
     }
     switching_ = true;
   }
-  return proxy_ ? proxy_->on_upstream_head(head) : -1;
+  return handler_ ? handler_->on_upstream_head(head) : -1;
 }
 
 int UpstreamConn::on_body(std::string_view data) {
-  if (proxy_) proxy_->on_upstream_body(data);
+  if (handler_) handler_->on_upstream_body(data);
   return 0;
 }
 
@@ -197,8 +195,8 @@ void UpstreamConn::fail(std::string reason) {
   if (broken_) return;
   broken_ = true;
   if (connected_) uv_read_stop(stream());
-  if (Proxy *ex = proxy_) {
-    ex->on_upstream_failed(reason);  // detaches and releases this connection
+  if (Handler *h = handler_) {
+    h->on_upstream_failed(reason);  // detaches and releases this connection
   } else {
     worker_.drop_idle(*this);
   }

@@ -11,23 +11,45 @@
 namespace valve {
 
 class Worker;
-class Proxy;
 
 class UpstreamConn final : public HttpParser::Handler {
  public:
+  // The request the connection carries (a proxy): it hears the answer.
+  class Handler {
+   public:
+    // Whether the request asked for a WebSocket (only then may the worker answer 101).
+    virtual bool websocket() const = 0;
+    // The answer's head (0 to go on, -1 to refuse it), its body, its end.
+    virtual int on_upstream_head(Head &head) = 0;
+    virtual void on_upstream_body(std::string_view data) = 0;
+    virtual void on_upstream_complete(bool reusable) = 0;
+    // A read ended with the answer still unfinished.
+    virtual void on_upstream_unfinished() = 0;
+    // The connection failed; the handler detaches and releases it.
+    virtual void on_upstream_failed(std::string_view reason) = 0;
+    // The write queue drained below its low mark: send more of the request.
+    virtual void on_upstream_drained() = 0;
+    // The worker's 101 is parsed; early is what it sent after it. Then tunnel bytes.
+    virtual void on_upstream_switched(std::string_view early) = 0;
+    virtual void on_upstream_tunnel_data(std::string_view data) = 0;
+
+   protected:
+    ~Handler() = default;
+  };
+
   explicit UpstreamConn(Worker &worker);
   ~UpstreamConn() override;
   UpstreamConn(const UpstreamConn &) = delete;
   UpstreamConn &operator=(const UpstreamConn &) = delete;
 
   void connect();
-  void attach(Proxy &proxy);
+  void attach(Handler &handler);
   void detach();
   // Writes request bytes; true while the write queue is below its high mark.
   bool send(std::string_view data);
   void pause_reading();
   void resume_reading();
-  // Fails the connection: its proxy hears of it, or, idle, the worker drops it.
+  // Fails the connection: its handler hears of it, or, idle, the worker drops it.
   void fail(std::string reason);
   bool broken() const { return broken_; }
   bool connected() const { return connected_; }
@@ -35,7 +57,7 @@ class UpstreamConn final : public HttpParser::Handler {
   bool tunneling() const { return tunnel_; }
 
   Worker &worker() { return worker_; }
-  Proxy *proxy() { return proxy_; }
+  Handler *handler() { return handler_; }
 
   int on_head(Head &head) override;
   int on_body(std::string_view data) override;
@@ -49,7 +71,7 @@ class UpstreamConn final : public HttpParser::Handler {
   uv_stream_t *stream();
 
   Worker &worker_;
-  Proxy *proxy_ = nullptr;
+  Handler *handler_ = nullptr;
   WorkerStream stream_;  // a Unix socket (plumber workers, {socket}) or loopback TCP ({port})
   HttpParser parser_;
   std::string unsent_;  // written before the connection was up

@@ -13,7 +13,6 @@
 #include "launch.hpp"
 #include "line_reader.hpp"
 #include "notify.hpp"
-#include "pool.hpp"
 #include "process.hpp"
 #include "sandbox.hpp"
 #include "context.hpp"
@@ -29,36 +28,37 @@ constexpr double kExitReportGrace = 0.5;  // how long a forked worker's exit sta
 
 }  // namespace
 
-Worker::Worker(Pool &pool, uint64_t id, uint64_t generation)
-    : pool_(pool),
+Worker::Worker(Owner &owner, uint64_t id, uint64_t generation)
+    : owner_(owner),
+      ctx_(owner.context()),
       id_(id),
       generation_(generation),
-      health_({pool.config().health_rise, pool.config().health_fall, pool.config().max_fails}),
-      calls_(pool.context().deferred()),
-      startup_timer_(pool.context().loop(),
+      health_({owner.config().health_rise, owner.config().health_fall, owner.config().max_fails}),
+      calls_(owner.context().deferred()),
+      startup_timer_(owner.context().loop(),
                      [this] {
                        if (state_ != State::starting) return;
-                       pool_.log().warn("{} did not answer HTTP within {} s", label(),
-                                        format_seconds(pool_.config().startup_timeout));
+                       ctx_.log().warn("{} did not answer HTTP within {} s", label(),
+                                        format_seconds(owner_.config().startup_timeout));
                        kill("start-up timed out");
                      }),
-      kill_timer_(pool.context().loop(),
+      kill_timer_(owner.context().loop(),
                   [this] {
                     if (state_ == State::stopping) {
-                      pool_.log().warn("{} did not exit within {} s of SIGTERM; sending SIGKILL",
-                                       label(), format_seconds(pool_.config().kill_timeout));
+                      ctx_.log().warn("{} did not exit within {} s of SIGTERM; sending SIGKILL",
+                                       label(), format_seconds(owner_.config().kill_timeout));
                       signal_group(pid_, SIGKILL);
                     }
                   }),
-      exit_check_(pool.context().loop(), [this] { check_exit(); }),
-      health_timer_(pool.context().loop(), [this] { check_health(); }),
-      drain_timer_(pool.context().loop(), [this] {
+      exit_check_(owner.context().loop(), [this] { check_exit(); }),
+      health_timer_(owner.context().loop(), [this] { check_health(); }),
+      drain_timer_(owner.context().loop(), [this] {
         if (tunnels_ > 0)
           close_tunnels(fmt::format("still open {} s after the worker began draining",
-                                    format_seconds(pool_.config().graceful_timeout)));
+                                    format_seconds(owner_.config().graceful_timeout)));
       }) {
   affinity_ = random_hex(16);
-  const Config &cfg = pool.config();
+  const Config &cfg = owner.config();
   if (cfg.max_requests > 0) {
     static thread_local std::mt19937_64 rng{std::random_device{}()};
     request_limit_ =
@@ -67,7 +67,7 @@ Worker::Worker(Pool &pool, uint64_t id, uint64_t generation)
 }
 
 Worker::~Worker() {
-  if (fork_pending_) pool_.preloader()->cancel(*this);
+  if (fork_pending_) owner_.preloader()->cancel(*this);
   probe_.reset();
   health_probe_.reset();
   close_handles();
@@ -76,7 +76,7 @@ Worker::~Worker() {
 
 std::string Worker::label() const {
   // With several apps: "worker model-v2/7", the app's name first.
-  std::string name = pool_.context().names_apps() ? fmt::format("{}/{}", pool_.name(), id_)
+  std::string name = ctx_.names_apps() ? fmt::format("{}/{}", owner_.name(), id_)
                                                  : std::to_string(id_);
   if (pid_ <= 0) return fmt::format("worker {} (not forked yet)", name);
   return fmt::format("worker {} (pid {})", name, pid_);
@@ -103,16 +103,16 @@ const char *Worker::state_name() const {
 }
 
 int Worker::launch() {
-  const Config &cfg = pool_.config();
+  const Config &cfg = owner_.config();
   WorkerLaunch plan;
-  if (int rc = plan_worker_launch(pool_, id_, &plan); rc != 0) return rc;
+  if (int rc = owner_.plan_launch(id_, &plan); rc != 0) return rc;
   SpawnSpec &spec = plan.spec;
   socket_path_ = plan.socket_path;
   port_ = plan.port;
   if (!socket_path_.empty()) unlink(socket_path_.c_str());
 
   started_ms_ = monotonic_ms();
-  if (cfg.preload && plan.preloadable && pool_.preloader()->fork(*this, spec)) {
+  if (cfg.preload && plan.preloadable && owner_.preloader()->fork(*this, spec)) {
     fork_pending_ = true;  // on_forked() or on_fork_failed() follows
     startup_timer_.start(cfg.startup_timeout);
     return 0;
@@ -133,12 +133,12 @@ void Worker::on_forked(const Spawned &child) {
 
 void Worker::on_fork_failed(const SpawnSpec &spec, std::string_view why) {
   fork_pending_ = false;
-  pool_.log().warn("worker {}: {}; launching it plainly", id_, why);
-  startup_timer_.start(pool_.config().startup_timeout);  // the wait for a template is not its own
+  ctx_.log().warn("worker {}: {}; launching it plainly", id_, why);
+  startup_timer_.start(owner_.config().startup_timeout);  // the wait for a template is not its own
   Spawned child;
   int rc = spawn_process(spec, &child);
   if (rc != 0) {
-    pool_.log().error("cannot launch worker {}: {}", id_, uv_message(rc));
+    ctx_.log().error("cannot launch worker {}: {}", id_, uv_message(rc));
     stop_requested_ = true;
     state_ = State::stopping;
     calls_.post([this] { on_exit(kExitNeverStarted); });
@@ -148,15 +148,15 @@ void Worker::on_fork_failed(const SpawnSpec &spec, std::string_view why) {
 }
 
 void Worker::end_unstarted(std::string_view why) {
-  pool_.preloader()->cancel(*this);
+  owner_.preloader()->cancel(*this);
   fork_pending_ = false;
-  pool_.log().info("worker {} ends before it was forked: {}", id_, why);
+  ctx_.log().info("worker {} ends before it was forked: {}", id_, why);
   // Reported from the loop, never from inside stop() or kill(): the pool may be iterating.
   calls_.post([this] { on_exit(kExitNeverStarted); });
 }
 
 void Worker::attach(const Spawned &child) {
-  Context &ctx = pool_.context();
+  Context &ctx = ctx_;
   pid_ = child.pid;
   pidfd_ = child.pidfd;
   uv_loop_t *loop = ctx.loop();
@@ -174,16 +174,16 @@ void Worker::attach(const Spawned &child) {
     exit_check_.start(0.05, 0.05);  // no pidfd on this kernel: poll waitpid
   }
   if (forked_) {
-    pool_.log().info("{} forked from the template in {} ms, serving on {}", label(),
+    ctx_.log().info("{} forked from the template in {} ms, serving on {}", label(),
                      monotonic_ms() - started_ms_, address());
   } else {
-    pool_.log().info("{} launched, serving on {}", label(), address());
+    ctx_.log().info("{} launched, serving on {}", label(), address());
   }
   if (ctx.wants_events())
     ctx.emit(fmt::format(R"({{"event":"worker_launched","worker":{},"pid":{},"forked":{}}})",
                             id_, pid_, forked_ ? "true" : "false"));
   probe_ = std::make_unique<ReadinessProbe>(
-      ctx, worker_address(), forked_, [this] { return pool_.queue_depth() > 0; },
+      ctx, worker_address(), forked_, [this] { return owner_.queue_depth() > 0; },
       [this] { on_probe_result(true); });
   probe_->attempt();
 }
@@ -206,7 +206,7 @@ void Worker::check_exit() {
 void Worker::on_probe_result(bool answered) {
   if (!answered || state_ != State::starting) return;
   if (port_ != 0 && !port_listener_in_group(port_, pid_)) {
-    pool_.log().warn(
+    ctx_.log().warn(
         "{} lost the race for port {}: another process answers there; relaunching it "
         "on another port",
         label(), port_);
@@ -222,37 +222,37 @@ void Worker::on_ready() {
   ready_ms_ = last_used_ms_ = monotonic_ms();
   sample_rss();
   startup_timer_.stop();
-  pool_.log().info("{} ready after {} ms", label(), ready_ms_ - started_ms_);
-  if (pool_.context().wants_events())
-    pool_.context().emit(
+  ctx_.log().info("{} ready after {} ms", label(), ready_ms_ - started_ms_);
+  if (ctx_.wants_events())
+    ctx_.emit(
         fmt::format(R"({{"event":"worker_ready","worker":{},"pid":{},"startup_ms":{}}})", id_, pid_,
                     ready_ms_ - started_ms_));
-  pool_.context().defer([p = probe_.release()] { delete p; });
+  ctx_.defer([p = probe_.release()] { delete p; });
   health_probe_ = std::make_unique<Probe>(
-      pool_.context(), worker_address(),
+      ctx_, worker_address(),
       [this](int status, const std::string &why) { on_health_result(status, why); });
-  double interval = pool_.config().health_interval;
+  double interval = owner_.config().health_interval;
   health_timer_.start(interval, interval);
-  pool_.on_worker_ready(*this);
+  owner_.on_worker_ready(*this);
 }
 
 void Worker::check_health() {
   // A worker busy to its concurrency is not checked: an R worker serving a long request cannot
   // answer a check, yet is not unhealthy (--timeout covers a stuck request).
   if (state_ != State::ready || health_probe_->running()) return;
-  if (in_flight_ >= pool_.config().concurrency()) return;
-  health_probe_->start(pool_.config().health_path, pool_.config().health_timeout);
+  if (in_flight_ >= owner_.config().concurrency()) return;
+  health_probe_->start(owner_.config().health_path, owner_.config().health_timeout);
 }
 
 void Worker::on_health_result(int status, const std::string &why) {
   if (state_ != State::ready) return;
-  const Config &cfg = pool_.config();
+  const Config &cfg = owner_.config();
   bool ok = cfg.health_path.empty() ? status == 0 : status >= 200 && status < 400;
   std::string what;
   if (!ok) {
-    pool_.context().stats().health_check_failures++;
+    ctx_.stats().health_check_failures++;
     what = status > 0 ? fmt::format("GET {} answered {}", cfg.health_path, status) : why;
-    pool_.log().debug("{}: health check failed: {}", label(), what);
+    ctx_.log().debug("{}: health check failed: {}", label(), what);
   }
   if (auto change = health_.on_check(ok, what)) set_unhealthy(!ok, *change);
 }
@@ -265,11 +265,11 @@ void Worker::note_request_result(bool ok) {
 void Worker::set_unhealthy(bool unhealthy, std::string_view why) {
   health_.set(unhealthy);
   if (unhealthy) {
-    pool_.log().warn("{} is unhealthy: {}; it gets no new requests and is replaced", label(), why);
+    ctx_.log().warn("{} is unhealthy: {}; it gets no new requests and is replaced", label(), why);
   } else {
-    pool_.log().info("{} is healthy again: {}", label(), why);
+    ctx_.log().info("{} is healthy again: {}", label(), why);
   }
-  pool_.on_worker_health(*this);
+  owner_.on_worker_health(*this);
 }
 
 uint64_t Worker::sample_rss() {
@@ -315,24 +315,24 @@ void Worker::release(UpstreamConn &conn, bool reusable) {
     return;
   }
   if (request_limit_ > 0 && served_ >= request_limit_ && state_ == State::ready && !retiring())
-    pool_.retire(*this, "max-requests", fmt::format("served {} requests (max-requests)", served_));
-  pool_.on_worker_free(*this);
+    owner_.retire(*this, "max-requests", fmt::format("served {} requests (max-requests)", served_));
+  owner_.on_worker_free(*this);
 }
 
 void Worker::drain(std::string_view why) {
   if (state_ != State::ready) return;
   state_ = State::draining;
   health_timer_.stop();
-  pool_.log().info("draining {}: {}", label(), why);
+  ctx_.log().info("draining {}: {}", label(), why);
   for (UpstreamConn *c : std::vector<UpstreamConn *>(idle_)) forget_conn(*c);
   if (in_flight_ == 0) return stop(why);
   // Requests end within --timeout; WebSockets only when a side closes them: they get
   // graceful-timeout, then are closed (checked each second after, for one opened meanwhile).
-  drain_timer_.start(pool_.config().graceful_timeout, 1);
+  drain_timer_.start(owner_.config().graceful_timeout, 1);
 }
 
 void Worker::close_tunnels(std::string_view why) {
-  pool_.log().info("{}: closing {} WebSocket{} {}", label(), tunnels_, tunnels_ == 1 ? "" : "s",
+  ctx_.log().info("{}: closing {} WebSocket{} {}", label(), tunnels_, tunnels_ == 1 ? "" : "s",
                    why);
   std::vector<UpstreamConn *> open;
   for (auto &c : conns_) {
@@ -345,7 +345,7 @@ void Worker::drop_idle(UpstreamConn &conn) { forget_conn(conn); }
 
 void Worker::forget_conn(UpstreamConn &conn) {
   idle_.erase(std::remove(idle_.begin(), idle_.end(), &conn), idle_.end());
-  pool_.context().defer_erase(conns_, &conn);
+  ctx_.defer_erase(conns_, &conn);
 }
 
 void Worker::fail_conns(std::string_view why) {
@@ -362,14 +362,14 @@ void Worker::stop(std::string_view why) {
   health_timer_.stop();
   drain_timer_.stop();
   if (fork_pending_) return end_unstarted(why);
-  pool_.log().info("stopping {}: {}", label(), why);
+  ctx_.log().info("stopping {}: {}", label(), why);
   signal_group(pid_, SIGTERM);
-  kill_timer_.start(pool_.config().kill_timeout);
+  kill_timer_.start(owner_.config().kill_timeout);
 }
 
 void Worker::kill(std::string_view why) {
   if (state_ == State::exited) return;
-  if (state_ != State::stopping) pool_.log().warn("killing {}: {}", label(), why);
+  if (state_ != State::stopping) ctx_.log().warn("killing {}: {}", label(), why);
   state_ = State::stopping;
   stop_requested_ = true;
   if (fork_pending_) return end_unstarted(why);
@@ -389,15 +389,15 @@ void Worker::on_exit(int wait_status) {
   // Anything else left in its process group goes with it.
   signal_group(pid_, SIGKILL);
   auto level = stop_requested_ ? LogLevel::info : LogLevel::warn;
-  pool_.log().write(level, fmt::format("{} {}{}", label(), describe_exit(wait_status),
+  ctx_.log().write(level, fmt::format("{} {}{}", label(), describe_exit(wait_status),
                                        stop_requested_ ? "" : " unexpectedly"));
-  if (pool_.context().wants_events())
-    pool_.context().emit(fmt::format(
+  if (ctx_.wants_events())
+    ctx_.emit(fmt::format(
         R"({{"event":"worker_exited","worker":{},"pid":{},"status":"{}","expected":{}}})", id_,
         pid_, json_escape(describe_exit(wait_status)), stop_requested_ ? "true" : "false"));
   fail_conns(fmt::format("worker {} {}", id_, describe_exit(wait_status)));
   if (!socket_path_.empty()) unlink(socket_path_.c_str());
-  pool_.on_worker_exit(*this, wait_status, !was_ready());
+  owner_.on_worker_exit(*this, wait_status, !was_ready());
 }
 
 void Worker::close_handles() {
@@ -405,7 +405,7 @@ void Worker::close_handles() {
 }
 
 void Worker::on_line(bool is_stderr, std::string_view line) {
-  pool_.log().info("{}{}: {}", label(), is_stderr ? "" : " [stdout]", line);
+  ctx_.log().info("{}{}: {}", label(), is_stderr ? "" : " [stdout]", line);
   tail_.emplace_back(line);
   if (tail_.size() > kTailLines) tail_.pop_front();
 }

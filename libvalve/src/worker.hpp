@@ -17,7 +17,8 @@
 
 namespace valve {
 
-class Pool;
+class Preloader;
+struct WorkerLaunch;
 class UpstreamConn;
 class LineReader;
 struct SpawnSpec;
@@ -30,7 +31,33 @@ class Worker {
   // stopping: SIGTERM (or SIGKILL) sent.
   enum class State { starting, ready, draining, stopping, exited };
 
-  Worker(Pool &pool, uint64_t id, uint64_t generation);
+  // The pool the worker belongs to: what the worker asks of it, and what it tells it.
+  class Owner {
+   public:
+    virtual Context &context() = 0;
+    virtual const Config &config() const = 0;
+    virtual const std::string &name() const = 0;  // the app's
+    // How to start worker `id`: 0, or a negative errno.
+    virtual int plan_launch(uint64_t id, WorkerLaunch *out) const = 0;
+    // With --preload, the templates workers are forked from; null without.
+    virtual Preloader *preloader() = 0;
+    // Requests waiting for a worker.
+    virtual size_t queue_depth() const = 0;
+
+    virtual void on_worker_ready(Worker &w) = 0;
+    // The worker should be replaced gracefully (kind: max-requests, max-rss).
+    virtual void retire(Worker &w, std::string kind, std::string_view why) = 0;
+    // It turned unhealthy or healthy again.
+    virtual void on_worker_health(Worker &w) = 0;
+    // A request on it is over: it may take another.
+    virtual void on_worker_free(Worker &w) = 0;
+    virtual void on_worker_exit(Worker &w, int wait_status, bool never_ready) = 0;
+
+   protected:
+    ~Owner() = default;
+  };
+
+  Worker(Owner &owner, uint64_t id, uint64_t generation);
   ~Worker();
   Worker(const Worker &) = delete;
   Worker &operator=(const Worker &) = delete;
@@ -109,7 +136,7 @@ class Worker {
   int port() const { return port_; }
   std::string address() const;
   std::string tail() const;  // the last lines the process wrote, for error messages
-  Pool &pool() { return pool_; }
+  Context &context() { return ctx_; }
   std::string label() const;
 
   void on_line(bool is_stderr, std::string_view line);
@@ -128,7 +155,8 @@ class Worker {
   void fail_conns(std::string_view why);
   void close_tunnels(std::string_view why);
 
-  Pool &pool_;
+  Owner &owner_;
+  Context &ctx_;
   uint64_t id_;
   uint64_t generation_;
   pid_t pid_ = -1;
