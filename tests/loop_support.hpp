@@ -77,7 +77,8 @@ class TestLoop {
     auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
     uv_timer_t tick;
     uv_timer_init(&loop_, &tick);
-    uv_timer_start(&tick, [](uv_timer_t *) {}, 5, 5);  // wake up to look again
+    uv_timer_start(
+        &tick, [](uv_timer_t *) {}, 5, 5);  // wake up to look again
     bool ok = done();
     while (!ok && std::chrono::steady_clock::now() < deadline) {
       uv_run(&loop_, UV_RUN_ONCE);

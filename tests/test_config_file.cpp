@@ -36,7 +36,8 @@ TEST_CASE("config file: without a config file, one app named default serves ever
   CHECK(layout->routes[0].prefix == "/");
 }
 
-TEST_CASE("config file: apps inherit the top level, set their own options, and flags win over both") {
+TEST_CASE(
+    "config file: apps inherit the top level, set their own options, and flags win over both") {
   ConfigFile file(R"(port = 8080
 n-max = 4
 timeout = "30s"
@@ -126,7 +127,8 @@ weight = 3
   CHECK(by_line[7] == "apps.a.prefix \"v1\": expected a path starting with /, like \"/v1\"");
   CHECK(by_line[12] == "route /s: no app is named c");
   CHECK(by_line[19].find("routes[2].weight: unknown key") == 0);
-  CHECK(valve::format_mistakes("x.toml", {{3, "bad"}, {0, "worse"}}) == "x.toml:3: bad\nx.toml: worse");
+  CHECK(valve::format_mistakes("x.toml", {{3, "bad"}, {0, "worse"}}) ==
+        "x.toml:3: bad\nx.toml: worse");
 }
 
 TEST_CASE("config file: syntax errors, unmounted apps and doubled routes") {
@@ -146,8 +148,9 @@ TEST_CASE("config file: syntax errors, unmounted apps and doubled routes") {
     CHECK(mistakes[0].message.find("apps.a: not mounted") == 0);
   }
   {
-    ConfigFile file("[apps.a]\nfile = \"a.R\"\nprefix = \"/x\"\n[[routes]]\nprefix = \"/x/\"\n"
-                    "app = \"a\"\n");
+    ConfigFile file(
+        "[apps.a]\nfile = \"a.R\"\nprefix = \"/x\"\n[[routes]]\nprefix = \"/x/\"\n"
+        "app = \"a\"\n");
     std::vector<valve::Mistake> mistakes;
     CHECK_FALSE(load(file, &mistakes));
     REQUIRE(mistakes.size() == 1);

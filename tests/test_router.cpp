@@ -39,8 +39,8 @@ Route split(double a, double b) {
 }  // namespace
 
 TEST_CASE("routing: the longest prefix on whole path segments wins; host routes before any-host") {
-  std::vector<Route> routes = {route("/", "root"), route("/api", "api"),
-                               route("/api/v2", "v2"), route("/api", "api-host", "api.example.com")};
+  std::vector<Route> routes = {route("/", "root"), route("/api", "api"), route("/api/v2", "v2"),
+                               route("/api", "api-host", "api.example.com")};
   CHECK(std::string(app_for(routes, "x", "/")) == "root");
   CHECK(std::string(app_for(routes, "x", "/other?q=1")) == "root");
   CHECK(std::string(app_for(routes, "x", "/api")) == "api");

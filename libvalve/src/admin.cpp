@@ -12,11 +12,10 @@
 #include <vector>
 
 #include "admin_page.hpp"
-#include "config.hpp"
-#include "http.hpp"
-#include "pool.hpp"
 #include "app.hpp"
+#include "config.hpp"
 #include "context.hpp"
+#include "http.hpp"
 #include "stats.hpp"
 #include "util.hpp"
 #include "valve/valve.h"

@@ -18,11 +18,11 @@ struct App {
   std::string name;
   Config config;  // the pool reads it by reference: an App never moves
   std::unique_ptr<Pool> pool;
-  size_t in_progress = 0;  // requests routed here and not over yet
-  bool ready = false;      // a worker of it was ready once (or it needs none: n-min 0)
-  bool pending = false;    // started by a reload in progress: not routed to yet
-  bool retiring = false;   // out of the routes: it ends once its requests have
-  bool terminated = false;  // its pool ended all its workers
+  size_t in_progress = 0;               // requests routed here and not over yet
+  bool ready = false;                   // a worker of it was ready once (or it needs none: n-min 0)
+  bool pending = false;                 // started by a reload in progress: not routed to yet
+  bool retiring = false;                // out of the routes: it ends once its requests have
+  bool terminated = false;              // its pool ended all its workers
   std::unique_ptr<Timer> retire_timer;  // cuts its requests off at graceful-timeout
   uint64_t requests = 0;
   uint64_t by_class[6] = {};  // answers by status / 100

@@ -4,8 +4,8 @@
 
 #include <cctype>
 
-#include "proxy.hpp"
 #include "context.hpp"
+#include "proxy.hpp"
 
 namespace valve {
 

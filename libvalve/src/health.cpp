@@ -69,9 +69,9 @@ void Probe::on_read(ssize_t n, const uv_buf_t *buf) {
 }
 
 ReadinessProbe::ReadinessProbe(Context &ctx, WorkerAddress address, bool forked,
-                               std::function<bool()> requests_waiting,
-                               std::function<void()> ready)
-    : probe_(ctx, std::move(address), [this](int status, const std::string &) { on_result(status); }),
+                               std::function<bool()> requests_waiting, std::function<void()> ready)
+    : probe_(ctx, std::move(address),
+             [this](int status, const std::string &) { on_result(status); }),
       retry_(ctx.loop(), [this] { attempt(); }),
       requests_waiting_(std::move(requests_waiting)),
       ready_(std::move(ready)),
@@ -82,7 +82,7 @@ void ReadinessProbe::attempt() { probe_.start("/__valve/ready", 0); }
 
 void ReadinessProbe::on_result(int status) {
   if (status > 0 && (++answers_ >= kWarmupAnswers || requests_waiting_()))
-    return ready_();  // may destroy this probe
+    return ready_();                       // may destroy this probe
   if (status > 0) return retry_.start(0);  // the warm-up request, at once
   retry_.start(delay_);
   delay_ = std::min(0.25, delay_ * growth_);

@@ -7,9 +7,7 @@
 
 #include <fstream>
 
-#include "context.hpp"
 #include "notify.hpp"
-#include "pool.hpp"
 #include "sandbox.hpp"
 
 namespace valve {
@@ -45,7 +43,6 @@ local({
 })
 )R";
 
-
 std::string replace_all(std::string s, std::string_view from, std::string_view to) {
   for (size_t at = s.find(from); at != std::string::npos; at = s.find(from, at + to.size()))
     s.replace(at, from.size(), to);
@@ -66,13 +63,13 @@ bool write_worker_script(const std::string &runtime_dir) {
   return true;
 }
 
-int plan_worker_launch(const Pool &pool, uint64_t id, WorkerLaunch *out) {
-  const Config &cfg = pool.config();
-  const std::string &runtime_dir = pool.context().runtime_dir();
+int plan_worker_launch(const LaunchSettings &settings, uint64_t id, WorkerLaunch *out) {
+  const Config &cfg = settings.config;
+  const std::string &runtime_dir = settings.runtime_dir;
   SpawnSpec &spec = out->spec;
   std::string &socket_path = out->socket_path;
-  spec.env = pool.worker_environment();
-  spec.as = pool.identity().credentials;
+  spec.env = settings.env;
+  spec.as = settings.as;
   spec.nice = static_cast<int>(cfg.worker_nice);
   set_variable(spec.env, "VALVE_WORKER_ID", std::to_string(id));
   // The service manager's socket is valve's to speak on: a worker must not report for it, even
@@ -81,14 +78,14 @@ int plan_worker_launch(const Pool &pool, uint64_t id, WorkerLaunch *out) {
   if (cfg.cmd.empty()) {
     out->preloadable = true;
     socket_path = fmt::format("{}/w{}.sock", runtime_dir, id);
-    spec.path = pool.rscript_path();
+    spec.path = settings.rscript;
     spec.argv = {spec.path, "--no-echo", "--no-restore", worker_script_path(runtime_dir)};
-    set_variable(spec.env, "VALVE_FILE", pool.api_file());
+    set_variable(spec.env, "VALVE_FILE", settings.api_file);
     set_variable(spec.env, "VALVE_SOCKET", socket_path);
     set_variable(spec.env, "VALVE_TYPE", cfg.type);
     // The API's own directory, as plumber (or shiny) reads it: its relative paths mean the same
     // while it serves, and a worker of another user is not left in a directory it may not enter.
-    spec.cwd = pool.api_dir();
+    spec.cwd = settings.api_dir;
   } else {
     std::string command = cfg.cmd;
     if (command.find("{socket}") != std::string::npos) {

@@ -6,12 +6,12 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
+#include "config.hpp"
 #include "process.hpp"
 
 namespace valve {
-
-class Pool;
 
 // The R script every plumber or shiny worker runs, in the runtime directory.
 std::string worker_script_path(const std::string &runtime_dir);
@@ -26,7 +26,18 @@ struct WorkerLaunch {
   bool preloadable = false;  // an R worker, which a preload template can fork
 };
 
-// The launch of worker `id` of the pool: 0, or a negative errno (no free port for {port}).
-int plan_worker_launch(const Pool &pool, uint64_t id, WorkerLaunch *out);
+// What every worker of a pool is launched with.
+struct LaunchSettings {
+  const Config &config;                  // the app's
+  const std::string &runtime_dir;        // worker sockets and the worker script
+  const std::string &rscript;            // resolved (plumber and shiny)
+  const std::string &api_file;           // absolute
+  const std::string &api_dir;            // where workers start
+  const std::vector<std::string> &env;   // the whole environment
+  const std::optional<Credentials> &as;  // who workers run as (unset: valve's user)
+};
+
+// The launch of worker `id`: 0, or a negative errno (no free port for {port}).
+int plan_worker_launch(const LaunchSettings &settings, uint64_t id, WorkerLaunch *out);
 
 }  // namespace valve

@@ -38,10 +38,10 @@ int Listener::listen(std::string *address, std::string *why) {
   }
   if (rc != 0) {
     bool host_problem = rc == UV_EADDRNOTAVAIL;
-    *why = host_problem ? fmt::format("host {}: cannot listen there: {}", config.host,
-                                      uv_message(rc))
-                        : fmt::format("port {}: cannot listen on {}: {}", config.port, config.host,
-                                      uv_message(rc));
+    *why = host_problem
+               ? fmt::format("host {}: cannot listen there: {}", config.host, uv_message(rc))
+               : fmt::format("port {}: cannot listen on {}: {}", config.port, config.host,
+                             uv_message(rc));
     close_handle(tcp_);
     return rc;
   }

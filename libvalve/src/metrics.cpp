@@ -33,8 +33,7 @@ std::string metrics_text(const Stats &s, const std::vector<std::unique_ptr<App>>
   m.histogram("valve_queue_wait_seconds", "seconds a request waited for a worker", s.queue_wait);
   m.gauge("valve_requests_in_progress", "requests being served or waiting",
           static_cast<double>(requests_in_progress));
-  m.gauge("valve_client_connections", "open client connections",
-          static_cast<double>(connections));
+  m.gauge("valve_client_connections", "open client connections", static_cast<double>(connections));
   // Each app's pool. While a reload replaces an app, its old and new pools add up under its name.
   struct PoolGauges {
     double queue = 0, memory = 0, generation = 0, n_min = 0, n_max = 0;

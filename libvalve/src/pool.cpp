@@ -10,14 +10,14 @@
 #include <climits>
 #include <vector>
 
-#include "http.hpp"
-#include "process.hpp"
 #include "context.hpp"
+#include "http.hpp"
+#include "launch.hpp"
+#include "preloader.hpp"
+#include "process.hpp"
 #include "spawn_policy.hpp"
 #include "stats.hpp"
-#include "preloader.hpp"
 #include "valve/valve.h"
-#include "launch.hpp"
 
 namespace valve {
 
@@ -46,7 +46,17 @@ Pool::~Pool() = default;
 const Logger &Pool::log() const { return ctx_.log(); }
 
 int Pool::plan_launch(uint64_t id, WorkerLaunch *out) const {
-  return plan_worker_launch(*this, id, out);
+  LaunchSettings settings{config_,  ctx_.runtime_dir(), rscript_path_,        api_file_,
+                          api_dir_, worker_env_,        identity_.credentials};
+  return plan_worker_launch(settings, id, out);
+}
+
+bool Pool::fork(Worker &w, const SpawnSpec &spec) {
+  return preloader_ && preloader_->fork(w, spec);
+}
+
+void Pool::cancel_fork(Worker &w) {
+  if (preloader_) preloader_->cancel(w);
 }
 
 std::optional<std::string> Pool::check_environment() {
@@ -237,16 +247,15 @@ void Pool::on_worker_exit(Worker &w, int wait_status, bool never_ready) {
   ++stats.exits;
   if (!expected && !terminating_) ++stats.crashes;
   bool failed_start = never_ready && !w.lost_race() && !w.stop_chosen() && !terminating_;
-  if (failed_start && reload_.in_progress() &&
-      w.generation() == reload_generation_) {
+  if (failed_start && reload_.in_progress() && w.generation() == reload_generation_) {
     abort_reload(fmt::format("new {} {} before it was ready. Its last output:{}", w.label(),
                              describe_exit(wait_status), w.tail()));
   } else if (failed_start) {
     ++failures_;
     if (!ever_ready_ && WIFEXITED(wait_status) && WEXITSTATUS(wait_status) == kExitPlumberMissing) {
       observer_.on_pool_failed(*this, VALVE_ECONFIG,
-                             fmt::format("rscript {}: the R package {} is not installed{}",
-                                         config_.rscript, config_.type, w.tail()));
+                               fmt::format("rscript {}: the R package {} is not installed{}",
+                                           config_.rscript, config_.type, w.tail()));
     } else if (!ever_ready_ && failures_ >= kStartupAttempts) {
       observer_.on_pool_failed(
           *this, VALVE_ESTARTUP,
@@ -388,7 +397,7 @@ void Pool::finish_reload(bool ok, std::string error) {
   }
   if (ctx_.wants_events())
     ctx_.emit(fmt::format(R"({{"event":"reload","ok":{},"generation":{},"error":"{}"}})",
-                             ok ? "true" : "false", generation_, json_escape(result.error)));
+                          ok ? "true" : "false", generation_, json_escape(result.error)));
   // Only the serving generation's template stays (a failed reload's ends too).
   if (preloader_) preloader_->keep_only(generation_);
   observer_.on_reload_finished(ok);
@@ -554,8 +563,7 @@ void Pool::terminate() {
   maintenance_timer_.stop();
   monitor_timer_.stop();
   reload_.drop_next(ReloadResult{false, generation_, 0, 0, "the server is shutting down"});
-  if (reload_.in_progress())
-    finish_reload(false, "the server is shutting down");
+  if (reload_.in_progress()) finish_reload(false, "the server is shutting down");
   std::deque<Request *> waiting;
   waiting.swap(queue_);
   for (Request *req : waiting) req->reject(503, "the server is shutting down");

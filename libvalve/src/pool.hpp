@@ -27,7 +27,6 @@ struct Head;
 class Logger;
 class Preloader;
 
-
 class Pool final : public Worker::Owner {
  public:
   // What a pool tells the one that owns it.
@@ -122,7 +121,9 @@ class Pool final : public Worker::Owner {
   // valve reaped a child (SIGCHLD): a worker's or a template's exit. False when it was neither.
   bool on_reaped(int pid, int wait_status);
   // With --preload, the templates workers are forked from (preloader.hpp); null without.
-  Preloader *preloader() override { return preloader_.get(); }
+  Preloader *preloader() { return preloader_.get(); }
+  bool fork(Worker &w, const SpawnSpec &spec) override;
+  void cancel_fork(Worker &w) override;
   void on_template_exit();
   std::string preload_json() const;
   void remove_runtime_files();
@@ -172,8 +173,8 @@ class Pool final : public Worker::Owner {
   uint64_t generation_ = 1;
   size_t owed_ = 0;  // replacements still to launch for workers awaiting them
   Reload reload_;
-  uint64_t reload_generation_ = 1;  // the generation the last reload started
-  uint64_t previous_generation_ = 1;  // the one serving before it, restored if it fails
+  uint64_t reload_generation_ = 1;         // the generation the last reload started
+  uint64_t previous_generation_ = 1;       // the one serving before it, restored if it fails
   std::vector<std::string> previous_env_;  // likewise
   Timer launch_timer_;
   Timer maintenance_timer_;

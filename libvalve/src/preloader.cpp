@@ -16,11 +16,11 @@
 #include <utility>
 #include <vector>
 
+#include "context.hpp"
 #include "line_reader.hpp"
 #include "pool.hpp"
 #include "process.hpp"
 #include "sandbox.hpp"
-#include "context.hpp"
 #include "stats.hpp"
 #include "util.hpp"
 #include "worker.hpp"
@@ -635,8 +635,8 @@ struct Preloader::EndingSpare {
 void Preloader::end_spare(pid_t pid) {
   constexpr double kInterval = 0.01;
   signal_group(pid, SIGKILL);
-  auto &e = ending_spares_.emplace_back(
-      std::make_unique<EndingSpare>(pool_.context().loop(), pid, [this, pid] { check_spare(pid); }));
+  auto &e = ending_spares_.emplace_back(std::make_unique<EndingSpare>(
+      pool_.context().loop(), pid, [this, pid] { check_spare(pid); }));
   e->timer.start(kInterval, kInterval);
 }
 

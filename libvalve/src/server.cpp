@@ -41,7 +41,6 @@ void add_onstack(int signum) {
   }
 }
 
-
 }  // namespace
 
 Server::Server(Config config, Hooks hooks)
@@ -249,10 +248,9 @@ std::string Server::status_json_now() {
                       : ctx_->stopping() ? "stopping"
                       : started_         ? "running"
                                          : "starting";
-  return valve::status_json(StatusView{state, address_, admin_->address(), ctx_->stats(), apps_,
-                                layout_.routes, main_app(), reload_json(),
-                                listener_->requests_in_progress(), listener_->connections(),
-                                config_});
+  return valve::status_json(StatusView{
+      state, address_, admin_->address(), ctx_->stats(), apps_, layout_.routes, main_app(),
+      reload_json(), listener_->requests_in_progress(), listener_->connections(), config_});
 }
 
 std::string Server::metrics_text() {
@@ -326,7 +324,7 @@ std::optional<std::string> Server::scale(const std::optional<std::string> &n_min
   config.n_max = trial.n_max;
   if (!layout_.from_file) config_.n_min = trial.n_min, config_.n_max = trial.n_max;
   ctx_->log().info("{}", app_message(*app, fmt::format("scaled: n-min {}, n-max {}", config.n_min,
-                                                config.n_max)));
+                                                       config.n_max)));
   app->pool->on_scaled();
   return std::nullopt;
 }
@@ -434,7 +432,8 @@ int Server::prepare() {
         self->ctx_->log().warn("{} again: stopping now", signum == SIGINT ? "SIGINT" : "SIGTERM");
         self->begin_stop(0);
       } else {
-        self->ctx_->log().info("{}: shutting down gracefully", signum == SIGINT ? "SIGINT" : "SIGTERM");
+        self->ctx_->log().info("{}: shutting down gracefully",
+                               signum == SIGINT ? "SIGINT" : "SIGTERM");
         self->begin_stop(-1);
       }
     };
@@ -513,8 +512,8 @@ int Server::prepare() {
       set_result(rc, fmt::format("admin {}: {}", config_.admin, why));
       return rc;
     }
-    ctx_->log().info("admin interface on {}{}", admin_->address().starts_with("unix:") ? "" : "http://",
-              admin_->address());
+    ctx_->log().info("admin interface on {}{}",
+                     admin_->address().starts_with("unix:") ? "" : "http://", admin_->address());
   }
   return 0;
 }
@@ -549,7 +548,7 @@ void Server::on_first_ready() {
 }
 
 void Server::on_reload_started() {
-  if (reloads_active_++ > 0) return;  // several apps reload together: one RELOADING=1
+  if (reloads_active_++ > 0) return;   // several apps reload together: one RELOADING=1
   uint64_t usec = uv_hrtime() / 1000;  // CLOCK_MONOTONIC, as systemd wants it
   notifier_.send(
       fmt::format("RELOADING=1\nMONOTONIC_USEC={}\nSTATUS=reloading: starting "
@@ -575,8 +574,8 @@ std::string Server::service_status() {
     }
   }
   return fmt::format("{} worker{} ready, {} starting, {} queued; generation {}; serving http://{}",
-                     ready, ready == 1 ? "" : "s", starting, queue,
-                     main_app().pool->generation(), address());
+                     ready, ready == 1 ? "" : "s", starting, queue, main_app().pool->generation(),
+                     address());
 }
 
 void Server::on_pool_ready(Pool &pool) {
@@ -630,17 +629,18 @@ void Server::retire_app(App &app, std::string_view why) {
   if (app.retiring) return;
   app.retiring = true;
   if (app.in_progress > 0) {
-    ctx_->log().info("{}", app_message(app, fmt::format("leaves ({}) once its {} requests in progress "
-                                                 "are over (at most {} s)",
-                                                 why, app.in_progress,
-                                                 format_seconds(config_.graceful_timeout))));
+    ctx_->log().info("{}",
+                     app_message(app, fmt::format("leaves ({}) once its {} requests in progress "
+                                                  "are over (at most {} s)",
+                                                  why, app.in_progress,
+                                                  format_seconds(config_.graceful_timeout))));
   } else {
     ctx_->log().info("{}", app_message(app, fmt::format("leaves ({})", why)));
   }
   app.retire_timer = std::make_unique<Timer>(&loop_, [this, &app] {
     ctx_->log().warn("{}", app_message(app, fmt::format("graceful timeout: {} requests still in "
-                                                 "progress are cut off",
-                                                 app.in_progress)));
+                                                        "progress are cut off",
+                                                        app.in_progress)));
     app.pool->terminate();
   });
   app.retire_timer->start(config_.graceful_timeout);
@@ -697,7 +697,7 @@ void Server::begin_layout_reload() {
     if (is_server_option(key) && config_.get(key) != r.next.server.get(key) &&
         std::string_view(key) != "config")
       ctx_->log().warn("reload: {} changed in {}; it takes effect when valve restarts", key,
-                options_.config);
+                       options_.config);
   }
   // Each app the file names: one serving with the same options reloads its workers; any other
   // (new, or with options changed) starts beside the old, which leaves once the reload is done.
@@ -787,7 +787,7 @@ void Server::finish_layout_reload(bool ok, std::string error) {
   r.fresh.clear();
   if (ok) {
     ctx_->log().info("reload: {} apps serve, {} ms after the reload began", layout_.apps.size(),
-              result.duration_ms);
+                     result.duration_ms);
   } else {
     ctx_->log().error("reload failed; what served goes on serving: {}", error);
   }
@@ -814,15 +814,16 @@ void Server::begin_stop(double deadline_seconds) {
                                listener_->requests_in_progress()));
     listener_->drain();
     if (listener_->requests_in_progress() > 0 && deadline_seconds > 0)
-      ctx_->log().info("waiting up to {} s for {} requests in progress", format_seconds(deadline_seconds),
-                listener_->requests_in_progress());
+      ctx_->log().info("waiting up to {} s for {} requests in progress",
+                       format_seconds(deadline_seconds), listener_->requests_in_progress());
   }
   if (deadline_seconds <= 0) {
     terminate_pool();
     return;
   }
   stop_timer_ = std::make_unique<Timer>(&loop_, [this] {
-    ctx_->log().warn("graceful timeout: {} requests still in progress are cut off", listener_->requests_in_progress());
+    ctx_->log().warn("graceful timeout: {} requests still in progress are cut off",
+                     listener_->requests_in_progress());
     terminate_pool();
   });
   stop_timer_->start(deadline_seconds);

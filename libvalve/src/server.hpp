@@ -1,6 +1,6 @@
 // The server, on top of everything: the host API and the lifecycle (start, serve, reload, stop), on
-// one loop thread that owns the listener, the apps (each a pool of workers), the admin interface and
-// the signals. It hands a Context down, and hears back as each part's host or observer.
+// one loop thread that owns the listener, the apps (each a pool of workers), the admin interface
+// and the signals. It hands a Context down, and hears back as each part's host or observer.
 #pragma once
 
 #include <signal.h>

@@ -34,7 +34,8 @@ std::string status_json(const StatusView &view) {
   for (const auto &app : view.apps) {
     const Pool &pool = *app->pool;
     std::string list = pool.workers_json();
-    if (list.size() > 2) workers += (workers.size() > 1 ? "," : "") + list.substr(1, list.size() - 2);
+    if (list.size() > 2)
+      workers += (workers.size() > 1 ? "," : "") + list.substr(1, list.size() - 2);
     queue += pool.queue_depth();
     size_t count = 0;
     for (const auto &[s, n] : pool.count_states()) count += n;
@@ -43,9 +44,12 @@ std::string status_json(const StatusView &view) {
         R"("requests_in_progress":{},"requests":{},"2xx":{},"3xx":{},"4xx":{},"5xx":{},)"
         R"("workers":{},"config":{}}})",
         apps.size() > 1 ? "," : "", json_escape(app->name),
-        app->retiring ? "retiring" : app->pending ? "starting" : "serving", pool.generation(),
-        pool.reload_json(), pool.queue_depth(), app->in_progress, app->requests, app->by_class[2],
-        app->by_class[3], app->by_class[4], app->by_class[5], count, app->config.to_json());
+        app->retiring  ? "retiring"
+        : app->pending ? "starting"
+                       : "serving",
+        pool.generation(), pool.reload_json(), pool.queue_depth(), app->in_progress, app->requests,
+        app->by_class[2], app->by_class[3], app->by_class[4], app->by_class[5], count,
+        app->config.to_json());
   }
   workers += "]";
   apps += "]";
@@ -66,8 +70,8 @@ std::string status_json(const StatusView &view) {
       R"({{"version":"{}","state":"{}","address":"{}","admin":"{}","pid":{},"uptime_s":{:.3f},)"
       R"("generation":{},"reload":{},"queue":{},"requests_in_progress":{},"connections":{},)"
       R"("totals":{},"workers":{},"apps":{},"routes":{},"preload":{},"config":{}}})",
-      VALVE_VERSION_STRING, view.state, json_escape(view.address), json_escape(view.admin), getpid(),
-      (unix_ms() - static_cast<int64_t>(st.started_unix_ms)) / 1000.0, main.generation(),
+      VALVE_VERSION_STRING, view.state, json_escape(view.address), json_escape(view.admin),
+      getpid(), (unix_ms() - static_cast<int64_t>(st.started_unix_ms)) / 1000.0, main.generation(),
       view.reload_json, queue, view.requests_in_progress, view.connections, totals, workers, apps,
       routes, main.preload_json(), view.config.to_json());
 }

@@ -10,14 +10,13 @@
 #include <optional>
 #include <random>
 
+#include "context.hpp"
 #include "launch.hpp"
 #include "line_reader.hpp"
 #include "notify.hpp"
 #include "process.hpp"
 #include "sandbox.hpp"
-#include "context.hpp"
 #include "stats.hpp"
-#include "preloader.hpp"
 #include "upstream.hpp"
 
 namespace valve {
@@ -39,14 +38,14 @@ Worker::Worker(Owner &owner, uint64_t id, uint64_t generation)
                      [this] {
                        if (state_ != State::starting) return;
                        ctx_.log().warn("{} did not answer HTTP within {} s", label(),
-                                        format_seconds(owner_.config().startup_timeout));
+                                       format_seconds(owner_.config().startup_timeout));
                        kill("start-up timed out");
                      }),
       kill_timer_(owner.context().loop(),
                   [this] {
                     if (state_ == State::stopping) {
                       ctx_.log().warn("{} did not exit within {} s of SIGTERM; sending SIGKILL",
-                                       label(), format_seconds(owner_.config().kill_timeout));
+                                      label(), format_seconds(owner_.config().kill_timeout));
                       signal_group(pid_, SIGKILL);
                     }
                   }),
@@ -67,7 +66,7 @@ Worker::Worker(Owner &owner, uint64_t id, uint64_t generation)
 }
 
 Worker::~Worker() {
-  if (fork_pending_) owner_.preloader()->cancel(*this);
+  if (fork_pending_) owner_.cancel_fork(*this);
   probe_.reset();
   health_probe_.reset();
   close_handles();
@@ -76,8 +75,8 @@ Worker::~Worker() {
 
 std::string Worker::label() const {
   // With several apps: "worker model-v2/7", the app's name first.
-  std::string name = ctx_.names_apps() ? fmt::format("{}/{}", owner_.name(), id_)
-                                                 : std::to_string(id_);
+  std::string name =
+      ctx_.names_apps() ? fmt::format("{}/{}", owner_.name(), id_) : std::to_string(id_);
   if (pid_ <= 0) return fmt::format("worker {} (not forked yet)", name);
   return fmt::format("worker {} (pid {})", name, pid_);
 }
@@ -112,7 +111,7 @@ int Worker::launch() {
   if (!socket_path_.empty()) unlink(socket_path_.c_str());
 
   started_ms_ = monotonic_ms();
-  if (cfg.preload && plan.preloadable && owner_.preloader()->fork(*this, spec)) {
+  if (cfg.preload && plan.preloadable && owner_.fork(*this, spec)) {
     fork_pending_ = true;  // on_forked() or on_fork_failed() follows
     startup_timer_.start(cfg.startup_timeout);
     return 0;
@@ -148,7 +147,7 @@ void Worker::on_fork_failed(const SpawnSpec &spec, std::string_view why) {
 }
 
 void Worker::end_unstarted(std::string_view why) {
-  owner_.preloader()->cancel(*this);
+  owner_.cancel_fork(*this);
   fork_pending_ = false;
   ctx_.log().info("worker {} ends before it was forked: {}", id_, why);
   // Reported from the loop, never from inside stop() or kill(): the pool may be iterating.
@@ -175,13 +174,13 @@ void Worker::attach(const Spawned &child) {
   }
   if (forked_) {
     ctx_.log().info("{} forked from the template in {} ms, serving on {}", label(),
-                     monotonic_ms() - started_ms_, address());
+                    monotonic_ms() - started_ms_, address());
   } else {
     ctx_.log().info("{} launched, serving on {}", label(), address());
   }
   if (ctx.wants_events())
-    ctx.emit(fmt::format(R"({{"event":"worker_launched","worker":{},"pid":{},"forked":{}}})",
-                            id_, pid_, forked_ ? "true" : "false"));
+    ctx.emit(fmt::format(R"({{"event":"worker_launched","worker":{},"pid":{},"forked":{}}})", id_,
+                         pid_, forked_ ? "true" : "false"));
   probe_ = std::make_unique<ReadinessProbe>(
       ctx, worker_address(), forked_, [this] { return owner_.queue_depth() > 0; },
       [this] { on_probe_result(true); });
@@ -224,9 +223,8 @@ void Worker::on_ready() {
   startup_timer_.stop();
   ctx_.log().info("{} ready after {} ms", label(), ready_ms_ - started_ms_);
   if (ctx_.wants_events())
-    ctx_.emit(
-        fmt::format(R"({{"event":"worker_ready","worker":{},"pid":{},"startup_ms":{}}})", id_, pid_,
-                    ready_ms_ - started_ms_));
+    ctx_.emit(fmt::format(R"({{"event":"worker_ready","worker":{},"pid":{},"startup_ms":{}}})", id_,
+                          pid_, ready_ms_ - started_ms_));
   ctx_.defer([p = probe_.release()] { delete p; });
   health_probe_ = std::make_unique<Probe>(
       ctx_, worker_address(),
@@ -333,7 +331,7 @@ void Worker::drain(std::string_view why) {
 
 void Worker::close_tunnels(std::string_view why) {
   ctx_.log().info("{}: closing {} WebSocket{} {}", label(), tunnels_, tunnels_ == 1 ? "" : "s",
-                   why);
+                  why);
   std::vector<UpstreamConn *> open;
   for (auto &c : conns_) {
     if (c->tunneling()) open.push_back(c.get());
@@ -390,7 +388,7 @@ void Worker::on_exit(int wait_status) {
   signal_group(pid_, SIGKILL);
   auto level = stop_requested_ ? LogLevel::info : LogLevel::warn;
   ctx_.log().write(level, fmt::format("{} {}{}", label(), describe_exit(wait_status),
-                                       stop_requested_ ? "" : " unexpectedly"));
+                                      stop_requested_ ? "" : " unexpectedly"));
   if (ctx_.wants_events())
     ctx_.emit(fmt::format(
         R"({{"event":"worker_exited","worker":{},"pid":{},"status":"{}","expected":{}}})", id_,

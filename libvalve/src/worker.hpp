@@ -17,7 +17,6 @@
 
 namespace valve {
 
-class Preloader;
 struct WorkerLaunch;
 class UpstreamConn;
 class LineReader;
@@ -39,8 +38,11 @@ class Worker {
     virtual const std::string &name() const = 0;  // the app's
     // How to start worker `id`: 0, or a negative errno.
     virtual int plan_launch(uint64_t id, WorkerLaunch *out) const = 0;
-    // With --preload, the templates workers are forked from; null without.
-    virtual Preloader *preloader() = 0;
+    // With --preload: asks a template to fork the worker from spec; then w.on_forked() or
+    // w.on_fork_failed() follows, never from inside fork(). False: launch it plainly.
+    virtual bool fork(Worker &w, const SpawnSpec &spec) = 0;
+    // The worker no longer wants the fork it asked for.
+    virtual void cancel_fork(Worker &w) = 0;
     // Requests waiting for a worker.
     virtual size_t queue_depth() const = 0;
 
