@@ -2,7 +2,7 @@
 
 #include <fmt/format.h>
 
-#include "http.hpp"
+#include "util.hpp"
 
 namespace valve {
 

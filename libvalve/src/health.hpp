@@ -15,12 +15,6 @@
 
 namespace valve {
 
-// Where a worker serves: a Unix socket, or 127.0.0.1:port when socket_path is empty.
-struct WorkerAddress {
-  std::string socket_path;
-  int port = 0;
-};
-
 // One check of a worker over a connection of its own: connect and, when a path is given, GET it
 // and read the status line. done(status, why) runs once per start(): the HTTP status, 0 when only
 // the connect was asked for, or -1 with the reason. It may destroy the probe.

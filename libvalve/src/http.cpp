@@ -160,17 +160,6 @@ int HttpParser::reject(std::string reason, int status) {
   return -1;
 }
 
-bool is_token(std::string_view s) {
-  if (s.empty()) return false;
-  for (unsigned char c : s) {
-    if (std::isalnum(c) ||
-        std::string_view("!#$%&'*+-.^_`|~").find(static_cast<char>(c)) != std::string_view::npos)
-      continue;
-    return false;
-  }
-  return true;
-}
-
 int HttpParser::count(size_t n, Limit what) {
   head_bytes_ += n;
   if (head_bytes_ > max_head_size_) {

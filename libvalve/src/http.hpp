@@ -128,9 +128,6 @@ class HttpParser {
   bool decoding_ = false;      // ... and llhttp has paused at its start
 };
 
-// True for an HTTP token (a valid header name).
-bool is_token(std::string_view s);
-
 // A complete JSON error response from valve itself:
 // {"error": message, "status": status, "request_id": id}, with X-Request-Id and, unless keep_alive,
 // Connection: close. extra_headers are whole "Name: value\r\n" lines.

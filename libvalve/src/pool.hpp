@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "config.hpp"
+#include "preloader.hpp"
 #include "reload.hpp"
 #include "sandbox.hpp"
 #include "util.hpp"
@@ -25,9 +26,8 @@ class Context;
 class UpstreamConn;
 struct Head;
 class Logger;
-class Preloader;
 
-class Pool final : public Worker::Owner {
+class Pool final : public Worker::Owner, public Preloader::Owner {
  public:
   // What a pool tells the one that owns it.
   class Observer {
@@ -83,7 +83,7 @@ class Pool final : public Worker::Owner {
   void reload(ReloadDone done);
   // n-min or n-max changed: stop or drain workers above n-max, launch up to n-min.
   void on_scaled();
-  uint64_t generation() const { return generation_; }
+  uint64_t generation() const override { return generation_; }
   std::string reload_json() const;
 
   // ---- from workers
@@ -100,13 +100,13 @@ class Pool final : public Worker::Owner {
   Context &context() override { return ctx_; }
   const Context &context() const { return ctx_; }
   const std::string &name() const override { return name_; }
-  uint64_t serial() const { return serial_; }
+  uint64_t serial() const override { return serial_; }
   bool terminating() const { return terminating_; }
   const Config &config() const override { return config_; }
   const Logger &log() const;
   // The resolved Rscript, and the API file's absolute path.
   const std::string &rscript_path() const { return rscript_path_; }
-  const std::string &api_file() const { return api_file_; }
+  const std::string &api_file() const override { return api_file_; }
   // The directory workers start in: the API file's, or a Shiny app directory itself.
   const std::string &api_dir() const { return api_dir_; }
   // Checks the environment (Rscript found, the API file readable, the workers' user and
@@ -117,14 +117,14 @@ class Pool final : public Worker::Owner {
   const std::vector<std::string> &worker_environment() const { return worker_env_; }
   size_t queue_depth() const override { return queue_.size(); }
   std::string workers_json() const;
-  Worker *find_pid(int pid);
+  Worker *find_pid(int pid) override;
   // valve reaped a child (SIGCHLD): a worker's or a template's exit. False when it was neither.
   bool on_reaped(int pid, int wait_status);
   // With --preload, the templates workers are forked from (preloader.hpp); null without.
   Preloader *preloader() { return preloader_.get(); }
   bool fork(Worker &w, const SpawnSpec &spec) override;
   void cancel_fork(Worker &w) override;
-  void on_template_exit();
+  void on_template_exit() override;
   std::string preload_json() const;
   void remove_runtime_files();
   // Workers by state name, for metrics.

@@ -16,9 +16,9 @@
 #include <utility>
 #include <vector>
 
+#include "config.hpp"
 #include "context.hpp"
 #include "line_reader.hpp"
-#include "pool.hpp"
 #include "process.hpp"
 #include "sandbox.hpp"
 #include "stats.hpp"
@@ -143,15 +143,15 @@ class Template {
 
   Template(Preloader &owner, uint64_t generation, SpawnSpec spec, unsigned deaths)
       : owner_(owner),
-        pool_(owner.pool()),
+        pool_(owner.owner()),
         generation_(generation),
         spec_(std::move(spec)),
         deaths_(deaths),
         startup_timer_(pool_.context().loop(),
                        [this] {
                          if (state_ != State::starting) return;
-                         pool_.log().warn("{} did not load the API within {} s", label(),
-                                          format_seconds(pool_.config().startup_timeout));
+                         pool_.context().log().warn("{} did not load the API within {} s", label(),
+                                                    format_seconds(pool_.config().startup_timeout));
                          signal_group(pid_, SIGKILL);
                        }),
         kill_timer_(pool_.context().loop(), [this] {
@@ -242,7 +242,7 @@ class Template {
     });
     startup_timer_.start(pool_.config().startup_timeout);
     pool_.context().stats().template_launches++;
-    pool_.log().info("{} launched: loading {}", label(), pool_.api_file());
+    pool_.context().log().info("{} launched: loading {}", label(), pool_.api_file());
     return 0;
   }
 
@@ -266,7 +266,7 @@ class Template {
     state_ = State::ending;
     ended_ = true;
     startup_timer_.stop();
-    pool_.log().info("stopping {}: {}", label(), why);
+    pool_.context().log().info("stopping {}: {}", label(), why);
     close_channel();
     signal_group(pid_, SIGTERM);
     end_spares();
@@ -288,7 +288,7 @@ class Template {
     if (exit_poll_) close_handle(exit_poll_);
     signal_group(pid_, SIGKILL);  // what it started itself (its workers have groups of their own)
     end_spares();
-    pool_.log().write(
+    pool_.context().log().write(
         expected ? LogLevel::info : LogLevel::warn,
         fmt::format("{} {}{}", label(), describe_exit(status), expected ? "" : " unexpectedly"));
     owner_.on_template_exit(*this, status);  // may destroy this template: nothing after it
@@ -311,7 +311,7 @@ class Template {
   }
 
   void on_line(bool is_stderr, std::string_view line) {
-    pool_.log().info("{}{}: {}", label(), is_stderr ? "" : " [stdout]", line);
+    pool_.context().log().info("{}{}: {}", label(), is_stderr ? "" : " [stdout]", line);
     tail_.emplace_back(line);
     if (tail_.size() > kTailLines) tail_.pop_front();
   }
@@ -392,8 +392,8 @@ class Template {
       state_ = State::ready;
       ready_ms_ = monotonic_ms();
       startup_timer_.stop();
-      pool_.log().info("{} ready after {} ms: workers are forked from it", label(),
-                       ready_ms_ - started_ms_);
+      pool_.context().log().info("{} ready after {} ms: workers are forked from it", label(),
+                                 ready_ms_ - started_ms_);
       for (auto &[wid, p] : pending_) {
         if (!p.sent) send_fork(wid, p);
       }
@@ -405,7 +405,7 @@ class Template {
       }
     } else if (sscanf(msg, "lost %d", &pid) == 1) {
       forget_spare(pid);
-      pool_.log().warn(
+      pool_.context().log().warn(
           "{}: its spare (pid {}) died before it was needed; workers are forked on "
           "demand from now on",
           label(), pid);
@@ -442,12 +442,12 @@ class Template {
       Worker *w = pool_.find_pid(pid);
       if (w && w->forked() && (id == 0 || w->id() == static_cast<uint64_t>(id))) w->on_exit(status);
     } else {
-      pool_.log().warn("{} sent an unknown message: {}", label(), msg);
+      pool_.context().log().warn("{} sent an unknown message: {}", label(), msg);
     }
   }
 
   Preloader &owner_;
-  Pool &pool_;
+  Preloader::Owner &pool_;
   uint64_t generation_;
   SpawnSpec spec_;
   unsigned deaths_;  // earlier templates of this generation that died, with no fork since
@@ -474,7 +474,7 @@ class Template {
   DeferredCalls calls_{pool_.context().deferred()};
 };
 
-Preloader::Preloader(Pool &pool) : pool_(pool) {
+Preloader::Preloader(Owner &owner) : pool_(owner) {
   if (pipe2(lifeline_, O_CLOEXEC) != 0) lifeline_[0] = lifeline_[1] = -1;
 }
 
@@ -527,7 +527,7 @@ bool Preloader::fork(Worker &w, const SpawnSpec &spec) {
     checked_ = true;
     std::string why;
     usable_ = write_files(&why);
-    if (!usable_) pool_.log().warn("preload: workers are launched plainly: {}", why);
+    if (!usable_) pool_.context().log().warn("preload: workers are launched plainly: {}", why);
   }
   if (!usable_ || plain_generations_.count(w.generation())) return false;
   Template *t = find(w.generation());
@@ -546,7 +546,7 @@ bool Preloader::fork(Worker &w, const SpawnSpec &spec) {
     if (int rc = fresh->start(); rc != 0) {
       plain_generations_.insert(w.generation());
       pool_.context().stats().fork_fallbacks++;
-      pool_.log().warn(
+      pool_.context().log().warn(
           "preload: generation {} launches workers plainly: cannot launch its template: {}",
           w.generation(), uv_message(rc));
       return false;
@@ -584,7 +584,8 @@ void Preloader::launch_plainly(Template &t, std::string_view why) {
 
 void Preloader::fall_back(Template &t, std::string why) {
   plain_generations_.insert(t.generation());
-  pool_.log().warn("preload: generation {} launches workers plainly: {}", t.generation(), why);
+  pool_.context().log().warn("preload: generation {} launches workers plainly: {}", t.generation(),
+                             why);
   launch_plainly(t, "its template is not available");
 }
 
@@ -607,7 +608,7 @@ void Preloader::on_template_exit(Template &t, int wait_status) {
         fall_back(t, fmt::format("cannot relaunch the template for generation {}: {}", gen,
                                  uv_message(rc)));
       } else {
-        pool_.log().info("preload: relaunching the template for generation {}", gen);
+        pool_.context().log().info("preload: relaunching the template for generation {}", gen);
         for (auto &[id, p] : t.pending()) {
           p.close_pipes();  // sent to the dead template: asked again of the new one
           fresh->request(*p.worker, p.spec);

@@ -39,14 +39,32 @@
 
 namespace valve {
 
-class Pool;
+class Context;
 class Worker;
+struct Config;
 class Template;
 struct SpawnSpec;
 
 class Preloader {
  public:
-  explicit Preloader(Pool &pool);
+  // The pool whose workers it forks.
+  class Owner {
+   public:
+    virtual Context &context() = 0;
+    virtual const Config &config() const = 0;
+    virtual uint64_t serial() const = 0;      // names its files in the runtime directory
+    virtual uint64_t generation() const = 0;  // the one serving
+    virtual const std::string &api_file() const = 0;
+    // The worker with this process ID, if any.
+    virtual Worker *find_pid(int pid) = 0;
+    // A template ended: workers waiting for one may launch plainly now.
+    virtual void on_template_exit() = 0;
+
+   protected:
+    ~Owner() = default;
+  };
+
+  explicit Preloader(Owner &owner);
   ~Preloader();
   Preloader(const Preloader &) = delete;
   Preloader &operator=(const Preloader &) = delete;
@@ -69,7 +87,7 @@ class Preloader {
   void remove_files();
 
   // ---- from templates
-  Pool &pool() { return pool_; }
+  Owner &owner() { return pool_; }
   void on_template_exit(Template &t, int wait_status);
   // Kills a spare of a template that ends or died (it serves nothing) and waits until it is
   // reaped before the pool counts as exited.
@@ -87,7 +105,7 @@ class Preloader {
   bool write_files(std::string *why);
   void check_spare(pid_t pid);
 
-  Pool &pool_;
+  Owner &pool_;
   std::list<std::unique_ptr<Template>> templates_;
   std::set<uint64_t> plain_generations_;
   int lifeline_[2] = {-1, -1};  // read end for the workers, write end kept by valve alone

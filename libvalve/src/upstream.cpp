@@ -4,7 +4,6 @@
 
 #include "context.hpp"
 #include "util.hpp"
-#include "worker.hpp"
 
 namespace valve {
 
@@ -12,8 +11,13 @@ namespace {
 constexpr size_t kMaxResponseHead = 64 * 1024;
 }  // namespace
 
-UpstreamConn::UpstreamConn(Worker &worker)
-    : worker_(worker), parser_(HTTP_RESPONSE, *this, kMaxResponseHead) {}
+UpstreamConn::UpstreamConn(Context &ctx, Owner &owner, WorkerAddress address, uint64_t worker_id)
+    : ctx_(ctx),
+      owner_(owner),
+      address_(std::move(address)),
+      worker_id_(worker_id),
+      calls_(ctx.deferred()),
+      parser_(HTTP_RESPONSE, *this, kMaxResponseHead) {}
 
 UpstreamConn::~UpstreamConn() = default;
 
@@ -21,15 +25,15 @@ uv_stream_t *UpstreamConn::stream() { return stream_.get(); }
 
 void UpstreamConn::connect() {
   int rc = stream_.connect(
-      worker_.context().loop(), this, worker_.socket_path(), worker_.port(),
+      ctx_.loop(), this, address_.socket_path, address_.port,
       [](void *self, int status) { static_cast<UpstreamConn *>(self)->on_connect(status); });
-  if (rc != 0) worker_.context().defer([this, rc] { on_connect(rc); });
+  if (rc != 0) calls_.post([this, rc] { on_connect(rc); });
 }
 
 void UpstreamConn::on_connect(int status) {
   if (broken_) return;
   if (status != 0) {
-    fail(fmt::format("cannot connect to worker {}: {}", worker_.id(), uv_message(status)));
+    fail(fmt::format("cannot connect to worker {}: {}", worker_id_, uv_message(status)));
     return;
   }
   connected_ = true;
@@ -67,7 +71,7 @@ bool UpstreamConn::send(std::string_view data) {
     }
   });
   if (rc != 0) {
-    worker_.context().defer(
+    calls_.post(
         [this, rc] { fail(fmt::format("writing to the worker failed: {}", uv_message(rc))); });
     return true;
   }
@@ -198,7 +202,7 @@ void UpstreamConn::fail(std::string reason) {
   if (Handler *h = handler_) {
     h->on_upstream_failed(reason);  // detaches and releases this connection
   } else {
-    worker_.drop_idle(*this);
+    owner_.drop_idle(*this);
   }
 }
 

@@ -5,12 +5,13 @@
 
 #include <string>
 
+#include "context.hpp"
 #include "http.hpp"
 #include "util.hpp"
 
 namespace valve {
 
-class Worker;
+class Context;
 
 class UpstreamConn final : public HttpParser::Handler {
  public:
@@ -37,7 +38,18 @@ class UpstreamConn final : public HttpParser::Handler {
     ~Handler() = default;
   };
 
-  explicit UpstreamConn(Worker &worker);
+  // The worker the connection belongs to: it keeps idle connections.
+  class Owner {
+   public:
+    // An idle connection failed or was closed by the worker: forget it.
+    virtual void drop_idle(UpstreamConn &conn) = 0;
+
+   protected:
+    ~Owner() = default;
+  };
+
+  // worker_id: for messages.
+  UpstreamConn(Context &ctx, Owner &owner, WorkerAddress address, uint64_t worker_id);
   ~UpstreamConn() override;
   UpstreamConn(const UpstreamConn &) = delete;
   UpstreamConn &operator=(const UpstreamConn &) = delete;
@@ -56,7 +68,6 @@ class UpstreamConn final : public HttpParser::Handler {
   // The worker switched protocols (101): bytes pass unparsed until either side closes.
   bool tunneling() const { return tunnel_; }
 
-  Worker &worker() { return worker_; }
   Handler *handler() { return handler_; }
 
   int on_head(Head &head) override;
@@ -70,7 +81,11 @@ class UpstreamConn final : public HttpParser::Handler {
   void start_reading();
   uv_stream_t *stream();
 
-  Worker &worker_;
+  Context &ctx_;
+  Owner &owner_;
+  WorkerAddress address_;
+  uint64_t worker_id_;
+  DeferredCalls calls_;
   Handler *handler_ = nullptr;
   WorkerStream stream_;  // a Unix socket (plumber workers, {socket}) or loopback TCP ({port})
   HttpParser parser_;

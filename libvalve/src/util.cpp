@@ -213,6 +213,17 @@ std::string json_escape(std::string_view s) {
   return out;
 }
 
+bool is_token(std::string_view s) {
+  if (s.empty()) return false;
+  for (unsigned char c : s) {
+    if (std::isalnum(c) ||
+        std::string_view("!#$%&'*+-.^_`|~").find(static_cast<char>(c)) != std::string_view::npos)
+      continue;
+    return false;
+  }
+  return true;
+}
+
 bool iequals(std::string_view a, std::string_view b) {
   if (a.size() != b.size()) return false;
   // ASCII only, as HTTP's names and tokens are: no locale lookup per byte (a profiled hot spot),

@@ -49,6 +49,12 @@ class Timer {
   std::function<void()> cb_;
 };
 
+// Where a worker serves: a Unix socket, or 127.0.0.1:port when socket_path is empty.
+struct WorkerAddress {
+  std::string socket_path;
+  int port = 0;
+};
+
 // A connection to a worker, over a Unix socket or loopback TCP, owned by one object. The handle
 // is closed (and freed) by close() or the destructor; callbacks never outlive the owner.
 class WorkerStream {
@@ -102,6 +108,8 @@ std::string json_escape(std::string_view s);
 // For a text log line: quotes, backslashes, spaces and control bytes as \xNN.
 std::string escape_for_log(std::string_view s);
 bool iequals(std::string_view a, std::string_view b);
+// True for an HTTP token (RFC 9110 5.6.2: a method, a header name).
+bool is_token(std::string_view s);
 std::string_view trim(std::string_view s);
 std::string random_hex(size_t bytes);
 std::string format_seconds(double s);

@@ -292,7 +292,7 @@ UpstreamConn &Worker::lease() {
     idle_.pop_back();
     return *conn;
   }
-  conns_.push_back(std::make_unique<UpstreamConn>(*this));
+  conns_.push_back(std::make_unique<UpstreamConn>(ctx_, *this, worker_address(), id_));
   UpstreamConn &conn = *conns_.back();
   conn.connect();
   return conn;

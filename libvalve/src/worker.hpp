@@ -13,17 +13,17 @@
 
 #include "context.hpp"
 #include "health.hpp"
+#include "upstream.hpp"
 #include "util.hpp"
 
 namespace valve {
 
 struct WorkerLaunch;
-class UpstreamConn;
 class LineReader;
 struct SpawnSpec;
 struct Spawned;
 
-class Worker {
+class Worker final : public UpstreamConn::Owner {
  public:
   // starting: launched, not yet answering. ready: serving (unless unhealthy; a retiring worker
   // serves only when no other can). draining: takes nothing new, stops once its requests are done.
@@ -75,7 +75,7 @@ class Worker {
   // The request on conn is over; a reusable conn is kept for the next one.
   void release(UpstreamConn &conn, bool reusable);
   // An idle connection failed or was closed by the worker.
-  void drop_idle(UpstreamConn &conn);
+  void drop_idle(UpstreamConn &conn) override;
   // Asks the process to end: SIGTERM now, SIGKILL after kill-timeout.
   void stop(std::string_view why);
   // Ends the process at once (it is stuck or unwanted); its requests fail.
