@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <set>
 #include <string>
+#include <type_traits>
+#include <vector>
 
 #include "support.hpp"
 
@@ -121,6 +123,15 @@ TEST_CASE("config: the defaults, spelled out independently of the table") {
   CHECK_FALSE(c.handle_signals);
   CHECK_FALSE(c.validate().has_value());  // the defaults are a valid configuration
 }
+
+// The members come from the table, each typed by its kind: code using them sees these types.
+static_assert(std::is_same_v<decltype(Config::host), std::string>);
+static_assert(std::is_same_v<decltype(Config::port), uint64_t>);
+static_assert(std::is_same_v<decltype(Config::timeout), double>);
+static_assert(std::is_same_v<decltype(Config::max_body_size), uint64_t>);
+static_assert(std::is_same_v<decltype(Config::allow_root), bool>);
+static_assert(std::is_same_v<decltype(Config::log_level), valve::LogLevel>);
+static_assert(std::is_same_v<decltype(Config::env), std::vector<std::string>>);
 
 TEST_CASE("config: option_key lists each option once, in table order, then nullptr") {
   std::set<std::string> seen;

@@ -117,58 +117,18 @@ enum class LogLevel { debug = 0, info = 1, warn = 2, error = 3 };
 // clang-format on
 
 struct Config {
-  std::string host;
-  uint64_t port = 0;
-  uint64_t n_max = 0;
-  uint64_t n_min = 0;
-  uint64_t workers = 0;
-  std::string config;
-  std::string type;
-  std::string file;
-  std::string cmd;
-  std::string rscript;
-  std::vector<std::string> env;
-  std::string env_file;
-  std::string user;
-  std::string group;
-  bool allow_root = false;
-  double check_unused = 0;
-  double max_age = 0;
-  double startup_timeout = 0;
-  double graceful_timeout = 0;
-  double kill_timeout = 0;
-  uint64_t worker_concurrency = 0;
-  uint64_t worker_nice = 0;
-  uint64_t queue_max = 0;
-  double queue_timeout = 0;
-  double timeout = 0;
-  double header_timeout = 0;
-  double keepalive_timeout = 0;
-  uint64_t max_connections = 0;
-  uint64_t max_header_size = 0;
-  uint64_t max_body_size = 0;
-  uint64_t request_buffer_size = 0;
-  bool underscores_in_headers = false;
-  std::string health_path;
-  double health_interval = 0;
-  double health_timeout = 0;
-  uint64_t health_rise = 0;
-  uint64_t health_fall = 0;
-  uint64_t max_fails = 0;
-  uint64_t max_requests = 0;
-  uint64_t max_requests_jitter = 0;
-  uint64_t max_rss = 0;
-  std::string admin;
-  std::string access_log;
-  std::string access_log_format;
-  LogLevel log_level = LogLevel::info;
-  std::string log_format;
-  std::string runtime_dir;
-  bool handle_signals = false;
-  bool reap_orphans = false;
-  bool notify = false;
-  bool preload = false;
-  uint64_t preload_spares = 0;
+  // Each kind's C++ type, for the members the table declares.
+  using str_type = std::string;
+  using uint_type = uint64_t;
+  using secs_type = double;
+  using bytes_type = uint64_t;
+  using bool_type = bool;
+  using level_type = LogLevel;
+  using list_type = std::vector<std::string>;
+
+#define VALVE_OPTION_MEMBER_(key, member, kind, def, help) kind##_type member{};
+  VALVE_OPTIONS(VALVE_OPTION_MEMBER_)
+#undef VALVE_OPTION_MEMBER_
 
   Config();  // every default from the table
 
