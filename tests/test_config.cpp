@@ -37,12 +37,12 @@ size_t option_count() {
 
 TEST_CASE("config: get() returns every default of the VALVE_OPTIONS table") {
   Config c;
-#define CHECK_DEFAULT_(key, member, kind, def, help) \
-  {                                                  \
-    INFO("option " << key);                          \
-    auto got = c.get(key);                           \
-    REQUIRE(got.has_value());                        \
-    CHECK(*got == canonical_##kind(def));            \
+#define CHECK_DEFAULT_(key, member, kind, scope, def, help) \
+  {                                                         \
+    INFO("option " << key);                                 \
+    auto got = c.get(key);                                  \
+    REQUIRE(got.has_value());                               \
+    CHECK(*got == canonical_##kind(def));                   \
   }
   VALVE_OPTIONS(CHECK_DEFAULT_)
 #undef CHECK_DEFAULT_
@@ -132,6 +132,23 @@ static_assert(std::is_same_v<decltype(Config::max_body_size), uint64_t>);
 static_assert(std::is_same_v<decltype(Config::allow_root), bool>);
 static_assert(std::is_same_v<decltype(Config::log_level), valve::LogLevel>);
 static_assert(std::is_same_v<decltype(Config::env), std::vector<std::string>>);
+
+TEST_CASE("config: the server options, spelled out independently of the table") {
+  // A second oracle for the table's scope column: these are read once, by the server as a whole.
+  // clang-format off
+  const char *const expected[] = {
+      "host", "port", "workers", "config", "graceful-timeout", "header-timeout",
+      "keepalive-timeout", "max-connections", "max-header-size", "admin", "access-log",
+      "access-log-format", "log-level", "log-format", "runtime-dir", "handle-signals",
+      "reap-orphans", "notify"};
+  // clang-format on
+  std::set<std::string> got;
+  for (size_t i = 0; const char *key = valve::option_key(i); ++i) {
+    if (valve::is_server_option(key)) got.insert(key);
+  }
+  CHECK(got == std::set<std::string>(std::begin(expected), std::end(expected)));
+  CHECK_FALSE(valve::is_server_option("no-such-option"));
+}
 
 TEST_CASE("config: option_key lists each option once, in table order, then nullptr") {
   std::set<std::string> seen;

@@ -22,10 +22,12 @@ struct OptionInfo {
   const char *default_value;
   const char *help;
   const char *kind;
+  bool server;
 };
 
 constexpr OptionInfo kOptions[] = {
-#define VALVE_OPTION_INFO_(key, member, kind, def, help) {key, def, help, #kind},
+#define VALVE_OPTION_INFO_(key, member, kind, scope, def, help) \
+  {key, def, help, #kind, std::string_view(#scope) == "server"},
     VALVE_OPTIONS(VALVE_OPTION_INFO_)
 #undef VALVE_OPTION_INFO_
 };
@@ -117,7 +119,7 @@ std::string json_value(const std::vector<std::string> &v) {
 }  // namespace
 
 Config::Config() {
-#define VALVE_OPTION_DEFAULT_(key, member, kind, def, help) assign(key, def);
+#define VALVE_OPTION_DEFAULT_(key, member, kind, scope, def, help) assign(key, def);
   VALVE_OPTIONS(VALVE_OPTION_DEFAULT_)
 #undef VALVE_OPTION_DEFAULT_
 }
@@ -137,25 +139,21 @@ bool Config::was_given(std::string_view key) const {
 }
 
 void Config::copy_from(const Config &other, std::string_view key) {
-#define VALVE_OPTION_COPY_(k, member, kind, def, help) \
+#define VALVE_OPTION_COPY_(k, member, kind, scope, def, help) \
   if (key == k) member = other.member;
   VALVE_OPTIONS(VALVE_OPTION_COPY_)
 #undef VALVE_OPTION_COPY_
 }
 
 bool is_server_option(std::string_view key) {
-  static constexpr std::string_view kServerOptions[] = {
-      "host",          "port",           "workers",           "config",
-      "header-timeout", "keepalive-timeout", "max-connections", "max-header-size",
-      "admin",         "access-log",     "access-log-format", "log-level",
-      "log-format",    "runtime-dir",    "handle-signals",    "reap-orphans",
-      "notify",        "graceful-timeout"};
-  return std::find(std::begin(kServerOptions), std::end(kServerOptions), key) !=
-         std::end(kServerOptions);
+  for (const auto &o : kOptions) {
+    if (key == o.key) return o.server;
+  }
+  return false;
 }
 
 std::optional<std::string> Config::assign(std::string_view key, std::string_view value) {
-#define VALVE_OPTION_SET_(k, member, kind, def, help) \
+#define VALVE_OPTION_SET_(k, member, kind, scope, def, help) \
   if (key == k) return set_##kind(member, key, value);
   VALVE_OPTIONS(VALVE_OPTION_SET_)
 #undef VALVE_OPTION_SET_
@@ -215,7 +213,7 @@ std::optional<std::string> Config::check(std::string_view key) const {
 }
 
 std::optional<std::string> Config::get(std::string_view key) const {
-#define VALVE_OPTION_GET_(k, member, kind, def, help) \
+#define VALVE_OPTION_GET_(k, member, kind, scope, def, help) \
   if (key == k) return show(member);
   VALVE_OPTIONS(VALVE_OPTION_GET_)
 #undef VALVE_OPTION_GET_
@@ -254,7 +252,7 @@ uint64_t Config::concurrency() const {
 std::string Config::to_json() const {
   std::string out = "{";
   bool first = true;
-#define VALVE_OPTION_JSON_(k, member, kind, def, help)                        \
+#define VALVE_OPTION_JSON_(k, member, kind, scope, def, help)                 \
   out += fmt::format("{}\"{}\":{}", first ? "" : ",", k, json_value(member)); \
   first = false;
   VALVE_OPTIONS(VALVE_OPTION_JSON_)
