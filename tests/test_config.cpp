@@ -461,3 +461,18 @@ TEST_CASE("config: to_json() is a well-formed object with every option, typed") 
   CHECK(doc2["cmd"].text == tricky);
   CHECK(doc2["queue-timeout"].number == doctest::Approx(0.25));
 }
+
+TEST_CASE("config: to_json() writes seconds as get() shows them, the shortest that round-trips") {
+  Config c;
+  REQUIRE_FALSE(c.set("queue-timeout", "12.07ms").has_value());
+  REQUIRE_FALSE(c.set("timeout", "0.5").has_value());
+  std::string json = c.to_json();
+  CHECK(json.find("\"queue-timeout\":0.01207,") != std::string::npos);  // not 0.012070000000000001
+  CHECK(json.find("\"timeout\":0.5,") != std::string::npos);
+  CHECK(json.find("\"max-age\":300,") != std::string::npos);  // not 300.0
+  CHECK(json.find("\"env\":[],") != std::string::npos);
+
+  // Bytes that are not UTF-8 (a flag may hold any) become U+FFFD: the JSON stays valid.
+  REQUIRE_FALSE(c.set("cmd", "srv\xff {port}").has_value());
+  CHECK(c.to_json().find("\"cmd\":\"srv\xef\xbf\xbd {port}\",") != std::string::npos);
+}
