@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <set>
 #include <string>
+#include <type_traits>
+#include <vector>
 
 #include "support.hpp"
 
@@ -35,12 +37,12 @@ size_t option_count() {
 
 TEST_CASE("config: get() returns every default of the VALVE_OPTIONS table") {
   Config c;
-#define CHECK_DEFAULT_(key, member, kind, def, help) \
-  {                                                  \
-    INFO("option " << key);                          \
-    auto got = c.get(key);                           \
-    REQUIRE(got.has_value());                        \
-    CHECK(*got == canonical_##kind(def));            \
+#define CHECK_DEFAULT_(key, member, kind, scope, def, help) \
+  {                                                         \
+    INFO("option " << key);                                 \
+    auto got = c.get(key);                                  \
+    REQUIRE(got.has_value());                               \
+    CHECK(*got == canonical_##kind(def));                   \
   }
   VALVE_OPTIONS(CHECK_DEFAULT_)
 #undef CHECK_DEFAULT_
@@ -120,6 +122,32 @@ TEST_CASE("config: the defaults, spelled out independently of the table") {
   CHECK(c.log_level == valve::LogLevel::info);
   CHECK_FALSE(c.handle_signals);
   CHECK_FALSE(c.validate().has_value());  // the defaults are a valid configuration
+}
+
+// The members come from the table, each typed by its kind: code using them sees these types.
+static_assert(std::is_same_v<decltype(Config::host), std::string>);
+static_assert(std::is_same_v<decltype(Config::port), uint64_t>);
+static_assert(std::is_same_v<decltype(Config::timeout), double>);
+static_assert(std::is_same_v<decltype(Config::max_body_size), uint64_t>);
+static_assert(std::is_same_v<decltype(Config::allow_root), bool>);
+static_assert(std::is_same_v<decltype(Config::log_level), valve::LogLevel>);
+static_assert(std::is_same_v<decltype(Config::env), std::vector<std::string>>);
+
+TEST_CASE("config: the server options, spelled out independently of the table") {
+  // A second oracle for the table's scope column: these are read once, by the server as a whole.
+  // clang-format off
+  const char *const expected[] = {
+      "host", "port", "workers", "config", "graceful-timeout", "header-timeout",
+      "keepalive-timeout", "max-connections", "max-header-size", "admin", "access-log",
+      "access-log-format", "log-level", "log-format", "runtime-dir", "handle-signals",
+      "reap-orphans", "notify"};
+  // clang-format on
+  std::set<std::string> got;
+  for (size_t i = 0; const char *key = valve::option_key(i); ++i) {
+    if (valve::is_server_option(key)) got.insert(key);
+  }
+  CHECK(got == std::set<std::string>(std::begin(expected), std::end(expected)));
+  CHECK_FALSE(valve::is_server_option("no-such-option"));
 }
 
 TEST_CASE("config: option_key lists each option once, in table order, then nullptr") {
@@ -432,4 +460,19 @@ TEST_CASE("config: to_json() is a well-formed object with every option, typed") 
   test::Json doc2 = test::parse_json(c.to_json());
   CHECK(doc2["cmd"].text == tricky);
   CHECK(doc2["queue-timeout"].number == doctest::Approx(0.25));
+}
+
+TEST_CASE("config: to_json() writes seconds as get() shows them, the shortest that round-trips") {
+  Config c;
+  REQUIRE_FALSE(c.set("queue-timeout", "12.07ms").has_value());
+  REQUIRE_FALSE(c.set("timeout", "0.5").has_value());
+  std::string json = c.to_json();
+  CHECK(json.find("\"queue-timeout\":0.01207,") != std::string::npos);  // not 0.012070000000000001
+  CHECK(json.find("\"timeout\":0.5,") != std::string::npos);
+  CHECK(json.find("\"max-age\":300,") != std::string::npos);  // not 300.0
+  CHECK(json.find("\"env\":[],") != std::string::npos);
+
+  // Bytes that are not UTF-8 (a flag may hold any) become U+FFFD: the JSON stays valid.
+  REQUIRE_FALSE(c.set("cmd", "srv\xff {port}").has_value());
+  CHECK(c.to_json().find("\"cmd\":\"srv\xef\xbf\xbd {port}\",") != std::string::npos);
 }

@@ -5,6 +5,8 @@
 
 #include <fmt/format.h>
 
+#include <nlohmann/json.hpp>
+
 #include <algorithm>
 #include <charconv>
 #include <cmath>
@@ -22,15 +24,21 @@ struct OptionInfo {
   const char *default_value;
   const char *help;
   const char *kind;
+  bool server;
 };
 
 constexpr OptionInfo kOptions[] = {
-#define VALVE_OPTION_INFO_(key, member, kind, def, help) {key, def, help, #kind},
+#define VALVE_OPTION_INFO_(key, member, kind, scope, def, help) \
+  {key, def, help, #kind, std::string_view(#scope) == "server"},
     VALVE_OPTIONS(VALVE_OPTION_INFO_)
 #undef VALVE_OPTION_INFO_
 };
 
-std::string quoted(std::string_view v) { return v.empty() ? std::string("\"\"") : std::string(v); }
+// Not named quoted(): nlohmann/json.hpp brings in <iomanip>, and ADL would prefer std::quoted
+// for a std::string.
+std::string quote_if_empty(std::string_view v) {
+  return v.empty() ? std::string("\"\"") : std::string(v);
+}
 
 std::optional<std::string> set_str(std::string &field, std::string_view, std::string_view value) {
   field = std::string(value);
@@ -39,14 +47,16 @@ std::optional<std::string> set_str(std::string &field, std::string_view, std::st
 
 std::optional<std::string> set_uint(uint64_t &field, std::string_view key, std::string_view value) {
   auto v = parse_uint(value);
-  if (!v) return fmt::format("{} {}: expected a whole number", key, quoted(value));
+  if (!v) return fmt::format("{} {}: expected a whole number", key, quote_if_empty(value));
   field = *v;
   return std::nullopt;
 }
 
 std::optional<std::string> set_secs(double &field, std::string_view key, std::string_view value) {
   auto v = parse_seconds(value);
-  if (!v) return fmt::format("{} {}: expected seconds, like 30, 0.5 or 250ms", key, quoted(value));
+  if (!v)
+    return fmt::format("{} {}: expected seconds, like 30, 0.5 or 250ms", key,
+                       quote_if_empty(value));
   field = *v;
   return std::nullopt;
 }
@@ -55,7 +65,8 @@ std::optional<std::string> set_bytes(uint64_t &field, std::string_view key,
                                      std::string_view value) {
   auto v = parse_bytes(value);
   if (!v)
-    return fmt::format("{} {}: expected a size, like 16384, 64k, 100m or 1g", key, quoted(value));
+    return fmt::format("{} {}: expected a size, like 16384, 64k, 100m or 1g", key,
+                       quote_if_empty(value));
   field = *v;
   return std::nullopt;
 }
@@ -66,7 +77,7 @@ std::optional<std::string> set_bool(bool &field, std::string_view key, std::stri
   } else if (value == "false" || value == "0" || value == "no" || value == "off") {
     field = false;
   } else {
-    return fmt::format("{} {}: expected true or false", key, quoted(value));
+    return fmt::format("{} {}: expected true or false", key, quote_if_empty(value));
   }
   return std::nullopt;
 }
@@ -79,7 +90,7 @@ std::optional<std::string> set_level(LogLevel &field, std::string_view key,
       return std::nullopt;
     }
   }
-  return fmt::format("{} {}: expected debug, info, warn or error", key, quoted(value));
+  return fmt::format("{} {}: expected debug, info, warn or error", key, quote_if_empty(value));
 }
 
 std::optional<std::string> set_list(std::vector<std::string> &field, std::string_view,
@@ -103,21 +114,16 @@ std::string show(double v) { return format_seconds(v); }
 std::string show(bool v) { return v ? "true" : "false"; }
 std::string show(LogLevel v) { return level_name(v); }
 
-std::string json_value(const std::string &v) { return fmt::format("\"{}\"", json_escape(v)); }
-std::string json_value(uint64_t v) { return std::to_string(v); }
-std::string json_value(double v) { return format_seconds(v); }
-std::string json_value(bool v) { return v ? "true" : "false"; }
-std::string json_value(LogLevel v) { return fmt::format("\"{}\"", level_name(v)); }
-std::string json_value(const std::vector<std::string> &v) {
-  std::string out = "[";
-  for (const auto &item : v) out += (out.size() > 1 ? "," : "") + json_value(item);
-  return out + "]";
+template <typename T>
+nlohmann::ordered_json json_value(const T &v) {
+  return v;
 }
+nlohmann::ordered_json json_value(LogLevel v) { return level_name(v); }
 
 }  // namespace
 
 Config::Config() {
-#define VALVE_OPTION_DEFAULT_(key, member, kind, def, help) assign(key, def);
+#define VALVE_OPTION_DEFAULT_(key, member, kind, scope, def, help) assign(key, def);
   VALVE_OPTIONS(VALVE_OPTION_DEFAULT_)
 #undef VALVE_OPTION_DEFAULT_
 }
@@ -137,29 +143,25 @@ bool Config::was_given(std::string_view key) const {
 }
 
 void Config::copy_from(const Config &other, std::string_view key) {
-#define VALVE_OPTION_COPY_(k, member, kind, def, help) \
+#define VALVE_OPTION_COPY_(k, member, kind, scope, def, help) \
   if (key == k) member = other.member;
   VALVE_OPTIONS(VALVE_OPTION_COPY_)
 #undef VALVE_OPTION_COPY_
 }
 
 bool is_server_option(std::string_view key) {
-  static constexpr std::string_view kServerOptions[] = {
-      "host",          "port",           "workers",           "config",
-      "header-timeout", "keepalive-timeout", "max-connections", "max-header-size",
-      "admin",         "access-log",     "access-log-format", "log-level",
-      "log-format",    "runtime-dir",    "handle-signals",    "reap-orphans",
-      "notify",        "graceful-timeout"};
-  return std::find(std::begin(kServerOptions), std::end(kServerOptions), key) !=
-         std::end(kServerOptions);
+  for (const auto &o : kOptions) {
+    if (key == o.key) return o.server;
+  }
+  return false;
 }
 
 std::optional<std::string> Config::assign(std::string_view key, std::string_view value) {
-#define VALVE_OPTION_SET_(k, member, kind, def, help) \
+#define VALVE_OPTION_SET_(k, member, kind, scope, def, help) \
   if (key == k) return set_##kind(member, key, value);
   VALVE_OPTIONS(VALVE_OPTION_SET_)
 #undef VALVE_OPTION_SET_
-  return fmt::format("{} {}: unknown option", key, quoted(value));
+  return fmt::format("{} {}: unknown option", key, quote_if_empty(value));
 }
 
 std::optional<std::string> Config::check(std::string_view key) const {
@@ -168,7 +170,7 @@ std::optional<std::string> Config::check(std::string_view key) const {
   if (key == "max-connections" && max_connections < 1)
     return fmt::format("max-connections {}: must be at least 1", max_connections);
   if (key == "type" && type != "plumber" && type != "shiny")
-    return fmt::format("type {}: expected plumber or shiny", quoted(type));
+    return fmt::format("type {}: expected plumber or shiny", quote_if_empty(type));
   if (key == "host" && host.empty()) return std::string("host \"\": must not be empty");
   if (key == "max-header-size" && max_header_size < 1024)
     return fmt::format("max-header-size {}: must be at least 1024", max_header_size);
@@ -196,7 +198,7 @@ std::optional<std::string> Config::check(std::string_view key) const {
   for (auto [k, v] :
        {std::pair{"access-log-format", &access_log_format}, std::pair{"log-format", &log_format}}) {
     if (key == k && *v != "text" && *v != "json")
-      return fmt::format("{} {}: expected text or json", k, quoted(*v));
+      return fmt::format("{} {}: expected text or json", k, quote_if_empty(*v));
   }
   struct Positive {
     const char *key;
@@ -215,7 +217,7 @@ std::optional<std::string> Config::check(std::string_view key) const {
 }
 
 std::optional<std::string> Config::get(std::string_view key) const {
-#define VALVE_OPTION_GET_(k, member, kind, def, help) \
+#define VALVE_OPTION_GET_(k, member, kind, scope, def, help) \
   if (key == k) return show(member);
   VALVE_OPTIONS(VALVE_OPTION_GET_)
 #undef VALVE_OPTION_GET_
@@ -252,15 +254,23 @@ uint64_t Config::concurrency() const {
 }
 
 std::string Config::to_json() const {
-  std::string out = "{";
-  bool first = true;
-#define VALVE_OPTION_JSON_(k, member, kind, def, help)                        \
-  out += fmt::format("{}\"{}\":{}", first ? "" : ",", k, json_value(member)); \
-  first = false;
+  nlohmann::ordered_json doc = nlohmann::ordered_json::object();  // in the table's order
+#define VALVE_OPTION_JSON_(k, member, kind, scope, def, help) doc[k] = json_value(member);
   VALVE_OPTIONS(VALVE_OPTION_JSON_)
 #undef VALVE_OPTION_JSON_
-  out += "}";
-  return out;
+  // The object's members written here rather than by doc.dump(): nlohmann prints doubles with
+  // Grisu2, which is not always the shortest form (0.01207 as 0.012070000000000001, 60 as 60.0),
+  // and seconds read as format_seconds() shows them everywhere else. A flag may hold bytes that
+  // are not UTF-8: they become U+FFFD, where dump() would throw.
+  std::string out = "{";
+  for (const auto &[key, value] : doc.items()) {
+    out += fmt::format(
+        "{}\"{}\":{}", out.size() > 1 ? "," : "", key,
+        value.is_number_float()
+            ? format_seconds(value.get<double>())
+            : value.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace));
+  }
+  return out + "}";
 }
 
 const char *option_key(size_t index) {

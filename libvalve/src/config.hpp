@@ -12,163 +12,136 @@ namespace valve {
 
 enum class LogLevel { debug = 0, info = 1, warn = 2, error = 3 };
 
-// XX(key, member, kind, default, help). kind: str, uint (an integer), secs (seconds, fractions
-// allowed, with an optional ms/s/m suffix), bytes (with an optional k/m/g suffix), bool, level,
-// list (each value set is appended; setting "" empties the list).
+// XX(key, member, kind, scope, default, help). kind: str, uint (an integer), secs (seconds,
+// fractions allowed, with an optional ms/s/m suffix), bytes (with an optional k/m/g suffix), bool,
+// level, list (each value set is appended; setting "" empties the list). scope: server (the
+// listener, logs, admin interface, signals: one for the whole server) or app (each app in a config
+// file may set its own).
 // clang-format off
 #define VALVE_OPTIONS(XX)                                                                          \
-  XX("host", host, str, "127.0.0.1", "address to listen on")                                       \
-  XX("port", port, uint, "3000", "port to listen on (0 picks a free one)")                         \
-  XX("n-max", n_max, uint, "3", "most workers to run at once")                                    \
-  XX("n-min", n_min, uint, "1", "fewest workers to keep running, even when idle")                 \
-  XX("workers", workers, uint, "0",                                                                \
+  XX("host", host, str, server, "127.0.0.1", "address to listen on")                               \
+  XX("port", port, uint, server, "3000", "port to listen on (0 picks a free one)")                 \
+  XX("n-max", n_max, uint, app, "3", "most workers to run at once")                                \
+  XX("n-min", n_min, uint, app, "1", "fewest workers to keep running, even when idle")             \
+  XX("workers", workers, uint, server, "0",                                                        \
      "accepted for valve-rs compatibility; valve serves all connections from one event loop")      \
-  XX("config", config, str, "",                                                                    \
+  XX("config", config, str, server, "",                                                            \
      "a TOML file holding any of these options, plus apps and routes (flags win over it); read "   \
      "again on each reload")                                                                       \
-  XX("type", type, str, "plumber",                                                                 \
+  XX("type", type, str, app, "plumber",                                                            \
      "what each worker serves: plumber (the --file API) or shiny (the Shiny app directory --file, "  \
      "each browser session pinned to one worker by a cookie)")                                      \
-  XX("file", file, str, "plumber.R",                                                               \
+  XX("file", file, str, app, "plumber.R",                                                          \
      "the plumber API file each worker serves (with --type shiny: the app's directory)")           \
-  XX("cmd", cmd, str, "",                                                                          \
+  XX("cmd", cmd, str, app, "",                                                                     \
      "run this shell command as a worker instead of plumber; {port} (or {socket}) is replaced by " \
      "its address")                                                                                \
-  XX("rscript", rscript, str, "Rscript", "the Rscript program that runs plumber workers")          \
-  XX("env", env, list, "",                                                                         \
+  XX("rscript", rscript, str, app, "Rscript", "the Rscript program that runs plumber workers")     \
+  XX("env", env, list, app, "",                                                                    \
      "NAME=VALUE to set in the workers' environment, or NAME to pass valve's own value on "        \
      "(repeatable); workers get only these, --env-file and a few basics such as PATH and HOME")    \
-  XX("env-file", env_file, str, "",                                                                \
+  XX("env-file", env_file, str, app, "",                                                           \
      "a file of NAME=VALUE lines for the workers' environment, read at start and on each reload")  \
-  XX("user", user, str, "",                                                                        \
+  XX("user", user, str, app, "",                                                                   \
      "run workers as this user (name or uid; valve must run as root to switch)")                   \
-  XX("group", group, str, "", "run workers with this group (default: the user's primary group)")   \
-  XX("allow-root", allow_root, bool, "false",                                                      \
+  XX("group", group, str, app, "",                                                                 \
+     "run workers with this group (default: the user's primary group)")                            \
+  XX("allow-root", allow_root, bool, app, "false",                                                 \
      "let workers run as root; without it valve refuses when it would start them as root")         \
-  XX("check-unused", check_unused, secs, "10", "seconds between checks for idle workers")         \
-  XX("max-age", max_age, secs, "300", "seconds an idle worker lives before it is stopped")        \
-  XX("startup-timeout", startup_timeout, secs, "60", "seconds a new worker has to answer HTTP")   \
-  XX("graceful-timeout", graceful_timeout, secs, "30",                                             \
+  XX("check-unused", check_unused, secs, app, "10", "seconds between checks for idle workers")     \
+  XX("max-age", max_age, secs, app, "300", "seconds an idle worker lives before it is stopped")    \
+  XX("startup-timeout", startup_timeout, secs, app, "60",                                          \
+     "seconds a new worker has to answer HTTP")                                                    \
+  XX("graceful-timeout", graceful_timeout, secs, server, "30",                                     \
      "seconds in-flight requests get to finish on shutdown")                                       \
-  XX("kill-timeout", kill_timeout, secs, "5",                                                      \
+  XX("kill-timeout", kill_timeout, secs, app, "5",                                                 \
      "seconds between SIGTERM and SIGKILL when a worker is stopped")                               \
-  XX("worker-concurrency", worker_concurrency, uint, "0",                                          \
+  XX("worker-concurrency", worker_concurrency, uint, app, "0",                                     \
      "requests (an open WebSocket counts as one) one worker serves at once; 0: by --type, 1 for "   \
      "plumber, 20 for shiny (where a session's own requests always reach its worker)")              \
-  XX("worker-nice", worker_nice, uint, "0",                                                        \
+  XX("worker-nice", worker_nice, uint, app, "0",                                                   \
      "niceness added to the workers' (and a preload template's), 0 to 19: under overload valve "   \
      "then gets the CPU first, to dispatch and to shed load promptly")                              \
-  XX("queue-max", queue_max, uint, "1024", "requests that may wait for a worker; beyond, 503")    \
-  XX("queue-timeout", queue_timeout, secs, "30", "seconds a request may wait for a worker; then 503") \
-  XX("timeout", timeout, secs, "60", "seconds a worker has to answer a request; then 504")        \
-  XX("header-timeout", header_timeout, secs, "10", "seconds a client has to send a request head (and, for a body valve buffers, each piece of it); then 408") \
-  XX("keepalive-timeout", keepalive_timeout, secs, "60", "seconds an idle client connection is kept") \
-  XX("max-connections", max_connections, uint, "10000",                                            \
+  XX("queue-max", queue_max, uint, app, "1024",                                                    \
+     "requests that may wait for a worker; beyond, 503")                                           \
+  XX("queue-timeout", queue_timeout, secs, app, "30",                                              \
+     "seconds a request may wait for a worker; then 503")                                          \
+  XX("timeout", timeout, secs, app, "60", "seconds a worker has to answer a request; then 504")    \
+  XX("header-timeout", header_timeout, secs, server, "10",                                         \
+     "seconds a client has to send a request head (and, for a body valve buffers, each piece of "  \
+     "it); then 408")                                                                              \
+  XX("keepalive-timeout", keepalive_timeout, secs, server, "60",                                   \
+     "seconds an idle client connection is kept")                                                  \
+  XX("max-connections", max_connections, uint, server, "10000",                                    \
      "client connections open at once; past it a new one gets 503 and is closed")                 \
-  XX("max-header-size", max_header_size, bytes, "16k",                                             \
+  XX("max-header-size", max_header_size, bytes, server, "16k",                                     \
      "largest request line plus headers; beyond, 414 or 431")                                      \
-  XX("max-body-size", max_body_size, bytes, "1g", "largest request body; beyond, 413 (0: no limit)") \
-  XX("request-buffer-size", request_buffer_size, bytes, "1m",                                      \
+  XX("max-body-size", max_body_size, bytes, app, "1g",                                             \
+     "largest request body; beyond, 413 (0: no limit)")                                            \
+  XX("request-buffer-size", request_buffer_size, bytes, app, "1m",                                 \
      "a request body up to this size is read whole before the request goes to a worker, so a "     \
      "slow or malformed upload never holds one; larger bodies stream (0: stream every body)")      \
-  XX("underscores-in-headers", underscores_in_headers, bool, "false",                              \
+  XX("underscores-in-headers", underscores_in_headers, bool, app, "false",                         \
      "pass request headers whose names contain _ to workers; off, they are dropped (as nginx "     \
      "does), since plumber reads X_User as the same HTTP_X_USER variable as X-User")               \
-  XX("health-path", health_path, str, "",                                                          \
+  XX("health-path", health_path, str, app, "",                                                     \
      "GET this path to check a ready worker's health (empty: check that it accepts a connection)") \
-  XX("health-interval", health_interval, secs, "5", "seconds between health checks of an idle worker") \
-  XX("health-timeout", health_timeout, secs, "2", "seconds a health check may take; then it failed") \
-  XX("health-rise", health_rise, uint, "2",                                                        \
+  XX("health-interval", health_interval, secs, app, "5",                                           \
+     "seconds between health checks of an idle worker")                                            \
+  XX("health-timeout", health_timeout, secs, app, "2",                                             \
+     "seconds a health check may take; then it failed")                                            \
+  XX("health-rise", health_rise, uint, app, "2",                                                   \
      "checks in a row that must pass for an unhealthy worker to serve again")                      \
-  XX("health-fall", health_fall, uint, "3",                                                        \
+  XX("health-fall", health_fall, uint, app, "3",                                                   \
      "checks in a row that must fail for a worker to be marked unhealthy and replaced")            \
-  XX("max-fails", max_fails, uint, "3",                                                            \
+  XX("max-fails", max_fails, uint, app, "3",                                                       \
      "requests in a row the worker itself fails (no connection, an answer that cannot be parsed, " \
      "a closed connection) before it is replaced; any answer that parses counts as a success "      \
      "(0: never)")                                                                                 \
-  XX("max-requests", max_requests, uint, "0",                                                      \
+  XX("max-requests", max_requests, uint, app, "0",                                                 \
      "requests after which a worker is replaced gracefully (0: never)")                            \
-  XX("max-requests-jitter", max_requests_jitter, uint, "0",                                        \
+  XX("max-requests-jitter", max_requests_jitter, uint, app, "0",                                   \
      "up to this many more requests, at random per worker, so workers do not all recycle at once") \
-  XX("max-rss", max_rss, uint, "0",                                                                \
+  XX("max-rss", max_rss, uint, app, "0",                                                           \
      "megabytes of resident memory past which a worker is replaced gracefully (0: no limit)")      \
-  XX("admin", admin, str, "",                                                                      \
+  XX("admin", admin, str, server, "",                                                              \
      "serve the admin interface (status, metrics, probes, reload, scale) on 127.0.0.1:PORT or "    \
      "unix:/path (off when empty)")                                                                \
-  XX("access-log", access_log, str, "", "log each request: - for stdout, or a file path (off when empty)") \
-  XX("access-log-format", access_log_format, str, "text", "text or json")                          \
-  XX("log-level", log_level, level, "info", "debug, info, warn or error")                          \
-  XX("log-format", log_format, str, "text", "valve's own log lines: text or json")                 \
-  XX("runtime-dir", runtime_dir, str, "",                                                          \
+  XX("access-log", access_log, str, server, "",                                                    \
+     "log each request: - for stdout, or a file path (off when empty)")                            \
+  XX("access-log-format", access_log_format, str, server, "text", "text or json")                  \
+  XX("log-level", log_level, level, server, "info", "debug, info, warn or error")                  \
+  XX("log-format", log_format, str, server, "text", "valve's own log lines: text or json")         \
+  XX("runtime-dir", runtime_dir, str, server, "",                                                  \
      "private directory for worker sockets (default: a new one under $TMPDIR)")                    \
-  XX("handle-signals", handle_signals, bool, "false",                                              \
+  XX("handle-signals", handle_signals, bool, server, "false",                                      \
      "stop gracefully on SIGINT and SIGTERM (valvectl turns this on)")                             \
-  XX("reap-orphans", reap_orphans, bool, "false",                                                  \
+  XX("reap-orphans", reap_orphans, bool, server, "false",                                          \
      "become a child subreaper and reap every orphan, as PID 1 in a container must")               \
-  XX("notify", notify, bool, "false",                                                              \
+  XX("notify", notify, bool, server, "false",                                                      \
      "tell a service manager (systemd's $NOTIFY_SOCKET) when workers are ready, reloading and "    \
      "stopping (valvectl turns this on)")                                                          \
-  XX("preload", preload, bool, "false",                                                            \
+  XX("preload", preload, bool, app, "false",                                                       \
      "load the API once in a template R process and fork each worker from it: workers start in "  \
      "milliseconds and share the template's memory")                                              \
-  XX("preload-spares", preload_spares, uint, "1",                                                  \
+  XX("preload-spares", preload_spares, uint, app, "1",                                             \
      "with --preload, workers forked ahead of demand and kept waiting, so that the next ones "     \
      "serve within milliseconds; each holds only the memory it wrote (about 12 MB)")
 // clang-format on
 
 struct Config {
-  std::string host;
-  uint64_t port = 0;
-  uint64_t n_max = 0;
-  uint64_t n_min = 0;
-  uint64_t workers = 0;
-  std::string config;
-  std::string type;
-  std::string file;
-  std::string cmd;
-  std::string rscript;
-  std::vector<std::string> env;
-  std::string env_file;
-  std::string user;
-  std::string group;
-  bool allow_root = false;
-  double check_unused = 0;
-  double max_age = 0;
-  double startup_timeout = 0;
-  double graceful_timeout = 0;
-  double kill_timeout = 0;
-  uint64_t worker_concurrency = 0;
-  uint64_t worker_nice = 0;
-  uint64_t queue_max = 0;
-  double queue_timeout = 0;
-  double timeout = 0;
-  double header_timeout = 0;
-  double keepalive_timeout = 0;
-  uint64_t max_connections = 0;
-  uint64_t max_header_size = 0;
-  uint64_t max_body_size = 0;
-  uint64_t request_buffer_size = 0;
-  bool underscores_in_headers = false;
-  std::string health_path;
-  double health_interval = 0;
-  double health_timeout = 0;
-  uint64_t health_rise = 0;
-  uint64_t health_fall = 0;
-  uint64_t max_fails = 0;
-  uint64_t max_requests = 0;
-  uint64_t max_requests_jitter = 0;
-  uint64_t max_rss = 0;
-  std::string admin;
-  std::string access_log;
-  std::string access_log_format;
-  LogLevel log_level = LogLevel::info;
-  std::string log_format;
-  std::string runtime_dir;
-  bool handle_signals = false;
-  bool reap_orphans = false;
-  bool notify = false;
-  bool preload = false;
-  uint64_t preload_spares = 0;
+  // Each kind's C++ type, for the members the table declares.
+  using str_type = std::string;
+  using uint_type = uint64_t;
+  using secs_type = double;
+  using bytes_type = uint64_t;
+  using bool_type = bool;
+  using level_type = LogLevel;
+  using list_type = std::vector<std::string>;
+
+#define VALVE_OPTION_MEMBER_(key, member, kind, scope, def, help) kind##_type member{};
+  VALVE_OPTIONS(VALVE_OPTION_MEMBER_)
+#undef VALVE_OPTION_MEMBER_
 
   Config();  // every default from the table
 
