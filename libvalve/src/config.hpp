@@ -8,9 +8,9 @@
 #include <string_view>
 #include <vector>
 
-namespace valve {
+#include "log.hpp"
 
-enum class LogLevel { debug = 0, info = 1, warn = 2, error = 3 };
+namespace valve {
 
 // XX(key, member, kind, scope, default, help). kind: str, uint (an integer), secs (seconds,
 // fractions allowed, with an optional ms/s/m suffix), bytes (with an optional k/m/g suffix), bool,

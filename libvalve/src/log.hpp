@@ -7,9 +7,10 @@
 #include <string>
 #include <string_view>
 
-#include "config.hpp"
-
 namespace valve {
+
+// The option log-level: the least severe lines written.
+enum class LogLevel { debug = 0, info = 1, warn = 2, error = 3 };
 
 using LogSink = void (*)(void *user_data, int level, const char *line);
 
