@@ -72,9 +72,6 @@ class Server final : public Pool::Observer, public Proxy::Host, public AdminServ
             const std::string &app = {});
 
   // ---- loop thread
-  uv_loop_t *loop() { return &loop_; }
-  Context &context() { return *ctx_; }
-
   // Pool::Observer
   void on_pool_ready(Pool &pool) override;
   void on_pool_failed(Pool &pool, int code, std::string message) override;
