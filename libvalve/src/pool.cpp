@@ -32,6 +32,7 @@ Pool::Pool(Context &ctx, Observer &observer, const Config &config, std::string n
            uint64_t serial)
     : ctx_(ctx),
       observer_(observer),
+      calls_(ctx.deferred()),
       config_(config),
       name_(std::move(name)),
       serial_(serial),
@@ -571,7 +572,7 @@ void Pool::terminate() {
   for (auto &w : workers_) all.push_back(w.get());
   for (Worker *w : all) w->stop("shutting down");
   if (preloader_) preloader_->terminate();
-  if (all_exited()) ctx_.defer([this] { observer_.on_pool_terminated(*this); });
+  if (all_exited()) calls_.post([this] { observer_.on_pool_terminated(*this); });
 }
 
 bool Pool::all_exited() const {

@@ -155,6 +155,7 @@ class Pool final : public Worker::Owner, public Preloader::Owner {
 
   Context &ctx_;
   Observer &observer_;
+  DeferredCalls calls_;
   const Config &config_;
   std::string name_;
   uint64_t serial_;
