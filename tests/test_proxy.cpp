@@ -14,9 +14,12 @@
 #include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <filesystem>
+#include <fstream>
 #include <memory>
 #include <optional>
 #include <regex>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -241,17 +244,28 @@ class Rig {
       if (name == "ready") return n;
     return 0;
   }
-  std::vector<int> worker_pids() {
+  // The test's children (from /proc: the workers, as they are exec'd directly).
+  static std::vector<int> child_pids() {
     std::vector<int> pids;
-    std::string json = app_.pool->workers_json();
-    static const std::regex pid_re(R"re("pid"\s*:\s*(\d+))re");
-    for (std::sregex_iterator it(json.begin(), json.end(), pid_re), end; it != end; ++it)
-      pids.push_back(std::stoi((*it)[1]));
+    for (const auto &entry : std::filesystem::directory_iterator("/proc")) {
+      std::string name = entry.path().filename();
+      if (name.empty() || name.find_first_not_of("0123456789") != std::string::npos) continue;
+      std::ifstream stat(entry.path() / "stat");
+      std::string line;
+      if (!std::getline(stat, line)) continue;
+      // pid (comm) state ppid ...: comm may hold spaces, so read after its closing parenthesis.
+      size_t close = line.rfind(')');
+      if (close == std::string::npos) continue;
+      std::istringstream rest(line.substr(close + 1));
+      std::string state;
+      int ppid = 0;
+      if (rest >> state >> ppid && ppid == getpid()) pids.push_back(std::stoi(name));
+    }
     return pids;
   }
   // The worker with a request in flight (0: none).
   int busy_worker_pid() {
-    for (int pid : worker_pids()) {
+    for (int pid : child_pids()) {
       valve::Worker *w = app_.pool->find_pid(pid);
       if (w && w->in_flight() > 0) return pid;
     }
