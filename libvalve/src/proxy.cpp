@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <cassert>
 #include <iterator>
 #include <utility>
 
@@ -63,6 +64,68 @@ void Proxy::release_buffered() {
 
 const Config &Proxy::config() const { return app_ ? app_->config : ctx_.config(); }
 
+const char *Proxy::phase_name(Phase phase) {
+  switch (phase) {
+    case Phase::routing:
+      return "routing";
+    case Phase::buffering:
+      return "buffering";
+    case Phase::queued:
+      return "queued";
+    case Phase::waiting:
+      return "waiting";
+    case Phase::holding:
+      return "holding";
+    case Phase::responding:
+      return "responding";
+    case Phase::tunnel:
+      return "tunnel";
+    case Phase::done:
+      return "done";
+    case Phase::finished:
+      return "finished";
+  }
+  return "?";
+}
+
+namespace {
+
+// The phases each one goes on to (enter() checks it in builds with assertions). Any phase but the
+// last ends in finished once neither the client nor a worker's connection is left.
+[[maybe_unused]] bool may_enter(Proxy::Phase from, Proxy::Phase to) {
+  using P = Proxy::Phase;
+  if (to == P::finished) return from != P::finished;
+  switch (from) {
+    case P::routing:  // the body is read first, or the request goes to the pool; or valve's error
+      return to == P::buffering || to == P::queued || to == P::waiting || to == P::responding;
+    case P::buffering:  // the body is all here, or too big to buffer: to the pool
+      return to == P::queued || to == P::waiting || to == P::responding;
+    case P::queued:  // a worker is free; or valve's error (queue timeout, shutdown, 413)
+      return to == P::waiting || to == P::responding;
+    case P::waiting:  // the answer's head: held back, passed on, or a 101; a worker that failed
+                      // before it: the request goes to the pool again
+      return to == P::holding || to == P::responding || to == P::tunnel || to == P::queued ||
+             to == P::waiting;
+    case P::holding:  // released; the whole answer read with no client left; a worker that failed
+                      // within it: the request goes to the pool again
+      return to == P::responding || to == P::done || to == P::queued || to == P::waiting;
+    case P::responding:
+    case P::tunnel:
+      return to == P::done;
+    case P::done:
+    case P::finished:
+      return false;
+  }
+  return false;
+}
+
+}  // namespace
+
+void Proxy::enter(Phase next) {
+  assert(may_enter(phase_, next));
+  phase_ = next;
+}
+
 bool Proxy::retryable() const {
   return !retried_ && !has_body_ && (request_.method == "GET" || request_.method == "HEAD");
 }
@@ -103,7 +166,7 @@ void Proxy::start() {
       !ctx_.stopping()) {
     // Read the body whole first: a slow upload never holds a worker, and a malformed one (a bad
     // chunk) is refused before any worker has seen even its head.
-    buffering_ = true;
+    enter(Phase::buffering);
     send_continue();
     timer_.start(config().header_timeout);
     return;
@@ -111,8 +174,8 @@ void Proxy::start() {
   submit();
 }
 
+// The pool places it at once: dispatch() (waiting), on_queued() (queued) or reject().
 void Proxy::submit() {
-  buffering_ = false;
   timer_.stop();
   if (ctx_.stopping()) {
     send_error(503, "the server is shutting down", "Retry-After: 1\r\n");
@@ -127,15 +190,15 @@ void Proxy::on_client_body(std::string_view data) {
   uint64_t limit = config().max_body_size;
   if (limit > 0 && body_bytes_ > limit) {
     // Only a chunked body can get here: a too-long Content-Length was refused up front.
-    if (queued_) app_->pool->cancel(*this), queued_ = false;
+    if (phase_ == Phase::queued) app_->pool->cancel(*this);
     if (upstream_) detach_upstream(false);
     send_error(413, fmt::format("request body is larger than the limit of {} bytes", limit));
     return;
   }
-  if (response_done_) return;
+  if (phase_ == Phase::done || phase_ == Phase::finished) return;
   if (!upstream_) {
     pending_body_.append(data);
-    if (buffering_) {
+    if (phase_ == Phase::buffering) {
       uint64_t &budget = ctx_.stats().buffered_body_bytes;
       budget += data.size();
       buffered_ += data.size();
@@ -153,7 +216,7 @@ void Proxy::on_client_body(std::string_view data) {
 
 void Proxy::on_client_complete() {
   request_complete_ = true;
-  if (buffering_) {
+  if (phase_ == Phase::buffering) {
     submit();
     return;
   }
@@ -162,11 +225,9 @@ void Proxy::on_client_complete() {
 
 void Proxy::on_client_gone() {
   client_ = nullptr;
-  if (queued_) {
-    app_->pool->cancel(*this);
-    queued_ = false;
-  }
-  if (upstream_ && tunnel_) detach_upstream(false);  // the client closed its WebSocket
+  if (phase_ == Phase::queued) app_->pool->cancel(*this);
+  drop_hold();  // what was held back cannot reach it now
+  if (upstream_ && phase_ == Phase::tunnel) detach_upstream(false);  // it closed its WebSocket
   // A worker that has the whole request is busy with it: it gets no new request until it answers
   // (the response is read and dropped). One that got part of a body never started on it.
   if (upstream_ && !request_complete_) detach_upstream(false);
@@ -185,18 +246,17 @@ void Proxy::on_tunnel_data(std::string_view data) {
 }
 
 void Proxy::on_queued() {
-  queued_ = true;
+  enter(Phase::queued);
   timer_.start(config().queue_timeout);
 }
 
 void Proxy::reject(int status, std::string_view message) {
-  queued_ = false;
   ++ctx_.stats().rejected;
   send_error(status, message, "Retry-After: 1\r\n");
 }
 
 void Proxy::dispatch(Worker &worker, UpstreamConn &conn) {
-  queued_ = false;
+  enter(Phase::waiting);
   worker_ = &worker;
   served_by_ = worker.id();
   upstream_ = &conn;
@@ -337,7 +397,9 @@ int Proxy::on_upstream_head(Head &head) {
   out += client_keep_alive_ ? (client_11 ? "" : "Connection: keep-alive\r\n")
                             : "Connection: close\r\n";
   out += "\r\n";
-  holding_ = client_ && retryable();  // the hold's timer starts if the answer is not all here
+  // A retryable request's answer is held back (the hold's timer starts if it is not all here); with
+  // no client left none of it goes anywhere, and a failure is still no failure mid-answer.
+  enter(client_ && !retryable() ? Phase::responding : Phase::holding);
   write_client(out);
   return head_request ? 1 : 0;
 }
@@ -360,7 +422,7 @@ int Proxy::switch_protocols(Head &head) {
   // The request timeout ends here: a WebSocket lasts until either side closes it.
   timer_.stop();
   drop_hold();
-  tunnel_ = true;
+  enter(Phase::tunnel);
   client_keep_alive_ = false;
   std::string out = "HTTP/1.1 101 Switching Protocols\r\n";
   append_worker_headers(out, head, true);
@@ -401,7 +463,7 @@ void Proxy::on_upstream_body(std::string_view data) {
 }
 
 void Proxy::on_upstream_unfinished() {
-  if (holding_ && !hold_timer_.active()) hold_timer_.start(kHoldSeconds);
+  if (phase_ == Phase::holding && client_ && !hold_timer_.active()) hold_timer_.start(kHoldSeconds);
 }
 
 void Proxy::on_upstream_complete(bool reusable) {
@@ -414,7 +476,7 @@ void Proxy::on_upstream_complete(bool reusable) {
 void Proxy::on_upstream_failed(std::string_view reason) {
   Worker *w = worker_;
   uint64_t worker_id = w ? w->id() : 0;
-  if (tunnel_) {
+  if (phase_ == Phase::tunnel) {
     // The worker closed the WebSocket, or went away: what it sent reaches the client, then the
     // client's connection closes too.
     ctx_.log().debug("request {} {} {}: WebSocket to worker {} closed: {}", request_id_,
@@ -430,7 +492,7 @@ void Proxy::on_upstream_failed(std::string_view reason) {
   if (w) w->note_request_result(false);
   detach_upstream(false);
   drop_hold();  // what was held never reached the client: the request may still go elsewhere
-  if (response_started_) {
+  if (response_started()) {
     ctx_.log().warn("request {} {} {}: worker {} failed mid-answer ({}); closing the client",
                        request_id_, request_.method, request_.target, worker_id, reason);
     abort_client();
@@ -456,17 +518,16 @@ void Proxy::on_upstream_failed(std::string_view reason) {
 }
 
 void Proxy::on_upstream_drained() {
-  if (client_ && (tunnel_ || !request_complete_)) client_->hold_body(false);
+  if (client_ && (phase_ == Phase::tunnel || !request_complete_)) client_->hold_body(false);
 }
 
 void Proxy::on_timeout() {
-  if (buffering_) {
-    buffering_ = false;
+  if (phase_ == Phase::buffering) {
     send_error(408, fmt::format("the request body did not arrive within {} s",
                                 format_seconds(config().header_timeout)));
     return;
   }
-  if (queued_) {
+  if (phase_ == Phase::queued) {
     app_->pool->cancel(*this);
     reject(503, fmt::format("no worker was free within the queue timeout ({} s)",
                             format_seconds(config().queue_timeout)));
@@ -484,15 +545,15 @@ void Proxy::on_timeout() {
 }
 
 void Proxy::send_error(int status, std::string_view message, std::string_view extra_headers) {
-  buffering_ = false;
   timer_.stop();
   drop_hold();
   if (upstream_) detach_upstream(false);
   status_ = status;
-  if (!client_ || response_started_) {
+  if (!client_ || response_started()) {
     abort_client();
     return;
   }
+  enter(Phase::responding);  // valve's own answer
   // After an error the rest of the request may still be on the wire: close unless it was all read
   // (a bodiless request is, once its head is: valve's own 404 keeps a pipelined connection).
   client_keep_alive_ = request_.keep_alive && whole_request() && !ctx_.stopping();
@@ -515,24 +576,22 @@ void Proxy::abort_client() {
 
 void Proxy::write_client(std::string_view data) {
   if (!client_) return;
-  if (holding_) {
+  if (phase_ == Phase::holding) {
     held_ += data;
     if (held_.size() > kHoldBytes) release_hold();
     return;
   }
-  response_started_ = true;
   if (!client_->send(data) && upstream_) upstream_->pause_reading();
 }
 
 void Proxy::release_hold() {
-  if (!holding_) return;
-  holding_ = false;
+  if (phase_ != Phase::holding || !client_) return;
   hold_timer_.stop();
+  enter(Phase::responding);
   write_client(std::exchange(held_, {}));
 }
 
 void Proxy::drop_hold() {
-  holding_ = false;
   hold_timer_.stop();
   held_.clear();
 }
@@ -540,8 +599,8 @@ void Proxy::drop_hold() {
 void Proxy::end_response() {
   release_hold();
   timer_.stop();
-  if (response_done_) return;
-  response_done_ = true;
+  if (phase_ == Phase::done || phase_ == Phase::finished) return;
+  enter(Phase::done);
   if (ClientConn *c = client_) {
     client_ = nullptr;
     c->response_done(client_keep_alive_ && whole_request());
@@ -553,13 +612,13 @@ void Proxy::detach_upstream(bool reusable) {
   Worker *w = worker_;
   if (conn) {
     upstream_end_ns_ = uv_hrtime();
-    if (!tunnel_ && app_)
+    if (phase_ != Phase::tunnel && app_)
       ctx_.stats().by_app[app_->name].busy_seconds +=
           (upstream_end_ns_ - upstream_start_ns_) / 1e9;
   }
   upstream_ = nullptr;
   worker_ = nullptr;
-  if (conn && tunnel_) {
+  if (conn && phase_ == Phase::tunnel) {
     --ctx_.stats().websockets_open;
     if (w) w->note_tunnel(false);
   }
@@ -570,9 +629,11 @@ void Proxy::detach_upstream(bool reusable) {
 }
 
 void Proxy::maybe_finish() {
-  if (finished_ || queued_ || upstream_) return;
-  if (client_ && !response_done_) return;
-  finished_ = true;
+  // Not while a worker's connection is attached, nor while the client waits for (the rest of) its
+  // answer: client_ is null once the answer is done. A queued request always has its client (one
+  // that leaves takes it out of the queue).
+  if (phase_ == Phase::finished || upstream_ || client_) return;
+  enter(Phase::finished);
   timer_.stop();
   record();
   host_.on_proxy_done(*this);

@@ -23,6 +23,24 @@ struct Routing;
 
 class Proxy final : public Pool::Request, public UpstreamConn::Handler {
  public:
+  // Where the exchange is, in the order the phases come (response_started() relies on it): a retry
+  // goes from waiting or holding back to queued or waiting, and any phase may end in finished.
+  // Whether the client is still there is apart from it: client_ is null once it left (or once its
+  // answer is done). proxy.cpp's may_enter() lists every transition.
+  enum class Phase {
+    routing,     // made: start() routes it and checks it
+    buffering,   // the body is read whole before the request goes to the pool
+    queued,      // in the pool's queue, waiting for a free worker
+    waiting,     // a worker has the request; the head of its answer has not come
+    holding,     // the answer has begun and none of it reached the client: it is held back while
+                 // the request may still go to another worker (or no client is left to get it)
+    responding,  // the client is getting an answer: the worker's, or valve's own error
+    tunnel,      // the worker switched protocols (101): bytes pass both ways unparsed
+    done,        // the answer is over: the client's connection was handed back
+    finished,    // recorded, and the host told: nothing more happens
+  };
+  static const char *phase_name(Phase phase);
+
   // Who routes requests and keeps the proxies.
   class Host {
    public:
@@ -72,7 +90,11 @@ class Proxy final : public Pool::Request, public UpstreamConn::Handler {
   uint64_t excluded_worker() const override { return excluded_worker_; }
   const Head &request() const override { return request_; }
   const std::string &request_id() const { return request_id_; }
-  bool response_started() const { return response_started_; }
+  // Valve began answering the client (the worker's answer passed on, its 101, or valve's own
+  // error): no other answer can be given. Asked by the client's connection, while it is there.
+  bool response_started() const { return phase_ >= Phase::responding; }
+  Phase phase() const { return phase_; }
+  const char *phase_name() const { return phase_name(phase_); }
   // The app the routes chose (null before, or when none matched).
   App *app() const { return app_; }
   // A WebSocket handshake, passed on to the worker with its Upgrade headers.
@@ -97,6 +119,7 @@ class Proxy final : public Pool::Request, public UpstreamConn::Handler {
   void write_client(std::string_view data);
   void release_hold();  // sends what was held back
   void drop_hold();     // forgets it
+  void enter(Phase next);  // every change of phase_ goes through here
   void end_response();
   void detach_upstream(bool reusable);
   void on_timeout();
@@ -117,28 +140,31 @@ class Proxy final : public Pool::Request, public UpstreamConn::Handler {
   Head request_;
   std::string request_id_;
   std::string peer_ip_;
+  Phase phase_ = Phase::routing;
   std::string pending_body_;   // body read before the worker's connection could take it
-  bool body_chunked_ = false;  // forwarded to the worker with chunked framing
+  // What the request is, fixed by start(): whether it has a body, forwarded with chunked framing,
+  // and whether it is a WebSocket handshake.
   bool has_body_ = false;
+  bool body_chunked_ = false;
   bool websocket_ = false;
-  bool tunnel_ = false;  // the worker answered 101: bytes pass both ways unparsed
   std::string affinity_;
   uint64_t body_bytes_ = 0;
+  // The client sent all of its request: the client's side, which ends apart from the answer (a
+  // worker may answer before the body is all read).
   bool request_complete_ = false;
-  bool buffering_ = false;      // reading the body whole before the request is submitted
   uint64_t buffered_ = 0;       // of pending_body_, counted in Stats::buffered_body_bytes
-  bool continue_sent_ = false;  // 100 Continue went to the client
-  bool reuse_upstream_ = true;  // false: the worker's connection is closed after this answer
-  bool queued_ = false;
-  bool retried_ = false;
+  bool continue_sent_ = false;  // 100 Continue went to the client: it is sent once at most
+  // False once the answer's head announced a body that a HEAD, 204 or 304 answer must not have:
+  // the worker's connection is closed after this answer. A fact about the answer, not a phase.
+  bool reuse_upstream_ = true;
+  bool retried_ = false;         // the one retry is spent: a second failure is the client's 502
   unsigned unsent_retries_ = 0;  // sent elsewhere after a worker could not be connected to
   uint64_t excluded_worker_ = 0;
-  bool response_started_ = false;
-  bool response_done_ = false;
+  // The client's connection stays open after this answer: decided by the answer's head (or the
+  // error valve sends), used when the connection is handed back.
   bool client_keep_alive_ = true;
   Framing framing_ = Framing::none;
   int status_ = 0;
-  bool finished_ = false;
   uint64_t arrived_ns_;
   uint64_t dispatched_ns_ = 0;      // first handed to a worker (0: never)
   uint64_t upstream_start_ns_ = 0;  // the last worker got it
@@ -146,8 +172,7 @@ class Proxy final : public Pool::Request, public UpstreamConn::Handler {
   uint64_t bytes_out_ = 0;          // body bytes sent to the client
   uint64_t served_by_ = 0;          // the worker that took it last (0: none)
   Timer timer_;
-  bool holding_ = false;  // the answer so far is held back (see kHoldBytes)
-  std::string held_;
+  std::string held_;  // the answer so far, while holding (see kHoldBytes)
   Timer hold_timer_;
 };
 
