@@ -5,7 +5,6 @@
 #include <cctype>
 
 #include "context.hpp"
-#include "proxy.hpp"
 
 namespace valve {
 

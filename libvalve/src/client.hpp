@@ -7,14 +7,14 @@
 #include <string>
 
 #include "http.hpp"
+#include "proxy.hpp"
 #include "util.hpp"
 
 namespace valve {
 
 class Context;
-class Proxy;
 
-class ClientConn final : public HttpParser::Handler {
+class ClientConn final : public HttpParser::Handler, public Proxy::Client {
  public:
   // Who keeps the connections: it starts a proxy for each request and hears of the end.
   class Host {
@@ -34,24 +34,24 @@ class ClientConn final : public HttpParser::Handler {
   int accept(uv_stream_t *listener);
 
   // Writes bytes of the current response. True while the write queue is below its high mark.
-  bool send(std::string_view data);
+  bool send(std::string_view data) override;
   // The proxy wrote its whole response. The next pipelined request is parsed, or the
   // connection closes if keep_alive is false.
-  void response_done(bool keep_alive);
+  void response_done(bool keep_alive) override;
   // Writes a final error response outside any request, then closes.
   void fail(int status, std::string_view message);
   // Block or unblock reading for the request body (the worker is not ready for it), or in a
   // tunnel for what the client sends.
-  void hold_body(bool hold);
+  void hold_body(bool hold) override;
   // The worker switched protocols (101, a WebSocket): from now on the bytes the client sends go
   // unparsed to the proxy (on_tunnel_data), those that came early first.
-  void start_tunnel();
+  void start_tunnel() override;
   // Shutting down: close now if idle, else after the current response.
   void drain();
-  void close();
+  void close() override;
 
-  const std::string &peer_ip() const { return peer_ip_; }
-  bool peer_trusted() const { return peer_trusted_; }
+  const std::string &peer_ip() const override { return peer_ip_; }
+  bool peer_trusted() const override { return peer_trusted_; }
   bool idle() const { return current_ == nullptr && !parser_.in_message(); }
 
   int on_head(Head &head) override;

@@ -6,11 +6,10 @@
 #include <iterator>
 #include <utility>
 
-#include "client.hpp"
-#include "pool.hpp"
-#include "router.hpp"
 #include "app.hpp"
 #include "context.hpp"
+#include "pool.hpp"
+#include "router.hpp"
 #include "stats.hpp"
 #include "upstream.hpp"
 #include "worker.hpp"
@@ -42,7 +41,7 @@ std::string chunk(std::string_view data) {
 
 }  // namespace
 
-Proxy::Proxy(Context &ctx, Host &host, ClientConn &client, Head request)
+Proxy::Proxy(Context &ctx, Host &host, Client &client, Head request)
     : ctx_(ctx),
       host_(host),
       client_(&client),
@@ -290,7 +289,7 @@ void Proxy::send_continue() {
 }
 
 std::string Proxy::upstream_head() const {
-  const ClientConn *c = client_;
+  const Client *c = client_;
   bool trusted = c && c->peer_trusted();
   std::string out;
   out.reserve(512);
@@ -405,7 +404,7 @@ int Proxy::on_upstream_head(Head &head) {
 }
 
 void Proxy::append_worker_headers(std::string &out, const Head &head,
-                                     bool keep_content_length) const {
+                                  bool keep_content_length) const {
   bool has_request_id = false;
   for (const auto &h : head.headers) {
     if (is_dropped_hop(head, h.name)) continue;
@@ -480,7 +479,7 @@ void Proxy::on_upstream_failed(std::string_view reason) {
     // The worker closed the WebSocket, or went away: what it sent reaches the client, then the
     // client's connection closes too.
     ctx_.log().debug("request {} {} {}: WebSocket to worker {} closed: {}", request_id_,
-                        request_.method, request_.target, worker_id, reason);
+                     request_.method, request_.target, worker_id, reason);
     detach_upstream(false);
     end_response();
     maybe_finish();
@@ -494,16 +493,15 @@ void Proxy::on_upstream_failed(std::string_view reason) {
   drop_hold();  // what was held never reached the client: the request may still go elsewhere
   if (response_started()) {
     ctx_.log().warn("request {} {} {}: worker {} failed mid-answer ({}); closing the client",
-                       request_id_, request_.method, request_.target, worker_id, reason);
+                    request_id_, request_.method, request_.target, worker_id, reason);
     abort_client();
     return;
   }
   bool resend = never_sent && unsent_retries_ < kUnsentRetries;
   if (client_ && (resend || retryable()) && !ctx_.stopping()) {
-    ctx_.log().warn(
-        "request {} {} {}: worker {} failed before answering ({}); {}", request_id_,
-        request_.method, request_.target, worker_id, reason,
-        resend ? "it never got the request: sending it to another" : "retrying once");
+    ctx_.log().warn("request {} {} {}: worker {} failed before answering ({}); {}", request_id_,
+                    request_.method, request_.target, worker_id, reason,
+                    resend ? "it never got the request: sending it to another" : "retrying once");
     if (resend) {
       ++unsent_retries_;
     } else {
@@ -537,8 +535,8 @@ void Proxy::on_timeout() {
   if (!w) return;
   ++ctx_.stats().timeouts;
   ctx_.log().warn("request {} {} {}: worker {} gave no answer within {} s; replacing it",
-                     request_id_, request_.method, request_.target, w->id(),
-                     format_seconds(config().timeout));
+                  request_id_, request_.method, request_.target, w->id(),
+                  format_seconds(config().timeout));
   w->kill("a request timed out");  // first, so the pool gives it nothing more
   send_error(
       504, fmt::format("the worker gave no answer within {} s", format_seconds(config().timeout)));
@@ -601,7 +599,7 @@ void Proxy::end_response() {
   timer_.stop();
   if (phase_ == Phase::done || phase_ == Phase::finished) return;
   enter(Phase::done);
-  if (ClientConn *c = client_) {
+  if (Client *c = client_) {
     client_ = nullptr;
     c->response_done(client_keep_alive_ && whole_request());
   }
@@ -613,8 +611,7 @@ void Proxy::detach_upstream(bool reusable) {
   if (conn) {
     upstream_end_ns_ = uv_hrtime();
     if (phase_ != Phase::tunnel && app_)
-      ctx_.stats().by_app[app_->name].busy_seconds +=
-          (upstream_end_ns_ - upstream_start_ns_) / 1e9;
+      ctx_.stats().by_app[app_->name].busy_seconds += (upstream_end_ns_ - upstream_start_ns_) / 1e9;
   }
   upstream_ = nullptr;
   worker_ = nullptr;

@@ -14,7 +14,6 @@
 namespace valve {
 
 class Context;
-class ClientConn;
 class Worker;
 struct App;
 struct Config;
@@ -41,6 +40,26 @@ class Proxy final : public Pool::Request, public UpstreamConn::Handler {
   };
   static const char *phase_name(Phase phase);
 
+  // The client connection the request came on (a ClientConn): what the answer is written to.
+  class Client {
+   public:
+    virtual const std::string &peer_ip() const = 0;
+    // The peer is a trusted proxy: its X-Forwarded-For is kept.
+    virtual bool peer_trusted() const = 0;
+    // Writes bytes of the answer. True while the write queue is below its high mark.
+    virtual bool send(std::string_view data) = 0;
+    // The answer is all written: the next pipelined request is parsed, or the connection closes.
+    virtual void response_done(bool keep_alive) = 0;
+    // Block or unblock reading the request body (or, in a tunnel, what the client sends).
+    virtual void hold_body(bool hold) = 0;
+    // The worker switched protocols: the client's bytes go unparsed to on_tunnel_data().
+    virtual void start_tunnel() = 0;
+    virtual void close() = 0;
+
+   protected:
+    ~Client() = default;
+  };
+
   // Who routes requests and keeps the proxies.
   class Host {
    public:
@@ -54,7 +73,7 @@ class Proxy final : public Pool::Request, public UpstreamConn::Handler {
     ~Host() = default;
   };
 
-  Proxy(Context &ctx, Host &host, ClientConn &client, Head request);
+  Proxy(Context &ctx, Host &host, Client &client, Head request);
   ~Proxy();
   Proxy(const Proxy &) = delete;
   Proxy &operator=(const Proxy &) = delete;
@@ -117,8 +136,8 @@ class Proxy final : public Pool::Request, public UpstreamConn::Handler {
   void send_error(int status, std::string_view message, std::string_view extra_headers = {});
   void abort_client();  // closes the client's connection (if any) and ends the proxy
   void write_client(std::string_view data);
-  void release_hold();  // sends what was held back
-  void drop_hold();     // forgets it
+  void release_hold();     // sends what was held back
+  void drop_hold();        // forgets it
   void enter(Phase next);  // every change of phase_ goes through here
   void end_response();
   void detach_upstream(bool reusable);
@@ -134,14 +153,14 @@ class Proxy final : public Pool::Request, public UpstreamConn::Handler {
   App *app_ = nullptr;           // where the routes sent it
   std::string upstream_target_;  // the target the worker gets (its prefix stripped)
   std::string stripped_prefix_;  // sent as X-Forwarded-Prefix
-  ClientConn *client_;
+  Client *client_;
   UpstreamConn *upstream_ = nullptr;
   Worker *worker_ = nullptr;
   Head request_;
   std::string request_id_;
   std::string peer_ip_;
   Phase phase_ = Phase::routing;
-  std::string pending_body_;   // body read before the worker's connection could take it
+  std::string pending_body_;  // body read before the worker's connection could take it
   // What the request is, fixed by start(): whether it has a body, forwarded with chunked framing,
   // and whether it is a WebSocket handshake.
   bool has_body_ = false;
