@@ -239,27 +239,19 @@ struct FakeRequest final : valve::Pool::Request, valve::UpstreamConn::Handler {
   void on_upstream_tunnel_data(std::string_view) override {}
 };
 
-// One worker as workers_json() shows it.
+// One worker of a pool, as the test sees it.
 struct WorkerInfo {
   uint64_t id = 0;
   pid_t pid = -1;
   uint64_t generation = 0;
-  std::string state;
+  std::string state;  // state_name(): starting, ready, retiring, unhealthy, draining, ...
   uint64_t requests = 0;
 };
 
 inline std::vector<WorkerInfo> workers_of(const valve::Pool &pool) {
   std::vector<WorkerInfo> out;
-  Json all = parse_json(pool.workers_json());
-  for (const Json &w : all.items) {
-    WorkerInfo info;
-    info.id = static_cast<uint64_t>(w["id"].number);
-    info.pid = static_cast<pid_t>(w["pid"].number);
-    info.generation = static_cast<uint64_t>(w["generation"].number);
-    info.state = w["state"].text;
-    info.requests = static_cast<uint64_t>(w["requests"].number);
-    out.push_back(info);
-  }
+  for (const auto &w : pool.workers())
+    out.push_back({w->id(), w->pid(), w->generation(), w->state_name(), w->served()});
   return out;
 }
 

@@ -614,7 +614,6 @@ TEST_CASE("pool: a reload starts a new generation; the old one drains once it is
   pool.reload([&](const valve::ReloadResult &r) { results.push_back(r); });
   CHECK(h.observer().reloads_started == 1);
   CHECK(pool.generation() == 2);
-  CHECK(test::parse_json(pool.reload_json())["state"].text == "in_progress");
   CHECK(h.stats().launches == 4);
   CHECK(test::count_in_state(pool, "retiring") == 2);
   // Until the new generation is ready, the old one serves.
@@ -643,10 +642,6 @@ TEST_CASE("pool: a reload starts a new generation; the old one drains once it is
   CHECK(generations(pool) == std::vector<uint64_t>{2, 2});
   CHECK(h.stats().recycles["reload"] == 2);
   CHECK(h.stats().reloads["ok"] == 1);
-  auto status = test::parse_json(pool.reload_json());
-  CHECK(status["state"].text == "done");
-  CHECK(status["generation"].number == 2);
-  CHECK(status["error"].text.empty());
   h.finish();
 }
 
@@ -697,9 +692,6 @@ TEST_CASE("pool: a reload whose new workers fail to start leaves the old generat
   CHECK(pool.generation() == 1);
   CHECK(h.observer().reloads_finished == std::vector<bool>{false});
   CHECK(h.stats().reloads["failed"] == 1);
-  auto status = test::parse_json(pool.reload_json());
-  CHECK(status["state"].text == "failed");
-  CHECK(status["error"].text == result->error);
   // The old workers serve on, no longer retiring.
   REQUIRE(h.run_until([&] { return test::workers_of(pool).size() == 2; }));
   auto now = test::workers_of(pool);

@@ -117,6 +117,8 @@ class Pool final : public Worker::Owner, public Preloader::Owner {
   const std::vector<std::string> &worker_environment() const { return worker_env_; }
   size_t queue_depth() const override { return queue_.size(); }
   std::string workers_json() const;
+  // Its workers (an exited one until its exit has been handled), for tests.
+  const std::list<std::unique_ptr<Worker>> &workers() const { return workers_; }
   Worker *find_pid(int pid) override;
   // valve reaped a child (SIGCHLD): a worker's or a template's exit. False when it was neither.
   bool on_reaped(int pid, int wait_status);
