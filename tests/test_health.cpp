@@ -327,7 +327,7 @@ TEST_CASE("probe: destroyed while running, it never calls back") {
                        [&](int, std::string) { ++calls; });
     probe.start("", 0);
   }
-  t.run_for(0.1);
+  t.run_for(0.05);
   CHECK(calls == 0);
 }
 
@@ -372,7 +372,7 @@ TEST_CASE("readiness: a worker is ready after a warm-up answer, or at once when 
 
 TEST_CASE("readiness: it keeps trying until the worker listens, and any status counts") {
   test::TestLoop t;
-  test::BackendProcess backend({"--delay-start", "100"});
+  test::BackendProcess backend({"--delay-start", "60"});
   int ready = 0;
   double at = 0;
   valve::ReadinessProbe probe(t.ctx(), {"", backend.port()}, false, [] { return false; }, [&] {
@@ -381,7 +381,7 @@ TEST_CASE("readiness: it keeps trying until the worker listens, and any status c
   });
   probe.attempt();
   REQUIRE(t.run_until([&] { return ready == 1; }));
-  CHECK(at >= 0.1);
+  CHECK(at >= 0.06);
   // The backend answers /__valve/ready with 404: an answer all the same.
   CHECK(backend_requests(backend.port()) == 3);
 }

@@ -456,7 +456,7 @@ TEST_CASE("pool: failing health checks get a worker replaced") {
 }
 
 TEST_CASE("pool: workers idle past max-age stop, least recently used first, down to n-min") {
-  PoolHarness h({{"n-min", "1"}, {"n-max", "3"}, {"max-age", "0.1"}, {"check-unused", "0.05"}});
+  PoolHarness h({{"n-min", "1"}, {"n-max", "3"}, {"max-age", "0.08"}, {"check-unused", "0.02"}});
   valve::Pool &pool = h.start_ready();
   FakeRequest &a = h.request(), &b = h.request(), &c = h.request();
   pool.submit(a);
@@ -472,7 +472,7 @@ TEST_CASE("pool: workers idle past max-age stop, least recently used first, down
   c.finish();
   REQUIRE_MESSAGE(h.run_until([&] { return h.stats().exits == 2; }), h.log_text());
   CHECK(h.logged("unused for") == 2);
-  h.run_for(0.15);  // several more checks: n-min stays
+  h.run_for(0.1);  // several more checks: n-min stays
   auto left = test::workers_of(pool);
   REQUIRE(left.size() == 1);
   CHECK(left[0].id == c.worker_id);
@@ -703,7 +703,7 @@ TEST_CASE("pool: a reload whose new workers fail to start leaves the old generat
   pool.submit(a);
   CHECK(a.holding());
   a.finish();
-  h.run_for(0.1);
+  h.run_for(0.05);
   CHECK(test::workers_of(pool).size() == 2);  // nothing relaunched meanwhile
   // Fixed, the next reload succeeds.
   marker.remove();

@@ -239,7 +239,7 @@ TEST_CASE("worker: a health check that gets no answer within health-timeout fail
 TEST_CASE("worker: with no health-path a check is a connection; a passing worker stays healthy") {
   FakeOwner owner({{"health-interval", "0.02"}, {"health-fall", "1"}});
   valve::Worker &w = owner.launch_ready();
-  owner.loop().run_for(0.1);
+  owner.loop().run_for(0.08);
   CHECK(owner.health.empty());
   CHECK(owner.stats().health_check_failures == 0);
   CHECK(w.accepting());
@@ -254,10 +254,10 @@ TEST_CASE("worker: a worker busy to its concurrency is not health-checked") {
   valve::UpstreamConn &conn = w.lease();
   CHECK(w.in_flight() == 1);
   // A check begun before the lease may still end; none begins after it.
-  owner.loop().run_for(0.05);
+  owner.loop().run_for(0.04);
   uint64_t failed = owner.stats().health_check_failures;
   CHECK(failed <= 1);
-  owner.loop().run_for(0.1);
+  owner.loop().run_for(0.08);
   CHECK(owner.stats().health_check_failures == failed);
   w.release(conn, false);
   CHECK(w.in_flight() == 0);
