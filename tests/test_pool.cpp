@@ -349,14 +349,9 @@ TEST_CASE("pool: a retry goes to the only worker a pool can have") {
   h.finish();
 }
 
-// KNOWN BUG (skipped until pool.cpp is fixed): a retry that avoids the pool's only worker, in a
-// pool that may launch another (n-max > workers), is queued, but nothing is launched for it:
-// launch_needed() counts the excluded worker's free slot as room for the waiting request, and
-// drain_queue() lets the retry pass that worker. It waits until its queue timeout (a 503 after
-// 30 s by default) unless other traffic happens to launch a worker. With the defaults (n-min 1,
-// n-max 3), a retry after a worker closed a kept-alive connection runs into this.
-TEST_CASE("pool: a retry that avoids the only worker gets a new one launched when n-max allows" *
-          doctest::skip(true)) {
+// The excluded worker's free slot is no room for the retry: without a launch it would wait until its
+// queue timeout (a 503 after 30 s by default).
+TEST_CASE("pool: a retry that avoids the only worker gets a new one launched when n-max allows") {
   PoolHarness h({{"n-min", "1"}, {"n-max", "2"}});
   valve::Pool &pool = h.start_ready();
   uint64_t x = test::workers_of(pool).at(0).id;
@@ -364,7 +359,7 @@ TEST_CASE("pool: a retry that avoids the only worker gets a new one launched whe
   retry.excluded = x;
   pool.submit(retry, true);
   CHECK(retry.queued);
-  CHECK(h.stats().launches == 2);  // fails today: 1
+  CHECK(h.stats().launches == 2);
   REQUIRE_MESSAGE(h.run_until([&] { return retry.dispatched(); }, 2), h.log_text());
   CHECK(retry.worker_id != x);
   retry.finish();

@@ -61,6 +61,23 @@ TEST_CASE("spawn_policy: workers_to_launch") {
   }
 }
 
+TEST_CASE("spawn_policy: stranded requests (a retry avoiding the only free worker) need a worker") {
+  PoolCounts c = counts(1, 0, 1, 1, 1, 3, 1);  // one free slot, one request waiting ...
+  CHECK(workers_to_launch(c) == 0);           // ... which takes it
+  c.stranded = 1;                             // unless it may not
+  CHECK(workers_to_launch(c) == 1);
+  c.starting = 1;  // a worker is on its way for it already
+  CHECK(workers_to_launch(c) == 0);
+  c = counts(2, 0, 1, 3, 1, 5, 1);  // one free slot, three waiting, one of them stranded:
+  c.stranded = 1;                   // the free slot takes one of the others
+  CHECK(workers_to_launch(c) == 2);
+  c.stranded = 9;  // never more than are waiting
+  CHECK(workers_to_launch(c) == 3);
+  c = counts(1, 0, 1, 1, 1, 1, 1);  // at n-max: none, whatever waits
+  c.stranded = 1;
+  CHECK(workers_to_launch(c) == 0);
+}
+
 TEST_CASE("spawn_policy: the result never exceeds n_max - alive") {
   for (size_t alive = 0; alive <= 6; ++alive)
     for (size_t starting = 0; starting <= alive; ++starting)

@@ -477,6 +477,9 @@ void Pool::launch_needed() {
   c.n_max = config_.n_max;
   c.concurrency = config_.concurrency();
   c.waiting = queue_.size();
+  // A retry that avoids the only free worker waits for another, which may have to be launched.
+  bool free_worker = pick(nullptr) != nullptr;
+  for (Request *req : queue_) c.stranded += req->excluded_worker() != 0 && free_worker && !pick(req);
   size_t replaced = 0;
   for (auto &w : workers_) {
     replaced += w->awaiting_replacement();

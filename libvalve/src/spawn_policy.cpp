@@ -9,9 +9,13 @@ size_t workers_to_launch(const PoolCounts &c) {
   if (c.alive >= c.n_max) return 0;
   size_t room = c.n_max - c.alive;
   size_t concurrency = std::max<size_t>(1, c.concurrency);
-  size_t coming = c.free_slots + c.starting * concurrency;
+  // The free slots take the requests they can; the starting workers' slots take the rest.
+  size_t stranded = std::min(c.stranded, c.waiting);
+  size_t others = c.waiting - stranded;
+  size_t left = (others > c.free_slots ? others - c.free_slots : 0) + stranded;
+  size_t starting_slots = c.starting * concurrency;
   size_t for_queue = 0;
-  if (c.waiting > coming) for_queue = (c.waiting - coming + concurrency - 1) / concurrency;
+  if (left > starting_slots) for_queue = (left - starting_slots + concurrency - 1) / concurrency;
   size_t for_min = c.n_min > c.alive ? c.n_min - c.alive : 0;
   return std::min(room, std::max(for_queue, for_min));
 }
