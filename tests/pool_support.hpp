@@ -6,8 +6,8 @@
 
 #include <arpa/inet.h>
 #include <dirent.h>
-#include <netinet/in.h>
 #include <doctest/doctest.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -125,13 +125,8 @@ class BackendProcess {
 
 // A blocking HTTP/1.0 GET to 127.0.0.1:port: the whole answer, or "" when it fails.
 inline std::string http_get(int port, const std::string &path, double timeout_seconds = 5) {
-  FdGuard fd(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  FdGuard fd(connect_loopback(port));
   if (fd.fd < 0) return {};
-  sockaddr_in sa{};
-  sa.sin_family = AF_INET;
-  sa.sin_port = htons(static_cast<uint16_t>(port));
-  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (connect(fd.fd, reinterpret_cast<sockaddr *>(&sa), sizeof sa) != 0) return {};
   std::string request = "GET " + path + " HTTP/1.0\r\nHost: test\r\n\r\n";
   if (write(fd.fd, request.data(), request.size()) != static_cast<ssize_t>(request.size()))
     return {};

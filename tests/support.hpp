@@ -3,9 +3,12 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -293,6 +296,25 @@ struct FdGuard {
   FdGuard(const FdGuard &) = delete;
   FdGuard &operator=(const FdGuard &) = delete;
 };
+
+// A blocking TCP connection to 127.0.0.1:port whose sends and receives give up after `seconds`:
+// the descriptor, or -1.
+inline int connect_loopback(int port, int seconds = 5) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  timeval tv{seconds, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, reinterpret_cast<sockaddr *>(&addr), sizeof addr) != 0) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
 
 // Makes this process a child subreaper for the guard's lifetime, so orphaned grandchildren are
 // reparented to it and can be reaped by PID (PID 1 in a container may never reap them).

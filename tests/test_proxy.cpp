@@ -31,6 +31,7 @@
 #include "pool.hpp"
 #include "proxy.hpp"
 #include "router.hpp"
+#include "support.hpp"
 #include "worker.hpp"
 
 namespace {
@@ -153,21 +154,9 @@ class Client {
 
  private:
   void run(int port, const std::string &request) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    int fd = test::connect_loopback(port);
     if (fd < 0) {
-      reply_.error = "socket failed";
-      return;
-    }
-    timeval tv{5, 0};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_port = htons(static_cast<uint16_t>(port));
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (connect(fd, reinterpret_cast<sockaddr *>(&addr), sizeof addr) != 0) {
       reply_.error = "connect failed";
-      close(fd);
       return;
     }
     fd_ = fd;
