@@ -1,4 +1,5 @@
-// util.hpp: handle ownership, Timer, write_string, write_now, and the string helpers.
+// util.hpp: handle ownership, Timer, write_string, write_now, and the string helpers; json.hpp's
+// helpers.
 #include "util.hpp"
 
 #include <doctest/doctest.h>
@@ -10,6 +11,7 @@
 #include <string>
 #include <thread>
 
+#include "json.hpp"
 #include "support.hpp"
 
 namespace {
@@ -198,19 +200,45 @@ TEST_CASE("util: write_now writes at once, queues only what the socket does not 
   valve::close_handle(sp.pipe);
 }
 
-TEST_CASE("util: json_escape") {
-  CHECK(valve::json_escape("") == "");
-  CHECK(valve::json_escape("plain text") == "plain text");
-  CHECK(valve::json_escape("a\"b\\c") == "a\\\"b\\\\c");
-  CHECK(valve::json_escape("\n\r\t") == "\\n\\r\\t");
-  CHECK(valve::json_escape(std::string("\x01\x1f\0", 3)) == "\\u0001\\u001f\\u0000");
-  CHECK(valve::json_escape("\x7f") == "\x7f");                // DEL is allowed in JSON strings
-  CHECK(valve::json_escape("caf\xc3\xa9") == "caf\xc3\xa9");  // UTF-8 passes through
-  CHECK(valve::json_escape("</script>") == "</script>");
+TEST_CASE("json: json_text escapes strings, keeps members in order and never throws") {
+  auto text = [](std::string s) { return valve::json_text(valve::Json(std::move(s))); };
+  CHECK(text("") == R"("")");
+  CHECK(text("plain text") == R"("plain text")");
+  CHECK(text("a\"b\\c") == R"("a\"b\\c")");
+  CHECK(text("\n\r\t\b\f") == R"("\n\r\t\b\f")");
+  CHECK(text(std::string("\x01\x1f\0", 3)) == R"("\u0001\u001f\u0000")");
+  CHECK(text("\x7f") == "\"\x7f\"");                // DEL is allowed in JSON strings
+  CHECK(text("caf\xc3\xa9") == "\"caf\xc3\xa9\"");  // UTF-8 passes through
+  CHECK(text("</script>") == R"("</script>")");
+  // Bytes that are not UTF-8 (a request target, a flag) become U+FFFD.
+  CHECK(text("a\xff"
+             "b\xc3") ==
+        "\"a\xef\xbf\xbd"
+        "b\xef\xbf\xbd\"");
   // Whatever goes in comes back out of a JSON reader.
   std::string all;
   for (int c = 1; c < 128; ++c) all += static_cast<char>(c);
-  CHECK(test::parse_json("\"" + valve::json_escape(all) + "\"").text == all);
+  CHECK(test::parse_json(text(all)).text == all);
+  // Members in the order they were set; compact, on one line.
+  valve::Json doc = valve::Json::object();
+  doc["z"] = 1;
+  doc["a"] = {true, nullptr, "x"};
+  doc["m"] = valve::Json::object();
+  CHECK(valve::json_text(doc) == R"({"z":1,"a":[true,null,"x"],"m":{}})");
+}
+
+TEST_CASE("json: json_rounded and json_number") {
+  CHECK(valve::json_rounded(12.3456789, 3) == 12.346);
+  CHECK(valve::json_rounded(0.0001234564, 6) == 0.000123);
+  CHECK(valve::json_rounded(-1.23456, 3) == -1.235);
+  CHECK(valve::json_text(valve::json_rounded(0.1234999, 3)) == "0.123");
+  CHECK(valve::json_text(valve::json_rounded(5.0001, 3)) == "5.0");  // still a float
+  // Whole numbers as integers, as fmt's {} writes them (60, not 60.0).
+  CHECK(valve::json_text(valve::json_number(60)) == "60");
+  CHECK(valve::json_text(valve::json_number(0)) == "0");
+  CHECK(valve::json_text(valve::json_number(0.5)) == "0.5");
+  CHECK(valve::json_text(valve::json_number(-2)) == "-2");
+  CHECK(valve::json_number(3).is_number_integer());
 }
 
 TEST_CASE("util: iequals") {

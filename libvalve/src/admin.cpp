@@ -16,6 +16,7 @@
 #include "config.hpp"
 #include "context.hpp"
 #include "http.hpp"
+#include "json.hpp"
 #include "stats.hpp"
 #include "util.hpp"
 #include "valve/valve.h"
@@ -62,7 +63,7 @@ void parse_form(std::string_view text, Params &out) {
 }
 
 std::string json_error(int status, std::string_view message) {
-  return fmt::format("{{\"error\":\"{}\",\"status\":{}}}\n", json_escape(message), status);
+  return json_text({{"error", message}, {"status", status}}) + "\n";
 }
 
 }  // namespace
@@ -186,15 +187,14 @@ class AdminServer::Conn final : public HttpParser::Handler {
     } else if (path == "/metrics") {
       if (only(get, "GET")) respond(200, "text/plain; version=0.0.4", host_.metrics_text());
     } else if (path == "/healthz") {
-      if (only(get, "GET")) json(200, "{\"status\":\"ok\"}\n");
+      if (only(get, "GET")) json(200, json_text({{"status", "ok"}}) + "\n");
     } else if (path == "/readyz") {
       if (!only(get, "GET")) return;
       std::string why;
       if (host_.ready(&why)) {
-        json(200, "{\"ready\":true}\n");
+        json(200, json_text({{"ready", true}}) + "\n");
       } else {
-        json(503, fmt::format("{{\"ready\":false,\"error\":\"{}\",\"status\":503}}\n",
-                              json_escape(why)));
+        json(503, json_text({{"ready", false}, {"error", why}, {"status", 503}}) + "\n");
       }
     } else if (path == "/reload") {
       if (only(post, "POST")) reload();
@@ -218,10 +218,11 @@ class AdminServer::Conn final : public HttpParser::Handler {
       reload_pending_ = false;
       if (closed_) return admin_.ctx_.defer_erase(admin_.conns_, this);
       if (!r.ok) return error(r.error == "the server is shutting down" ? 503 : 502, r.error);
-      json(200,
-           fmt::format(R"({{"result":"reloaded","generation":{},"workers":{},"duration_ms":{}}})"
-                       "\n",
-                       r.generation, r.workers, r.duration_ms));
+      json(200, json_text({{"result", "reloaded"},
+                           {"generation", r.generation},
+                           {"workers", r.workers},
+                           {"duration_ms", r.duration_ms}}) +
+                    "\n");
     });
   }
 
@@ -245,8 +246,10 @@ class AdminServer::Conn final : public HttpParser::Handler {
     if (auto err = host_.scale(n_min, n_max, app)) return error(400, *err);
     std::string why;
     const App *scaled = host_.find_app(app, &why);
-    json(200, fmt::format("{{\"app\":\"{}\",\"n_min\":{},\"n_max\":{}}}\n",
-                          json_escape(scaled->name), scaled->config.n_min, scaled->config.n_max));
+    json(200, json_text({{"app", scaled->name},
+                         {"n_min", scaled->config.n_min},
+                         {"n_max", scaled->config.n_max}}) +
+                  "\n");
   }
 
   AdminServer &admin_;

@@ -5,13 +5,12 @@
 
 #include <fmt/format.h>
 
-#include <nlohmann/json.hpp>
-
 #include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <cstring>
 
+#include "json.hpp"
 #include "log.hpp"
 #include "util.hpp"
 
@@ -119,6 +118,7 @@ nlohmann::ordered_json json_value(const T &v) {
   return v;
 }
 nlohmann::ordered_json json_value(LogLevel v) { return level_name(v); }
+nlohmann::ordered_json json_value(double v) { return json_number(v); }  // 60, not 60.0
 
 }  // namespace
 
@@ -253,22 +253,24 @@ uint64_t Config::concurrency() const {
   return shiny() ? 20 : 1;
 }
 
-std::string Config::to_json() const {
+nlohmann::ordered_json Config::to_json_value() const {
   nlohmann::ordered_json doc = nlohmann::ordered_json::object();  // in the table's order
 #define VALVE_OPTION_JSON_(k, member, kind, scope, def, help) doc[k] = json_value(member);
   VALVE_OPTIONS(VALVE_OPTION_JSON_)
 #undef VALVE_OPTION_JSON_
-  // The object's members written here rather than by doc.dump(): nlohmann prints doubles with
-  // Grisu2, which is not always the shortest form (0.01207 as 0.012070000000000001, 60 as 60.0),
-  // and seconds read as format_seconds() shows them everywhere else. A flag may hold bytes that
-  // are not UTF-8: they become U+FFFD, where dump() would throw.
+  return doc;
+}
+
+std::string Config::to_json() const {
+  // The object's members written here rather than by dump(): nlohmann prints doubles with Grisu2,
+  // which is not always the shortest form (0.01207 as 0.012070000000000001), and seconds read as
+  // format_seconds() shows them everywhere else.
+  nlohmann::ordered_json doc = to_json_value();
   std::string out = "{";
   for (const auto &[key, value] : doc.items()) {
     out += fmt::format(
         "{}\"{}\":{}", out.size() > 1 ? "," : "", key,
-        value.is_number_float()
-            ? format_seconds(value.get<double>())
-            : value.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace));
+        value.is_number_float() ? format_seconds(value.get<double>()) : json_text(value));
   }
   return out + "}";
 }

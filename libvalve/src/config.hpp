@@ -8,6 +8,8 @@
 #include <string_view>
 #include <vector>
 
+#include <nlohmann/json_fwd.hpp>
+
 #include "log.hpp"
 
 namespace valve {
@@ -152,8 +154,9 @@ struct Config {
   std::optional<std::string> validate() const;
   // One option's range.
   std::optional<std::string> check(std::string_view key) const;
-  // Every option as a JSON object.
-  std::string to_json() const;
+  // Every option as a JSON object, in the table's order.
+  nlohmann::ordered_json to_json_value() const;
+  std::string to_json() const;  // the same as text, seconds as format_seconds() writes them
   // The options set() was called for (flags, in valvectl): a config file's values yield to them.
   const std::vector<std::string> &given() const { return given_; }
   bool was_given(std::string_view key) const;

@@ -4,6 +4,7 @@
 
 #include <cctype>
 
+#include "json.hpp"
 #include "util.hpp"
 
 namespace valve {
@@ -241,8 +242,8 @@ void HttpParser::resume_after_upgrade() { llhttp_resume_after_upgrade(&parser_);
 
 std::string error_response(int status, std::string_view message, std::string_view request_id,
                            bool keep_alive, std::string_view extra_headers) {
-  std::string body = fmt::format("{{\"error\":\"{}\",\"status\":{},\"request_id\":\"{}\"}}\n",
-                                 json_escape(message), status, json_escape(request_id));
+  std::string body =
+      json_text({{"error", message}, {"status", status}, {"request_id", request_id}}) + "\n";
   return fmt::format(
       "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nX-Request-Id: "
       "{}\r\n{}{}\r\n{}",

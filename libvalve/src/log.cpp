@@ -8,6 +8,7 @@
 #include <cstring>
 #include <ctime>
 
+#include "json.hpp"
 #include "util.hpp"
 
 namespace valve {
@@ -35,11 +36,14 @@ void Logger::write(LogLevel level, std::string_view message) const {
     sink_(user_data_, static_cast<int>(level), line.c_str());
     return;
   }
-  std::string line =
-      json_ ? fmt::format(R"({{"time":"{}","level":"{}","message":"{}"}})"
-                          "\n",
-                          utc_timestamp(), level_name(level), json_escape(message))
-            : fmt::format("{} {:<5} {}\n", utc_timestamp(), level_name(level), message);
+  std::string line;
+  if (json_) {
+    line =
+        json_text({{"time", utc_timestamp()}, {"level", level_name(level)}, {"message", message}});
+    line += '\n';
+  } else {
+    line = fmt::format("{} {:<5} {}\n", utc_timestamp(), level_name(level), message);
+  }
   std::fwrite(line.data(), 1, line.size(), stderr);
   std::fflush(stderr);
 }

@@ -12,6 +12,7 @@
 
 #include "context.hpp"
 #include "http.hpp"
+#include "json.hpp"
 #include "launch.hpp"
 #include "preloader.hpp"
 #include "process.hpp"
@@ -130,7 +131,7 @@ void Pool::on_template_exit() {
   if (terminating_ && all_exited()) observer_.on_pool_terminated(*this);
 }
 
-std::string Pool::preload_json() const { return preloader_ ? preloader_->json() : "null"; }
+Json Pool::preload_json_value() const { return preloader_ ? preloader_->json_value() : Json(); }
 
 void Pool::remove_runtime_files() {
   if (preloader_) preloader_->remove_files();
@@ -397,18 +398,23 @@ void Pool::finish_reload(bool ok, std::string error) {
     log().error("{}", result.error);
   }
   if (ctx_.wants_events())
-    ctx_.emit(fmt::format(R"({{"event":"reload","ok":{},"generation":{},"error":"{}"}})",
-                          ok ? "true" : "false", generation_, json_escape(result.error)));
+    ctx_.emit(json_text(
+        {{"event", "reload"}, {"ok", ok}, {"generation", generation_}, {"error", result.error}}));
   // Only the serving generation's template stays (a failed reload's ends too).
   if (preloader_) preloader_->keep_only(generation_);
   observer_.on_reload_finished(ok);
   if (reload_.finish(result) && !terminating_) begin_reload();
 }
 
-std::string Pool::reload_json() const {
-  return fmt::format(R"({{"state":"{}","generation":{},"error":"{}"}})", reload_.phase_name(),
-                     reload_generation_, json_escape(reload_.error()));
+Json Pool::reload_json_value() const {
+  Json doc = Json::object();
+  doc["state"] = reload_.phase_name();
+  doc["generation"] = reload_generation_;
+  doc["error"] = reload_.error();
+  return doc;
 }
+
+std::string Pool::reload_json() const { return json_text(reload_json_value()); }
 
 void Pool::on_scaled() {
   if (terminating_) return;
@@ -584,24 +590,33 @@ bool Pool::all_exited() const {
          (!preloader_ || preloader_->all_exited());
 }
 
-std::string Pool::workers_json() const {
-  std::string out = "[";
+Json Pool::workers_json_value() const {
+  Json out = Json::array();
   uint64_t now = monotonic_ms();
   for (const auto &w : workers_) {
-    if (out.size() > 1) out += ",";
     int64_t used = w->last_used_unix_ms();
-    out += fmt::format(
-        R"({{"id":{},"app":"{}","pid":{},"generation":{},"state":"{}","address":"{}",)"
-        R"("requests":{},"in_flight":{},"websockets":{},"rss_bytes":{},"forked":{},"pss_bytes":{},)"
-        R"("age_s":{:.3f},"idle_s":{:.3f},"last_used":{}}})",
-        w->id(), json_escape(name_), w->pid(), w->generation(), w->state_name(),
-        json_escape(w->address()), w->served(), w->in_flight(), w->tunnels(), w->rss_bytes(),
-        w->forked() ? "true" : "false", w->pss_bytes(), (now - w->started_ms()) / 1000.0,
-        w->in_flight() || !w->was_ready() ? 0.0 : (now - w->last_used_ms()) / 1000.0,
-        used ? fmt::format("\"{}\"", format_utc(used)) : std::string("null"));
+    Json &entry = out.emplace_back(Json::object());
+    entry["id"] = w->id();
+    entry["app"] = name_;
+    entry["pid"] = w->pid();
+    entry["generation"] = w->generation();
+    entry["state"] = w->state_name();
+    entry["address"] = w->address();
+    entry["requests"] = w->served();
+    entry["in_flight"] = w->in_flight();
+    entry["websockets"] = w->tunnels();
+    entry["rss_bytes"] = w->rss_bytes();
+    entry["forked"] = w->forked();
+    entry["pss_bytes"] = w->pss_bytes();
+    entry["age_s"] = json_rounded((now - w->started_ms()) / 1000.0, 3);
+    entry["idle_s"] = json_rounded(
+        w->in_flight() || !w->was_ready() ? 0.0 : (now - w->last_used_ms()) / 1000.0, 3);
+    entry["last_used"] = used ? Json(format_utc(used)) : Json();
   }
-  return out + "]";
+  return out;
 }
+
+std::string Pool::workers_json() const { return json_text(workers_json_value()); }
 
 uint64_t Pool::resident_bytes() const {
   uint64_t total = 0;

@@ -18,6 +18,7 @@
 
 #include "config.hpp"
 #include "context.hpp"
+#include "json.hpp"
 #include "line_reader.hpp"
 #include "process.hpp"
 #include "sandbox.hpp"
@@ -173,11 +174,12 @@ class Template {
   unsigned deaths() const { return deaths_; }
   uint64_t forks() const { return forks_; }
   // {"pid":P,"parked":B} for each spare, oldest first
-  std::string spares_json() const {
-    std::string out;
+  Json spares_json() const {
+    Json out = Json::array();
     for (const Spare &s : spares_) {
-      if (!out.empty()) out += ",";
-      out += fmt::format(R"({{"pid":{},"parked":{}}})", s.pid, s.parked);
+      Json &spare = out.emplace_back(Json::object());
+      spare["pid"] = s.pid;
+      spare["parked"] = s.parked;
     }
     return out;
   }
@@ -676,17 +678,20 @@ bool Preloader::all_exited() const {
   return true;
 }
 
-std::string Preloader::json() const {
-  std::string templates;
+Json Preloader::json_value() const {
+  Json templates = Json::array();
   for (const auto &t : templates_) {
-    if (!templates.empty()) templates += ",";
-    templates +=
-        fmt::format(R"({{"generation":{},"pid":{},"state":"{}","forks":{},"spares":[{}]}})",
-                    t->generation(), t->pid(), t->state_name(), t->forks(), t->spares_json());
+    Json &entry = templates.emplace_back(Json::object());
+    entry["generation"] = t->generation();
+    entry["pid"] = t->pid();
+    entry["state"] = t->state_name();
+    entry["forks"] = t->forks();
+    entry["spares"] = t->spares_json();
   }
-  std::string plain;
-  for (uint64_t g : plain_generations_) plain += (plain.empty() ? "" : ",") + std::to_string(g);
-  return fmt::format(R"({{"templates":[{}],"plain_generations":[{}]}})", templates, plain);
+  Json doc = Json::object();
+  doc["templates"] = std::move(templates);
+  doc["plain_generations"] = plain_generations_;
+  return doc;
 }
 
 }  // namespace valve

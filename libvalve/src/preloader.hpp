@@ -37,6 +37,8 @@
 #include <string>
 #include <string_view>
 
+#include <nlohmann/json_fwd.hpp>
+
 namespace valve {
 
 class Context;
@@ -82,7 +84,7 @@ class Preloader {
   // Shutting down: ends every template.
   void terminate();
   bool all_exited() const;
-  std::string json() const;
+  nlohmann::ordered_json json_value() const;  // its templates and plain generations (the status)
   // Removes template.R and the helper from the runtime directory.
   void remove_files();
 

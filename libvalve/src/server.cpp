@@ -15,6 +15,7 @@
 #include <fstream>
 #include <future>
 
+#include "json.hpp"
 #include "launch.hpp"
 #include "metrics.hpp"
 #include "process.hpp"
@@ -239,8 +240,13 @@ std::string Server::idle_status_json() {
     std::lock_guard lock(mutex_);
     done = done_;
   }
-  return fmt::format(R"({{"version":"{}","state":"{}","workers":[],"queue":0,"config":{}}})",
-                     VALVE_VERSION_STRING, done ? "stopped" : "created", config_.to_json());
+  Json doc = Json::object();
+  doc["version"] = VALVE_VERSION_STRING;
+  doc["state"] = done ? "stopped" : "created";
+  doc["workers"] = Json::array();
+  doc["queue"] = 0;
+  doc["config"] = config_.to_json_value();
+  return json_text(doc);
 }
 
 std::string Server::status_json_now() {
@@ -250,7 +256,7 @@ std::string Server::status_json_now() {
                                          : "starting";
   return valve::status_json(StatusView{
       state, address_, admin_->address(), ctx_->stats(), apps_, layout_.routes, main_app(),
-      reload_json(), listener_->requests_in_progress(), listener_->connections(), config_});
+      reload_json_value(), listener_->requests_in_progress(), listener_->connections(), config_});
 }
 
 std::string Server::metrics_text() {
@@ -258,10 +264,12 @@ std::string Server::metrics_text() {
                              listener_->connections());
 }
 
-std::string Server::reload_json() const {
-  if (!layout_.from_file) return apps_.front()->pool->reload_json();
-  return fmt::format(R"({{"state":"{}","error":"{}"}})", layout_reload_.phase_name(),
-                     json_escape(layout_reload_.error()));
+Json Server::reload_json_value() const {
+  if (!layout_.from_file) return apps_.front()->pool->reload_json_value();
+  Json doc = Json::object();
+  doc["state"] = layout_reload_.phase_name();
+  doc["error"] = layout_reload_.error();
+  return doc;
 }
 
 bool Server::ready(std::string *why) {

@@ -2,15 +2,20 @@
 
 #include <unistd.h>
 
-#include <fmt/format.h>
-
 #include <map>
 
+#include "json.hpp"
 #include "pool.hpp"
 #include "util.hpp"
 #include "valve/valve.h"
 
 namespace valve {
+
+namespace {
+
+constexpr const char *kClasses[] = {"", "1xx", "2xx", "3xx", "4xx", "5xx"};
+
+}  // namespace
 
 std::string status_json(const StatusView &view) {
   const Stats &st = view.stats;
@@ -19,61 +24,81 @@ std::string status_json(const StatusView &view) {
     for (const auto &[k, v] : m) n += v;
     return n;
   };
-  std::string totals = fmt::format(
-      R"({{"requests":{},"latency_sum_s":{:.6f},"queue_wait_sum_s":{:.6f},"2xx":{},"3xx":{},)"
-      R"("4xx":{},"5xx":{},"rejected":{},"timeouts":{},"retries":{},"launches":{},"exits":{},)"
-      R"("crashes":{},"recycles":{},"health_check_failures":{},"template_launches":{},)"
-      R"("forks":{},"fork_fallbacks":{},"websockets":{},"websockets_open":{}}})",
-      st.requests, st.latency.sum(), st.queue_wait.sum(), st.by_class[2], st.by_class[3],
-      st.by_class[4], st.by_class[5], st.rejected, st.timeouts, st.retries, st.launches, st.exits,
-      st.crashes, count(st.recycles), st.health_check_failures, st.template_launches, st.forks,
-      st.fork_fallbacks, st.websockets, st.websockets_open);
+  Json totals = Json::object();
+  totals["requests"] = st.requests;
+  totals["latency_sum_s"] = json_rounded(st.latency.sum(), 6);
+  totals["queue_wait_sum_s"] = json_rounded(st.queue_wait.sum(), 6);
+  for (int c = 2; c <= 5; ++c) totals[kClasses[c]] = st.by_class[c];
+  totals["rejected"] = st.rejected;
+  totals["timeouts"] = st.timeouts;
+  totals["retries"] = st.retries;
+  totals["launches"] = st.launches;
+  totals["exits"] = st.exits;
+  totals["crashes"] = st.crashes;
+  totals["recycles"] = count(st.recycles);
+  totals["health_check_failures"] = st.health_check_failures;
+  totals["template_launches"] = st.template_launches;
+  totals["forks"] = st.forks;
+  totals["fork_fallbacks"] = st.fork_fallbacks;
+  totals["websockets"] = st.websockets;
+  totals["websockets_open"] = st.websockets_open;
   // Every app's workers in one list (each names its app), and each app on its own.
-  std::string workers = "[", apps = "[";
+  Json workers = Json::array(), apps = Json::array();
   size_t queue = 0;
   for (const auto &app : view.apps) {
     const Pool &pool = *app->pool;
-    std::string list = pool.workers_json();
-    if (list.size() > 2)
-      workers += (workers.size() > 1 ? "," : "") + list.substr(1, list.size() - 2);
+    for (Json &w : pool.workers_json_value()) workers.push_back(std::move(w));
     queue += pool.queue_depth();
     size_t count = 0;
     for (const auto &[s, n] : pool.count_states()) count += n;
-    apps += fmt::format(
-        R"({}{{"name":"{}","state":"{}","generation":{},"reload":{},"queue":{},)"
-        R"("requests_in_progress":{},"requests":{},"2xx":{},"3xx":{},"4xx":{},"5xx":{},)"
-        R"("workers":{},"config":{}}})",
-        apps.size() > 1 ? "," : "", json_escape(app->name),
-        app->retiring  ? "retiring"
-        : app->pending ? "starting"
-                       : "serving",
-        pool.generation(), pool.reload_json(), pool.queue_depth(), app->in_progress, app->requests,
-        app->by_class[2], app->by_class[3], app->by_class[4], app->by_class[5], count,
-        app->config.to_json());
+    Json &a = apps.emplace_back(Json::object());
+    a["name"] = app->name;
+    a["state"] = app->retiring ? "retiring" : app->pending ? "starting" : "serving";
+    a["generation"] = pool.generation();
+    a["reload"] = pool.reload_json_value();
+    a["queue"] = pool.queue_depth();
+    a["requests_in_progress"] = app->in_progress;
+    a["requests"] = app->requests;
+    for (int c = 2; c <= 5; ++c) a[kClasses[c]] = app->by_class[c];
+    a["workers"] = count;
+    a["config"] = app->config.to_json_value();
   }
-  workers += "]";
-  apps += "]";
-  std::string routes = "[";
+  Json routes = Json::array();
   for (const Route &r : view.routes) {
-    std::string backends;
-    for (const Backend &b : r.backends)
-      backends += fmt::format(R"({}{{"app":"{}","weight":{}}})", backends.empty() ? "" : ",",
-                              json_escape(b.app), b.weight);
-    routes += fmt::format(
-        R"({}{{"hostname":"{}","prefix":"{}","strip_prefix":{},"sticky":"{}","apps":[{}]}})",
-        routes.size() > 1 ? "," : "", json_escape(r.hostname), json_escape(r.prefix),
-        r.strip_prefix ? "true" : "false", json_escape(r.sticky.describe()), backends);
+    Json backends = Json::array();
+    for (const Backend &b : r.backends) {
+      Json &backend = backends.emplace_back(Json::object());
+      backend["app"] = b.app;
+      backend["weight"] = json_number(b.weight);
+    }
+    Json &route = routes.emplace_back(Json::object());
+    route["hostname"] = r.hostname;
+    route["prefix"] = r.prefix;
+    route["strip_prefix"] = r.strip_prefix;
+    route["sticky"] = r.sticky.describe();
+    route["apps"] = std::move(backends);
   }
-  routes += "]";
   const Pool &main = *view.main.pool;
-  return fmt::format(
-      R"({{"version":"{}","state":"{}","address":"{}","admin":"{}","pid":{},"uptime_s":{:.3f},)"
-      R"("generation":{},"reload":{},"queue":{},"requests_in_progress":{},"connections":{},)"
-      R"("totals":{},"workers":{},"apps":{},"routes":{},"preload":{},"config":{}}})",
-      VALVE_VERSION_STRING, view.state, json_escape(view.address), json_escape(view.admin),
-      getpid(), (unix_ms() - static_cast<int64_t>(st.started_unix_ms)) / 1000.0, main.generation(),
-      view.reload_json, queue, view.requests_in_progress, view.connections, totals, workers, apps,
-      routes, main.preload_json(), view.config.to_json());
+  Json doc = Json::object();
+  doc["version"] = VALVE_VERSION_STRING;
+  doc["state"] = view.state;
+  doc["address"] = view.address;
+  doc["admin"] = view.admin;
+  doc["pid"] = getpid();
+  doc["uptime_s"] =
+      json_rounded((unix_ms() - static_cast<int64_t>(st.started_unix_ms)) / 1000.0, 3);
+  doc["generation"] = main.generation();
+  doc["reload"] = view.reload;
+  doc["queue"] = queue;
+  doc["requests_in_progress"] = view.requests_in_progress;
+  doc["connections"] = view.connections;
+  doc["totals"] = std::move(totals);
+  doc["workers"] = std::move(workers);
+  doc["apps"] = std::move(apps);
+  doc["routes"] = std::move(routes);
+  doc["preload"] = main.preload_json_value();
+  doc["config"] = view.config.to_json_value();
+  return json_text(doc);
 }
 
 }  // namespace valve

@@ -8,6 +8,7 @@
 
 #include "app.hpp"
 #include "config.hpp"
+#include "json.hpp"
 #include "router.hpp"
 #include "stats.hpp"
 
@@ -22,7 +23,7 @@ struct StatusView {
   const std::vector<std::unique_ptr<App>> &apps;  // those leaving and arriving included
   const std::vector<Route> &routes;
   const App &main;          // the first app serving: its generation and preloader are the server's
-  std::string reload_json;  // the last reload of the whole server
+  Json reload;              // the last reload of the whole server
   size_t requests_in_progress = 0;
   size_t connections = 0;
   const Config &config;  // the server's options

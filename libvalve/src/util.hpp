@@ -104,7 +104,6 @@ uint64_t monotonic_ms();
 int64_t unix_ms();  // wall-clock time
 // A wall-clock time in UTC as 2026-11-23T10:00:00.123Z.
 std::string format_utc(int64_t unix_ms);
-std::string json_escape(std::string_view s);
 // For a text log line: quotes, backslashes, spaces and control bytes as \xNN.
 std::string escape_for_log(std::string_view s);
 bool iequals(std::string_view a, std::string_view b);

@@ -11,6 +11,7 @@
 #include <random>
 
 #include "context.hpp"
+#include "json.hpp"
 #include "launch.hpp"
 #include "line_reader.hpp"
 #include "notify.hpp"
@@ -179,8 +180,8 @@ void Worker::attach(const Spawned &child) {
     ctx_.log().info("{} launched, serving on {}", label(), address());
   }
   if (ctx.wants_events())
-    ctx.emit(fmt::format(R"({{"event":"worker_launched","worker":{},"pid":{},"forked":{}}})", id_,
-                         pid_, forked_ ? "true" : "false"));
+    ctx.emit(json_text(
+        {{"event", "worker_launched"}, {"worker", id_}, {"pid", pid_}, {"forked", forked_}}));
   probe_ = std::make_unique<ReadinessProbe>(
       ctx, worker_address(), forked_, [this] { return owner_.queue_depth() > 0; },
       [this] { on_probe_result(true); });
@@ -223,8 +224,10 @@ void Worker::on_ready() {
   startup_timer_.stop();
   ctx_.log().info("{} ready after {} ms", label(), ready_ms_ - started_ms_);
   if (ctx_.wants_events())
-    ctx_.emit(fmt::format(R"({{"event":"worker_ready","worker":{},"pid":{},"startup_ms":{}}})", id_,
-                          pid_, ready_ms_ - started_ms_));
+    ctx_.emit(json_text({{"event", "worker_ready"},
+                         {"worker", id_},
+                         {"pid", pid_},
+                         {"startup_ms", ready_ms_ - started_ms_}}));
   ctx_.defer([p = probe_.release()] { delete p; });
   health_probe_ = std::make_unique<Probe>(
       ctx_, worker_address(),
@@ -390,9 +393,11 @@ void Worker::on_exit(int wait_status) {
   ctx_.log().write(level, fmt::format("{} {}{}", label(), describe_exit(wait_status),
                                       stop_requested_ ? "" : " unexpectedly"));
   if (ctx_.wants_events())
-    ctx_.emit(fmt::format(
-        R"({{"event":"worker_exited","worker":{},"pid":{},"status":"{}","expected":{}}})", id_,
-        pid_, json_escape(describe_exit(wait_status)), stop_requested_ ? "true" : "false"));
+    ctx_.emit(json_text({{"event", "worker_exited"},
+                         {"worker", id_},
+                         {"pid", pid_},
+                         {"status", describe_exit(wait_status)},
+                         {"expected", stop_requested_}}));
   fail_conns(fmt::format("worker {} {}", id_, describe_exit(wait_status)));
   if (!socket_path_.empty()) unlink(socket_path_.c_str());
   owner_.on_worker_exit(*this, wait_status, !was_ready());
