@@ -8,6 +8,7 @@
 #include "config.hpp"
 #include "pool.hpp"
 #include "router.hpp"
+#include "stats.hpp"
 #include "util.hpp"
 
 namespace valve {
@@ -24,8 +25,7 @@ struct App {
   bool retiring = false;                // out of the routes: it ends once its requests have
   bool terminated = false;              // its pool ended all its workers
   std::unique_ptr<Timer> retire_timer;  // cuts its requests off at graceful-timeout
-  uint64_t requests = 0;
-  uint64_t by_class[6] = {};  // answers by status / 100
+  AppCounts counts;                     // this App's own: a reload's new App starts at 0
 };
 
 // The app a request goes to, and the route that chose it.

@@ -1,5 +1,7 @@
 #include "metrics.hpp"
 
+#include <cassert>
+#include <initializer_list>
 #include <map>
 
 #include "pool.hpp"
@@ -8,6 +10,31 @@
 
 namespace valve {
 
+namespace {
+
+// One row of VALVE_STATS as its samples. A labeled counter writes every value the table lists, 0
+// until it happens, so the series exist from the start.
+template <Stats::Kind kind, typename T>
+void add_metric(MetricsText &m, const char *name, const char *help, const T &value,
+                std::initializer_list<const char *> labels) {
+  if (!*name) return;
+  if constexpr (kind == Stats::Kind::counter) {
+    m.counter(name, help, static_cast<double>(value));
+  } else if constexpr (kind == Stats::Kind::gauge) {
+    m.gauge(name, help, static_cast<double>(value));
+  } else {
+    assert(labels.size() > 1);  // the label's name, then its values
+    const char *label = *labels.begin();
+    for (auto it = labels.begin() + 1; it != labels.end(); ++it) {
+      auto count = value.find(*it);
+      m.counter(name, help, count == value.end() ? 0.0 : static_cast<double>(count->second),
+                {{label, *it}});
+    }
+  }
+}
+
+}  // namespace
+
 std::string metrics_text(const Stats &s, const std::vector<std::unique_ptr<App>> &apps,
                          size_t requests_in_progress, size_t connections) {
   MetricsText m;
@@ -15,9 +42,10 @@ std::string metrics_text(const Stats &s, const std::vector<std::unique_ptr<App>>
   m.gauge("valve_start_time_seconds", "when valve started, in seconds since the Unix epoch",
           s.started_unix_ms / 1000.0);
   static const char *const kClasses[] = {"1xx", "1xx", "2xx", "3xx", "4xx", "5xx"};
-  // Every app named since the start, so no counter goes backwards.
-  std::map<std::string, Stats::AppTotals> by_app = s.by_app;
-  for (const auto &app : apps) by_app[app->name];
+  // Every app named since the start, so no counter goes backwards: those that ended, plus those
+  // running (while a reload replaces an app, its old and new ones add up under its name).
+  std::map<std::string, AppCounts> by_app = s.by_app;
+  for (const auto &app : apps) by_app[app->name] += app->counts;
   for (const auto &[app, totals] : by_app) {
     for (int c = 1; c <= 5; ++c)
       m.counter("valve_requests_total", "answered requests by app and status class",
@@ -63,41 +91,10 @@ std::string metrics_text(const Stats &s, const std::vector<std::unique_ptr<App>>
     m.gauge("valve_pool_min_workers", "n-min", g.n_min, {{"app", a}});
     m.gauge("valve_pool_max_workers", "n-max", g.n_max, {{"app", a}});
   }
-  m.counter("valve_worker_launches_total", "workers launched", static_cast<double>(s.launches));
-  m.counter("valve_worker_exits_total", "workers that exited", static_cast<double>(s.exits));
-  m.counter("valve_worker_crashes_total", "workers that exited without being asked to",
-            static_cast<double>(s.crashes));
-  m.counter("valve_template_launches_total", "preload templates launched (--preload)",
-            static_cast<double>(s.template_launches));
-  m.counter("valve_worker_forks_total", "workers forked from a preload template",
-            static_cast<double>(s.forks));
-  m.counter("valve_fork_fallbacks_total",
-            "workers launched plainly because no preload template could fork them",
-            static_cast<double>(s.fork_fallbacks));
-  m.counter("valve_request_timeouts_total", "requests a worker did not answer within --timeout",
-            static_cast<double>(s.timeouts));
-  m.counter("valve_rejections_total",
-            "requests refused with 503 (queue full, queue timeout, shutting down)",
-            static_cast<double>(s.rejected));
-  m.counter("valve_retries_total", "requests sent again after their worker failed",
-            static_cast<double>(s.retries));
-  m.counter("valve_websockets_total", "WebSockets opened (the worker answered 101)",
-            static_cast<double>(s.websockets));
-  m.gauge("valve_websockets_open", "WebSockets open now (each also a request in progress)",
-          static_cast<double>(s.websockets_open));
-  m.counter("valve_health_check_failures_total", "failed active health checks",
-            static_cast<double>(s.health_check_failures));
-  // Every label value is written, 0 until it happens, so the series exist from the start.
-  auto count_of = [](const std::map<std::string, uint64_t> &counts, const char *key) {
-    auto it = counts.find(key);
-    return it == counts.end() ? 0.0 : static_cast<double>(it->second);
-  };
-  for (const char *reason : {"max-requests", "max-rss", "reload", "unhealthy"})
-    m.counter("valve_worker_recycles_total", "workers replaced gracefully, by reason",
-              count_of(s.recycles, reason), {{"reason", reason}});
-  for (const char *result : {"ok", "failed"})
-    m.counter("valve_reloads_total", "reloads by result", count_of(s.reloads, result),
-              {{"result", result}});
+#define VALVE_STAT_METRIC_(member, kind, key, metric, help, labels) \
+  add_metric<Stats::Kind::kind>(m, metric, help, s.member, labels);
+  VALVE_STATS(VALVE_STAT_METRIC_)
+#undef VALVE_STAT_METRIC_
   return m.str();
 }
 

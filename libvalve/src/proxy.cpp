@@ -612,7 +612,7 @@ void Proxy::detach_upstream(bool reusable) {
   if (conn) {
     upstream_end_ns_ = uv_hrtime();
     if (phase_ != Phase::tunnel && app_)
-      ctx_.stats().by_app[app_->name].busy_seconds += (upstream_end_ns_ - upstream_start_ns_) / 1e9;
+      app_->counts.busy_seconds += (upstream_end_ns_ - upstream_start_ns_) / 1e9;
   }
   upstream_ = nullptr;
   worker_ = nullptr;
@@ -647,13 +647,8 @@ void Proxy::record() {
       upstream_start_ns_ ? ((upstream_end_ns_ ? upstream_end_ns_ : now) - upstream_start_ns_) / 1e6
                          : 0.0;
   Stats &stats = ctx_.stats();
-  ++stats.requests;
   stats.by_class[std::min(status / 100, 5)]++;
-  if (app_) {
-    ++app_->requests;
-    app_->by_class[std::min(status / 100, 5)]++;
-    stats.by_app[app_->name].answers[std::min(status / 100, 5)]++;
-  }
+  if (app_) app_->counts.answers[std::min(status / 100, 5)]++;
   stats.latency.observe(total_ms / 1000);
   if (ctx_.wants_events()) {
     Json event = Json::object();

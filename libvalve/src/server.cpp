@@ -667,6 +667,7 @@ void Server::maybe_end_app(App &app) {
   for (auto it = apps_.begin(); it != apps_.end(); ++it) {
     if (it->get() == &app) {
       ctx_->log().info("{}", app_message(app, "ended"));
+      ctx_->stats().by_app[app.name] += app.counts;  // its counts outlive it, in /metrics
       ctx_->defer_delete(it->release());
       apps_.erase(it);
       return;

@@ -2,8 +2,6 @@
 
 #include <unistd.h>
 
-#include <map>
-
 #include "json.hpp"
 #include "pool.hpp"
 #include "util.hpp"
@@ -13,35 +11,34 @@ namespace valve {
 
 namespace {
 
+// One row of VALVE_STATS among the totals: a labeled counter as the sum over its labels.
+template <Stats::Kind kind, typename T>
+void add_total(Json &totals, const char *key, const T &value) {
+  if (!*key) return;
+  if constexpr (kind == Stats::Kind::labeled) {
+    uint64_t sum = 0;
+    for (const auto &[label, n] : value) sum += n;
+    totals[key] = sum;
+  } else {
+    totals[key] = value;
+  }
+}
+
 constexpr const char *kClasses[] = {"", "1xx", "2xx", "3xx", "4xx", "5xx"};
 
 }  // namespace
 
 std::string status_json(const StatusView &view) {
   const Stats &st = view.stats;
-  auto count = [](const std::map<std::string, uint64_t> &m) {
-    uint64_t n = 0;
-    for (const auto &[k, v] : m) n += v;
-    return n;
-  };
   Json totals = Json::object();
-  totals["requests"] = st.requests;
+  totals["requests"] = total_answers(st.by_class);
   totals["latency_sum_s"] = json_rounded(st.latency.sum(), 6);
   totals["queue_wait_sum_s"] = json_rounded(st.queue_wait.sum(), 6);
   for (int c = 2; c <= 5; ++c) totals[kClasses[c]] = st.by_class[c];
-  totals["rejected"] = st.rejected;
-  totals["timeouts"] = st.timeouts;
-  totals["retries"] = st.retries;
-  totals["launches"] = st.launches;
-  totals["exits"] = st.exits;
-  totals["crashes"] = st.crashes;
-  totals["recycles"] = count(st.recycles);
-  totals["health_check_failures"] = st.health_check_failures;
-  totals["template_launches"] = st.template_launches;
-  totals["forks"] = st.forks;
-  totals["fork_fallbacks"] = st.fork_fallbacks;
-  totals["websockets"] = st.websockets;
-  totals["websockets_open"] = st.websockets_open;
+#define VALVE_STAT_TOTAL_(member, kind, key, metric, help, labels) \
+  add_total<Stats::Kind::kind>(totals, key, st.member);
+  VALVE_STATS(VALVE_STAT_TOTAL_)
+#undef VALVE_STAT_TOTAL_
   // Every app's workers in one list (each names its app), and each app on its own.
   Json workers = Json::array(), apps = Json::array();
   size_t queue = 0;
@@ -58,8 +55,8 @@ std::string status_json(const StatusView &view) {
     a["reload"] = pool.reload_json_value();
     a["queue"] = pool.queue_depth();
     a["requests_in_progress"] = app->in_progress;
-    a["requests"] = app->requests;
-    for (int c = 2; c <= 5; ++c) a[kClasses[c]] = app->by_class[c];
+    a["requests"] = total_answers(app->counts.answers);
+    for (int c = 2; c <= 5; ++c) a[kClasses[c]] = app->counts.answers[c];
     a["workers"] = count;
     a["config"] = app->config.to_json_value();
   }
