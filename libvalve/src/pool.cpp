@@ -131,7 +131,7 @@ void Pool::on_template_exit() {
   if (terminating_ && all_exited()) observer_.on_pool_terminated(*this);
 }
 
-Json Pool::preload_json_value() const { return preloader_ ? preloader_->json_value() : Json(); }
+Json Pool::preload_json() const { return preloader_ ? preloader_->json() : Json(); }
 
 void Pool::remove_runtime_files() {
   if (preloader_) preloader_->remove_files();
@@ -406,15 +406,13 @@ void Pool::finish_reload(bool ok, std::string error) {
   if (reload_.finish(result) && !terminating_) begin_reload();
 }
 
-Json Pool::reload_json_value() const {
+Json Pool::reload_json() const {
   Json doc = Json::object();
   doc["state"] = reload_.phase_name();
   doc["generation"] = reload_generation_;
   doc["error"] = reload_.error();
   return doc;
 }
-
-std::string Pool::reload_json() const { return json_text(reload_json_value()); }
 
 void Pool::on_scaled() {
   if (terminating_) return;
@@ -590,7 +588,7 @@ bool Pool::all_exited() const {
          (!preloader_ || preloader_->all_exited());
 }
 
-Json Pool::workers_json_value() const {
+Json Pool::workers_json() const {
   Json out = Json::array();
   uint64_t now = monotonic_ms();
   for (const auto &w : workers_) {
@@ -615,8 +613,6 @@ Json Pool::workers_json_value() const {
   }
   return out;
 }
-
-std::string Pool::workers_json() const { return json_text(workers_json_value()); }
 
 uint64_t Pool::resident_bytes() const {
   uint64_t total = 0;

@@ -84,8 +84,7 @@ class Pool final : public Worker::Owner, public Preloader::Owner {
   // n-min or n-max changed: stop or drain workers above n-max, launch up to n-min.
   void on_scaled();
   uint64_t generation() const override { return generation_; }
-  nlohmann::ordered_json reload_json_value() const;  // its last reload, for the status
-  std::string reload_json() const;                   // the same as text
+  nlohmann::ordered_json reload_json() const;  // its last reload, for the status
 
   // ---- from workers
   void on_worker_ready(Worker &w) override;
@@ -117,8 +116,7 @@ class Pool final : public Worker::Owner, public Preloader::Owner {
   const Identity &identity() const { return identity_; }
   const std::vector<std::string> &worker_environment() const { return worker_env_; }
   size_t queue_depth() const override { return queue_.size(); }
-  nlohmann::ordered_json workers_json_value() const;  // each worker, for the status
-  std::string workers_json() const;                   // the same as text
+  nlohmann::ordered_json workers_json() const;  // each worker, for the status
   // Its workers (an exited one until its exit has been handled), for tests.
   const std::list<std::unique_ptr<Worker>> &workers() const { return workers_; }
   Worker *find_pid(int pid) override;
@@ -129,7 +127,7 @@ class Pool final : public Worker::Owner, public Preloader::Owner {
   bool fork(Worker &w, const SpawnSpec &spec) override;
   void cancel_fork(Worker &w) override;
   void on_template_exit() override;
-  nlohmann::ordered_json preload_json_value() const;  // its preloader's, or null
+  nlohmann::ordered_json preload_json() const;  // its preloader's, or null
   void remove_runtime_files();
   // Workers by state name, for metrics.
   std::vector<std::pair<std::string, size_t>> count_states() const;

@@ -678,7 +678,7 @@ bool Preloader::all_exited() const {
   return true;
 }
 
-Json Preloader::json_value() const {
+Json Preloader::json() const {
   Json templates = Json::array();
   for (const auto &t : templates_) {
     Json &entry = templates.emplace_back(Json::object());

@@ -84,7 +84,7 @@ class Preloader {
   // Shutting down: ends every template.
   void terminate();
   bool all_exited() const;
-  nlohmann::ordered_json json_value() const;  // its templates and plain generations (the status)
+  nlohmann::ordered_json json() const;  // its templates and plain generations (the status)
   // Removes template.R and the helper from the runtime directory.
   void remove_files();
 

@@ -256,7 +256,7 @@ std::string Server::status_json_now() {
                                          : "starting";
   return valve::status_json(StatusView{
       state, address_, admin_->address(), ctx_->stats(), apps_, layout_.routes, main_app(),
-      reload_json_value(), listener_->requests_in_progress(), listener_->connections(), config_});
+      reload_json(), listener_->requests_in_progress(), listener_->connections(), config_});
 }
 
 std::string Server::metrics_text() {
@@ -264,8 +264,8 @@ std::string Server::metrics_text() {
                              listener_->connections());
 }
 
-Json Server::reload_json_value() const {
-  if (!layout_.from_file) return apps_.front()->pool->reload_json_value();
+Json Server::reload_json() const {
+  if (!layout_.from_file) return apps_.front()->pool->reload_json();
   Json doc = Json::object();
   doc["state"] = layout_reload_.phase_name();
   doc["error"] = layout_reload_.error();

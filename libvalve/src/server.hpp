@@ -101,7 +101,7 @@ class Server final : public Pool::Observer, public Proxy::Host, public AdminServ
  private:
   int serve();  // run() with SIGPIPE blocked
   void reload_all(ReloadDone done);
-  nlohmann::ordered_json reload_json_value() const;
+  nlohmann::ordered_json reload_json() const;
   App &main_app();  // the first app serving: the only one without a config file
   bool all_apps_ready() const;
   void on_first_ready();

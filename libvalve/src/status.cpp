@@ -44,7 +44,7 @@ std::string status_json(const StatusView &view) {
   size_t queue = 0;
   for (const auto &app : view.apps) {
     const Pool &pool = *app->pool;
-    for (Json &w : pool.workers_json_value()) workers.push_back(std::move(w));
+    for (Json &w : pool.workers_json()) workers.push_back(std::move(w));
     queue += pool.queue_depth();
     size_t count = 0;
     for (const auto &[s, n] : pool.count_states()) count += n;
@@ -52,7 +52,7 @@ std::string status_json(const StatusView &view) {
     a["name"] = app->name;
     a["state"] = app->retiring ? "retiring" : app->pending ? "starting" : "serving";
     a["generation"] = pool.generation();
-    a["reload"] = pool.reload_json_value();
+    a["reload"] = pool.reload_json();
     a["queue"] = pool.queue_depth();
     a["requests_in_progress"] = app->in_progress;
     a["requests"] = total_answers(app->counts.answers);
@@ -93,7 +93,7 @@ std::string status_json(const StatusView &view) {
   doc["workers"] = std::move(workers);
   doc["apps"] = std::move(apps);
   doc["routes"] = std::move(routes);
-  doc["preload"] = main.preload_json_value();
+  doc["preload"] = main.preload_json();
   doc["config"] = view.config.to_json_value();
   return json_text(doc);
 }
