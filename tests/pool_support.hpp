@@ -1,6 +1,6 @@
 // Test doubles and helpers for the pool, worker and health tests: a pool observer and a request
 // that record what happens to them, a pool run on a test loop that always ends its workers, the
-// pool's workers read back from workers_json(), the native backend as a process of the test's
+// pool's workers read back from Pool::workers(), the native backend as a process of the test's
 // own, and this process's children (zombies included).
 #pragma once
 

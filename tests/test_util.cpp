@@ -284,3 +284,12 @@ TEST_CASE("util: format_seconds, random_hex, uv_message, monotonic_ms") {
   CHECK(b - a >= 19);
   CHECK(b - a < 2000);
 }
+
+TEST_CASE("util: format_utc writes UTC to the millisecond, the same second after second") {
+  CHECK(valve::format_utc(0) == "1970-01-01T00:00:00.000Z");
+  CHECK(valve::format_utc(1795946400123) == "2026-11-29T10:00:00.123Z");
+  CHECK(valve::format_utc(1795946400999) == "2026-11-29T10:00:00.999Z");  // the cached second
+  CHECK(valve::format_utc(1795946401007) == "2026-11-29T10:00:01.007Z");  // the next one
+  CHECK(valve::format_utc(951782400050) == "2000-02-29T00:00:00.050Z");   // and back
+  CHECK(valve::format_utc(1795946401007) == "2026-11-29T10:00:01.007Z");
+}

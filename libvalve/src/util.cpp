@@ -161,12 +161,29 @@ int64_t unix_ms() {
 }
 
 std::string format_utc(int64_t ms) {
-  time_t secs = static_cast<time_t>(ms / 1000);
-  tm parts{};
-  gmtime_r(&secs, &parts);
-  return fmt::format("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z", parts.tm_year + 1900,
-                     parts.tm_mon + 1, parts.tm_mday, parts.tm_hour, parts.tm_min, parts.tm_sec,
-                     ms % 1000);
+  // Every access-log line asks for the time: the date and time to the second are formatted once
+  // per second (per thread), and only the milliseconds each call.
+  thread_local int64_t cached_secs = -1;
+  thread_local char cached[24];  // "2026-11-23T10:00:00."
+  if (ms < 0) ms = 0;  // before 1970: never a time valve reads
+  int64_t secs = ms / 1000;
+  if (secs != cached_secs) {
+    time_t t = static_cast<time_t>(secs);
+    tm parts{};
+    gmtime_r(&t, &parts);
+    auto end = fmt::format_to_n(cached, sizeof cached - 1, "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.",
+                                parts.tm_year + 1900, parts.tm_mon + 1, parts.tm_mday,
+                                parts.tm_hour, parts.tm_min, parts.tm_sec);
+    *end.out = '\0';
+    cached_secs = secs;
+  }
+  int frac = static_cast<int>(ms % 1000);
+  std::string out(cached);
+  out += static_cast<char>('0' + frac / 100);
+  out += static_cast<char>('0' + frac / 10 % 10);
+  out += static_cast<char>('0' + frac % 10);
+  out += 'Z';
+  return out;
 }
 
 std::string escape_for_log(std::string_view s) {
