@@ -1,5 +1,4 @@
-// prometheus.hpp: Histogram (buckets, sum, quantile) and the Prometheus text builder; metrics.hpp's
-// rows of VALVE_STATS.
+// prometheus.hpp: Histogram (buckets, sum, quantile) and the Prometheus text builder.
 #include "prometheus.hpp"
 
 #include <doctest/doctest.h>
@@ -14,12 +13,10 @@
 #include <utility>
 #include <vector>
 
-#include "metrics.hpp"
-
 using valve::Histogram;
 using valve::MetricsText;
 
-TEST_CASE("metrics: histogram counts into less-or-equal buckets, cumulatively") {
+TEST_CASE("prometheus: histogram counts into less-or-equal buckets, cumulatively") {
   Histogram h({1, 2, 5});
   for (double v : {0.5, 1.0, 1.5, 5.0, 7.0, -3.0}) h.observe(v);
   h.observe(NAN);  // ignored
@@ -29,7 +26,7 @@ TEST_CASE("metrics: histogram counts into less-or-equal buckets, cumulatively") 
   CHECK(h.sum() == doctest::Approx(12.0));
 }
 
-TEST_CASE("metrics: latency buckets are seconds from 1ms to 60s, ascending") {
+TEST_CASE("prometheus: latency buckets are seconds from 1ms to 60s, ascending") {
   auto b = Histogram::latency_buckets();
   CHECK(b.size() == 15);
   CHECK(b.front() == 0.001);
@@ -38,7 +35,7 @@ TEST_CASE("metrics: latency buckets are seconds from 1ms to 60s, ascending") {
   CHECK(Histogram().bounds() == b);
 }
 
-TEST_CASE("metrics: quantile interpolates inside the bucket, like histogram_quantile") {
+TEST_CASE("prometheus: quantile interpolates inside the bucket, like histogram_quantile") {
   Histogram h({1, 2, 4});
   for (int i = 0; i < 4; ++i) h.observe(0.5);       // (0, 1]
   for (int i = 0; i < 4; ++i) h.observe(1.5);       // (1, 2]
@@ -59,7 +56,7 @@ TEST_CASE("metrics: quantile interpolates inside the bucket, like histogram_quan
   CHECK(high.quantile(0.5) == doctest::Approx(3));
 }
 
-TEST_CASE("metrics: an empty histogram") {
+TEST_CASE("prometheus: an empty histogram") {
   Histogram h({0.5, 1});
   CHECK(h.cumulative() == std::vector<uint64_t>{0, 0});
   CHECK(h.count() == 0);
@@ -78,7 +75,7 @@ TEST_CASE("metrics: an empty histogram") {
   CHECK(MetricsText().str().empty());
 }
 
-TEST_CASE("metrics: histogram lines, with labels before le") {
+TEST_CASE("prometheus: histogram lines, with labels before le") {
   Histogram h({0.1, 0.25, 1});
   for (double v : {0.05, 0.2, 0.2, 3.0}) h.observe(v);
   MetricsText m;
@@ -94,7 +91,7 @@ TEST_CASE("metrics: histogram lines, with labels before le") {
         "valve_request_duration_seconds_count{worker=\"1\"} 4\n");
 }
 
-TEST_CASE("metrics: label values and help text are escaped") {
+TEST_CASE("prometheus: label values and help text are escaped") {
   MetricsText m;
   m.gauge("valve_info", "Back\\slash, \"quotes\"\nand a newline.", 1,
           {{"path", "a\\b\"c\nd"}, {"empty", ""}});
@@ -104,7 +101,7 @@ TEST_CASE("metrics: label values and help text are escaped") {
         "valve_info{path=\"a\\\\b\\\"c\\nd\",empty=\"\"} 1\n");
 }
 
-TEST_CASE("metrics: one HELP and TYPE per family, samples grouped even when interleaved") {
+TEST_CASE("prometheus: one HELP and TYPE per family, samples grouped even when interleaved") {
   MetricsText m;
   m.counter("valve_requests_total", "Requests.", 3, {{"code", "2xx"}});
   m.gauge("valve_workers", "Workers.", 2, {{"state", "ready"}});
@@ -125,7 +122,7 @@ TEST_CASE("metrics: one HELP and TYPE per family, samples grouped even when inte
         "valve_queue 0\n");
 }
 
-TEST_CASE("metrics: numbers: integers plain, floats round-trip, special values spelled out") {
+TEST_CASE("prometheus: numbers: integers plain, floats round-trip, special values spelled out") {
   const std::pair<double, const char *> cases[] = {
       {0, "0"},       {42, "42"},          {1234567890123, "1234567890123"},
       {0.1, "0.1"},   {2.5e-7, "2.5e-07"}, {1.0 / 3, "0.3333333333333333"},
@@ -140,7 +137,7 @@ TEST_CASE("metrics: numbers: integers plain, floats round-trip, special values s
   }
 }
 
-TEST_CASE("metrics: promtool check metrics accepts the output, with no warnings") {
+TEST_CASE("prometheus: promtool check metrics accepts the output, with no warnings") {
   REQUIRE_MESSAGE(access("/usr/bin/promtool", X_OK) == 0,
                   "/usr/bin/promtool is missing: run scripts/install-deps (package prometheus)");
   Histogram h;
@@ -171,28 +168,4 @@ TEST_CASE("metrics: promtool check metrics accepts the output, with no warnings"
   INFO("promtool said: " << out);
   CHECK(status == 0);
   CHECK(out.empty());
-}
-
-TEST_CASE("metrics: each row of VALVE_STATS with a metric, labeled ones with every value") {
-  valve::Stats s;
-  s.rejected = 3;
-  s.websockets_open = 2;
-  s.recycles["reload"] = 4;
-  s.buffered_body_bytes = 99;  // no metric
-  std::vector<std::unique_ptr<valve::App>> apps;
-  std::string text = valve::metrics_text(s, apps, 0, 0);
-  auto has = [&](const std::string &piece) { return text.find(piece) != std::string::npos; };
-  CHECK(
-      has("# HELP valve_rejections_total requests refused with 503 (queue full, queue timeout, "
-          "shutting down)\n# TYPE valve_rejections_total counter\nvalve_rejections_total 3\n"));
-  CHECK(has("# TYPE valve_websockets_open gauge\nvalve_websockets_open 2\n"));
-  CHECK(has("valve_worker_recycles_total{reason=\"reload\"} 4\n"));
-  for (const char *reason : {"max-requests", "max-rss", "unhealthy"})
-    CHECK(has(std::string("valve_worker_recycles_total{reason=\"") + reason + "\"} 0\n"));
-  CHECK(has("valve_reloads_total{result=\"ok\"} 0\nvalve_reloads_total{result=\"failed\"} 0\n"));
-  CHECK(!has(" 99\n"));
-#define VALVE_STAT_CHECK_(member, kind, key, metric, help, labels) \
-  CHECK((!*metric || has(std::string("# HELP ") + metric + " " + help + "\n")));
-  VALVE_STATS(VALVE_STAT_CHECK_)
-#undef VALVE_STAT_CHECK_
 }
