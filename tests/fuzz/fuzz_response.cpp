@@ -5,7 +5,7 @@
 // valve's answers and checks them.
 //
 // Why the whole path rather than HttpParser alone: llhttp (under valve's parser) is fuzzed
-// upstream, and what valve does with an answer lives in UpstreamConn and Exchange, which need a
+// upstream, and what valve does with an answer lives in UpstreamConn and Proxy, which need a
 // server, a loop, a pool and a client connection: the framing decisions, the head rebuilt with
 // hop-by-hop headers dropped, HEAD/204/304, interim answers, the 101 switch to a tunnel, the
 // hold-back of a retryable answer (released by size, by time or at its end), the zero-copy write
@@ -650,7 +650,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         status_number(status, "connections") == 0)
       break;
     if (now_ms() > quiet_deadline)
-      die("valve still has exchanges or client connections 5 s after the client and the workers "
+      die("valve still has requests in progress or client connections 5 s after the client and the "
+          "workers "
           "closed theirs",
           "its status: " + status + "\nits last log lines:\n" + harness->log.dump());
     pause_us(200);
