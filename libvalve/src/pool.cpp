@@ -482,8 +482,10 @@ void Pool::launch_needed() {
   c.concurrency = config_.concurrency();
   c.waiting = queue_.size();
   // A retry that avoids the only free worker waits for another, which may have to be launched.
-  bool free_worker = pick(nullptr) != nullptr;
-  for (Request *req : queue_) c.stranded += req->excluded_worker() != 0 && free_worker && !pick(req);
+  // With every worker busy (a full queue under overload), nothing is stranded: skip the walk.
+  if (!queue_.empty() && pick(nullptr)) {
+    for (Request *req : queue_) c.stranded += req->excluded_worker() != 0 && !pick(req);
+  }
   size_t replaced = 0;
   for (auto &w : workers_) {
     replaced += w->awaiting_replacement();
