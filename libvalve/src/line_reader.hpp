@@ -9,6 +9,9 @@
 
 namespace valve {
 
+// How many of a child's last lines of output are kept, to quote when it fails.
+constexpr size_t kOutputTailLines = 20;
+
 class LineReader {
  public:
   using Sink = std::function<void(std::string_view line)>;

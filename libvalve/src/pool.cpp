@@ -334,7 +334,9 @@ void Pool::reload(ReloadDone done) {
 void Pool::begin_reload() {
   reload_.begin();
   previous_generation_ = generation_;
-  reload_generation_ = ++generation_;
+  // A failed reload's number is not used again: each generation has one set of workers.
+  reload_generation_ = std::max(generation_, reload_generation_) + 1;
+  generation_ = reload_generation_;
   // The env-file is read again: a reload is how workers get new settings or secrets.
   previous_env_ = worker_env_;
   if (auto err = load_worker_environment()) {

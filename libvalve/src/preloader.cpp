@@ -33,7 +33,6 @@ extern const size_t kPreloadHelperSize;
 
 namespace {
 
-constexpr size_t kTailLines = 20;
 constexpr unsigned kMaxDeaths =
     3;  // deaths in a row, without a fork between, before plain launches
 
@@ -315,7 +314,7 @@ class Template {
   void on_line(bool is_stderr, std::string_view line) {
     pool_.context().log().info("{}{}: {}", label(), is_stderr ? "" : " [stdout]", line);
     tail_.emplace_back(line);
-    if (tail_.size() > kTailLines) tail_.pop_front();
+    if (tail_.size() > kOutputTailLines) tail_.pop_front();
   }
 
   void send_fork(uint64_t id, Pending &p) {

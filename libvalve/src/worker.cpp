@@ -23,7 +23,6 @@
 namespace valve {
 
 namespace {
-constexpr size_t kTailLines = 20;
 constexpr double kExitReportGrace = 0.5;  // how long a forked worker's exit status is awaited
 
 }  // namespace
@@ -410,7 +409,7 @@ void Worker::close_handles() {
 void Worker::on_line(bool is_stderr, std::string_view line) {
   ctx_.log().info("{}{}: {}", label(), is_stderr ? "" : " [stdout]", line);
   tail_.emplace_back(line);
-  if (tail_.size() > kTailLines) tail_.pop_front();
+  if (tail_.size() > kOutputTailLines) tail_.pop_front();
 }
 
 std::string Worker::tail() const {

@@ -256,12 +256,12 @@ class Preload(ValveTestCase):
         self.assertEqual(response.status, 502, response)
         self.assertIn("broken on purpose", response.text())
         self.assertEqual(valve.get("/hello").json()["version"], "v2")
-        # Fixed, the next reload (generation 3 again) is preloaded once more.
+        # Fixed, the next reload (generation 4: the failed one was 3) is preloaded once more.
         set_line('stop("broken on purpose")\n', "")
         set_line('VERSION <- "v2"', 'VERSION <- "v3"')
         response = valve.admin("POST", "/reload", timeout=90)
         self.assertEqual(response.status, 200, response)
-        workers = self.ready_workers(valve, 2, generation=3)
+        workers = self.ready_workers(valve, 2, generation=4)
         self.assertTrue(all(w["forked"] for w in workers), workers)
         self.assertEqual(valve.get("/hello").json()["version"], "v3")
 

@@ -99,6 +99,7 @@ class Reload(ValveTestCase):
         self.set_version("fixed")
         response = valve.admin("POST", "/reload", timeout=120)
         self.assertEqual(response.status, 200, response)
+        self.assertEqual(response.json()["generation"], 3, "the failed reload's number is not reused")
         self.assertEqual(valve.get("/hello").json()["version"], "fixed")
 
     def test_scale_sets_n_min_and_n_max_at_run_time(self):

@@ -90,7 +90,7 @@ VALVE_API int valve_config_set_log_callback(valve_config_t *cfg, valve_log_cb cb
                                             void (*destroy)(void *user_data));
 
 /* Events, as one JSON object each, for hosts that watch the pool:
- *   {"event":"worker_launched","worker":3,"pid":1234}
+ *   {"event":"worker_launched","worker":3,"pid":1234,"forked":false}  (true: forked by --preload)
  *   {"event":"worker_ready","worker":3,"pid":1234,"startup_ms":512}
  *   {"event":"worker_exited","worker":3,"pid":1234,"status":"exited with status 0","expected":true}
  *   {"event":"request_completed","request_id":"...","method":"GET","target":"/echo","status":200,
