@@ -1,7 +1,8 @@
 #!/bin/sh
 # Installs the R package from a copy in the build tree (R CMD INSTALL compiles inside the package
-# directory, and the source tree stays clean) into $VALVE_R_LIB, then runs either the testthat
-# suite (`run-tests.sh test`) or examples/embed.R (`run-tests.sh example`). R runs without
+# directory, and the source tree stays clean) into $VALVE_R_LIB, then runs the testthat suite
+# (`run-tests.sh test`), examples/embed.R (`run-tests.sh example`) or examples/model's tests,
+# written with the package's test client (`run-tests.sh model`). R runs without
 # LD_LIBRARY_PATH: the package must find libvalve through the rpath its Makevars sets.
 set -eu
 mode=${1:-test}
@@ -29,8 +30,14 @@ case "$mode" in
   example)
     env -u LD_LIBRARY_PATH Rscript --vanilla "$VALVE_SRC/examples/embed.R"
     ;;
+  model)
+    # As the README says: a fresh R session that finds the package through R_LIBS.
+    cd "$VALVE_SRC"
+    env -u LD_LIBRARY_PATH R_LIBS="$VALVE_R_LIB" Rscript -e \
+      'testthat::test_dir("examples/model/tests/testthat", stop_on_failure = TRUE)'
+    ;;
   *)
-    echo "usage: $0 [test|example]" >&2
+    echo "usage: $0 [test|example|model]" >&2
     exit 2
     ;;
 esac

@@ -1,0 +1,48 @@
+# examples/model's tests, written with valve's test client: each local_valve() serves plumber.R
+# with a real R worker on a free port until the test ends. Run them from the repository root:
+#   Rscript -e 'testthat::test_dir("examples/model/tests/testthat")'
+library(valve)
+
+api <- normalizePath(test_path("..", "..", "plumber.R"))
+
+predict_request <- function(url, body) valve_request(url, "/predict", json = body)
+
+test_that("/predict answers one car and several, in order", {
+  url <- local_valve(api)
+  resp <- httr2::req_perform(predict_request(url, list(wt = 2.62, hp = 110, am = 1)))
+  expect_equal(httr2::resp_status(resp), 200)
+  one <- httr2::resp_body_json(resp)$mpg[[1]]
+  expect_true(one > 15 && one < 30)
+
+  cars <- list(list(wt = 2.62, hp = 110, am = 1), list(wt = 5.4, hp = 230, am = 0))
+  mpg <- unlist(httr2::resp_body_json(httr2::req_perform(predict_request(url, cars)))$mpg)
+  expect_length(mpg, 2)
+  expect_equal(mpg[[1]], one)
+  expect_true(mpg[[2]] < mpg[[1]], "a heavier, stronger automatic uses more fuel")
+})
+
+test_that("wrong input gets 400 and a message saying what to fix", {
+  url <- local_valve(api)
+  cases <- list(
+    list(body = list(wt = "heavy", hp = 110, am = 1), says = "wt must be a number, got a string"),
+    list(body = list(wt = 2.62, hp = 110), says = "missing am"),
+    list(body = list(wt = 2.62, hp = 110, am = 3), says = "am must be 0")
+  )
+  for (case in cases) {
+    resp <- httr2::req_perform(predict_request(url, case$body))
+    expect_equal(httr2::resp_status(resp), 400)
+    expect_match(httr2::resp_body_json(resp)$error, case$says, fixed = TRUE)
+  }
+  resp <- httr2::req_perform(httr2::req_body_raw(valve_request(url, "/predict"), "{not json",
+                                                 type = "application/json"))
+  expect_equal(httr2::resp_status(resp), 400)
+  expect_match(httr2::resp_body_json(resp)$error, "not valid JSON")
+})
+
+test_that("/health names the model, and two workers answer at once", {
+  url <- local_valve(api, n_min = 2, n_max = 2)
+  health <- httr2::resp_body_json(httr2::req_perform(valve_request(url, "/health")))
+  expect_equal(health, list(status = "ok", model = "mpg ~ wt + hp + am"))
+  status <- valve_status(valve_server_of(url))
+  expect_equal(sum(status$workers$state == "ready"), 2)
+})
