@@ -9,6 +9,9 @@ import pytest  # noqa: E402
 
 import valve  # noqa: E402
 
+# The test client's fixture, valve_serve, as a user's conftest.py would name it.
+pytest_plugins = ["valve.testing"]
+
 
 @pytest.fixture(autouse=True)
 def workers_may_run_as_root(monkeypatch):
