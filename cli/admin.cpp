@@ -93,6 +93,40 @@ AdminAddress parse_address(std::string source, std::string text) {
   return address;
 }
 
+// The bearer token sent to the admin interface, and where it came from: "--admin-token-file
+// /path", "VALVE_ADMIN_TOKEN" (never its value), ...; empty when there is none.
+struct AdminToken {
+  std::string source;
+  std::string token;
+};
+
+// Reads a token file as valve does: one trailing newline dropped; empty, or holding a space, a
+// control character or a second line, it is refused (exit 2, naming where it was given).
+AdminToken read_token_file(const std::string &source, const std::string &path) {
+  std::string name = source + " " + path;
+  std::FILE *f = std::fopen(path.c_str(), "rb");
+  if (f == nullptr) throw CommandError(kExitUsage, name + ": cannot read: " + std::strerror(errno));
+  std::string text;
+  char buf[1024];
+  size_t n = 0;
+  while ((n = std::fread(buf, 1, sizeof buf, f)) > 0 && text.size() <= 4096) text.append(buf, n);
+  bool failed = std::ferror(f) != 0;
+  std::fclose(f);
+  if (failed) throw CommandError(kExitUsage, name + ": cannot read it");
+  if (text.ends_with('\n')) text.pop_back();
+  if (text.ends_with('\r')) text.pop_back();
+  if (text.empty()) throw CommandError(kExitUsage, name + ": is empty");
+  if (text.size() > 4096) throw CommandError(kExitUsage, name + ": holds more than 4096 bytes");
+  for (char c : text) {
+    if (c < 0x21 || c > 0x7e) {
+      throw CommandError(kExitUsage, name +
+                                         ": holds a space, a control character or a second "
+                                         "line: a token is one line of visible ASCII");
+    }
+  }
+  return {name, text};
+}
+
 struct HttpResponse {
   int status = 0;
   std::string body;
@@ -159,9 +193,11 @@ class Socket {
 // one deadline. Failures throw CommandError (exit 1) naming the address.
 class AdminClient {
  public:
-  AdminClient(const AdminAddress &address, std::chrono::seconds timeout)
-      : address_(address), timeout_(timeout) {}
+  AdminClient(const AdminAddress &address, const AdminToken &token, std::chrono::seconds timeout)
+      : address_(address), token_(token), timeout_(timeout) {}
 
+  // The answer; a 401 throws CommandError (exit 2) naming where the token came from, or the flag
+  // that would give one.
   HttpResponse request(std::string_view method, std::string_view target) {
     deadline_ = Clock::now() + timeout_;
     Socket sock = connect();
@@ -169,12 +205,21 @@ class AdminClient {
     std::string request =
         std::string(method) + " " + std::string(target) + " HTTP/1.1\r\nHost: " + host +
         "\r\nUser-Agent: valvectl\r\nAccept: application/json\r\n" +
+        (token_.token.empty() ? "" : "Authorization: Bearer " + token_.token + "\r\n") +
         (method == "POST" ? "Content-Length: 0\r\n" : "") + "Connection: close\r\n\r\n";
     send_all(sock.fd(), request);
     std::string raw = read_all(sock.fd());
     std::string why;
     std::optional<HttpResponse> response = parse_response(raw, why);
     if (!response) fail(std::string(method) + " " + std::string(target) + ": " + why);
+    if (response->status == 401) {
+      if (token_.token.empty()) {
+        throw CommandError(kExitUsage, "--admin-token-file: required: " + address_.name() +
+                                           " asks for a bearer token (or set VALVE_ADMIN_TOKEN)");
+      }
+      throw CommandError(kExitUsage,
+                         token_.source + ": " + address_.name() + " refused the token (401)");
+    }
     return *response;
   }
 
@@ -270,6 +315,7 @@ class AdminClient {
   }
 
   const AdminAddress &address_;
+  const AdminToken &token_;
   std::chrono::seconds timeout_;
   Clock::time_point deadline_;
 };
@@ -438,8 +484,8 @@ void print_status(std::ostream &out, const json &status) {
   print_table(out, rows, {false, false, false, true, false, false, false, false, false, true});
 }
 
-int run_status(const AdminAddress &address, bool raw_json) {
-  HttpResponse response = AdminClient(address, kRequestTimeout).request("GET", "/status");
+int run_status(const AdminAddress &address, const AdminToken &token, bool raw_json) {
+  HttpResponse response = AdminClient(address, token, kRequestTimeout).request("GET", "/status");
   if (response.status != 200) {
     throw CommandError(kExitFailure, address.name() + ": GET /status: " + error_message(response));
   }
@@ -454,8 +500,8 @@ int run_status(const AdminAddress &address, bool raw_json) {
 
 // ---- reload and scale --------------------------------------------------------------------------
 
-int run_reload(const AdminAddress &address) {
-  HttpResponse response = AdminClient(address, kReloadTimeout).request("POST", "/reload");
+int run_reload(const AdminAddress &address, const AdminToken &token) {
+  HttpResponse response = AdminClient(address, token, kReloadTimeout).request("POST", "/reload");
   if (response.status == 502) {
     std::string message = error_message(response);
     print_error("reload failed: " + message);
@@ -475,8 +521,9 @@ int run_reload(const AdminAddress &address) {
   return kExitOk;
 }
 
-int run_scale(const AdminAddress &address, const std::optional<std::string> &n_min,
-              const std::optional<std::string> &n_max, const std::string &app) {
+int run_scale(const AdminAddress &address, const AdminToken &token,
+              const std::optional<std::string> &n_min, const std::optional<std::string> &n_max,
+              const std::string &app) {
   std::string target = "/scale";
   if (!app.empty()) {
     bool plain = std::all_of(app.begin(), app.end(), [](char c) {
@@ -494,7 +541,7 @@ int run_scale(const AdminAddress &address, const std::optional<std::string> &n_m
     target += (target.find('?') == std::string::npos ? "?" : "&") + std::string(key) + "=" +
               **value;
   }
-  HttpResponse response = AdminClient(address, kRequestTimeout).request("POST", target);
+  HttpResponse response = AdminClient(address, token, kRequestTimeout).request("POST", target);
   if (response.status == 400) {
     // valve names the option ("n-min 5: must be at most n-max (3)"); valvectl names the flag.
     std::string message = error_message(response);
@@ -511,14 +558,20 @@ int run_scale(const AdminAddress &address, const std::optional<std::string> &n_m
   return kExitOk;
 }
 
-CLI::App *add_command(CLI::App &app, const char *name, const char *description,
-                      std::string &admin) {
+CLI::App *add_command(CLI::App &app, const char *name, const char *description, std::string &admin,
+                      std::string &token_file) {
   CLI::App *command = app.add_subcommand(name, description);
   command
       ->add_option("--admin", admin,
                    "the admin interface of a running valvectl: HOST:PORT, [IPv6]:PORT or "
                    "unix:/path (default: $VALVE_ADMIN, else $VALVECTL_ADMIN)")
       ->type_name("ADDR");
+  command
+      ->add_option("--admin-token-file", token_file,
+                   "a file holding the admin interface's bearer token (default: the token in "
+                   "$VALVE_ADMIN_TOKEN, else the file $VALVE_ADMIN_TOKEN_FILE, else "
+                   "$VALVECTL_ADMIN_TOKEN_FILE)")
+      ->type_name("FILE");
   command->footer(
       "Exit status: 0 on success, 1 when valvectl cannot be reached or the request failed, "
       "2 for a bad flag or value.");
@@ -528,14 +581,14 @@ CLI::App *add_command(CLI::App &app, const char *name, const char *description,
 }  // namespace
 
 AdminCommands::AdminCommands(CLI::App &app) {
-  status_ =
-      add_command(app, "status", "print the state of a running valvectl and its workers", admin_);
+  status_ = add_command(app, "status", "print the state of a running valvectl and its workers",
+                        admin_, token_file_);
   status_->add_flag("--json", raw_json_, "print the admin interface's JSON as it is");
   reload_ = add_command(
       app, "reload",
       "start a new generation of workers, then retire the old one once the new one is ready",
-      admin_);
-  scale_ = add_command(app, "scale", "change the pool's bounds while it runs", admin_);
+      admin_, token_file_);
+  scale_ = add_command(app, "scale", "change the pool's bounds while it runs", admin_, token_file_);
   scale_->add_option("--n-min", n_min_, "the fewest workers kept running")->type_name("N");
   scale_->add_option("--n-max", n_max_, "the most workers run at once")->type_name("M");
   scale_->add_option("--app", app_, "the app to scale, when the config file has several")
@@ -569,9 +622,26 @@ int AdminCommands::run() const {
     } else {
       throw CommandError(kExitUsage, "--admin: required (or set VALVE_ADMIN)");
     }
-    if (command == status_) return run_status(address, raw_json_);
-    if (command == reload_) return run_reload(address);
-    return run_scale(address, n_min, n_max, app_);
+    AdminToken token;
+    auto env = [](const char *name) -> const char * {
+      const char *value = std::getenv(name);
+      return value != nullptr && *value != '\0' ? value : nullptr;
+    };
+    if (command->count("--admin-token-file") > 0) {
+      token = read_token_file("--admin-token-file", token_file_);
+    } else if (const char *value = env("VALVE_ADMIN_TOKEN")) {
+      token = {"VALVE_ADMIN_TOKEN", value};
+      if (token.token.find_first_of(" \t\r\n") != std::string::npos) {
+        throw CommandError(kExitUsage, "VALVE_ADMIN_TOKEN: holds a space or a line break");
+      }
+    } else if (const char *file = env("VALVE_ADMIN_TOKEN_FILE")) {
+      token = read_token_file("VALVE_ADMIN_TOKEN_FILE", file);
+    } else if (const char *served = env("VALVECTL_ADMIN_TOKEN_FILE")) {
+      token = read_token_file("VALVECTL_ADMIN_TOKEN_FILE", served);  // the server's own
+    }
+    if (command == status_) return run_status(address, token, raw_json_);
+    if (command == reload_) return run_reload(address, token);
+    return run_scale(address, token, n_min, n_max, app_);
   } catch (const CommandError &e) {
     print_error(e.what());
     return e.status;

@@ -59,7 +59,9 @@ constexpr std::string_view kEnvNote =
     "TMPDIR and R's library paths, plus what `--env-file` and `--env` give them.";
 constexpr std::string_view kAdminEnv =
     "`VALVE_ADMIN`, else `VALVECTL_ADMIN`: the admin address for `status`, `reload` and `scale` "
-    "when `--admin` is not given.";
+    "when `--admin` is not given. `VALVE_ADMIN_TOKEN` (the token itself), else "
+    "`VALVE_ADMIN_TOKEN_FILE`, else `VALVECTL_ADMIN_TOKEN_FILE` (files): the bearer token they "
+    "send when `--admin-token-file` is not given.";
 
 struct ExitDoc {
   const char *status;

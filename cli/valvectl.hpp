@@ -76,7 +76,8 @@ class CheckCommand {
 };
 
 // status, reload and scale: clients of a running valvectl's admin interface (its --admin flag).
-// Each takes --admin ADDR (HOST:PORT, [IPv6]:PORT or unix:/path), by default $VALVE_ADMIN.
+// Each takes --admin ADDR (HOST:PORT, [IPv6]:PORT or unix:/path), by default $VALVE_ADMIN, and
+// --admin-token-file FILE, by default the token in $VALVE_ADMIN_TOKEN.
 class AdminCommands {
  public:
   explicit AdminCommands(CLI::App &app);
@@ -93,6 +94,7 @@ class AdminCommands {
   CLI::App *reload_ = nullptr;
   CLI::App *scale_ = nullptr;
   std::string admin_;      // shared: only one subcommand runs
+  std::string token_file_;  // --admin-token-file, shared too
   bool raw_json_ = false;  // status --json
   std::string n_min_;
   std::string n_max_;

@@ -93,6 +93,7 @@ TEST_CASE("config: the defaults, spelled out independently of the table") {
       {"max-requests-jitter", "0"},
       {"max-rss", "0"},
       {"admin", ""},
+      {"admin-token-file", ""},
       {"access-log", ""},
       {"access-log-format", "text"},
       {"log-level", "info"},
@@ -138,8 +139,8 @@ TEST_CASE("config: the server options, spelled out independently of the table") 
   // clang-format off
   const char *const expected[] = {
       "host", "port", "workers", "config", "graceful-timeout", "header-timeout",
-      "keepalive-timeout", "max-connections", "max-header-size", "admin", "access-log",
-      "access-log-format", "log-level", "log-format", "runtime-dir", "handle-signals",
+      "keepalive-timeout", "max-connections", "max-header-size", "admin", "admin-token-file",
+      "access-log", "access-log-format", "log-level", "log-format", "runtime-dir", "handle-signals",
       "reap-orphans", "notify"};
   // clang-format on
   std::set<std::string> got;
@@ -157,7 +158,7 @@ TEST_CASE("config: option_key lists each option once, in table order, then nullp
     INFO("index " << i);
     CHECK(seen.insert(valve::option_key(i)).second);
   }
-  CHECK(i == 52);
+  CHECK(i == 53);
   CHECK(std::string(valve::option_key(0)) == "host");
   CHECK(std::string(valve::option_key(i - 1)) == "preload-spares");
   CHECK(valve::option_key(i + 1000) == nullptr);

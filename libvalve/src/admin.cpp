@@ -11,6 +11,7 @@
 #include <optional>
 #include <vector>
 
+#include "admin_auth.hpp"
 #include "admin_page.hpp"
 #include "app.hpp"
 #include "config.hpp"
@@ -174,6 +175,10 @@ class AdminServer::Conn final : public HttpParser::Handler {
     if (q != std::string_view::npos) parse_form(target.substr(q + 1), params);
     bool get = head_.method == "GET" || head_.method == "HEAD";
     bool post = head_.method == "POST";
+    // The probes answer anyone (a kubelet sends no token), and the page holds no data: it asks
+    // for the token and sends it on its own requests.
+    bool open = path == "/" || path == "/healthz" || path == "/readyz";
+    if (!open && !authorized()) return;
     auto only = [&](bool ok, std::string_view allow) {
       if (!ok)
         error(405, fmt::format("{} {} is not allowed: use {}", head_.method, path, allow),
@@ -209,6 +214,26 @@ class AdminServer::Conn final : public HttpParser::Handler {
                              "/readyz, /reload, /scale)",
                              path));
     }
+  }
+
+  // Whether the request carries the token, when one is set; else it has had its 401.
+  bool authorized() {
+    const std::string &token = admin_.token_;
+    if (token.empty()) return true;
+    const std::string *header = head_.find("authorization");
+    std::optional<std::string_view> given = header ? bearer_token(*header) : std::nullopt;
+    if (given && tokens_equal(*given, token)) return true;
+    std::string_view problem = !header  ? "no Authorization header"
+                               : !given ? "an Authorization header that is not Bearer TOKEN"
+                                        : "a wrong token";
+    admin_.log_refusal(head_.method, head_.target.substr(0, head_.target.find('?')), problem);
+    error(401,
+          fmt::format("this admin interface needs a bearer token (Authorization: Bearer TOKEN); "
+                      "the request had {}",
+                      problem),
+          given ? "WWW-Authenticate: Bearer realm=\"valve admin\", error=\"invalid_token\"\r\n"
+                : "WWW-Authenticate: Bearer realm=\"valve admin\"\r\n");
+    return false;
   }
 
   void reload() {
@@ -328,6 +353,23 @@ void AdminServer::on_connection(uv_stream_t *listener) {
     conn->respond(503, "application/json", json_error(503, "too many admin connections"));
   }
   conns_.push_back(std::move(conn));
+}
+
+void AdminServer::log_refusal(std::string_view method, std::string_view path,
+                              std::string_view problem) {
+  // One line per 10 s at most: a client guessing tokens must not flood the log.
+  uint64_t now = uv_now(ctx_.loop());
+  if (refusals_logged_at_ != 0 && now - refusals_logged_at_ < 10000) {
+    ++refusals_unlogged_;
+    return;
+  }
+  std::string more =
+      refusals_unlogged_ == 0
+          ? std::string()
+          : fmt::format(" ({} more refused since the last such line)", refusals_unlogged_);
+  ctx_.log().warn("admin: refused {} {}: {}{}", method, path, problem, more);
+  refusals_logged_at_ = now == 0 ? 1 : now;
+  refusals_unlogged_ = 0;
 }
 
 void AdminServer::close() {

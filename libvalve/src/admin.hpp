@@ -1,5 +1,6 @@
 // The admin interface: status, metrics, probes, reload and scale, on a listener of its own
-// (loopback TCP, or a Unix socket created 0600), never on the public port.
+// (TCP, or a Unix socket created 0600), never on the public port. With a token set, every request
+// but the probes and the page itself must send it as "Authorization: Bearer TOKEN".
 #pragma once
 
 #include <uv.h>
@@ -51,11 +52,16 @@ class AdminServer {
   const std::string &address() const { return address_; }
   // Stops listening and ends every admin connection.
   void close();
+  // The bearer token requests must send (empty: none needed); may change while listening.
+  void set_token(std::string token) { token_ = std::move(token); }
+  bool has_token() const { return !token_.empty(); }
 
   class Conn;
 
  private:
   void on_connection(uv_stream_t *listener);
+  // Logs a request refused for its token (the method and path, never a token).
+  void log_refusal(std::string_view method, std::string_view path, std::string_view problem);
 
   Context &ctx_;
   Host &host_;
@@ -63,6 +69,9 @@ class AdminServer {
   uv_pipe_t *pipe_ = nullptr;
   std::string address_;
   std::string unix_path_;
+  std::string token_;
+  uint64_t refusals_logged_at_ = 0;  // the loop's clock, in ms
+  uint64_t refusals_unlogged_ = 0;
   std::list<std::unique_ptr<Conn>> conns_;
   friend class Conn;
 };

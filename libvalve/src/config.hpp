@@ -107,8 +107,12 @@ namespace valve {
   XX("max-rss", max_rss, uint, app, "0",                                                           \
      "megabytes of resident memory past which a worker is replaced gracefully (0: no limit)")      \
   XX("admin", admin, str, server, "",                                                              \
-     "serve the admin interface (status, metrics, probes, reload, scale) on 127.0.0.1:PORT or "    \
-     "unix:/path (off when empty)")                                                                \
+     "serve the admin interface (status, metrics, probes, reload, scale) on 127.0.0.1:PORT, "      \
+     "another HOST:PORT (with --admin-token-file) or unix:/path (off when empty)")                 \
+  XX("admin-token-file", admin_token_file, str, server, "",                                        \
+     "a file holding the bearer token every admin request but /healthz and /readyz must send "     \
+     "(Authorization: Bearer TOKEN); needed for an --admin address beyond loopback; read again "   \
+     "on each reload")                                                                             \
   XX("access-log", access_log, str, server, "",                                                    \
      "log each request: - for stdout, or a file path (off when empty)")                            \
   XX("access-log-format", access_log_format, str, server, "text", "text or json")                  \

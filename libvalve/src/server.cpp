@@ -15,6 +15,7 @@
 #include <fstream>
 #include <future>
 
+#include "admin_auth.hpp"
 #include "json.hpp"
 #include "launch.hpp"
 #include "metrics.hpp"
@@ -108,6 +109,7 @@ Server::~Server() {
 
 std::optional<std::string> Server::check() {
   if (!layout_error_.empty()) return layout_error_;
+  if (auto err = load_admin_token()) return err;
   std::string errors;
   for (auto &app : apps_) {
     if (auto err = app->pool->check_environment())
@@ -115,6 +117,40 @@ std::optional<std::string> Server::check() {
   }
   if (!errors.empty()) return errors;
   return std::nullopt;
+}
+
+std::optional<std::string> Server::load_admin_token() {
+  if (config_.admin.empty()) return std::nullopt;
+  const std::string &file = config_.admin_token_file;
+  if (file.empty()) {
+    auto address = parse_listen_address(config_.admin);
+    if (address && !address->is_unix() && !is_loopback(*address))
+      return fmt::format(
+          "admin {}: beyond loopback the admin interface needs a bearer token: set "
+          "admin-token-file to a file holding one",
+          config_.admin);
+    return std::nullopt;
+  }
+  std::string why;
+  auto token = read_admin_token(file, &why);
+  if (!token) return fmt::format("admin-token-file {}: {}", file, why);
+  if (!token->warning.empty()) ctx_->log().warn("admin-token-file {}: {}", file, token->warning);
+  admin_->set_token(std::move(token->token));
+  admin_token_loaded_ = true;
+  return std::nullopt;
+}
+
+void Server::reload_admin_token() {
+  const std::string &file = config_.admin_token_file;
+  if (config_.admin.empty() || file.empty()) return;
+  std::string why;
+  auto token = read_admin_token(file, &why);
+  if (!token) {
+    ctx_->log().warn("reload: admin-token-file {}: {}; the admin token stays as it was", file, why);
+    return;
+  }
+  if (!token->warning.empty()) ctx_->log().warn("admin-token-file {}: {}", file, token->warning);
+  admin_->set_token(std::move(token->token));
 }
 
 void Server::set_result(int code, std::string message) {
@@ -515,6 +551,11 @@ int Server::prepare() {
   }
   if (int rc = listen(); rc != 0) return rc;
   if (!config_.admin.empty()) {
+    // check() read it, unless a host skipped check(): never listen without the token.
+    if (auto err = admin_token_loaded_ ? std::nullopt : load_admin_token()) {
+      set_result(VALVE_EINVALID, *err);
+      return VALVE_EINVALID;
+    }
     std::string why;
     if (int rc = admin_->listen(config_.admin, &why); rc != 0) {
       set_result(rc, fmt::format("admin {}: {}", config_.admin, why));
@@ -680,6 +721,7 @@ void Server::reload_all(ReloadDone done) {
     if (done) done(ReloadResult{false, 0, 0, 0, "the server is shutting down"});
     return;
   }
+  reload_admin_token();  // a rotated Secret takes effect without a restart
   if (!layout_.from_file) {
     main_app().pool->reload(std::move(done));
     return;

@@ -115,6 +115,12 @@ class Server final : public Pool::Observer, public Proxy::Host, public AdminServ
   void finish();
   void remove_runtime_dir();
   void start_reload(std::string_view why);  // SIGHUP
+  // Reads admin-token-file into the admin interface, or refuses an admin address beyond loopback
+  // without one: a message naming the option.
+  std::optional<std::string> load_admin_token();
+  // On each reload: the file again; if it cannot be read, the token in force stays (a warning).
+  void reload_admin_token();
+  bool admin_token_loaded_ = false;  // by check(), else when the admin interface listens
   // Whether the caller is the loop thread of a running server; *error says if it is not running.
   bool on_running_loop(std::string *error);
   int not_running(std::string *error);

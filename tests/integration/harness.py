@@ -587,6 +587,7 @@ class Valve:
         self.log_path = os.path.join(tmpdir, f"valvectl-{self.tag}.stderr")
         self.out_path = os.path.join(tmpdir, f"valvectl-{self.tag}.stdout")
         self.host, self.port = None, None
+        self.admin_token = None  # sent by admin() as a bearer token when set
         self.seen = {}  # pid -> start time, of every descendant ever sampled
         self.max_children = 0
         self._lock = threading.RLock()
@@ -711,8 +712,11 @@ class Valve:
         else:
             host, _, port = address.rpartition(":")
             conn = http.client.HTTPConnection(host.strip("[]"), int(port), timeout=timeout)
+        headers = dict(headers or {})
+        if self.admin_token and not any(k.lower() == "authorization" for k in headers):
+            headers["Authorization"] = f"Bearer {self.admin_token}"
         try:
-            conn.request(method, path, body=body, headers=dict(headers or {}))
+            conn.request(method, path, body=body, headers=headers)
             resp = conn.getresponse()
             return Response(resp.status, resp.reason, resp.getheaders(), resp.read())
         finally:

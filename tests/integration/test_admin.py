@@ -4,6 +4,7 @@ public port; access logs (text and JSON, reopened on SIGUSR1) and JSON log lines
 
 import json
 import os
+import re
 import shlex
 import signal
 import stat
@@ -12,7 +13,9 @@ import threading
 import time
 import unittest
 
-from harness import BACKEND, ValveTestCase, app_path, run_valvectl, wait_until
+import yaml
+
+from harness import BACKEND, SRC, ValveTestCase, app_path, run_valvectl, wait_until
 
 PROMTOOL = "/usr/bin/promtool"
 
@@ -229,6 +232,162 @@ class Admin(ValveTestCase):
         self.assertEqual(code, 2, err)
         self.assertIn(f"--admin {taken}: cannot listen there: address already in use", err)
         self.assertEqual(left, [])
+
+
+TOKEN = "t0ken-" + "0123456789abcdef" * 2
+
+
+class AdminToken(ValveTestCase):
+    """--admin-token-file, on the native backend: every admin request but the probes and the page
+    needs the token; beyond loopback valve needs one to start."""
+
+    def token_file(self, text=TOKEN + "\n", name="admin-token", mode=0o600):
+        path = os.path.join(self.tmpdir, name)
+        with open(path, "w") as f:
+            f.write(text)
+        os.chmod(path, mode)
+        return path
+
+    def start_guarded(self, *args, admin="127.0.0.1:0", token_file=None):
+        return self.start_backend_valve("--admin", admin, "--admin-token-file",
+                                        token_file or self.token_file(), *args)
+
+    def assertRefused(self, response, invalid):
+        self.assertEqual(response.status, 401, response)
+        self.assertEqual(response.header("Content-Type"), "application/json")
+        body = response.json()
+        self.assertEqual(body["status"], 401)
+        self.assertIn("needs a bearer token", body["error"])
+        challenge = response.header("WWW-Authenticate")
+        self.assertTrue(challenge.startswith("Bearer "), challenge)
+        self.assertEqual('error="invalid_token"' in challenge, invalid, challenge)
+
+    def test_every_endpoint_but_the_probes_needs_the_token(self):
+        valve = self.start_guarded()
+        wrong = {"Authorization": "Bearer " + TOKEN[:-1] + "x"}
+        right = {"Authorization": "Bearer " + TOKEN}
+        for method, path in [("GET", "/status"), ("GET", "/metrics"), ("POST", "/reload"),
+                             ("POST", "/scale?n-max=5"), ("GET", "/nope"),
+                             ("GET", "/reload")]:
+            with self.subTest(method=method, path=path):
+                self.assertRefused(valve.admin(method, path), invalid=False)
+                self.assertRefused(valve.admin(method, path, headers=wrong), invalid=True)
+                for header in ("Basic " + TOKEN, "Bearer", TOKEN, "Bearer " + TOKEN + "x",
+                               "Bearer " + TOKEN[:8]):
+                    self.assertRefused(valve.admin(method, path,
+                                                   headers={"Authorization": header}),
+                                       invalid=header.startswith("Bearer "))
+        # Nothing was reloaded or scaled without the token.
+        status = valve.admin("GET", "/status", headers=right).json()
+        self.assertEqual(status["generation"], 1)
+        self.assertEqual(status["config"]["n-max"], 3)
+        # The probes and the page answer anyone.
+        self.assertEqual(valve.admin("GET", "/healthz").json(), {"status": "ok"})
+        self.assertEqual(valve.admin("GET", "/readyz").status, 200)
+        self.assertEqual(valve.admin("GET", "/readyz", headers=wrong).status, 200)
+        self.assertTrue(valve.admin("GET", "/").header("Content-Type").startswith("text/html"))
+        # The right token, in any case of the scheme.
+        self.assertEqual(valve.admin("GET", "/metrics", headers={
+            "Authorization": "bearer  " + TOKEN}).status, 200)
+        self.assertEqual(valve.admin("POST", "/scale?n-max=5", headers=right).json()["n_max"], 5)
+        response = valve.admin("POST", "/reload", headers=right, timeout=60)
+        self.assertEqual(response.status, 200, response)
+        self.assertEqual(response.json()["generation"], 2)
+        self.assertEqual(valve.admin("GET", "/nope", headers=right).status, 404)
+        # The refusals are logged, without the token, and at most one line per 10 s.
+        log = valve.log()
+        self.assertNotIn(TOKEN, log)
+        self.assertNotIn(TOKEN[:12], log)
+        self.assertIn("admin: refused GET /status: no Authorization header", log)
+        self.assertLessEqual(log.count("admin: refused"), 2, log)  # 42 refused
+
+    def test_a_token_file_is_read_again_on_reload(self):
+        path = self.token_file()
+        valve = self.start_guarded(token_file=path)
+        valve.admin_token = TOKEN
+        self.assertEqual(valve.status()["generation"], 1)
+        # An empty file on reload: the token in force stays, with a warning.
+        with open(path, "w") as f:
+            f.write("\n")
+        self.assertEqual(valve.admin("POST", "/reload", timeout=60).status, 200)
+        valve.wait_log(r"admin-token-file .*: is empty.*the admin token stays as it was")
+        self.assertEqual(valve.status()["generation"], 2)
+        # A rotated token: the reload that reads it is the old token's last request.
+        new = "n3w-" + TOKEN
+        with open(path, "w") as f:
+            f.write(new + "\n")
+        valve.send_signal(signal.SIGHUP)
+        wait_until(lambda: valve.admin("GET", "/status").status == 401, 30,
+                   message="the old token refused after SIGHUP")
+        valve.admin_token = new
+        wait_until(lambda: valve.status()["generation"] == 3, 30, message="generation 3")
+        self.assertNotIn(new, valve.log())
+
+    def test_a_unix_socket_admin_needs_the_token_too_when_one_is_set(self):
+        path = os.path.join(self.tmpdir, "admin.sock")
+        valve = self.start_guarded(admin=f"unix:{path}")
+        self.assertRefused(valve.admin("GET", "/status"), invalid=False)
+        self.assertEqual(valve.admin("GET", "/healthz").status, 200)
+        valve.admin_token = TOKEN
+        self.assertEqual(valve.status()["admin"], f"unix:{path}")
+
+    def test_bad_token_files_exit_2_naming_the_flag(self):
+        missing = os.path.join(self.tmpdir, "missing")
+        for text, message in [("", "is empty"), ("\n", "is empty"),
+                              ("two\nlines\n", "holds a space, a control character or a second "
+                                                 "line: a token is one line of visible ASCII"),
+                              ("with space", "holds a space, a control character"),
+                              (None, "cannot read: No such file or directory")]:
+            path = self.token_file(text) if text is not None else missing
+            with self.subTest(text=text):
+                code, out, err, elapsed, left = run_valvectl(
+                    ["--port", "0", "--cmd", "true {port}", "--admin", "0.0.0.0:0",
+                     "--admin-token-file", path], timeout=15)
+                self.assertEqual(code, 2, err)
+                self.assertIn(f"--admin-token-file {path}: {message}", err)
+                self.assertEqual(left, [])
+
+    def test_a_world_readable_token_file_is_used_with_a_warning(self):
+        path = self.token_file(mode=0o644)
+        valve = self.start_guarded(token_file=path)
+        valve.wait_log(rf"admin-token-file {path}: is readable by every user \(mode 0644\)")
+        valve.admin_token = TOKEN
+        self.assertEqual(valve.status()["generation"], 1)
+        self.assertNotIn(TOKEN, valve.log())
+
+    def test_the_documented_scrape_config_passes_promtool_and_scrapes(self):
+        """docs/operations.md's Prometheus job: promtool checks it, and a scrape with its
+        credentials file (as Prometheus sends it) gets /metrics."""
+        with open(os.path.join(SRC, "docs", "operations.md")) as f:
+            blocks = re.findall(r"```yaml\n(scrape_configs:.*?)```", f.read(), re.S)
+        self.assertEqual(len(blocks), 1)
+        credentials = self.token_file(name="prometheus-token", mode=0o640)
+        config = os.path.join(self.tmpdir, "prometheus.yml")
+        documented = "/etc/prometheus/valve-admin-token"
+        self.assertIn(f"credentials_file: {documented}", blocks[0])
+        with open(config, "w") as f:
+            f.write(blocks[0].replace(documented, credentials))
+        self.assertTrue(os.access(PROMTOOL, os.X_OK), "promtool missing: run scripts/install-deps")
+        check = subprocess.run([PROMTOOL, "check", "config", config], capture_output=True,
+                               text=True, timeout=30)
+        self.assertEqual(check.returncode, 0, check.stdout + check.stderr)
+        self.assertIn("SUCCESS", check.stdout + check.stderr)
+        job = yaml.safe_load(blocks[0])["scrape_configs"][0]
+        self.assertEqual(job["authorization"]["type"], "Bearer")
+        valve = self.start_guarded(token_file=credentials)
+        with open(credentials) as f:
+            sent = f.read().strip()  # Prometheus trims the file's whitespace too
+        response = valve.admin("GET", "/metrics", headers={"Authorization": f"Bearer {sent}"})
+        self.assertEqual(response.status, 200, response)
+        self.assertIn("valve_queue_depth", response.text())
+
+    def test_the_status_shows_the_token_file_never_the_token(self):
+        path = self.token_file()
+        valve = self.start_guarded(token_file=path)
+        valve.admin_token = TOKEN
+        status = valve.admin("GET", "/status").text()
+        self.assertIn(json.dumps(path), status)
+        self.assertNotIn(TOKEN, status)
 
 
 if __name__ == "__main__":

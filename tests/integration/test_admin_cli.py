@@ -15,7 +15,7 @@ from harness import (ADMIN_RE, LOOPBACK, UnixHTTPConnection, ValveTestCase, back
 ADMIN_LOG_RE = ADMIN_RE.pattern
 
 
-def get_status(address, timeout=10.0):
+def get_status(address, timeout=10.0, token=None):
     """GET /status straight from the admin interface (not through valvectl), as a dict."""
     if address.startswith("unix:"):
         conn = UnixHTTPConnection(address[len("unix:"):], timeout)
@@ -23,7 +23,8 @@ def get_status(address, timeout=10.0):
         host, _, port = address.rpartition(":")
         conn = http.client.HTTPConnection(host.strip("[]"), int(port), timeout=timeout)
     try:
-        conn.request("GET", "/status")
+        conn.request("GET", "/status",
+                     headers={"Authorization": f"Bearer {token}"} if token else {})
         response = conn.getresponse()
         body = response.read()
         if response.status != 200:
@@ -210,6 +211,67 @@ class AdminCli(ValveTestCase):
         self.assertEqual(code, 1, err)
         self.assertIn("cannot connect", err)
 
+    def test_status_reload_and_scale_send_the_token(self):
+        token = "cli-" + os.urandom(16).hex()
+        token_file = os.path.join(self.tmpdir, "admin-token")
+        with open(token_file, "w") as f:
+            f.write(token + "\n")
+        os.chmod(token_file, 0o600)
+        valve, address = self.start_admin_valve("--n-min", "1", "--n-max", "3",
+                                                "--admin-token-file", token_file)
+        self.assertEqual(get_status(address, token=token)["generation"], 1)
+        given = ["--admin", address, "--admin-token-file", token_file]
+
+        code, out, err, elapsed = self.valvectl("status", *given)
+        self.assertEqual(code, 0, err)
+        self.assertTableMatches(out, get_status(address, token=token))
+        code, out, err, elapsed = self.valvectl("scale", *given, "--n-max", "4")
+        self.assertEqual(code, 0, err)
+        self.assertEqual(out.strip(), "scaled: n-min 1, n-max 4")
+        code, out, err, elapsed = self.valvectl("reload", *given, timeout=90)
+        self.assertEqual(code, 0, err)
+        self.assertRegex(out, r"^reloaded: generation 2, ")
+        # From the environment: the token itself, a file, or the server's own variable.
+        for env in ({"VALVE_ADMIN_TOKEN": token}, {"VALVE_ADMIN_TOKEN_FILE": token_file},
+                    {"VALVECTL_ADMIN_TOKEN_FILE": token_file}):
+            with self.subTest(env=list(env)):
+                code, out, err, elapsed = self.valvectl("status", "--json", "--admin", address,
+                                                        env=env)
+                self.assertEqual(code, 0, err)
+                self.assertEqual(json.loads(out)["generation"], 2)
+
+        # Without a token, or a wrong one: exit 2, naming the flag or variable (never the
+        # token), and nothing changes.
+        code, out, err, elapsed = self.valvectl("scale", "--admin", address, "--n-max", "2")
+        self.assertEqual(code, 2, err)
+        self.assertIn(f"valvectl: --admin-token-file: required: --admin {address} asks for a "
+                      f"bearer token (or set VALVE_ADMIN_TOKEN)", err)
+        wrong_file = os.path.join(self.tmpdir, "wrong-token")
+        with open(wrong_file, "w") as f:
+            f.write("not-" + token)
+        code, out, err, elapsed = self.valvectl("reload", "--admin", address,
+                                                "--admin-token-file", wrong_file)
+        self.assertEqual(code, 2, err)
+        self.assertIn(f"valvectl: --admin-token-file {wrong_file}: --admin {address} refused "
+                      f"the token (401)", err)
+        code, out, err, elapsed = self.valvectl("status", "--admin", address,
+                                                env={"VALVE_ADMIN_TOKEN": "wrong"})
+        self.assertEqual(code, 2, err)
+        self.assertIn(f"valvectl: VALVE_ADMIN_TOKEN: --admin {address} refused the token", err)
+        self.assertNotIn("wrong", err.replace("refused", ""))
+        status = get_status(address, token=token)
+        self.assertEqual((status["generation"], status["config"]["n-max"]), (2, 4))
+        # A bad token file: exit 2 before any request.
+        empty = os.path.join(self.tmpdir, "empty")
+        open(empty, "w").close()
+        for path, message in [(empty, "is empty"),
+                              (os.path.join(self.tmpdir, "none"), "cannot read: No such file")]:
+            code, out, err, elapsed = self.valvectl("status", "--admin", address,
+                                                    "--admin-token-file", path)
+            self.assertEqual(code, 2, err)
+            self.assertIn(f"valvectl: --admin-token-file {path}: {message}", err)
+        self.assertNotIn(token, valve.log())
+
     def test_help_and_misplaced_flags(self):
         code, out, err, elapsed = self.valvectl("--help")
         self.assertEqual(code, 0, err)
@@ -218,6 +280,8 @@ class AdminCli(ValveTestCase):
         code, out, err, elapsed = self.valvectl("status", "--help")
         self.assertEqual(code, 0, err)
         self.assertIn("--admin", out)
+        self.assertIn("--admin-token-file", out)
+        self.assertIn("VALVE_ADMIN_TOKEN", out)
         self.assertIn("--json", out)
         # A serve flag before the subcommand would be ignored: refused instead.
         code, out, err, elapsed = self.valvectl("--port", "3000", "status", "--admin",

@@ -1,5 +1,7 @@
 """The admin interface's live page (GET /) in headless Chromium against a real valvectl: the page
-fetches status by itself and shows every worker and the totals, and it renders to a real image."""
+fetches status by itself and shows every worker and the totals, and it renders to a real image.
+With --admin-token-file, the page asks for the token, keeps it in the tab's sessionStorage and sends
+it as an Authorization header: never in a URL, nor in valvectl's log."""
 
 import html.parser
 import http.client
@@ -13,6 +15,7 @@ import unittest
 import zlib
 
 from harness import TAG_VARIABLE, ValveTestCase, tagged_processes, wait_until
+from test_shiny import DevTools
 
 CHROMIUM = os.environ.get("VALVE_CHROMIUM", "/usr/bin/chromium")
 ADMIN_RE = r"admin interface on http://(\[[^\]]+\]|[^\s:/]+):(\d+)"
@@ -193,6 +196,74 @@ class AdminPage(ValveTestCase):
         self.assertEqual((width, height), (1200, 800))
         self.assertGreater(len(data), 8000, "screenshot looks blank")
         self.assertGreater(distinct, 32, "screenshot looks blank")
+
+    def test_page_asks_for_the_token_and_sends_it_as_a_header(self):
+        token = "page-" + os.urandom(16).hex()
+        token_file = os.path.join(self.tmpdir, "admin-token")
+        with open(token_file, "w") as f:
+            f.write(token + "\n")
+        os.chmod(token_file, 0o600)
+        valve = self.start_backend_valve("--n-min", "2", "--n-max", "3", "--admin", "127.0.0.1:0",
+                                         "--admin-token-file", token_file,
+                                         "--access-log", "-", "--log-level", "debug")
+        match = valve.wait_log(ADMIN_RE)
+        url = f"http://{match.group(1)}:{match.group(2)}/"
+        valve.admin_token = token
+        wait_until(lambda: sum(w["state"] == "ready" for w in valve.status()["workers"]) == 2, 15,
+                   message="two ready workers in /status")
+        browser = DevTools(self)
+
+        def body_classes(session):
+            classes = browser.evaluate(session, "document.body ? document.body.className : ''")
+            return set((classes or "").split())  # before the page has loaded: none
+
+        def rows(session):
+            return browser.evaluate(session, "Array.from(document.querySelectorAll("
+                                             "'#workers tbody tr[data-pid]')).map(r => r.dataset.pid)")
+
+        # Without a token: the form, and no data.
+        context, session = browser.open_page(url)
+        wait_until(lambda: "locked" in body_classes(session), 15, 0.1, message="the token form")
+        self.assertEqual(rows(session), [])
+        self.assertEqual(browser.text_of(session, "state"), "–")
+        # A wrong token: refused, forgotten, asked again.
+        browser.type_into(session, "token", "wrong-" + token)
+        browser.evaluate(session, "document.getElementById('login').requestSubmit()")
+        browser.wait_text(session, "login-error", lambda t: t == "That token was refused.")
+        self.assertIn("locked", body_classes(session))
+        self.assertIsNone(browser.evaluate(session, "sessionStorage.getItem('valve-admin-token')"))
+        # The right one: the workers, the token kept in this tab only, the URL unchanged.
+        browser.type_into(session, "token", token)
+        browser.evaluate(session, "document.getElementById('login').requestSubmit()")
+        pids = sorted(str(p) for p in valve.worker_pids())
+        wait_until(lambda: sorted(rows(session)) == pids, 15, 0.1, message="one row per worker")
+        self.assertEqual(body_classes(session) & {"locked", "down"}, set())
+        self.assertIn("authed", body_classes(session))
+        self.assertEqual(browser.text_of(session, "state"), valve.status()["state"])
+        self.assertEqual(browser.evaluate(session, "sessionStorage.getItem('valve-admin-token')"),
+                         token)
+        self.assertEqual(browser.evaluate(session, "location.href"), url)
+        self.assertEqual(browser.evaluate(session, "document.getElementById('token').value"), "")
+        # It keeps polling with the token: the totals follow new requests.
+        for _ in range(3):
+            self.assertEqual(valve.get("/hello", timeout=10).status, 200)
+        wait_until(lambda: int(browser.evaluate(session, "document.querySelector("
+                                                         "'[data-total=requests]').textContent")
+                               or 0) >= 3, 15, 0.1, message="the totals updated")
+        # Another browser context (another tab's sessionStorage) is asked again.
+        _, other = browser.open_page(url)
+        wait_until(lambda: "locked" in body_classes(other), 15, 0.1, message="the form again")
+        # "forget token" locks the page.
+        browser.evaluate(session, "document.getElementById('forget').click()")
+        wait_until(lambda: "locked" in body_classes(session), 15, 0.1, message="locked again")
+        self.assertIsNone(browser.evaluate(session, "sessionStorage.getItem('valve-admin-token')"))
+        # The token never reached a URL or a log line.
+        self.assertNotIn(token, valve.log())
+        self.assertNotIn(token, valve.stdout())
+        history = browser.evaluate(session, "JSON.stringify(performance.getEntries().map("
+                                            "e => e.name))")
+        self.assertIn("/status", history)
+        self.assertNotIn(token, history)
 
 
 if __name__ == "__main__":

@@ -104,6 +104,20 @@ class BadValues(ValveTestCase):
             with self.subTest(args=extra):
                 self.check_usage_error(["--cmd", backend_cmd()] + extra, flag, value)
 
+    def test_an_admin_address_beyond_loopback_needs_a_token(self):
+        for admin in ("0.0.0.0:9000", "[::]:0", "10.1.2.3:9000"):
+            with self.subTest(admin=admin):
+                lines = self.check_usage_error(["--cmd", backend_cmd(), "--admin", admin],
+                                               r"--admin ", admin)
+                self.assertIn(f"valvectl: --admin {admin}: beyond loopback the admin interface "
+                              f"needs a bearer token: set admin-token-file", lines[0])
+        # From the environment, the variable is named.
+        code, out, err, elapsed, left = run_valvectl(
+            ["--port", "0", "--cmd", backend_cmd()], env={"VALVECTL_ADMIN": "0.0.0.0:9000"})
+        self.assertEqual(code, 2, err)
+        self.assertIn("valvectl: VALVECTL_ADMIN=0.0.0.0:9000: beyond loopback", err)
+        self.assertEqual(left, [])
+
     def test_unknown_flag(self):
         self.check_usage_error(["--cmd", backend_cmd(), "--no-such-flag"], r"--no-such-flag",
                                "--no-such-flag")

@@ -2,8 +2,9 @@
 the npm registry, pinned in tests/kubernetes and installed by scripts/install-deps; no network at
 test time), and the fields valve relies on agree with valvectl: the probes hit the admin
 interface's /readyz and /healthz, the grace period covers preStop + drain + kill, the Service
-leaves the admin port out, and the HPA's metric is one valve exports. Then the Deployment's own
-args and env serve examples/model here, and its probes and metric answer."""
+leaves the admin port out, the admin token comes from a Secret no other user can read, and the
+HPA's metric is one valve exports. Then the Deployment's own args and env serve examples/model
+here: its probes answer without the token, its metrics with it only."""
 
 import glob
 import os
@@ -85,6 +86,24 @@ class Settings(ValveTestCase):
         self.assertEqual(int(annotations["prometheus.io/port"]), admin_port)
         self.assertEqual(annotations["prometheus.io/path"], "/metrics")
 
+    def test_the_admin_token_comes_from_a_secret(self):
+        token_file = self.env["VALVECTL_ADMIN_TOKEN_FILE"]
+        (mount,) = self.container["volumeMounts"]
+        self.assertEqual(os.path.dirname(token_file), mount["mountPath"])
+        self.assertTrue(mount["readOnly"])
+        (volume,) = [v for v in self.pod["spec"]["volumes"] if v["name"] == mount["name"]]
+        secret = volume["secret"]
+        self.assertEqual(secret["secretName"], "valve-admin-token")
+        self.assertNotIn("items", secret, "the key is the file's name: token")
+        self.assertEqual(os.path.basename(token_file), "token")
+        # Readable by the pod's fsGroup, not by every user (valve would warn).
+        self.assertEqual(secret["defaultMode"] & 0o007, 0)
+        self.assertEqual(secret["defaultMode"] & 0o040, 0o040)
+        self.assertIsInstance(self.pod["spec"]["securityContext"]["fsGroup"], int)
+        # The probes need no token: they send no header.
+        for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+            self.assertNotIn("httpHeaders", self.container[probe]["httpGet"])
+
     def test_grace_period_covers_prestop_drain_and_kill(self):
         command = self.container["lifecycle"]["preStop"]["exec"]["command"]
         self.assertEqual(command[0], "sleep")
@@ -107,13 +126,21 @@ class Settings(ValveTestCase):
         self.assertTrue(rule["seriesQuery"].startswith("valve_queue_depth{"))
 
     def test_the_pod_command_line_serves_and_its_probes_answer(self):
-        """The Deployment's args and env, with the image's /srv/app moved to examples/model and
-        the admin interface on loopback."""
-        env = dict(self.env, VALVECTL_ADMIN="127.0.0.1:0")
+        """The Deployment's args and env, with the image's /srv/app moved to examples/model, the
+        admin interface on loopback and the Secret's file in the test's directory, mode 0440."""
+        token = os.urandom(32).hex()
+        token_file = os.path.join(self.tmpdir, "token")
+        with open(token_file, "w") as f:
+            f.write(token)
+        os.chmod(token_file, 0o440)
+        env = dict(self.env, VALVECTL_ADMIN="127.0.0.1:0", VALVECTL_ADMIN_TOKEN_FILE=token_file)
         valve = self.start_valve(*self.container["args"], "--file", example_path("model", "plumber.R"),
                                  env=env, ready="/health", ready_timeout=90)
         self.assertEqual(valve.admin("GET", "/readyz").status, 200)
         self.assertEqual(valve.admin("GET", "/healthz").status, 200)
+        self.assertEqual(valve.admin("GET", "/metrics").status, 401)
+        self.assertNotIn("admin-token-file", valve.log(), "no warning about the token file")
+        valve.admin_token = token
         metrics = valve.admin("GET", "/metrics").text()
         self.assertRegex(metrics, r'(?m)^valve_queue_depth\{app="default"\} 0$')
         self.assertEqual(len(valve.workers()), int(self.flags["n-min"]))
