@@ -12,10 +12,10 @@
 #include <string>
 #include <vector>
 
-#include "loop_support.hpp"
 #include "fair_queue.hpp"
 #include "http.hpp"
 #include "json.hpp"
+#include "loop_support.hpp"
 #include "pool_support.hpp"
 #include "support.hpp"
 #include "worker.hpp"
@@ -232,8 +232,9 @@ TEST_CASE("pool: past client-max-queued a client is refused with 429; other clie
   CHECK(a2.queued);
   CHECK(a3.queued);
   CHECK(a4.rejected == 429);
-  CHECK(a4.why == "too many requests from this client are waiting (2, the limit of "
-                  "client-max-queued)");
+  CHECK(a4.why ==
+        "too many requests from this client are waiting (2, the limit of "
+        "client-max-queued)");
   b1.key = "10.0.0.2";
   pool.submit(b1);
   CHECK(b1.queued);
@@ -255,8 +256,9 @@ TEST_CASE("pool: past client-max-queued a client is refused with 429; other clie
   CHECK(a5.rejected == 503);  // shutdown refuses those still waiting
 }
 
-TEST_CASE("pool: a client at client-max-in-flight waits while workers are free; no worker is "
-          "launched for it") {
+TEST_CASE(
+    "pool: a client at client-max-in-flight waits while workers are free; no worker is "
+    "launched for it") {
   PoolHarness h({{"n-min", "1"}, {"n-max", "3"}, {"client-max-in-flight", "1"}});
   valve::Pool &pool = h.start_ready();
   FakeRequest &a1 = h.request(), &a2 = h.request(), &a3 = h.request(), &b1 = h.request();

@@ -24,8 +24,8 @@ namespace {
 constexpr std::string_view kPathOptions[] = {"file", "env-file", "runtime-dir", "access-log"};
 // Keys of an app's table that are not options: its own route.
 constexpr std::string_view kMountKeys[] = {"prefix", "hostname", "strip-prefix", "priority"};
-constexpr std::string_view kRouteKeys[] = {"prefix",   "hostname", "strip-prefix", "app",
-                                           "split",    "sticky",   "priority"};
+constexpr std::string_view kRouteKeys[] = {"prefix", "hostname", "strip-prefix", "app",
+                                           "split",  "sticky",   "priority"};
 
 size_t edit_distance(std::string_view a, std::string_view b) {
   std::vector<size_t> row(b.size() + 1);
@@ -292,9 +292,10 @@ class Reader {
     if (auto err = app.config.validate()) fail(line, fmt::format("apps.{}: {}", name, *err));
     if (mounted) {
       if (mount.prefix.empty()) {
-        fail(line, fmt::format("apps.{}: hostname, strip-prefix and priority need a prefix to mount the "
-                               "app at (prefix = \"/\" for every path)",
-                               name));
+        fail(line,
+             fmt::format("apps.{}: hostname, strip-prefix and priority need a prefix to mount the "
+                         "app at (prefix = \"/\" for every path)",
+                         name));
       } else {
         mount.backends.push_back({app.name, 1});
         layout.routes.push_back(std::move(mount));

@@ -63,7 +63,8 @@ std::string metrics_text(const Stats &s, const std::vector<std::unique_ptr<App>>
   for (size_t c = 0; c < kPriorities; ++c)
     m.histogram("valve_queue_wait_by_priority_seconds",
                 "seconds a request waited for a worker, by priority class",
-                s.queue_wait_by_priority[c], {{"priority", priority_name(static_cast<Priority>(c))}});
+                s.queue_wait_by_priority[c],
+                {{"priority", priority_name(static_cast<Priority>(c))}});
   m.gauge("valve_requests_in_progress", "requests being served or waiting",
           static_cast<double>(requests_in_progress));
   m.gauge("valve_client_connections", "open client connections", static_cast<double>(connections));
@@ -94,7 +95,8 @@ std::string metrics_text(const Stats &s, const std::vector<std::unique_ptr<App>>
     m.gauge("valve_queue_depth", "requests waiting for a worker", g.queue, {{"app", a}});
     for (size_t c = 0; c < kPriorities; ++c)
       m.gauge("valve_queue_depth_by_priority", "requests waiting for a worker, by priority class",
-              g.by_priority[c], {{"app", a}, {"priority", priority_name(static_cast<Priority>(c))}});
+              g.by_priority[c],
+              {{"app", a}, {"priority", priority_name(static_cast<Priority>(c))}});
     m.gauge("valve_client_keys",
             "clients (by client-key) with requests waiting or on workers; each waits its turn",
             g.keys, {{"app", a}});

@@ -178,7 +178,7 @@ class Pool final : public Worker::Owner, public Preloader::Owner {
   std::vector<std::string> worker_env_;
   std::unique_ptr<Preloader> preloader_;  // before workers_: it outlives them
   std::list<std::unique_ptr<Worker>> workers_;
-  FairQueue queue_;  // the pending queue, fair between clients
+  FairQueue queue_;        // the pending queue, fair between clients
   unsigned failures_ = 0;  // launches in a row that never became ready
   bool ever_ready_ = false;
   bool terminating_ = false;
