@@ -78,7 +78,8 @@ class FairShare(ValveTestCase):
             self.assertEqual(response.status, 200, response)
             times.append(response.elapsed)
             # The flood still waits: the other client did not just come after it.
-            self.assertGreater(queued(valve), n // 2, "the flood was served first")
+            self.assertGreater(queued(valve), n // 2,
+                               f"the flood was served first: the other waited {response.elapsed:.1f} s")
         responses = flood.results()
         self.assertTrue(all(isinstance(r, Response) and r.status == 200 for r in responses),
                         [r for r in responses if not isinstance(r, Response) or r.status != 200][:3])
