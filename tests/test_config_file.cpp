@@ -135,8 +135,7 @@ priority = "urgent"
   CHECK(by_line[7] == "apps.a.prefix \"v1\": expected a path starting with /, like \"/v1\"");
   CHECK(by_line[12] == "route /s: no app is named c");
   CHECK(by_line[19].find("routes[2].weight: unknown key") == 0);
-  CHECK(by_line[24] ==
-        "routes[3].priority \"urgent\": expected interactive, normal or batch");
+  CHECK(by_line[24] == "routes[3].priority \"urgent\": expected interactive, normal or batch");
   CHECK(valve::format_mistakes("x.toml", {{3, "bad"}, {0, "worse"}}) ==
         "x.toml:3: bad\nx.toml: worse");
 }
