@@ -153,6 +153,9 @@ struct PoolObserver final : valve::Pool::Observer {
 struct FakeRequest final : valve::Pool::Request, valve::UpstreamConn::Handler {
   valve::Head head;
   std::string affinity_token;
+  std::string key = "127.0.0.1";  // its client (client_key())
+  valve::Priority priority_class = valve::Priority::normal;
+  valve::Pool *pool = nullptr;  // told when its worker is done with it (finish())
   uint64_t excluded = 0;
   valve::Worker *worker = nullptr;
   valve::UpstreamConn *conn = nullptr;
@@ -180,6 +183,8 @@ struct FakeRequest final : valve::Pool::Request, valve::UpstreamConn::Handler {
   const valve::Head &request() const override { return head; }
   uint64_t excluded_worker() const override { return excluded; }
   const std::string &affinity() const override { return affinity_token; }
+  const std::string &client_key() const override { return key; }
+  valve::Priority priority() const override { return priority_class; }
   void dispatch(valve::Worker &w, valve::UpstreamConn &c) override {
     ++dispatches;
     worker = &w;
@@ -207,6 +212,7 @@ struct FakeRequest final : valve::Pool::Request, valve::UpstreamConn::Handler {
     valve::UpstreamConn *c = std::exchange(conn, nullptr);
     valve::Worker *w = std::exchange(worker, nullptr);
     c->detach();
+    if (pool) pool->done(*this);  // as a proxy does, before the worker is free
     w->release(*c, reusable);
   }
 
@@ -322,6 +328,7 @@ class PoolHarness {
   // A request that lives as long as the pool (a test that stops early leaves none queued behind).
   FakeRequest &request(std::string target = "/hello") {
     requests_.push_back(std::make_unique<FakeRequest>(std::move(target)));
+    requests_.back()->pool = pool_.get();
     return *requests_.back();
   }
 

@@ -75,6 +75,10 @@ TEST_CASE("config: the defaults, spelled out independently of the table") {
       {"worker-nice", "0"},
       {"queue-max", "1024"},
       {"queue-timeout", "30"},
+      {"client-key", "ip"},
+      {"client-max-in-flight", "0"},
+      {"client-max-queued", "0"},
+      {"priority-header", ""},
       {"timeout", "60"},
       {"header-timeout", "10"},
       {"keepalive-timeout", "60"},
@@ -158,7 +162,7 @@ TEST_CASE("config: option_key lists each option once, in table order, then nullp
     INFO("index " << i);
     CHECK(seen.insert(valve::option_key(i)).second);
   }
-  CHECK(i == 53);
+  CHECK(i == 57);
   CHECK(std::string(valve::option_key(0)) == "host");
   CHECK(std::string(valve::option_key(i - 1)) == "preload-spares");
   CHECK(valve::option_key(i + 1000) == nullptr);

@@ -59,6 +59,7 @@ prefix = "/predict"
 hostname = "api.example.com"
 split = { v1 = 90, v2 = 10 }
 sticky = "cookie:uid"
+priority = "interactive"
 )");
   std::vector<valve::Mistake> mistakes;
   valve::Config flags;
@@ -88,12 +89,14 @@ sticky = "cookie:uid"
   const Route &mount = layout->routes[0];
   CHECK(mount.prefix == "/v1");
   CHECK(mount.strip_prefix);
+  CHECK(mount.priority == valve::Priority::normal);
   const Route &canary = layout->routes[1];
   CHECK(canary.hostname == "api.example.com");
   REQUIRE(canary.backends.size() == 2);
   CHECK(canary.backends[0].app == "v1");
   CHECK(canary.backends[0].weight == 90);
   CHECK(canary.sticky.describe() == "cookie:uid");
+  CHECK(canary.priority == valve::Priority::interactive);
 }
 
 TEST_CASE("config file: every mistake is listed with its line and what is expected") {
@@ -116,6 +119,11 @@ split = { a = 1, c = 2 }
 prefix = "/t"
 app = "a"
 weight = 3
+
+[[routes]]
+prefix = "/u"
+app = "b"
+priority = "urgent"
 )");
   std::vector<valve::Mistake> mistakes;
   CHECK_FALSE(load(file, &mistakes));
@@ -127,6 +135,7 @@ weight = 3
   CHECK(by_line[7] == "apps.a.prefix \"v1\": expected a path starting with /, like \"/v1\"");
   CHECK(by_line[12] == "route /s: no app is named c");
   CHECK(by_line[19].find("routes[2].weight: unknown key") == 0);
+  CHECK(by_line[24] == "routes[3].priority \"urgent\": expected interactive, normal or batch");
   CHECK(valve::format_mistakes("x.toml", {{3, "bad"}, {0, "worse"}}) ==
         "x.toml:3: bad\nx.toml: worse");
 }

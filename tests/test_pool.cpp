@@ -12,6 +12,9 @@
 #include <string>
 #include <vector>
 
+#include "fair_queue.hpp"
+#include "http.hpp"
+#include "json.hpp"
 #include "loop_support.hpp"
 #include "pool_support.hpp"
 #include "support.hpp"
@@ -152,6 +155,233 @@ TEST_CASE("pool: a cancelled request leaves the queue") {
   c.finish();
   h.finish();
   CHECK(b.rejected == 0);  // a cancelled request is not the pool's to refuse
+}
+
+// ---- fair queueing between clients (fair_queue.hpp)
+
+namespace {
+
+// The order in which requests got a worker: each finishes as soon as it has one, so that a pool
+// of one worker takes the next.
+struct Served {
+  std::vector<std::string> order;
+  void run(PoolHarness &h, std::vector<std::pair<std::string, FakeRequest *>> reqs) {
+    for (size_t round = 0; round < reqs.size() * 2; ++round) {
+      for (auto &[name, r] : reqs) {
+        if (r->holding()) {
+          order.push_back(name);
+          r->finish();
+        }
+      }
+    }
+    (void)h;
+  }
+};
+
+}  // namespace
+
+TEST_CASE("pool: queued requests are served round-robin across clients, in order within each") {
+  PoolHarness h({{"n-min", "1"}, {"n-max", "1"}});
+  valve::Pool &pool = h.start_ready();
+  FakeRequest &a1 = h.request(), &a2 = h.request(), &a3 = h.request(), &a4 = h.request();
+  FakeRequest &b1 = h.request(), &b2 = h.request();
+  for (FakeRequest *r : {&a1, &a2, &a3, &a4}) r->key = "10.0.0.1";
+  for (FakeRequest *r : {&b1, &b2}) r->key = "10.0.0.2";
+  pool.submit(a1);
+  REQUIRE(a1.holding());
+  for (FakeRequest *r : {&a2, &a3, &a4, &b1, &b2}) pool.submit(*r);
+  CHECK(pool.queue_depth() == 5);
+  CHECK(pool.queue().keys() == 2);
+  CHECK(pool.queue().waiting_keys() == 2);
+  Served s;
+  s.run(h, {{"a1", &a1}, {"a2", &a2}, {"a3", &a3}, {"a4", &a4}, {"b1", &b1}, {"b2", &b2}});
+  // First come first served would have been a1 a2 a3 a4 b1 b2: b1 waits for one of a's, not all.
+  CHECK(s.order == std::vector<std::string>{"a1", "a2", "b1", "a3", "b2", "a4"});
+  CHECK(pool.queue_depth() == 0);
+  CHECK(pool.queue().keys() == 0);  // a client with nothing waiting or in flight is forgotten
+  h.finish();
+}
+
+TEST_CASE("pool: with one client the queue is first come, first served; a retry at the front") {
+  PoolHarness h({{"n-min", "1"}, {"n-max", "1"}});
+  valve::Pool &pool = h.start_ready();
+  FakeRequest &a = h.request(), &b = h.request(), &c = h.request(), &retry = h.request();
+  FakeRequest &other = h.request();
+  other.key = "10.0.0.9";
+  pool.submit(a);
+  pool.submit(b);
+  pool.submit(other);
+  pool.submit(c);
+  pool.submit(retry, true);  // a retry goes first, its client's turn too
+  Served s;
+  s.run(h, {{"a", &a}, {"b", &b}, {"c", &c}, {"retry", &retry}, {"other", &other}});
+  CHECK(s.order == std::vector<std::string>{"a", "retry", "other", "b", "c"});
+  h.finish();
+}
+
+TEST_CASE("pool: past client-max-queued a client is refused with 429; other clients still queue") {
+  PoolHarness h({{"n-min", "1"}, {"n-max", "1"}, {"client-max-queued", "2"}});
+  valve::Pool &pool = h.start_ready();
+  FakeRequest &a1 = h.request(), &a2 = h.request(), &a3 = h.request(), &a4 = h.request();
+  FakeRequest &b1 = h.request(), &retry = h.request();
+  pool.submit(a1);
+  REQUIRE(a1.holding());  // in flight, not waiting: it does not count
+  pool.submit(a2);
+  pool.submit(a3);
+  pool.submit(a4);
+  CHECK(a2.queued);
+  CHECK(a3.queued);
+  CHECK(a4.rejected == 429);
+  CHECK(a4.why ==
+        "too many requests from this client are waiting (2, the limit of "
+        "client-max-queued)");
+  b1.key = "10.0.0.2";
+  pool.submit(b1);
+  CHECK(b1.queued);
+  pool.submit(retry, true);  // a retry was let in once: it is not refused again
+  CHECK(retry.queued);
+  CHECK(pool.queue_depth() == 4);
+  a1.finish();  // the retry
+  retry.finish();
+  CHECK(b1.holding());
+  b1.finish();
+  CHECK(a2.holding());
+  // Room again for a: one of its two left the queue.
+  FakeRequest &a5 = h.request();
+  pool.submit(a5);
+  CHECK(a5.queued);
+  a2.finish();
+  CHECK(a3.holding());
+  h.finish();
+  CHECK(a5.rejected == 503);  // shutdown refuses those still waiting
+}
+
+TEST_CASE(
+    "pool: a client at client-max-in-flight waits while workers are free; no worker is "
+    "launched for it") {
+  PoolHarness h({{"n-min", "1"}, {"n-max", "3"}, {"client-max-in-flight", "1"}});
+  valve::Pool &pool = h.start_ready();
+  FakeRequest &a1 = h.request(), &a2 = h.request(), &a3 = h.request(), &b1 = h.request();
+  b1.key = "10.0.0.2";
+  pool.submit(a1);
+  REQUIRE(a1.holding());
+  pool.submit(a2);
+  pool.submit(a3);
+  CHECK(a2.queued);
+  CHECK(a3.queued);
+  CHECK(pool.queue().takeable() == 0);
+  h.run_for(0.3);
+  CHECK(h.stats().launches == 1);  // nothing waits that a new worker could take
+  CHECK_FALSE(a2.dispatched());
+  pool.submit(b1);  // another client takes a worker: it is launched for it
+  REQUIRE(h.run_until([&] { return b1.holding(); }));
+  CHECK(h.stats().launches == 2);
+  CHECK_FALSE(a2.dispatched());
+  a1.finish();  // a's next goes at once, to a free worker
+  CHECK(a2.holding());
+  CHECK_FALSE(a3.dispatched());
+  a2.finish();
+  CHECK(a3.holding());
+  a3.finish();
+  b1.finish();
+  CHECK(pool.queue().keys() == 0);
+  h.finish();
+}
+
+TEST_CASE("pool: priority classes are strict: interactive, then normal, then batch") {
+  PoolHarness h({{"n-min", "1"}, {"n-max", "1"}});
+  valve::Pool &pool = h.start_ready();
+  FakeRequest &first = h.request(), &batch1 = h.request(), &batch2 = h.request();
+  FakeRequest &normal = h.request(), &inter1 = h.request(), &inter2 = h.request();
+  batch1.priority_class = batch2.priority_class = valve::Priority::batch;
+  inter1.priority_class = inter2.priority_class = valve::Priority::interactive;
+  inter2.key = batch2.key = "10.0.0.2";
+  pool.submit(first);
+  for (FakeRequest *r : {&batch1, &batch2, &normal, &inter1, &inter2}) pool.submit(*r);
+  CHECK(pool.queue().waiting(valve::Priority::batch) == 2);
+  CHECK(pool.queue().waiting(valve::Priority::interactive) == 2);
+  Served s;
+  s.run(h, {{"first", &first},
+            {"batch1", &batch1},
+            {"batch2", &batch2},
+            {"normal", &normal},
+            {"inter1", &inter1},
+            {"inter2", &inter2}});
+  CHECK(s.order ==
+        std::vector<std::string>{"first", "inter1", "inter2", "normal", "batch1", "batch2"});
+  h.finish();
+}
+
+TEST_CASE("pool: the status shows the clients waiting, the busiest few first") {
+  PoolHarness h({{"n-min", "1"}, {"n-max", "1"}});
+  valve::Pool &pool = h.start_ready();
+  FakeRequest &a = h.request();
+  pool.submit(a);
+  std::vector<FakeRequest *> waiting;
+  for (int client = 1; client <= 7; ++client) {
+    for (int n = 0; n < client; ++n) {
+      FakeRequest &r = h.request();
+      r.key = "10.0.0." + std::to_string(client);
+      pool.submit(r);
+    }
+  }
+  auto doc = pool.queue().json(3);
+  CHECK(doc["keys"] == 8);  // a's client is in flight only
+  CHECK(doc["waiting_keys"] == 7);
+  CHECK(doc["waiting_by_priority"]["normal"] == 28);
+  REQUIRE(doc["top_waiting"].size() == 3);
+  CHECK(doc["top_waiting"][0]["key"] == "10.0.0.7");
+  CHECK(doc["top_waiting"][0]["queued"] == 7);
+  CHECK(doc["top_waiting"][2]["key"] == "10.0.0.5");
+  a.finish();
+  h.finish();
+}
+
+TEST_CASE("pool: client_key: the address, a header's value hashed, or an X-Forwarded-For hop") {
+  valve::Head head;
+  head.headers = {{"X-Api-Key", "secret-key"},
+                  {"X-Forwarded-For", "1.1.1.1, 2.2.2.2"},
+                  {"X-Forwarded-For", "3.3.3.3"}};
+  CHECK(valve::client_key("ip", head, "127.0.0.2") == "127.0.0.2");
+  std::string hashed = valve::client_key("header:x-api-key", head, "127.0.0.2");
+  CHECK(hashed.starts_with("header:"));
+  CHECK(hashed.size() == 7 + 16);
+  CHECK(hashed.find("secret") == std::string::npos);  // never shown
+  head.headers[0].value = std::string(100000, 'k');
+  CHECK(valve::client_key("header:x-api-key", head, "127.0.0.2").size() == 7 + 16);
+  CHECK(valve::client_key("header:x-other", head, "127.0.0.2") == "127.0.0.2");
+  CHECK(valve::client_key("forwarded:1", head, "127.0.0.2") == "3.3.3.3");
+  CHECK(valve::client_key("forwarded:2", head, "127.0.0.2") == "2.2.2.2");
+  CHECK(valve::client_key("forwarded:3", head, "127.0.0.2") == "1.1.1.1");
+  CHECK(valve::client_key("forwarded:5", head, "127.0.0.2") == "1.1.1.1");  // fewer: leftmost
+  head.headers[2].value = std::string(500, 'x');  // a forged hop is bounded too
+  CHECK(valve::client_key("forwarded:1", head, "127.0.0.2").size() == 10 + 16);
+  head.headers.clear();
+  CHECK(valve::client_key("forwarded:1", head, "127.0.0.2") == "127.0.0.2");
+  for (const char *bad : {"", "peer", "header:", "forwarded:0", "forwarded:33", "forwarded:x"})
+    CHECK_FALSE(valve::valid_client_key_spec(bad));
+  valve::Config config;
+  CHECK(config.set("client-key", "forwarded:0") ==
+        "client-key forwarded:0: expected ip, header:NAME or forwarded:N (N from 1 to 32)");
+  CHECK(config.set("priority-header", "X Priority") ==
+        "priority-header X Priority: expected a header name");
+}
+
+TEST_CASE("pool: request_priority: a client may lower its class; only a trusted peer raise it") {
+  using valve::Priority;
+  valve::Head head;
+  CHECK(valve::request_priority(Priority::normal, "x-priority", head, false) == Priority::normal);
+  head.headers = {{"X-Priority", " Batch "}};
+  CHECK(valve::request_priority(Priority::normal, "x-priority", head, false) == Priority::batch);
+  CHECK(valve::request_priority(Priority::normal, "", head, false) == Priority::normal);
+  head.headers[0].value = "interactive";
+  CHECK(valve::request_priority(Priority::normal, "x-priority", head, false) == Priority::normal);
+  CHECK(valve::request_priority(Priority::normal, "x-priority", head, true) ==
+        Priority::interactive);
+  CHECK(valve::request_priority(Priority::batch, "x-priority", head, true) ==
+        Priority::interactive);
+  head.headers[0].value = "urgent";
+  CHECK(valve::request_priority(Priority::batch, "x-priority", head, true) == Priority::batch);
 }
 
 TEST_CASE("pool: past queue-max a request is refused with 503, saying how many wait") {

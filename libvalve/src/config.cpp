@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "fair_queue.hpp"
 #include "json.hpp"
 #include "log.hpp"
 #include "util.hpp"
@@ -192,6 +193,12 @@ std::optional<std::string> Config::check(std::string_view key) const {
             item);
     }
   }
+  if (key == "client-key" && !valid_client_key_spec(client_key))
+    return fmt::format("client-key {}: expected ip, header:NAME or forwarded:N (N from 1 to 32)",
+                       quote_if_empty(client_key));
+  if (key == "priority-header" && !priority_header.empty() &&
+      priority_header.find_first_of(" \t:()<>@,;\\\"/[]?={}") != std::string::npos)
+    return fmt::format("priority-header {}: expected a header name", priority_header);
   if (key == "admin" && !admin.empty()) {
     if (auto err = check_listen_address(admin)) return fmt::format("admin {}: {}", admin, *err);
   }

@@ -68,6 +68,18 @@ namespace valve {
      "requests that may wait for a worker; beyond, 503")                                           \
   XX("queue-timeout", queue_timeout, secs, app, "30",                                              \
      "seconds a request may wait for a worker; then 503")                                          \
+  XX("client-key", client_key, str, app, "ip",                                                    \
+     "what tells clients apart in the queue, which serves them in turn: ip (the peer's address), " \
+     "header:NAME (a header's value, such as an API key) or forwarded:N (the Nth address from "    \
+     "the right of X-Forwarded-For, behind N trusted proxies)")                                    \
+  XX("client-max-in-flight", client_max_in_flight, uint, app, "0",                                 \
+     "requests one client may have on workers at once; more wait in the queue (0: no limit)")      \
+  XX("client-max-queued", client_max_queued, uint, app, "0",                                       \
+     "requests one client may have waiting; beyond, 429 with Retry-After (0: no limit)")           \
+  XX("priority-header", priority_header, str, app, "",                                             \
+     "a request header whose value, interactive, normal or batch, sets the request's priority "   \
+     "class: any client may lower its own, only a trusted (loopback) peer raise it (off when "     \
+     "empty)")                                                                                     \
   XX("timeout", timeout, secs, app, "60", "seconds a worker has to answer a request; then 504")    \
   XX("header-timeout", header_timeout, secs, server, "10",                                         \
      "seconds a client has to send a request head (and, for a body valve buffers, each piece of "  \

@@ -23,9 +23,9 @@ namespace {
 // Options whose relative paths in a config file are taken from the file's directory.
 constexpr std::string_view kPathOptions[] = {"file", "env-file", "runtime-dir", "access-log"};
 // Keys of an app's table that are not options: its own route.
-constexpr std::string_view kMountKeys[] = {"prefix", "hostname", "strip-prefix"};
-constexpr std::string_view kRouteKeys[] = {"prefix", "hostname", "strip-prefix", "app", "split",
-                                           "sticky"};
+constexpr std::string_view kMountKeys[] = {"prefix", "hostname", "strip-prefix", "priority"};
+constexpr std::string_view kRouteKeys[] = {"prefix", "hostname", "strip-prefix", "app",
+                                           "split",  "sticky",   "priority"};
 
 size_t edit_distance(std::string_view a, std::string_view b) {
   std::vector<size_t> row(b.size() + 1);
@@ -292,9 +292,10 @@ class Reader {
     if (auto err = app.config.validate()) fail(line, fmt::format("apps.{}: {}", name, *err));
     if (mounted) {
       if (mount.prefix.empty()) {
-        fail(line, fmt::format("apps.{}: hostname and strip-prefix need a prefix to mount the "
-                               "app at (prefix = \"/\" for every path)",
-                               name));
+        fail(line,
+             fmt::format("apps.{}: hostname, strip-prefix and priority need a prefix to mount the "
+                         "app at (prefix = \"/\" for every path)",
+                         name));
       } else {
         mount.backends.push_back({app.name, 1});
         layout.routes.push_back(std::move(mount));
@@ -321,6 +322,11 @@ class Reader {
       return false;
     }
     const std::string &v = s->get();
+    if (key == "priority") {
+      if (parse_priority(v, &route.priority)) return true;
+      fail(line, fmt::format("{} \"{}\": expected interactive, normal or batch", where, v));
+      return false;
+    }
     if (key == "prefix") {
       if (v.empty() || v.front() != '/' || v.find_first_of("?# \t") != std::string::npos) {
         fail(line, fmt::format("{} \"{}\": expected a path starting with /, like \"/v1\"", where,
@@ -380,7 +386,7 @@ class Reader {
       } else {
         fail(line_of(value),
              fmt::format("{}: unknown key{}; a route has prefix, hostname, strip-prefix, app or "
-                         "split, and sticky",
+                         "split, sticky and priority",
                          at,
                          suggestion(k, std::vector<std::string_view>(std::begin(kRouteKeys),
                                                                      std::end(kRouteKeys)))));

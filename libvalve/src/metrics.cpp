@@ -1,5 +1,6 @@
 #include "metrics.hpp"
 
+#include <array>
 #include <cassert>
 #include <initializer_list>
 #include <map>
@@ -59,12 +60,18 @@ std::string metrics_text(const Stats &s, const std::vector<std::unique_ptr<App>>
   m.histogram("valve_request_duration_seconds",
               "seconds from a request's arrival to the end of its answer", s.latency);
   m.histogram("valve_queue_wait_seconds", "seconds a request waited for a worker", s.queue_wait);
+  for (size_t c = 0; c < kPriorities; ++c)
+    m.histogram("valve_queue_wait_by_priority_seconds",
+                "seconds a request waited for a worker, by priority class",
+                s.queue_wait_by_priority[c],
+                {{"priority", priority_name(static_cast<Priority>(c))}});
   m.gauge("valve_requests_in_progress", "requests being served or waiting",
           static_cast<double>(requests_in_progress));
   m.gauge("valve_client_connections", "open client connections", static_cast<double>(connections));
   // Each app's pool. While a reload replaces an app, its old and new pools add up under its name.
   struct PoolGauges {
-    double queue = 0, memory = 0, generation = 0, n_min = 0, n_max = 0;
+    double queue = 0, memory = 0, generation = 0, n_min = 0, n_max = 0, keys = 0, waiting_keys = 0;
+    std::array<double, kPriorities> by_priority{};
     std::map<std::string, double> states;
   };
   std::map<std::string, PoolGauges> pools;
@@ -72,6 +79,10 @@ std::string metrics_text(const Stats &s, const std::vector<std::unique_ptr<App>>
     const Pool &pool = *app->pool;
     PoolGauges &g = pools[app->name];
     g.queue += static_cast<double>(pool.queue_depth());
+    g.keys += static_cast<double>(pool.queue().keys());
+    g.waiting_keys += static_cast<double>(pool.queue().waiting_keys());
+    for (size_t c = 0; c < kPriorities; ++c)
+      g.by_priority[c] += static_cast<double>(pool.queue().waiting(static_cast<Priority>(c)));
     g.memory += static_cast<double>(pool.resident_bytes());
     for (const auto &[state, n] : pool.count_states()) g.states[state] += static_cast<double>(n);
     if (!app->retiring && !app->pending) {
@@ -82,6 +93,15 @@ std::string metrics_text(const Stats &s, const std::vector<std::unique_ptr<App>>
   }
   for (const auto &[a, g] : pools) {
     m.gauge("valve_queue_depth", "requests waiting for a worker", g.queue, {{"app", a}});
+    for (size_t c = 0; c < kPriorities; ++c)
+      m.gauge("valve_queue_depth_by_priority", "requests waiting for a worker, by priority class",
+              g.by_priority[c],
+              {{"app", a}, {"priority", priority_name(static_cast<Priority>(c))}});
+    m.gauge("valve_client_keys",
+            "clients (by client-key) with requests waiting or on workers; each waits its turn",
+            g.keys, {{"app", a}});
+    m.gauge("valve_client_keys_waiting", "clients (by client-key) with requests waiting",
+            g.waiting_keys, {{"app", a}});
     for (const auto &[state, n] : g.states)
       m.gauge("valve_workers", "workers by state", n, {{"app", a}, {"state", state}});
     m.gauge("valve_workers_resident_memory_bytes", "resident memory of all workers", g.memory,

@@ -37,6 +37,7 @@ Pool::Pool(Context &ctx, Observer &observer, const Config &config, std::string n
       config_(config),
       name_(std::move(name)),
       serial_(serial),
+      queue_(config.client_max_in_flight, config.client_max_queued),
       launch_timer_(ctx.loop(), [this] { rebalance(); }),
       maintenance_timer_(ctx.loop(), [this] { retire_idle(); }),
       monitor_timer_(ctx.loop(), [this] { monitor(); }) {
@@ -177,8 +178,22 @@ void Pool::submit(Request &req, bool front) {
     req.reject(503, "the server is shutting down");
     return;
   }
-  if (Worker *w = pick(&req)) {
-    assign(*w, req);
+  const std::string &key = req.client_key();
+  // A client at its in-flight limit waits even when a worker is free.
+  if (queue_.may_dispatch(key)) {
+    if (Worker *w = pick(&req)) {
+      queue_.start(req, key, req.priority());
+      assign(*w, req);
+      return;
+    }
+  }
+  // A retry was taken in once: only a new request counts against its client's limit.
+  if (!front && !queue_.may_queue(key)) {
+    log().debug("client {} has {} requests waiting: refusing {} {} with 429", key,
+                config_.client_max_queued, req.request().method, req.request().target);
+    req.reject(429, fmt::format("too many requests from this client are waiting ({}, the limit "
+                                "of client-max-queued)",
+                                config_.client_max_queued));
     return;
   }
   if (queue_.size() >= config_.queue_max) {
@@ -188,31 +203,31 @@ void Pool::submit(Request &req, bool front) {
         503, fmt::format("all workers are busy and the queue is full ({} waiting)", queue_.size()));
     return;
   }
-  if (front) {
-    queue_.push_front(&req);
-  } else {
-    queue_.push_back(&req);
-  }
+  queue_.push(req, key, req.priority(), front);
   req.on_queued();
   rebalance();
 }
 
-void Pool::cancel(Request &req) {
-  queue_.erase(std::remove(queue_.begin(), queue_.end(), &req), queue_.end());
+void Pool::cancel(Request &req) { queue_.remove(req); }
+
+void Pool::done(Request &req) {
+  // The client's next request may now go to a worker that is already free.
+  if (queue_.done(req) && !terminating_) drain_queue();
 }
 
 void Pool::drain_queue() {
-  for (auto it = queue_.begin(); it != queue_.end();) {
-    Worker *w = pick(*it);
-    if (!w) {
-      if (!pick(nullptr)) return;  // no free slot anywhere
-      ++it;                        // only its excluded worker is free: let others pass
-      continue;
-    }
-    Request *req = *it;
-    it = queue_.erase(it);
-    assign(*w, *req);
-    it = queue_.begin();  // assign may have changed the queue
+  // In fair order (fair_queue.hpp): the first request a worker can take. A retry whose only free
+  // worker is the one it avoids lets the others pass.
+  while (queue_.takeable() > 0 && pick(nullptr)) {
+    Worker *w = nullptr;
+    FairQueue::Entry *e = queue_.find([&](FairQueue::Entry &entry) {
+      w = pick(&static_cast<Request &>(entry));
+      return w != nullptr;
+    });
+    if (!e) return;
+    auto &req = static_cast<Request &>(*e);
+    queue_.take(req);
+    assign(*w, req);
   }
 }
 
@@ -482,11 +497,15 @@ void Pool::launch_needed() {
   PoolCounts c;
   c.n_max = config_.n_max;
   c.concurrency = config_.concurrency();
-  c.waiting = queue_.size();
+  // Requests of a client at its in-flight limit wait for its own, not for a new worker.
+  c.waiting = queue_.takeable();
   // A retry that avoids the only free worker waits for another, which may have to be launched.
   // With every worker busy (a full queue under overload), nothing is stranded: skip the walk.
-  if (!queue_.empty() && pick(nullptr)) {
-    for (Request *req : queue_) c.stranded += req->excluded_worker() != 0 && !pick(req);
+  if (queue_.takeable() > 0 && pick(nullptr)) {
+    for (FairQueue::Entry *e : queue_.entries(true)) {
+      auto *req = static_cast<Request *>(e);
+      c.stranded += req->excluded_worker() != 0 && !pick(req);
+    }
   }
   size_t replaced = 0;
   for (auto &w : workers_) {
@@ -576,9 +595,10 @@ void Pool::terminate() {
   monitor_timer_.stop();
   reload_.drop_next(ReloadResult{false, generation_, 0, 0, "the server is shutting down"});
   if (reload_.in_progress()) finish_reload(false, "the server is shutting down");
-  std::deque<Request *> waiting;
-  waiting.swap(queue_);
-  for (Request *req : waiting) req->reject(503, "the server is shutting down");
+  std::vector<FairQueue::Entry *> waiting = queue_.entries(false);
+  for (FairQueue::Entry *e : waiting) queue_.remove(*e);
+  for (FairQueue::Entry *e : waiting)
+    static_cast<Request *>(e)->reject(503, "the server is shutting down");
   std::vector<Worker *> all;
   for (auto &w : workers_) all.push_back(w.get());
   for (Worker *w : all) w->stop("shutting down");

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "config.hpp"
+#include "fair_queue.hpp"
 #include "preloader.hpp"
 #include "reload.hpp"
 #include "sandbox.hpp"
@@ -44,19 +45,24 @@ class Pool final : public Worker::Owner, public Preloader::Owner {
     ~Observer() = default;
   };
 
-  // A request as the pool sees it (a proxy): what places it, and how it is handed over.
-  class Request {
+  // A request as the pool sees it (a proxy): what places it, and how it is handed over. It carries
+  // its place in the fair queue (FairQueue::Entry).
+  class Request : public FairQueue::Entry {
    public:
     virtual const Head &request() const = 0;
     // The worker a retry avoids (0: none).
     virtual uint64_t excluded_worker() const = 0;
     // The worker a Shiny session is pinned to (its affinity token), "" when none.
     virtual const std::string &affinity() const = 0;
+    // Whose request it is (client_key() in fair_queue.hpp), and its priority class.
+    virtual const std::string &client_key() const = 0;
+    virtual Priority priority() const = 0;
     // A worker takes it, over conn (leased from the worker).
     virtual void dispatch(Worker &worker, UpstreamConn &conn) = 0;
     // It waits in the queue (its queue timeout starts).
     virtual void on_queued() = 0;
-    // It is refused with 503: the queue is full, or the pool is shutting down.
+    // It is refused: 503 when the queue is full or the pool is shutting down, 429 when its client
+    // has client-max-queued requests waiting.
     virtual void reject(int status, std::string_view message) = 0;
 
    protected:
@@ -73,6 +79,9 @@ class Pool final : public Worker::Owner, public Preloader::Owner {
   // Sends the request to an idle worker, queues it, or rejects it with 503.
   void submit(Request &req, bool front = false);
   void cancel(Request &req);
+  // The request's worker is done with it (before the worker is released): its client counts one
+  // request fewer in flight. Harmless for a request that has none.
+  void done(Request &req);
   // Stop launching; end every worker (SIGTERM, then SIGKILL). done() runs when all have exited.
   void terminate();
   bool all_exited() const;
@@ -116,6 +125,7 @@ class Pool final : public Worker::Owner, public Preloader::Owner {
   const Identity &identity() const { return identity_; }
   const std::vector<std::string> &worker_environment() const { return worker_env_; }
   size_t queue_depth() const override { return queue_.size(); }
+  const FairQueue &queue() const { return queue_; }
   nlohmann::ordered_json workers_json() const;  // each worker, for the status
   // Its workers (an exited one until its exit has been handled), for tests.
   const std::list<std::unique_ptr<Worker>> &workers() const { return workers_; }
@@ -168,7 +178,7 @@ class Pool final : public Worker::Owner, public Preloader::Owner {
   std::vector<std::string> worker_env_;
   std::unique_ptr<Preloader> preloader_;  // before workers_: it outlives them
   std::list<std::unique_ptr<Worker>> workers_;
-  std::deque<Request *> queue_;
+  FairQueue queue_;        // the pending queue, fair between clients
   unsigned failures_ = 0;  // launches in a row that never became ready
   bool ever_ready_ = false;
   bool terminating_ = false;

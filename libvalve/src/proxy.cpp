@@ -155,6 +155,9 @@ void Proxy::start() {
   websocket_ = request_.upgrade && request_.method == "GET" && !has_body_ &&
                request_.version_minor >= 1 && request_.has_token("upgrade", "websocket");
   affinity_ = request_.cookie(kAffinityCookie);
+  client_key_ = valve::client_key(config().client_key, request_, peer_ip_);
+  priority_ = request_priority(routing.route->priority, config().priority_header, request_,
+                               client_ && client_->peer_trusted());
   uint64_t limit = config().max_body_size;
   if (limit > 0 && request_.content_length.value_or(0) > limit) {
     send_error(413, fmt::format("request body of {} bytes is larger than the limit of {} bytes",
@@ -251,7 +254,7 @@ void Proxy::on_queued() {
 }
 
 void Proxy::reject(int status, std::string_view message) {
-  ++ctx_.stats().rejected;
+  ++(status == 429 ? ctx_.stats().client_limited : ctx_.stats().rejected);
   send_error(status, message, "Retry-After: 1\r\n");
 }
 
@@ -263,7 +266,9 @@ void Proxy::dispatch(Worker &worker, UpstreamConn &conn) {
   upstream_start_ns_ = uv_hrtime();
   if (dispatched_ns_ == 0) {
     dispatched_ns_ = upstream_start_ns_;
-    ctx_.stats().queue_wait.observe((dispatched_ns_ - arrived_ns_) / 1e9);
+    double wait = (dispatched_ns_ - arrived_ns_) / 1e9;
+    ctx_.stats().queue_wait.observe(wait);
+    ctx_.stats().queue_wait_by_priority[static_cast<size_t>(priority_)].observe(wait);
   }
   conn.attach(*this);
   timer_.start(config().timeout);
@@ -622,6 +627,7 @@ void Proxy::detach_upstream(bool reusable) {
   }
   if (conn && w) {
     conn->detach();
+    if (app_) app_->pool->done(*this);  // before the worker is free: it may take this client's next
     w->release(*conn, reusable);
   }
 }

@@ -90,7 +90,8 @@ class Proxy final : public Pool::Request, public UpstreamConn::Handler {
   // ---- Pool::Request: from the pool
   void on_queued() override;
   void dispatch(Worker &worker, UpstreamConn &conn) override;
-  // Ends a queued request with 503 (queue full, queue timeout, shutting down).
+  // Ends a queued request with 503 (queue full, queue timeout, shutting down) or 429 (its client
+  // has too many waiting).
   void reject(int status, std::string_view message) override;
 
   // ---- UpstreamConn::Handler: from the worker's connection
@@ -120,6 +121,8 @@ class Proxy final : public Pool::Request, public UpstreamConn::Handler {
   bool websocket() const override { return websocket_; }
   // The worker the client's session is pinned to (the valve_worker cookie), "" when none.
   const std::string &affinity() const override { return affinity_; }
+  const std::string &client_key() const override { return client_key_; }
+  Priority priority() const override { return priority_; }
 
  private:
   enum class Framing { none, length, chunked, close };
@@ -167,6 +170,8 @@ class Proxy final : public Pool::Request, public UpstreamConn::Handler {
   bool body_chunked_ = false;
   bool websocket_ = false;
   std::string affinity_;
+  std::string client_key_;  // whose request it is, for the fair queue
+  Priority priority_ = Priority::normal;
   uint64_t body_bytes_ = 0;
   // The client sent all of its request: the client's side, which ends apart from the answer (a
   // worker may answer before the body is all read).

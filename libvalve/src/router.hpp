@@ -6,6 +6,8 @@
 #include <string_view>
 #include <vector>
 
+#include "fair_queue.hpp"
+
 namespace valve {
 
 struct Head;
@@ -31,6 +33,7 @@ struct Route {
   bool strip_prefix = false;
   std::vector<Backend> backends;  // one, or a weighted split
   StickyKey sticky;
+  Priority priority = Priority::normal;  // of its requests in the queue (fair_queue.hpp)
   int line = 0;  // in the config file (0: not from one)
 
   std::string describe() const;

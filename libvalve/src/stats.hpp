@@ -21,6 +21,8 @@ namespace valve {
 #define VALVE_STATS(XX)                                                                            \
   XX(rejected, counter, "rejected", "valve_rejections_total",                                      \
      "requests refused with 503 (queue full, queue timeout, shutting down)", {})                   \
+  XX(client_limited, counter, "client_limited", "valve_client_limited_total",                      \
+     "requests refused with 429: their client had client-max-queued requests waiting", {})         \
   XX(timeouts, counter, "timeouts", "valve_request_timeouts_total",                                \
      "requests a worker did not answer within --timeout", {})                                      \
   XX(retries, counter, "retries", "valve_retries_total",                                           \
@@ -91,6 +93,8 @@ struct Stats {
   // Seconds from arrival to the first dispatch to a worker: valve_queue_wait_seconds, the status's
   // queue_wait_sum_s.
   Histogram queue_wait;
+  // The same by priority class (fair_queue.hpp): valve_queue_wait_by_priority_seconds.
+  std::array<Histogram, 3> queue_wait_by_priority;
   // The counts of the apps that ended, by name: with those of the apps running, each app's since
   // the start (valve_requests_total, valve_worker_busy_seconds_total).
   std::map<std::string, AppCounts> by_app;

@@ -25,6 +25,7 @@ void add_total(Json &totals, const char *key, const T &value) {
 }
 
 constexpr const char *kClasses[] = {"", "1xx", "2xx", "3xx", "4xx", "5xx"};
+constexpr size_t kTopClients = 5;  // the clients with most requests waiting, in each app's entry
 
 }  // namespace
 
@@ -54,6 +55,7 @@ std::string status_json(const StatusView &view) {
     a["generation"] = pool.generation();
     a["reload"] = pool.reload_json();
     a["queue"] = pool.queue_depth();
+    a["clients"] = pool.queue().json(kTopClients);
     a["requests_in_progress"] = app->in_progress;
     a["requests"] = total_answers(app->counts.answers);
     for (int c = 2; c <= 5; ++c) a[kClasses[c]] = app->counts.answers[c];
@@ -73,6 +75,7 @@ std::string status_json(const StatusView &view) {
     route["prefix"] = r.prefix;
     route["strip_prefix"] = r.strip_prefix;
     route["sticky"] = r.sticky.describe();
+    route["priority"] = priority_name(r.priority);
     route["apps"] = std::move(backends);
   }
   const Pool &main = *view.main.pool;
