@@ -52,6 +52,8 @@ class Pool final : public Worker::Owner, public Preloader::Owner {
     virtual uint64_t excluded_worker() const = 0;
     // The worker a Shiny session is pinned to (its affinity token), "" when none.
     virtual const std::string &affinity() const = 0;
+    // A WebSocket handshake: it may hold its worker for long (--tunnel-workers-max).
+    virtual bool websocket() const { return false; }
     // A worker takes it, over conn (leased from the worker).
     virtual void dispatch(Worker &worker, UpstreamConn &conn) = 0;
     // It waits in the queue (its queue timeout starts).
@@ -137,6 +139,8 @@ class Pool final : public Worker::Owner, public Preloader::Owner {
 
  private:
   Worker *pick(const Request *req);
+  // Workers that take requests and hold a WebSocket (or a handshake): --tunnel-workers-max's count.
+  size_t tunnel_workers() const;
   void assign(Worker &w, Request &req);
   void drain_queue();
   void launch_needed();
