@@ -83,14 +83,14 @@ TEST_CASE("websocket tracker: split at every byte boundary, it is between frames
   for (bool masked : {false, true}) {
     Stream s = mixed_stream(masked);
     // The stream in two pieces, cut at each offset: the boundary is right after the first piece.
-    for (size_t cut = 0; cut <= s.bytes.size();
-         cut += (cut < 400 || cut > s.bytes.size() - 400) ? 1 : 997) {
+    for (size_t cut = 0; cut <= s.bytes.size(); ++cut) {
       FrameTracker t;
       t.feed(std::string_view(s.bytes).substr(0, cut));
-      CHECK_MESSAGE(t.at_boundary() == is_boundary(s, cut), "cut at ", cut);
+      // Checked without doctest's macros in the loop (70 000 cuts), then once.
+      bool right = t.at_boundary() == is_boundary(s, cut);
       t.feed(std::string_view(s.bytes).substr(cut));
-      REQUIRE(t.at_boundary());
-      REQUIRE(t.frames() == s.boundaries.size());
+      if (!right || !t.at_boundary() || t.frames() != s.boundaries.size())
+        FAIL("cut at ", cut, " masked ", masked);
     }
     // One byte at a time: the state after every byte.
     FrameTracker t;
