@@ -80,6 +80,10 @@ TEST_CASE("config: the defaults, spelled out independently of the table") {
       {"client-max-queued", "0"},
       {"priority-header", ""},
       {"timeout", "60"},
+      {"tunnel-idle-timeout", "3600"},
+      {"tunnel-max-lifetime", "0"},
+      {"tunnel-ping-interval", "30"},
+      {"tunnel-workers-max", "0"},
       {"header-timeout", "10"},
       {"keepalive-timeout", "60"},
       {"max-connections", "10000"},
@@ -155,6 +159,21 @@ TEST_CASE("config: the server options, spelled out independently of the table") 
   CHECK_FALSE(valve::is_server_option("no-such-option"));
 }
 
+TEST_CASE("config: the workers WebSockets may hold, by type unless set") {
+  Config c;
+  CHECK(c.tunnel_workers() == 2);  // plumber, n-max 3: one is kept for plain requests
+  REQUIRE_FALSE(c.set("n-max", "1"));
+  CHECK(c.tunnel_workers() == 1);  // the only worker: nothing can be kept
+  REQUIRE_FALSE(c.set("n-max", "8"));
+  REQUIRE_FALSE(c.set("type", "shiny"));
+  CHECK(c.tunnel_workers() == 8);  // Shiny workers serve requests beside their sockets
+  REQUIRE_FALSE(c.set("tunnel-workers-max", "3"));
+  CHECK(c.tunnel_workers() == 3);
+  CHECK(c.set("tunnel-idle-timeout", "-1"));
+  REQUIRE_FALSE(c.set("tunnel-ping-interval", "500ms"));
+  CHECK(c.tunnel_ping_interval == 0.5);
+}
+
 TEST_CASE("config: option_key lists each option once, in table order, then nullptr") {
   std::set<std::string> seen;
   size_t i = 0;
@@ -162,7 +181,7 @@ TEST_CASE("config: option_key lists each option once, in table order, then nullp
     INFO("index " << i);
     CHECK(seen.insert(valve::option_key(i)).second);
   }
-  CHECK(i == 57);
+  CHECK(i == 61);
   CHECK(std::string(valve::option_key(0)) == "host");
   CHECK(std::string(valve::option_key(i - 1)) == "preload-spares");
   CHECK(valve::option_key(i + 1000) == nullptr);

@@ -109,8 +109,8 @@ void ClientConn::start_tunnel() {
   tunnel_ = true;
   timer_.stop();
   paused_ = false;
-  // No idle limit applies to a tunnel (a Shiny session may be quiet for hours): TCP keepalive
-  // finds a peer that vanished.
+  // The proxy bounds a tunnel (--tunnel-idle-timeout, --tunnel-max-lifetime, pings); TCP keepalive
+  // also finds a peer that vanished.
   uv_tcp_keepalive(tcp_, 1, 60);
   std::string early = std::move(pipelined_);
   pipelined_.clear();

@@ -260,6 +260,13 @@ uint64_t Config::concurrency() const {
   return shiny() ? 20 : 1;
 }
 
+uint64_t Config::tunnel_workers() const {
+  if (tunnel_workers_max > 0) return tunnel_workers_max;
+  // A plumber worker holding a WebSocket serves nothing else (concurrency 1): one is kept for plain
+  // requests. A Shiny worker serves its sessions' requests beside their WebSockets.
+  return shiny() || n_max <= 1 ? n_max : n_max - 1;
+}
+
 nlohmann::ordered_json Config::to_json_value() const {
   nlohmann::ordered_json doc = nlohmann::ordered_json::object();  // in the table's order
 #define VALVE_OPTION_JSON_(k, member, kind, scope, def, help) doc[k] = json_value(member);

@@ -81,6 +81,17 @@ namespace valve {
      "class: any client may lower its own, only a trusted (loopback) peer raise it (off when "     \
      "empty)")                                                                                     \
   XX("timeout", timeout, secs, app, "60", "seconds a worker has to answer a request; then 504")    \
+  XX("tunnel-idle-timeout", tunnel_idle_timeout, secs, app, "3600",                                \
+     "seconds a WebSocket may pass no data (pings aside) before valve closes it, freeing its "     \
+     "worker (0: no limit)")                                                                       \
+  XX("tunnel-max-lifetime", tunnel_max_lifetime, secs, app, "0",                                   \
+     "seconds a WebSocket may stay open, however busy, before valve closes it (0: no limit)")      \
+  XX("tunnel-ping-interval", tunnel_ping_interval, secs, app, "30",                                \
+     "seconds a WebSocket's client may be silent before valve pings it; with no answer within "    \
+     "as long again, valve closes it (0: no pings)")                                               \
+  XX("tunnel-workers-max", tunnel_workers_max, uint, app, "0",                                     \
+     "most workers that WebSockets may hold at once; a WebSocket past it gets 503 (0: by --type, " \
+     "n-max - 1 for plumber so that plain requests always have a worker, n-max for shiny)")        \
   XX("header-timeout", header_timeout, secs, server, "10",                                         \
      "seconds a client has to send a request head (and, for a body valve buffers, each piece of "  \
      "it); then 408")                                                                              \
@@ -180,6 +191,9 @@ struct Config {
   void copy_from(const Config &other, std::string_view key);
   // The worker concurrency in force: worker-concurrency, or when 0 the default for the type.
   uint64_t concurrency() const;
+  // The workers WebSockets may hold in force: tunnel-workers-max, or when 0 the default for the
+  // type (at least 1).
+  uint64_t tunnel_workers() const;
   bool shiny() const { return type == "shiny"; }
 
  private:

@@ -149,9 +149,12 @@ Worker *Pool::pick(const Request *req) {
   // A Shiny session lives in one worker's memory: its requests go there while that worker takes
   // requests, even past its concurrency, which only decides where new sessions go. A session
   // whose worker is gone starts over on another (and gets a new cookie).
+  // A WebSocket goes to a worker that holds none only while fewer than --tunnel-workers-max do.
+  bool tunnels_full = req && req->websocket() && tunnel_workers() >= config_.tunnel_workers();
   if (req && config_.shiny() && !req->affinity().empty()) {
     for (auto &w : workers_) {
-      if (w->affinity() == req->affinity() && w->accepting() && req->excluded_worker() != w->id())
+      if (w->affinity() == req->affinity() && w->accepting() && req->excluded_worker() != w->id() &&
+          !(tunnels_full && w->tunnel_holds() == 0))
         return w.get();
     }
   }
@@ -162,6 +165,7 @@ Worker *Pool::pick(const Request *req) {
   for (auto &w : workers_) {
     if (!w->accepting() || w->in_flight() >= config_.concurrency()) continue;
     if (req && req->excluded_worker() == w->id() && avoid_excluded) continue;
+    if (tunnels_full && w->tunnel_holds() == 0) continue;
     // A worker being replaced serves only when no other can. Then the most recently used first:
     // spare workers fall idle and can be retired.
     if (!best || (best->retiring() && !w->retiring()) ||
@@ -169,6 +173,12 @@ Worker *Pool::pick(const Request *req) {
       best = w.get();
   }
   return best;
+}
+
+size_t Pool::tunnel_workers() const {
+  size_t held = 0;
+  for (const auto &w : workers_) held += w->accepting() && w->tunnel_holds() > 0;
+  return held;
 }
 
 void Pool::assign(Worker &w, Request &req) { req.dispatch(w, w.lease()); }
@@ -194,6 +204,16 @@ void Pool::submit(Request &req, bool front) {
     req.reject(429, fmt::format("too many requests from this client are waiting ({}, the limit "
                                 "of client-max-queued)",
                                 config_.client_max_queued));
+    return;
+  }
+  // A WebSocket past the bound would wait for another to close, which may take hours: refused now.
+  if (req.websocket() && tunnel_workers() >= config_.tunnel_workers()) {
+    ++ctx_.stats().tunnels_refused;
+    log().warn("WebSockets hold {} workers (tunnel-workers-max): refusing {} {}", tunnel_workers(),
+               req.request().method, req.request().target);
+    req.reject(503, fmt::format("WebSockets hold {} workers, the most they may "
+                                "(tunnel-workers-max); try again when one closes",
+                                tunnel_workers()));
     return;
   }
   if (queue_.size() >= config_.queue_max) {

@@ -57,6 +57,8 @@ class Pool final : public Worker::Owner, public Preloader::Owner {
     // Whose request it is (client_key() in fair_queue.hpp), and its priority class.
     virtual const std::string &client_key() const = 0;
     virtual Priority priority() const = 0;
+    // A WebSocket handshake: it may hold its worker for long (--tunnel-workers-max).
+    virtual bool websocket() const { return false; }
     // A worker takes it, over conn (leased from the worker).
     virtual void dispatch(Worker &worker, UpstreamConn &conn) = 0;
     // It waits in the queue (its queue timeout starts).
@@ -147,6 +149,8 @@ class Pool final : public Worker::Owner, public Preloader::Owner {
 
  private:
   Worker *pick(const Request *req);
+  // Workers that take requests and hold a WebSocket (or a handshake): --tunnel-workers-max's count.
+  size_t tunnel_workers() const;
   void assign(Worker &w, Request &req);
   void drain_queue();
   void launch_needed();

@@ -4,6 +4,8 @@
 
 #include <cassert>
 #include <iterator>
+#include <limits>
+#include <random>
 #include <utility>
 
 #include "app.hpp"
@@ -39,6 +41,13 @@ void append(std::string &out, fmt::format_string<A...> f, A &&...a) {
 std::string chunk(std::string_view data) {
   return fmt::format("{:x}\r\n{}\r\n", data.size(), data);
 }
+
+uint64_t to_ms(double seconds) { return static_cast<uint64_t>(seconds * 1000); }
+
+// A Ping valve sends a quiet client; its Pong (or anything else it sends) proves it is there.
+constexpr std::string_view kPingPayload = "valve";
+// A ping that falls due while the worker is in the middle of a frame waits this long for its end.
+constexpr double kPingRetrySeconds = 0.1;
 
 }  // namespace
 
@@ -245,6 +254,11 @@ void Proxy::on_client_drained() {
 
 void Proxy::on_tunnel_data(std::string_view data) {
   if (!upstream_) return;
+  uint64_t now = uv_now(ctx_.loop());
+  // Any byte shows the client is there; only data frames (or non-frames) count as activity.
+  client_heard_ms_ = now;
+  ping_sent_ms_ = 0;
+  if (from_client_.feed(data).data || from_client_.broken()) tunnel_data_ms_ = now;
   if (!upstream_->send(std::string(data)) && client_) client_->hold_body(true);
 }
 
@@ -261,6 +275,7 @@ void Proxy::reject(int status, std::string_view message) {
 void Proxy::dispatch(Worker &worker, UpstreamConn &conn) {
   enter(Phase::waiting);
   worker_ = &worker;
+  if (websocket_) worker.hold_tunnel(true);  // until its request is over: --tunnel-workers-max
   served_by_ = worker.id();
   upstream_ = &conn;
   upstream_start_ns_ = uv_hrtime();
@@ -438,6 +453,8 @@ int Proxy::switch_protocols(Head &head) {
   ++ctx_.stats().websockets;
   ++ctx_.stats().websockets_open;
   if (worker_) worker_->note_tunnel(true);
+  tunnel_opened_ms_ = tunnel_data_ms_ = client_heard_ms_ = uv_now(ctx_.loop());
+  timer_.start(0);  // check_tunnel() sets the first deadline, once the 101 is parsed
   return 0;
 }
 
@@ -453,6 +470,7 @@ void Proxy::on_upstream_switched(std::string_view early) {
 }
 
 void Proxy::on_upstream_tunnel_data(std::string_view data) {
+  if (from_worker_.feed(data).data || from_worker_.broken()) tunnel_data_ms_ = uv_now(ctx_.loop());
   bytes_out_ += data.size();
   write_client(std::string(data));
 }
@@ -526,6 +544,10 @@ void Proxy::on_upstream_drained() {
 }
 
 void Proxy::on_timeout() {
+  if (phase_ == Phase::tunnel) {
+    check_tunnel();
+    return;
+  }
   if (phase_ == Phase::buffering) {
     send_error(408, fmt::format("the request body did not arrive within {} s",
                                 format_seconds(config().header_timeout)));
@@ -546,6 +568,70 @@ void Proxy::on_timeout() {
   w->kill("a request timed out");  // first, so the pool gives it nothing more
   send_error(
       504, fmt::format("the worker gave no answer within {} s", format_seconds(config().timeout)));
+}
+
+void Proxy::check_tunnel() {
+  if (!upstream_ || !client_) return;
+  const Config &cfg = config();
+  uint64_t now = uv_now(ctx_.loop());
+  uint64_t lifetime = to_ms(cfg.tunnel_max_lifetime);
+  uint64_t idle = to_ms(cfg.tunnel_idle_timeout);
+  uint64_t ping = to_ms(cfg.tunnel_ping_interval);
+  if (lifetime > 0 && now >= tunnel_opened_ms_ + lifetime)
+    return close_tunnel(
+        "lifetime",
+        fmt::format("open for {} s (tunnel-max-lifetime)", format_seconds(cfg.tunnel_max_lifetime)),
+        "lifetime limit");
+  if (idle > 0 && now >= tunnel_data_ms_ + idle)
+    return close_tunnel("idle",
+                        fmt::format("no data for {} s (tunnel-idle-timeout)",
+                                    format_seconds(cfg.tunnel_idle_timeout)),
+                        "idle timeout");
+  uint64_t next = std::numeric_limits<uint64_t>::max();
+  if (lifetime > 0) next = std::min(next, tunnel_opened_ms_ + lifetime);
+  if (idle > 0) next = std::min(next, tunnel_data_ms_ + idle);
+  // A frame can go to the client only between two of the worker's.
+  if (ping > 0 && !from_worker_.broken()) {
+    if (ping_sent_ms_ != 0) {
+      if (now >= ping_sent_ms_ + ping)
+        return close_tunnel("ping",
+                            fmt::format("no answer to a ping within {} s (tunnel-ping-interval)",
+                                        format_seconds(cfg.tunnel_ping_interval)),
+                            "");
+      next = std::min(next, ping_sent_ms_ + ping);
+    } else if (now < client_heard_ms_ + ping) {
+      next = std::min(next, client_heard_ms_ + ping);
+    } else if (from_worker_.at_boundary()) {
+      write_client(websocket::frame(websocket::Opcode::ping, kPingPayload));
+      ping_sent_ms_ = now;
+      next = std::min(next, now + ping);
+    } else {
+      next = std::min(next, now + to_ms(kPingRetrySeconds));
+    }
+  }
+  if (next != std::numeric_limits<uint64_t>::max()) timer_.start((next - now) / 1000.0);
+}
+
+void Proxy::close_tunnel(const char *reason, std::string_view why, std::string_view close_text) {
+  ctx_.log().info("request {} {} {}: closing its WebSocket to worker {}: {}", request_id_,
+                  request_.method, request_.target, served_by_, why);
+  tunnel_end_ = reason;
+  // A client that does not answer pings may not read either: it is closed at once, not flushed.
+  bool silent_client = std::string_view(reason) == "ping";
+  std::string payload = websocket::close_payload(websocket::kGoingAway, close_text);
+  if (upstream_ && !from_client_.broken() && from_client_.at_boundary()) {
+    static thread_local std::mt19937 rng{std::random_device{}()};
+    upstream_->send(websocket::masked_frame(websocket::Opcode::close, payload, rng()));
+  }
+  if (!silent_client && !from_worker_.broken() && from_worker_.at_boundary())
+    write_client(websocket::frame(websocket::Opcode::close, payload));
+  detach_upstream(false);  // the worker is free for other requests now
+  if (silent_client) {
+    abort_client();
+    return;
+  }
+  end_response();
+  maybe_finish();
 }
 
 void Proxy::send_error(int status, std::string_view message, std::string_view extra_headers) {
@@ -623,8 +709,11 @@ void Proxy::detach_upstream(bool reusable) {
   worker_ = nullptr;
   if (conn && phase_ == Phase::tunnel) {
     --ctx_.stats().websockets_open;
+    // A limit of valve's, or the side that left: the client once it is gone, else the worker.
+    ctx_.stats().tunnels_closed[tunnel_end_ ? tunnel_end_ : client_ ? "worker" : "client"]++;
     if (w) w->note_tunnel(false);
   }
+  if (conn && w && websocket_) w->hold_tunnel(false);
   if (conn && w) {
     conn->detach();
     if (app_) app_->pool->done(*this);  // before the worker is free: it may take this client's next

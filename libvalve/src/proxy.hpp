@@ -10,6 +10,7 @@
 #include "pool.hpp"
 #include "upstream.hpp"
 #include "util.hpp"
+#include "websocket.hpp"
 
 namespace valve {
 
@@ -145,6 +146,11 @@ class Proxy final : public Pool::Request, public UpstreamConn::Handler {
   void end_response();
   void detach_upstream(bool reusable);
   void on_timeout();
+  // A tunnel's limits (idle, lifetime, ping): checked at each deadline, the timer set to the next.
+  void check_tunnel();
+  // Ends the tunnel at one of valve's limits (reason: a label of valve_tunnels_closed_total): a
+  // Close frame (code 1001) to each side that is between frames, then the worker is released.
+  void close_tunnel(const char *reason, std::string_view why, std::string_view close_text);
   void maybe_finish();
   void record();  // metrics and the access log, once the request is over
   std::string upstream_head() const;
@@ -198,6 +204,15 @@ class Proxy final : public Pool::Request, public UpstreamConn::Handler {
   Timer timer_;
   std::string held_;  // the answer so far, while holding (see kHoldBytes)
   Timer hold_timer_;
+  // In a tunnel: the frames each way, and when (uv_now, ms) it opened, last passed data either way,
+  // last heard from the client, and sent a ping still unanswered (0: none).
+  FrameTracker from_worker_;
+  FrameTracker from_client_;
+  uint64_t tunnel_opened_ms_ = 0;
+  uint64_t tunnel_data_ms_ = 0;
+  uint64_t client_heard_ms_ = 0;
+  uint64_t ping_sent_ms_ = 0;
+  const char *tunnel_end_ = nullptr;  // the limit that closed it; else the side that did
 };
 
 }  // namespace valve

@@ -46,6 +46,11 @@ namespace valve {
      "WebSockets opened (the worker answered 101)", {})                                            \
   XX(websockets_open, gauge, "websockets_open", "valve_websockets_open",                           \
      "WebSockets open now (each also a request in progress)", {})                                  \
+  XX(tunnels_closed, labeled, "tunnels_closed", "valve_tunnels_closed_total",                     \
+     "WebSockets closed, by what ended them: either side, or a limit of valve's",                  \
+     VALVE_LABELS("reason", "client", "worker", "idle", "lifetime", "ping"))                       \
+  XX(tunnels_refused, counter, "tunnels_refused", "valve_tunnels_refused_total",                   \
+     "WebSocket handshakes refused with 503: WebSockets held --tunnel-workers-max workers", {})    \
   XX(reloads, labeled, "", "valve_reloads_total", "reloads by result",                             \
      VALVE_LABELS("result", "ok", "failed"))                                                       \
   XX(buffered_body_bytes, gauge, "", "",                                                           \

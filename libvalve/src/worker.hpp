@@ -86,6 +86,12 @@ class Worker final : public UpstreamConn::Owner {
   // A WebSocket to this worker opened or closed (it stays in flight while open).
   void note_tunnel(bool open) { open ? ++tunnels_ : (tunnels_ > 0 ? --tunnels_ : 0); }
   size_t tunnels() const { return tunnels_; }
+  // A WebSocket handshake was sent to this worker, or its request is over (answered, or its tunnel
+  // closed): the handshakes and open WebSockets it holds, which --tunnel-workers-max bounds.
+  void hold_tunnel(bool held) {
+    held ? ++tunnel_holds_ : (tunnel_holds_ > 0 ? --tunnel_holds_ : 0);
+  }
+  size_t tunnel_holds() const { return tunnel_holds_; }
   // The token that pins browser sessions to this worker (a shiny pool's cookie).
   const std::string &affinity() const { return affinity_; }
   // Marks the worker for replacement: it still serves, last of all, until the replacement is ready.
@@ -167,6 +173,7 @@ class Worker final : public UpstreamConn::Owner {
   int port_ = 0;
   size_t in_flight_ = 0;
   size_t tunnels_ = 0;
+  size_t tunnel_holds_ = 0;
   std::string affinity_;
   uint64_t served_ = 0;
   uint64_t answered_ = 0;

@@ -3,7 +3,11 @@ message; "pid" answers the worker's pid, "close" makes the worker close, "die" e
 with the RFC 6455 client of wsclient.py: echo both ways, sockets count against
 --worker-concurrency, --timeout does not cut a tunnel, either side's close ends it, a dying worker
 closes it and is replaced, the access log, metrics and status show it, shutdown and reload give
-it graceful-timeout. Upgrades other than WebSocket are served as plain HTTP (native backend)."""
+it graceful-timeout. Bounded tunnels: an idle socket is closed at --tunnel-idle-timeout and its worker
+serves the request waiting for it, a busy one at --tunnel-max-lifetime, a client that answers no
+ping at --tunnel-ping-interval, while an active one or one that answers pings stays; past
+--tunnel-workers-max a handshake gets 503. Upgrades other than WebSocket are served as plain HTTP
+(native backend)."""
 
 import json
 import os
@@ -185,6 +189,139 @@ class WebSockets(ValveTestCase):
         self.assertTrue(ws.wait_eof(15), "closed at graceful-timeout")
         valve.wait_log(r"closing 1 WebSocket still open 3 s after the worker began draining")
         wait_until(lambda: old not in valve.worker_pids(), 15, message="the old worker exits")
+
+    # -- bounded tunnels
+
+    def closed_by(self, valve, reason):
+        return valve.metric(f'valve_tunnels_closed_total{{reason="{reason}"}}')
+
+    def test_idle_socket_is_closed_at_its_limit_and_its_worker_serves_the_next_request(self):
+        valve = self.start("-n", "1", "--tunnel-idle-timeout", "1.5", "--queue-timeout", "20")
+        ws = self.connect(valve)
+        ws.send_text("pid")
+        pid = int(ws.recv_text())
+        quiet_since = time.monotonic()
+        # A plain request waits for the only worker, which the socket holds.
+        waiting = threading.Thread(target=lambda: setattr(self, "waited", valve.get("/pid", timeout=20)))
+        waiting.start()
+        self.assertEqual(ws.recv(), (wsclient.OP_CLOSE, 1001), "a Close frame, going away")
+        closed_after = time.monotonic() - quiet_since
+        self.assertGreater(closed_after, 1.3)
+        self.assertLess(closed_after, 5)
+        self.assertTrue(ws.wait_eof(10), "then valve closes the connection")
+        waiting.join(20)
+        self.assertEqual(self.waited.status, 200)
+        self.assertEqual(self.waited.json()["pid"], [pid], "the same worker, freed, not replaced")
+        self.assertGreater(self.waited.elapsed, 1.0, "it waited for the socket's limit")
+        valve.wait_log(r"closing its WebSocket to worker \d+: no data for 1.5 s "
+                       r"\(tunnel-idle-timeout\)")
+        self.assertEqual(self.closed_by(valve, "idle"), 1)
+        self.assertEqual(self.closed_by(valve, "client"), 0)
+        self.assertEqual(valve.status()["totals"]["websockets_open"], 0)
+        self.assertEqual(valve.worker_pids(), [pid])
+        again = self.connect(valve)  # and it takes a WebSocket again
+        again.send_text("pid")
+        self.assertEqual(int(again.recv_text()), pid)
+
+    def test_active_socket_outlives_the_idle_timeout(self):
+        valve = self.start("-n", "1", "--tunnel-idle-timeout", "1.5")
+        ws = self.connect(valve)
+        started = time.monotonic()
+        sent = 0
+        # Over two idle timeouts, a message every 0.25 s; the echoes are read afterwards, so that a
+        # slow worker (R's first message, a loaded machine) cannot make the client look idle.
+        while time.monotonic() - started < 4:
+            ws.send_text(f"still here {sent}")
+            sent += 1
+            time.sleep(0.25)
+        self.assertEqual([ws.recv_text() for _ in range(sent)],
+                         [f"still here {i}" for i in range(sent)])
+        self.assertEqual(valve.status()["totals"]["websockets_open"], 1)
+        self.assertEqual(valve.metric("valve_tunnels_closed_total{reason=\"idle\"}"), 0)
+        ws.close()
+
+    def test_lifetime_closes_even_a_busy_socket(self):
+        valve = self.start("-n", "1", "--tunnel-max-lifetime", "2")
+        ws = self.connect(valve)
+        opened = time.monotonic()
+        code = None
+        while time.monotonic() - opened < 10:
+            ws.send_text("busy")
+            opcode, data = ws.recv()
+            if opcode == wsclient.OP_CLOSE:
+                code = data
+                break
+            self.assertEqual(data, "busy")
+            time.sleep(0.05)
+        self.assertEqual(code, 1001)
+        self.assertGreater(time.monotonic() - opened, 1.8)
+        self.assertTrue(ws.wait_eof(10))
+        self.assertEqual(self.closed_by(valve, "lifetime"), 1)
+        self.assertEqual(valve.get("/hello").status, 200)
+
+    def test_pings_keep_a_quiet_socket_whose_client_answers(self):
+        valve = self.start("-n", "1", "--tunnel-idle-timeout", "0", "--tunnel-ping-interval", "0.3")
+        ws = self.connect(valve)
+        pings = 0
+        deadline = time.monotonic() + 2.5
+        ws.settimeout(0.1)
+        while time.monotonic() < deadline:  # reads and answers pings, sends nothing else
+            try:
+                fin, opcode, payload = ws.recv_frame()
+            except TimeoutError:
+                continue
+            self.assertEqual((fin, opcode, payload), (True, wsclient.OP_PING, b"valve"))
+            ws.send_frame(wsclient.OP_PONG, payload)  # passed on to the worker, which ignores it
+            pings += 1
+        ws.settimeout(15)
+        self.assertGreaterEqual(pings, 4)
+        ws.send_text("after the pings")
+        self.assertEqual(ws.recv_text(), "after the pings")
+        self.assertEqual(self.closed_by(valve, "ping"), 0)
+
+    def test_client_that_answers_no_ping_is_closed_and_its_worker_freed(self):
+        valve = self.start("-n", "1", "--tunnel-idle-timeout", "0", "--tunnel-ping-interval", "0.5")
+        ws = self.connect(valve)
+        ws.send_text("pid")
+        pid = int(ws.recv_text())
+        silent_since = time.monotonic()  # neither reads nor answers from now on
+        wait_until(lambda: self.closed_by(valve, "ping") == 1, 10, message="closed for no pong")
+        self.assertGreater(time.monotonic() - silent_since, 0.9, "a ping, then as long for its pong")
+        valve.wait_log(r"no answer to a ping within 0.5 s \(tunnel-ping-interval\)")
+        self.assertEqual(valve.get("/pid").json()["pid"], [pid])
+        self.assertEqual(valve.status()["totals"]["websockets_open"], 0)
+        ws.settimeout(5)
+        frames = []
+        with self.assertRaises((wsclient.Closed, ConnectionResetError)):
+            while True:
+                frames.append(ws.recv_frame()[1])
+        self.assertEqual(frames, [wsclient.OP_PING], "the unanswered ping, then the end")
+
+    def test_sockets_hold_at_most_tunnel_workers_max_workers(self):
+        # n-max 2: WebSockets may hold one worker, the other is kept for plain requests.
+        valve = self.start("-n", "2", "--queue-timeout", "20")
+        ws = self.connect(valve)
+        ws.send_text("pid")
+        held = int(ws.recv_text())
+        refused = wsclient.handshake(valve.host, valve.port, "/ws")
+        self.close_before_stop(refused.sock.close)
+        self.assertEqual(refused.status, 503)
+        self.assertIsNotNone(refused.header("Retry-After"))
+        self.assertEqual(refused.header("Content-Type"), "application/json")
+        body = refused.rest
+        while len(body) < int(refused.header("Content-Length")):
+            body += refused.sock.recv(65536)
+        self.assertIn("tunnel-workers-max", json.loads(body)["error"])
+        self.assertEqual(valve.metric("valve_tunnels_refused_total"), 1)
+        plain = valve.get("/pid", timeout=30)
+        self.assertEqual(plain.status, 200, "a plain request gets the other worker")
+        self.assertNotEqual(plain.json()["pid"], [held])
+        ws.close()
+        wait_until(lambda: valve.status()["totals"]["websockets_open"] == 0, 10,
+                   message="the socket is gone")
+        again = self.connect(valve)
+        again.send_text("echo")
+        self.assertEqual(again.recv_text(), "echo")
 
 
 class OtherUpgrades(ValveTestCase):
