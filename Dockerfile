@@ -6,6 +6,8 @@
 #
 # Each RUN is a step of scripts/container, which tests/integration/test_container.py runs on the
 # test machine: the same packages, build, install and command line, without a Docker engine.
+# scripts/container-image builds and runs it for real with podman, from a debootstrap-made base
+# where no registry is reachable (docs/deployment.md); test_container_image.py does so in the suite.
 
 FROM debian:bookworm-slim AS build
 COPY . /src

@@ -8,6 +8,10 @@ set -eu
 mode=${1:-test}
 : "${VALVE_SRC:?} ${VALVE_BUILD:?} ${VALVE_R_LIB:?}"
 here=$(cd "$(dirname "$0")" && pwd)
+# In a sanitized build meson sets VALVE_SANITIZER_RUNTIME: Rscript runs through bindings/sanitized,
+# which preloads it (R CMD INSTALL does not: it only compiles and links).
+host=""
+if [ -n "${VALVE_SANITIZER_RUNTIME:-}" ]; then host="$here/../sanitized"; fi
 
 stage=$(mktemp -d "$VALVE_BUILD/r-package.XXXXXX")
 trap 'rm -rf "$stage"' EXIT INT TERM
@@ -19,7 +23,7 @@ R CMD INSTALL --no-test-load --no-multiarch -l "$VALVE_R_LIB" "$stage/valve"
 case "$mode" in
   test)
     cd "$stage/valve/tests/testthat"
-    env -u LD_LIBRARY_PATH Rscript --vanilla -e '
+    env -u LD_LIBRARY_PATH $host Rscript --vanilla -e '
       .libPaths(c(Sys.getenv("VALVE_R_LIB"), .libPaths()))
       library(testthat)
       library(valve)
@@ -28,7 +32,7 @@ case "$mode" in
                stop_on_failure = TRUE, stop_on_warning = TRUE)'
     ;;
   example)
-    env -u LD_LIBRARY_PATH Rscript --vanilla "$VALVE_SRC/examples/embed.R"
+    env -u LD_LIBRARY_PATH $host Rscript --vanilla "$VALVE_SRC/examples/embed.R"
     ;;
   model)
     # As the README says: a fresh R session that finds the package through R_LIBS.

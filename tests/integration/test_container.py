@@ -77,6 +77,25 @@ class Dockerfile(ValveTestCase):
                                             capture_output=True, text=True, timeout=30).stdout
                     self.assertEqual(status, "install ok installed")
 
+    def test_build_stage_has_every_required_dependency(self):
+        # Each dependency('NAME') the release build requires (those with required: false have a
+        # fallback) comes from a package of the build stage: its pkg-config file's owner. (The
+        # real image build found libtomlplusplus-dev missing from it.)
+        names = set()
+        for build_file in ("meson.build", "libvalve/meson.build", "cli/meson.build"):
+            with open(os.path.join(SRC, build_file)) as f:
+                for name, rest in re.findall(r"\bdependency\('([^']+)'([^)]*)\)", f.read()):
+                    if "required: false" not in rest and name != "threads":
+                        names.add(name)
+        self.assertIn("tomlplusplus", names)
+        build = set(packages("build"))
+        for name in sorted(names):
+            with self.subTest(dependency=name):
+                pc = subprocess.run(["pkg-config", "--path", name], capture_output=True,
+                                    text=True, timeout=30)
+                self.assertEqual(pc.returncode, 0, pc.stderr)
+                self.assertIn(owner_package(pc.stdout.strip()), build)
+
     def test_install_then_run_as_the_container_does(self):
         destdir = os.path.join(self.tmpdir, "staging")
         run = subprocess.run([CONTAINER, "build", SRC, BUILD_DIR, destdir], capture_output=True,
