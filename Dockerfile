@@ -25,7 +25,8 @@ WORKDIR /srv/app
 USER valve
 # Flags may be given after the image name; these are the defaults a flag overrides. The admin
 # interface stays inside the container (docker exec CONTAINER valvectl status); Kubernetes
-# moves it to 0.0.0.0:9000 for its probes (examples/kubernetes).
+# moves it to 0.0.0.0:9000 for its probes (examples/kubernetes), with the admin token from a
+# Secret (VALVECTL_ADMIN_TOKEN_FILE): beyond loopback valvectl refuses to serve it without one.
 # Workers run 10 steps nicer than valvectl: alone in the container's cgroup, that only puts
 # valvectl first when both want the CPU, so that under overload it still dispatches and sheds load.
 ENV VALVECTL_HOST=0.0.0.0 \
