@@ -1,4 +1,4 @@
-"""A short soak, bench/soak's hour in brief: SECONDS of mixed traffic (bench/apps/soak.R's fast,
+"""A short soak, bench/soak's hour in brief: a minute of mixed traffic (bench/apps/soak.R's fast,
 slow, failing and large answers and POST bodies, on kept-alive connections and on a new one each
 request) through valvectl with real R workers recycled by --max-requests, a reload every 20 s
 (SIGHUP and POST /reload in turn) and a random worker killed with SIGKILL every 10 s. No request is
@@ -14,7 +14,7 @@ import unittest
 
 from harness import SRC, ValveTestCase, wait_until
 
-SECONDS = 75
+SECONDS = 60
 WARMUP = 10
 WORKERS = 3
 
@@ -36,8 +36,8 @@ class Soak(ValveTestCase):
         access_log = os.path.join(self.tmpdir, "access.log")
         valve = self.start_valve("-f", os.path.join(SRC, "bench", "apps", "soak.R"),
                                  "--admin", "127.0.0.1:0", "-n", str(WORKERS),
-                                 "--n-min", str(WORKERS), "--max-requests", "60",
-                                 "--max-requests-jitter", "20", "--access-log", access_log,
+                                 "--n-min", str(WORKERS), "--max-requests", "40",
+                                 "--max-requests-jitter", "10", "--access-log", access_log,
                                  "--access-log-format", "json", ready="/fast", ready_timeout=60)
         admin_port = int(valve.admin_address().rpartition(":")[2])
         target = soak.Target(valve.port, admin_port, valve.pid, access_log)
@@ -73,7 +73,12 @@ class Soak(ValveTestCase):
         self.assertGreaterEqual(len(kills), SECONDS // 10 - 1, report)
         self.assertGreaterEqual(len(reloads), SECONDS // 20 - 1, report)
         self.assertGreater(recycles, 0, report)
-        self.assertTrue(all(e.get("status") == 200 for e in reloads if "status" in e), report)
+        # POST /reload answers 200, or 502 when a kill hit a worker of the new generation before it
+        # was ready: the reload is abandoned and the old generation serves on.
+        for e in reloads:
+            if "status" in e and e["status"] != 200:
+                self.assertEqual(e["status"], 502, report)
+                self.assertIn("SIGKILL", e["answer"], report)
         self.assertGreater(len(records), SECONDS * 6, report)
         self.assertEqual(result["outcomes"]["lost"], 0, report)
         self.assertEqual(result["outcomes"]["bad"], 0, report)
