@@ -16,7 +16,7 @@ from harness import SRC, ValveTestCase, wait_until
 
 SECONDS = 60
 WARMUP = 10
-WORKERS = 3
+WORKERS = 2
 
 
 def load_soak():
@@ -36,17 +36,17 @@ class Soak(ValveTestCase):
         access_log = os.path.join(self.tmpdir, "access.log")
         valve = self.start_valve("-f", os.path.join(SRC, "bench", "apps", "soak.R"),
                                  "--admin", "127.0.0.1:0", "-n", str(WORKERS),
-                                 "--n-min", str(WORKERS), "--max-requests", "40",
-                                 "--max-requests-jitter", "10", "--access-log", access_log,
+                                 "--n-min", str(WORKERS), "--max-requests", "25",
+                                 "--max-requests-jitter", "5", "--access-log", access_log,
                                  "--access-log-format", "json", ready="/fast", ready_timeout=60)
         admin_port = int(valve.admin_address().rpartition(":")[2])
         target = soak.Target(valve.port, admin_port, valve.pid, access_log)
-        wait_until(lambda: soak.settled(target, WORKERS), 60, message="three ready workers")
+        wait_until(lambda: soak.settled(target, WORKERS), 60, message="two ready workers")
         for _ in range(10):  # each worker's first requests, in which R compiles plumber's code
             valve.get("/fast?msg=warm")
         sampler = soak.Sampler(target, 0.5)
         idle_before = sampler.sample()
-        load = soak.Load(target, rate=12, clients=6, timeout=60)
+        load = soak.Load(target, rate=8, clients=4, timeout=60)
         churn = soak.Churn(target, kill_every=10, reload_every=20)
         try:
             time.sleep(SECONDS)
@@ -79,7 +79,7 @@ class Soak(ValveTestCase):
             if "status" in e and e["status"] != 200:
                 self.assertEqual(e["status"], 502, report)
                 self.assertIn("SIGKILL", e["answer"], report)
-        self.assertGreater(len(records), SECONDS * 6, report)
+        self.assertGreater(len(records), SECONDS * 4, report)
         self.assertEqual(result["outcomes"]["lost"], 0, report)
         self.assertEqual(result["outcomes"]["bad"], 0, report)
         self.assertEqual(result["not_in_access_log"], 0, report)
