@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "json.hpp"
+#include "log.hpp"
 #include "support.hpp"
 
 namespace {
@@ -292,4 +293,20 @@ TEST_CASE("util: format_utc writes UTC to the millisecond, the same second after
   CHECK(valve::format_utc(1795946401007) == "2026-11-29T10:00:01.007Z");  // the next one
   CHECK(valve::format_utc(951782400050) == "2000-02-29T00:00:00.050Z");   // and back
   CHECK(valve::format_utc(1795946401007) == "2026-11-29T10:00:01.007Z");
+}
+
+TEST_CASE("log: LogThrottle lets one line a period through and counts those it held back") {
+  valve::LogThrottle throttle(1000);
+  uint64_t suppressed = 99;
+  CHECK(throttle.allow(5000, suppressed));  // the first one, at once
+  CHECK(suppressed == 0);
+  CHECK_FALSE(throttle.allow(5000, suppressed));
+  CHECK_FALSE(throttle.allow(5999, suppressed));
+  CHECK(throttle.allow(6000, suppressed));  // a period later, with the count of the rest
+  CHECK(suppressed == 2);
+  CHECK(throttle.allow(9000, suppressed));  // after a quiet spell, at once again
+  CHECK(suppressed == 0);
+  valve::LogThrottle from_zero;
+  CHECK(from_zero.allow(0, suppressed));  // a loop clock that starts at 0 logs the first too
+  CHECK_FALSE(from_zero.allow(999, suppressed));
 }

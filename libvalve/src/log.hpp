@@ -3,6 +3,7 @@
 
 #include <fmt/format.h>
 
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -52,6 +53,32 @@ class Logger {
   LogSink sink_ = nullptr;
   void *user_data_ = nullptr;
   bool json_ = false;
+};
+
+// At most one log line a period for a warning that can come with every request (a full queue
+// under overload): a line per request would cost a write to stderr each, hundreds a second, and
+// stall the loop whenever whatever reads stderr falls behind. The counters count every one.
+class LogThrottle {
+ public:
+  explicit LogThrottle(uint64_t period_ms = 1000) : period_ms_(period_ms) {}
+  // True if this occurrence is to be logged; then `suppressed` is how many were not since.
+  bool allow(uint64_t now_ms, uint64_t &suppressed) {
+    if (logged_ && now_ms < next_ms_) {
+      ++suppressed_;
+      return false;
+    }
+    logged_ = true;
+    next_ms_ = now_ms + period_ms_;
+    suppressed = suppressed_;
+    suppressed_ = 0;
+    return true;
+  }
+
+ private:
+  uint64_t period_ms_;
+  uint64_t next_ms_ = 0;
+  uint64_t suppressed_ = 0;
+  bool logged_ = false;
 };
 
 // One line a request, to stdout ("-") or a file opened for appending. Lines are gathered and

@@ -217,8 +217,12 @@ void Pool::submit(Request &req, bool front) {
     return;
   }
   if (queue_.size() >= config_.queue_max) {
-    log().warn("queue full ({} waiting): rejecting {} {}", queue_.size(), req.request().method,
-               req.request().target);
+    uint64_t suppressed = 0;
+    if (full_queue_log_.allow(uv_now(ctx_.loop()), suppressed))
+      log().warn("queue full ({} waiting): rejecting {} {}{}", queue_.size(), req.request().method,
+                 req.request().target,
+                 suppressed ? fmt::format(" ({} more refused since the last such line)", suppressed)
+                            : std::string());
     req.reject(
         503, fmt::format("all workers are busy and the queue is full ({} waiting)", queue_.size()));
     return;

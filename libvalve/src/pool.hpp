@@ -187,6 +187,7 @@ class Pool final : public Worker::Owner, public Preloader::Owner {
   bool ever_ready_ = false;
   bool terminating_ = false;
   uint64_t next_launch_ms_ = 0;  // crash-loop backoff
+  LogThrottle full_queue_log_;   // "queue full" once a second at most
   uint64_t generation_ = 1;
   size_t owed_ = 0;  // replacements still to launch for workers awaiting them
   Reload reload_;

@@ -229,10 +229,15 @@ std::string_view trim(std::string_view s) {
 
 std::string random_hex(size_t bytes) {
   static thread_local std::mt19937_64 rng{std::random_device{}()};
-  std::string out;
-  out.reserve(bytes * 2);
-  while (out.size() < bytes * 2) out += fmt::format("{:016x}", rng());
-  out.resize(bytes * 2);
+  // Digits by hand: every request gets an id, and two fmt::format calls cost it 2,000
+  // instructions (callgrind), a twentieth of all valve spends on a 503.
+  static constexpr char kDigits[] = "0123456789abcdef";
+  std::string out(bytes * 2, '0');
+  uint64_t word = 0;
+  for (size_t i = 0; i < out.size(); ++i) {
+    if (i % 16 == 0) word = rng();
+    out[i] = kDigits[(word >> (60 - 4 * (i % 16))) & 0xf];
+  }
   return out;
 }
 
