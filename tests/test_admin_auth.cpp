@@ -142,6 +142,16 @@ TEST_CASE("admin_auth: the C API refuses an admin address beyond loopback withou
   CHECK_MESSAGE(rc == 0, error);
   CHECK(new_server({{"admin", "unix:/tmp/valve-test-admin.sock"}}).first == 0);
 
+  // The token itself in VALVE_ADMIN_TOKEN will do, checked as a file's would be.
+  setenv("VALVE_ADMIN_TOKEN", "s3cret-token-from-the-environment", 1);
+  std::tie(rc, error) = new_server({{"admin", "0.0.0.0:9000"}});
+  CHECK_MESSAGE(rc == 0, error);
+  setenv("VALVE_ADMIN_TOKEN", "two words", 1);
+  std::tie(rc, error) = new_server({{"admin", "127.0.0.1:9000"}});
+  CHECK(rc == VALVE_EINVALID);
+  CHECK(error.starts_with("VALVE_ADMIN_TOKEN: holds a space"));
+  unsetenv("VALVE_ADMIN_TOKEN");
+
   TempFile token("s3cret-token-0123456789\n");
   CHECK(new_server({{"admin", "0.0.0.0:9000"}, {"admin-token-file", token.path}}).first == 0);
   TempFile empty("\n");

@@ -14,6 +14,18 @@
 
 namespace valve {
 
+std::string admin_token_problem(std::string_view token) {
+  if (token.empty()) return "is empty: write the token in it (like openssl rand -hex 32)";
+  if (token.size() > kMaxAdminTokenSize)
+    return fmt::format("holds more than {} bytes: a token is one short line", kMaxAdminTokenSize);
+  for (char c : token) {
+    if (c < 0x21 || c > 0x7e)
+      return "holds a space, a control character or a second line: a token is one line of "
+             "visible ASCII";
+  }
+  return "";
+}
+
 std::optional<AdminToken> read_admin_token(const std::string &path, std::string *why) {
   auto fail = [why](std::string reason) -> std::optional<AdminToken> {
     if (why) *why = std::move(reason);
@@ -42,16 +54,7 @@ std::optional<AdminToken> read_admin_token(const std::string &path, std::string 
   ::close(fd);
   if (text.ends_with('\n')) text.pop_back();
   if (text.ends_with('\r')) text.pop_back();
-  if (text.empty()) return fail("is empty: write the token in it (like openssl rand -hex 32)");
-  if (text.size() > kMaxAdminTokenSize)
-    return fail(
-        fmt::format("holds more than {} bytes: a token is one short line", kMaxAdminTokenSize));
-  for (char c : text) {
-    if (c < 0x21 || c > 0x7e)
-      return fail(
-          "holds a space, a control character or a second line: a token is one line of "
-          "visible ASCII");
-  }
+  if (std::string problem = admin_token_problem(text); !problem.empty()) return fail(problem);
   AdminToken out;
   out.token = std::move(text);
   if (st.st_mode & S_IROTH) {

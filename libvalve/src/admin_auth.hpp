@@ -11,6 +11,9 @@
 
 namespace valve {
 
+// The environment variable that holds the token itself when admin-token-file is not set.
+inline constexpr const char *kAdminTokenVariable = "VALVE_ADMIN_TOKEN";
+
 // The longest token file read; a token is a few dozen bytes.
 inline constexpr size_t kMaxAdminTokenSize = 4096;
 
@@ -18,6 +21,10 @@ struct AdminToken {
   std::string token;
   std::string warning;  // set when the file is readable by every user, or the token is short
 };
+
+// What is wrong with a token ("is empty", "holds a space, ..."), or "" when it is fine: 1 to 4096
+// visible ASCII characters.
+std::string admin_token_problem(std::string_view token);
 
 // Reads the token from path: one trailing newline (\n or \r\n) is dropped; the rest must be 1 to
 // 4096 visible ASCII characters (no spaces). nullopt with *why ("is empty", "cannot read: ...").

@@ -135,7 +135,7 @@ namespace valve {
   XX("admin-token-file", admin_token_file, str, server, "",                                        \
      "a file holding the bearer token every admin request but /healthz and /readyz must send "     \
      "(Authorization: Bearer TOKEN); needed for an --admin address beyond loopback; read again "   \
-     "on each reload")                                                                             \
+     "on each reload; when empty, the token itself may be in $VALVE_ADMIN_TOKEN")                 \
   XX("access-log", access_log, str, server, "",                                                    \
      "log each request: - for stdout, or a file path (off when empty)")                            \
   XX("access-log-format", access_log_format, str, server, "text", "text or json")                  \

@@ -123,12 +123,22 @@ std::optional<std::string> Server::load_admin_token() {
   if (config_.admin.empty()) return std::nullopt;
   const std::string &file = config_.admin_token_file;
   if (file.empty()) {
+    // The token itself from the environment, as valvectl status/reload/scale take it (a
+    // Kubernetes Secret as a variable); never passed on to workers, which get an explicit
+    // environment.
+    if (const char *value = std::getenv(kAdminTokenVariable); value && *value) {
+      if (std::string problem = admin_token_problem(value); !problem.empty())
+        return fmt::format("{}: {}", kAdminTokenVariable, problem);
+      admin_->set_token(value);
+      admin_token_loaded_ = true;
+      return std::nullopt;
+    }
     auto address = parse_listen_address(config_.admin);
     if (address && !address->is_unix() && !is_loopback(*address))
       return fmt::format(
           "admin {}: beyond loopback the admin interface needs a bearer token: set "
-          "admin-token-file to a file holding one",
-          config_.admin);
+          "admin-token-file to a file holding one, or {} to the token",
+          config_.admin, kAdminTokenVariable);
     return std::nullopt;
   }
   std::string why;

@@ -917,6 +917,15 @@ class ValveTestCase(unittest.TestCase):
                 valve.wait_ready(ready, timeout=ready_timeout)
         return valve
 
+    def admin_token_file(self, prefix):
+        """A fresh random admin token and the path of a 0600 file holding it (--admin-token-file)."""
+        token = prefix + "-" + os.urandom(16).hex()
+        path = os.path.join(self.tmpdir, "admin-token")
+        with open(path, "w") as f:
+            f.write(token + "\n")
+        os.chmod(path, 0o600)
+        return token, path
+
     def start_backend_valve(self, *args, ready="/hello", backend_args=(), **kwargs):
         return self.start_valve("--cmd", backend_cmd(*backend_args), *args, ready=ready, **kwargs)
 

@@ -12,6 +12,7 @@ import subprocess
 import threading
 import time
 import unittest
+import unittest.mock
 
 import yaml
 
@@ -261,6 +262,21 @@ class AdminToken(ValveTestCase):
         challenge = response.header("WWW-Authenticate")
         self.assertTrue(challenge.startswith("Bearer "), challenge)
         self.assertEqual('error="invalid_token"' in challenge, invalid, challenge)
+
+    def test_the_token_from_the_environment(self):
+        # VALVE_ADMIN_TOKEN, as valvectl status/reload/scale read it, when no file is named; the
+        # workers (which get an explicit environment) never see it.
+        with unittest.mock.patch.dict(os.environ, {"VALVE_ADMIN_TOKEN": TOKEN}):
+            valve = self.start_backend_valve("--admin", "127.0.0.1:0")
+        self.assertRefused(valve.admin("GET", "/status"), invalid=False)
+        status = valve.admin("GET", "/status", headers={"Authorization": "Bearer " + TOKEN})
+        self.assertEqual(status.status, 200, status)
+        self.assertNotIn(TOKEN, status.text())
+        self.assertEqual(valve.admin("GET", "/healthz").status, 200)
+        for worker in status.json()["workers"]:
+            with open(f"/proc/{worker['pid']}/environ", "rb") as f:
+                self.assertNotIn(TOKEN.encode(), f.read())
+        self.assertNotIn(TOKEN, valve.log())
 
     def test_every_endpoint_but_the_probes_needs_the_token(self):
         valve = self.start_guarded()

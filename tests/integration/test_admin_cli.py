@@ -212,11 +212,7 @@ class AdminCli(ValveTestCase):
         self.assertIn("cannot connect", err)
 
     def test_status_reload_and_scale_send_the_token(self):
-        token = "cli-" + os.urandom(16).hex()
-        token_file = os.path.join(self.tmpdir, "admin-token")
-        with open(token_file, "w") as f:
-            f.write(token + "\n")
-        os.chmod(token_file, 0o600)
+        token, token_file = self.admin_token_file("cli")
         valve, address = self.start_admin_valve("--n-min", "1", "--n-max", "3",
                                                 "--admin-token-file", token_file)
         self.assertEqual(get_status(address, token=token)["generation"], 1)

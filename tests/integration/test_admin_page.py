@@ -198,11 +198,7 @@ class AdminPage(ValveTestCase):
         self.assertGreater(distinct, 32, "screenshot looks blank")
 
     def test_page_asks_for_the_token_and_sends_it_as_a_header(self):
-        token = "page-" + os.urandom(16).hex()
-        token_file = os.path.join(self.tmpdir, "admin-token")
-        with open(token_file, "w") as f:
-            f.write(token + "\n")
-        os.chmod(token_file, 0o600)
+        token, token_file = self.admin_token_file("page")
         valve = self.start_backend_valve("--n-min", "2", "--n-max", "3", "--admin", "127.0.0.1:0",
                                          "--admin-token-file", token_file,
                                          "--access-log", "-", "--log-level", "debug")
