@@ -181,7 +181,7 @@ def forward_problems(expect, requests, raw):
     if got.body != expect.body:
         problems.append(f"body {got.body[:40]!r}")
     for text in expect.not_in_raw:
-        if text in raw:
+        if text.lower() in raw.lower():
             problems.append(f"{text!r} passed on")
     return problems
 
