@@ -310,3 +310,10 @@ TEST_CASE("log: LogThrottle lets one line a period through and counts those it h
   CHECK(from_zero.allow(0, suppressed));  // a loop clock that starts at 0 logs the first too
   CHECK_FALSE(from_zero.allow(999, suppressed));
 }
+
+TEST_CASE("util: fnv1a64 gives FNV-1a's published 64-bit values, and continues a hash") {
+  static_assert(valve::fnv1a64("") == 0xcbf29ce484222325ull);
+  CHECK(valve::fnv1a64("a") == 0xaf63dc4c8601ec8cull);
+  CHECK(valve::fnv1a64("foobar") == 0x85944171f73967e8ull);
+  CHECK(valve::fnv1a64("bar", valve::fnv1a64("foo")) == valve::fnv1a64("foobar"));
+}

@@ -22,12 +22,7 @@ constexpr size_t kMaxKeyLength = 64;  // a longer key (a forged address) is hash
 // FNV-1a, 64 bits: a header's value (an API key) never shows in the status or the logs, and a key
 // of any length takes 16 bytes.
 std::string hashed(std::string_view tag, std::string_view text) {
-  uint64_t h = 14695981039346656037ull;
-  for (unsigned char c : text) {
-    h ^= c;
-    h *= 1099511628211ull;
-  }
-  return fmt::format("{}{:016x}", tag, h);
+  return fmt::format("{}{:016x}", tag, fnv1a64(text));
 }
 
 std::optional<size_t> forwarded_hops(std::string_view spec) {

@@ -13,13 +13,9 @@ namespace {
 
 // FNV-1a over the bytes, then splitmix64's finalizer to spread them over all 64 bits.
 uint64_t hash64(std::string_view a, std::string_view b) {
-  uint64_t h = 0xcbf29ce484222325ull;
-  auto feed = [&h](std::string_view s) {
-    for (unsigned char c : s) h = (h ^ c) * 0x100000001b3ull;
-  };
-  feed(a);
-  h = (h ^ 0xff) * 0x100000001b3ull;  // a separator no byte of a string can fake
-  feed(b);
+  uint64_t h = fnv1a64(a);
+  h = fnv1a64("\xff", h);  // a separator no byte of a string can fake
+  h = fnv1a64(b, h);
   h ^= h >> 30;
   h *= 0xbf58476d1ce4e5b9ull;
   h ^= h >> 27;

@@ -111,6 +111,13 @@ bool iequals(std::string_view a, std::string_view b);
 bool is_token(std::string_view s);
 std::string_view trim(std::string_view s);
 std::string random_hex(size_t bytes);
+
+// FNV-1a, 64 bits, over text's bytes, continuing from h (the offset basis, to start afresh).
+inline constexpr uint64_t kFnv1aBasis = 0xcbf29ce484222325ull;
+constexpr uint64_t fnv1a64(std::string_view text, uint64_t h = kFnv1aBasis) {
+  for (unsigned char c : text) h = (h ^ c) * 0x100000001b3ull;
+  return h;
+}
 std::string format_seconds(double s);
 std::string uv_message(int err);  // "address already in use (EADDRINUSE)"
 
