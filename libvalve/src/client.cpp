@@ -129,7 +129,9 @@ void ClientConn::on_read(ssize_t nread, const uv_buf_t *buf) {
     return;
   }
   if (nread < 0) {
-    if (nread == UV_EOF && current_ != nullptr && !closing_) {
+    // paused_ without current_: one answer is written and the next pipelined request is yet to be
+    // taken up (response_done's deferred step), so the client's end may fall between the two.
+    if (nread == UV_EOF && (current_ != nullptr || paused_) && !closing_) {
       // Half-closed after sending its request: answer it, then close.
       eof_ = true;
       reading_ = false;

@@ -1,6 +1,7 @@
 """HTTP/1.1 between clients, valve and workers, with the native backend as the worker: keep-alive,
 pipelining, streaming bodies, forwarded headers, and valve's own 4xx answers."""
 
+import concurrent.futures
 import os
 import socket
 import struct
@@ -88,6 +89,28 @@ class KeepAliveAndPipelining(ValveTestCase):
             with self.assertRaises(EOFError):
                 conn.read_response("POST")
         self.assertEqual(valve.get("/hello").status, 200)
+
+    def test_half_close_racing_the_answers_loses_no_request(self):
+        # The client's end may reach valve at any moment: while a request is at the worker, or
+        # between one answer and taking up the next pipelined request. Many clients, each ending
+        # a little later than the last, cover those moments; every request is still answered.
+        valve = self.start_backend_valve("-n", "2", "--n-min", "2")
+        request = b"".join(f"GET /echo?i={i} HTTP/1.1\r\nHost: valve.test\r\n\r\n".encode()
+                           for i in range(3))
+
+        def one(delay):
+            with socket.create_connection((valve.host, valve.port), timeout=15) as sock:
+                sock.sendall(request)
+                time.sleep(delay)
+                sock.shutdown(socket.SHUT_WR)
+                received = b""
+                while chunk := sock.recv(65536):
+                    received += chunk
+            return received.count(b"HTTP/1.1 200 ")
+
+        with concurrent.futures.ThreadPoolExecutor(10) as pool:
+            answered = list(pool.map(one, [0.0002 * (i % 50) for i in range(3000)]))
+        self.assertEqual([i for i, n in enumerate(answered) if n != 3], [])
 
     def test_head_has_no_body_and_keeps_the_connection_usable(self):
         valve = self.start_backend_valve("-n", "1")
