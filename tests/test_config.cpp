@@ -111,7 +111,7 @@ TEST_CASE("config: the defaults, spelled out independently of the table") {
       {"reap-orphans", "false"},
       {"notify", "false"},
       {"preload", "false"},
-      {"preload-spares", "1"},
+      {"preload-spares", "auto"},
   };
   Config c;
   CHECK(option_count() == std::size(expected));
@@ -172,6 +172,23 @@ TEST_CASE("config: the workers WebSockets may hold, by type unless set") {
   CHECK(c.set("tunnel-idle-timeout", "-1"));
   REQUIRE_FALSE(c.set("tunnel-ping-interval", "500ms"));
   CHECK(c.tunnel_ping_interval == 0.5);
+}
+
+TEST_CASE("config: preload-spares is auto or a number up to 64") {
+  Config c;
+  CHECK_FALSE(c.fixed_preload_spares().has_value());  // auto
+  REQUIRE_FALSE(c.set("preload-spares", "9"));
+  CHECK(c.fixed_preload_spares() == 9u);
+  REQUIRE_FALSE(c.set("preload-spares", "0"));
+  CHECK(c.fixed_preload_spares() == 0u);
+  REQUIRE_FALSE(c.set("preload-spares", "auto"));
+  CHECK_FALSE(c.fixed_preload_spares().has_value());
+  for (const char *bad : {"65", "-1", "many", ""}) {
+    auto err = c.set("preload-spares", bad);
+    REQUIRE(err.has_value());
+    CHECK(err->find("preload-spares") != std::string::npos);
+    CHECK(err->find("expected auto or a number from 0 to 64") != std::string::npos);
+  }
 }
 
 TEST_CASE("config: option_key lists each option once, in table order, then nullptr") {

@@ -1,4 +1,4 @@
-// spawn_policy.hpp: how many workers to launch, and the crash-loop backoff.
+// spawn_policy.hpp: how many workers to launch, the crash-loop backoff, and how many spares to keep.
 #include "spawn_policy.hpp"
 
 #include <doctest/doctest.h>
@@ -7,7 +7,9 @@
 #include <climits>
 #include <string>
 
+using valve::DemandWindow;
 using valve::PoolCounts;
+using valve::spare_target;
 using valve::workers_to_launch;
 
 namespace {
@@ -108,4 +110,35 @@ TEST_CASE("spawn_policy: crash_backoff_seconds doubles from 0.5 s up to 30 s") {
   CHECK(valve::crash_backoff_seconds(UINT_MAX) == 30.0);
   for (unsigned f = 1; f < 64; ++f)
     CHECK(valve::crash_backoff_seconds(f) >= valve::crash_backoff_seconds(f - 1));
+}
+
+TEST_CASE("spawn_policy: DemandWindow keeps the peak of the last 5 minutes, unknown before") {
+  const uint64_t t0 = 1'000'000;  // 10 s buckets: [t0, t0 + 10 s) is one
+  DemandWindow w(t0);
+  w.observe(t0 + 1'000, 4);
+  w.observe(t0 + 12'000, 9);
+  w.observe(t0 + 25'000, 2);
+  w.observe(t0 + 35'000, 7);
+  CHECK_FALSE(w.peak(t0 + 20'000).has_value());  // a whole window has not passed yet
+  CHECK(w.peak(t0 + 300'000) == 9u);  // the first bucket is 5 minutes old: gone
+  CHECK(w.peak(t0 + 310'000) == 7u);
+  CHECK(w.peak(t0 + 330'000) == 0u);
+  // The bucket of t0 + 35 s is used again 5 minutes later: it starts from nothing.
+  w.observe(t0 + 331'000, 3);
+  CHECK(w.peak(t0 + 331'000) == 3u);
+}
+
+TEST_CASE("spawn_policy: spare_target") {
+  const size_t plenty = 1000;
+  // Nothing seen yet: every worker n-max still allows, bounded by what memory affords.
+  CHECK(spare_target(10, 1, std::nullopt, plenty) == 9);
+  CHECK(spare_target(10, 1, std::nullopt, 4) == 4);
+  // The recent peak plus one, over the workers alive.
+  CHECK(spare_target(10, 2, 5, plenty) == 4);
+  CHECK(spare_target(10, 6, 5, plenty) == 1);  // at least one while there is room
+  CHECK(spare_target(10, 1, 0, plenty) == 1);
+  CHECK(spare_target(10, 8, 20, plenty) == 2);  // never past n-max
+  CHECK(spare_target(10, 10, 20, plenty) == 0);
+  CHECK(spare_target(3, 5, std::nullopt, plenty) == 0);  // more alive than n-max (a reload)
+  CHECK(spare_target(10, 1, 5, 0) == 0);                 // no memory to spare
 }

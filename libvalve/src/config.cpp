@@ -196,6 +196,9 @@ std::optional<std::string> Config::check(std::string_view key) const {
   if (key == "client-key" && !valid_client_key_spec(client_key))
     return fmt::format("client-key {}: expected ip, header:NAME or forwarded:N (N from 1 to 32)",
                        quote_if_empty(client_key));
+  if (key == "preload-spares" && preload_spares != "auto" && !fixed_preload_spares())
+    return fmt::format("preload-spares {}: expected auto or a number from 0 to {}",
+                       quote_if_empty(preload_spares), kMaxPreloadSpares);
   if (key == "priority-header" && !priority_header.empty() &&
       priority_header.find_first_of(" \t:()<>@,;\\\"/[]?={}") != std::string::npos)
     return fmt::format("priority-header {}: expected a header name", priority_header);
@@ -265,6 +268,12 @@ uint64_t Config::tunnel_workers() const {
   // A plumber worker holding a WebSocket serves nothing else (concurrency 1): one is kept for plain
   // requests. A Shiny worker serves its sessions' requests beside their WebSockets.
   return shiny() || n_max <= 1 ? n_max : n_max - 1;
+}
+
+std::optional<unsigned> Config::fixed_preload_spares() const {
+  auto n = parse_uint(preload_spares);
+  if (!n || *n > kMaxPreloadSpares) return std::nullopt;
+  return static_cast<unsigned>(*n);
 }
 
 nlohmann::ordered_json Config::to_json_value() const {

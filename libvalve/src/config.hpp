@@ -153,10 +153,15 @@ namespace valve {
   XX("preload", preload, bool, app, "false",                                                       \
      "load the API once in a template R process and fork each worker from it: workers start in "  \
      "milliseconds and share the template's memory")                                              \
-  XX("preload-spares", preload_spares, uint, app, "1",                                             \
+  XX("preload-spares", preload_spares, str, app, "auto",                                           \
      "with --preload, workers forked ahead of demand and kept waiting, so that the next ones "     \
-     "serve within milliseconds; each holds only the memory it wrote (about 12 MB)")
+     "serve within milliseconds; each holds only the memory it wrote (about 12 MB). auto: as "     \
+     "many as recent demand may need (all n-max would launch until 5 minutes have been seen), "    \
+     "within n-max and memory; or a fixed number, 0 to 64")
 // clang-format on
+
+// The most spares a preload template keeps (preload_helper.c's MAX_SPARES).
+constexpr unsigned kMaxPreloadSpares = 64;
 
 struct Config {
   // Each kind's C++ type, for the members the table declares.
@@ -194,6 +199,8 @@ struct Config {
   // The workers WebSockets may hold in force: tunnel-workers-max, or when 0 the default for the
   // type (at least 1).
   uint64_t tunnel_workers() const;
+  // preload-spares as a fixed number; nullopt for auto.
+  std::optional<unsigned> fixed_preload_spares() const;
   bool shiny() const { return type == "shiny"; }
 
  private:

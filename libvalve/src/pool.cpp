@@ -27,6 +27,7 @@ constexpr unsigned kStartupAttempts = 3;  // failed launches, none ever ready: s
 constexpr int kExitPlumberMissing = 78;   // set by the R bootstrap script
 constexpr uint64_t kStableMs = 10000;     // a worker up this long after ready ends a crash loop
 constexpr double kMonitorSeconds = 1;     // how often resident memory is read
+constexpr uint64_t kSpareBytes = 16 << 20;  // what a spare may cost (about 12 MB: it wrote that)
 }  // namespace
 
 Pool::Pool(Context &ctx, Observer &observer, const Config &config, std::string name,
@@ -518,6 +519,7 @@ std::vector<std::pair<std::string, size_t>> Pool::count_states() const {
 
 void Pool::launch_needed() {
   if (terminating_) return;
+  update_spares();
   PoolCounts c;
   c.n_max = config_.n_max;
   c.concurrency = config_.concurrency();
@@ -590,6 +592,27 @@ void Pool::launch_one() {
   workers_.push_back(std::move(w));
 }
 
+void Pool::update_spares() {
+  if (!preloader_ || terminating_) return;
+  size_t alive = 0, demand = queue_.size();
+  for (auto &w : workers_) {
+    demand += w->in_flight();
+    alive += is_current(*w) && (w->state() == Worker::State::starting ||
+                                w->state() == Worker::State::ready);
+  }
+  uint64_t now = monotonic_ms();
+  demand_.observe(now, demand);
+  if (auto fixed = config_.fixed_preload_spares()) return preloader_->set_spares(*fixed);
+  if (affordable_at_ms_ == 0 || now - affordable_at_ms_ >= DemandWindow::kBucketMs) {
+    affordable_at_ms_ = now;
+    affordable_spares_ = kMaxPreloadSpares;
+    if (auto bytes = available_memory_bytes())
+      affordable_spares_ = std::min<size_t>(affordable_spares_, *bytes / 8 / kSpareBytes);
+  }
+  preloader_->set_spares(
+      spare_target(config_.n_max, alive, demand_.peak(now), affordable_spares_));
+}
+
 void Pool::retire_idle() {
   if (terminating_) return;
   uint64_t now = monotonic_ms();
@@ -609,6 +632,7 @@ void Pool::retire_idle() {
     w->stop(fmt::format("unused for {} s", (now - w->last_used_ms()) / 1000));
     --alive;
   }
+  update_spares();  // demand seen long enough ago no longer counts
 }
 
 void Pool::terminate() {

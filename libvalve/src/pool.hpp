@@ -18,6 +18,7 @@
 #include "preloader.hpp"
 #include "reload.hpp"
 #include "sandbox.hpp"
+#include "spawn_policy.hpp"
 #include "util.hpp"
 #include "worker.hpp"
 
@@ -154,6 +155,8 @@ class Pool final : public Worker::Owner, public Preloader::Owner {
   void assign(Worker &w, Request &req);
   void drain_queue();
   void launch_needed();
+  // Tells the preloader how many spares to keep: --preload-spares, or by recent demand.
+  void update_spares();
   void launch_one();
   // Delays the next launch by the crash-loop backoff for failures_; returns the delay.
   double back_off();
@@ -190,6 +193,9 @@ class Pool final : public Worker::Owner, public Preloader::Owner {
   LogThrottle full_queue_log_;   // "queue full" once a second at most
   uint64_t generation_ = 1;
   size_t owed_ = 0;  // replacements still to launch for workers awaiting them
+  DemandWindow demand_{monotonic_ms()};  // recent peaks, for --preload-spares auto
+  uint64_t affordable_at_ms_ = 0;        // when affordable_spares_ was last measured
+  size_t affordable_spares_ = 0;         // spares an eighth of the available memory holds
   Reload reload_;
   uint64_t reload_generation_ = 1;         // the generation the last reload started
   uint64_t previous_generation_ = 1;       // the one serving before it, restored if it fails

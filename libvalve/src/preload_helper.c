@@ -5,12 +5,15 @@
 // (R_TempDir) is found with dlsym. Built without sanitizers: it runs inside a stock R.
 //
 // Protocol on the control socket (SOCK_SEQPACKET, one message a packet, text):
-//   valve -> template  "fork ID PATH" with the worker's stdout and stderr (SCM_RIGHTS)
+//   valve -> template  "fork ID PATH" with the worker's stdout and stderr (SCM_RIGHTS),
+//                      "spares N" (keep N spares from now on)
 //   template -> valve  "ready PID", "forked ID PID", "failed ID ERRNO", "exit ID PID WAITSTATUS",
 //                      "spare PID" (a spare was forked), "parked PID" (it is warm and waits),
-//                      "lost PID" (a spare died unassigned)
+//                      "lost PID" (a spare died unassigned), "dropped PID" (a spare past the
+//                      number valve asked for was killed)
 //
-// Spares: the template keeps VALVE_PRELOAD_SPARES children forked ahead of demand. Each starts
+// Spares: the template keeps VALVE_PRELOAD_SPARES children forked ahead of demand, or as many as
+// valve's last "spares N" said (valve follows recent demand with it). Each starts
 // its HTTP server on a socket of its own (VALVE_SPARE_DIR/spare-PID.sock), answers two requests
 // of its own and parks in valve_spare_wait(). A "fork" is then handed to the oldest spare over a
 // socketpair (the same text and descriptors), and the spare renames its socket to the worker's
@@ -62,6 +65,7 @@ struct spare {
 static struct spare spares[MAX_SPARES];
 static int n_spares;
 static int spares_failed;  // a spare died unassigned: fork on demand from then on
+static int spares_wanted = -1;  // from "spares N"; -1: VALVE_PRELOAD_SPARES
 static struct spare self_spare = {.fd = -1};
 
 static void send_text(int ctl, const char *text) {
@@ -207,8 +211,8 @@ static int received_fds(struct msghdr *msg, int fds[2]) {
 
 // Receives one "fork ID PATH" message and its two pipes from fd (valve's control socket, or a
 // spare's end of its socketpair) into buf. 1: a well-formed one (*worker, buf + *path_at, pipes);
-// 0: a malformed one (its descriptors closed, *worker what could be read); -1: the peer is gone;
-// -2: nothing to read (EINTR, EAGAIN).
+// 0: a malformed one (its descriptors closed, *worker what could be read); 2: "spares N" (N in
+// *worker); -1: the peer is gone; -2: nothing to read (EINTR, EAGAIN).
 static int receive_fork(int fd, char *buf, size_t size, size_t path_cap, int pipes[2], int *worker,
                         int *path_at) {
   union {
@@ -227,6 +231,11 @@ static int receive_fork(int fd, char *buf, size_t size, size_t path_cap, int pip
   int got = received_fds(&msg, pipes);
   *worker = 0;
   *path_at = 0;
+  int wanted;
+  if (got == 0 && sscanf(buf, "spares %d", &wanted) == 1 && wanted >= 0) {
+    *worker = wanted;
+    return 2;
+  }
   if (got != 2 || sscanf(buf, "fork %d %n", worker, path_at) != 1 || *worker <= 0 ||
       *path_at == 0 || strlen(buf + *path_at) > path_cap) {
     for (int i = 0; i < got; ++i) close(pipes[i]);
@@ -294,7 +303,7 @@ static int hand_to_spare(int ctl, const char *text, int pipes[2], int worker) {
 static int fork_spares(int ctl, int lifeline, char **socket_path, size_t path_cap, int *seed) {
   const char *dir = getenv("VALVE_SPARE_DIR");
   const char *want_text = getenv("VALVE_PRELOAD_SPARES");
-  int want = want_text ? atoi(want_text) : 0;
+  int want = spares_wanted >= 0 ? spares_wanted : want_text ? atoi(want_text) : 0;
   if (want > MAX_SPARES) want = MAX_SPARES;
   if (!dir || !*dir) return 0;
   for (int i = 0; i < n_spares; ++i) {
@@ -335,6 +344,21 @@ static int fork_spares(int ctl, int lifeline, char **socket_path, size_t path_ca
     send_text(ctl, msg);
   }
   return 0;
+}
+
+// Valve asked for `want` spares: those past it are killed, the newest first (the least warm).
+// The template reaps them; valve ignores the exit of a pid that is none of its workers.
+static void keep_spares(int ctl, int want) {
+  spares_wanted = want > MAX_SPARES ? MAX_SPARES : want;
+  while (n_spares > spares_wanted) {
+    struct spare *last = &spares[--n_spares];
+    close(last->fd);
+    unlink(last->path);
+    kill(last->pid, SIGKILL);
+    char msg[32];
+    snprintf(msg, sizeof msg, "dropped %d", (int)last->pid);
+    send_text(ctl, msg);
+  }
 }
 
 // A warming spare wrote to its end of the socketpair (or closed it): it is parked.
@@ -405,6 +429,10 @@ EXPORT void valve_template_serve(int *ctl_fd, int *lifeline_fd, int *id, char **
     int got = receive_fork(ctl, buf, sizeof buf, path_cap, pipes, &worker, &path_at);
     if (got == -2) continue;
     if (got == -1) return;  // valve closed the channel (or is gone): the template ends
+    if (got == 2) {
+      keep_spares(ctl, worker);
+      continue;
+    }
     if (got == 0) {
       char reply[64];
       snprintf(reply, sizeof reply, "failed %d %d", worker, EINVAL);
@@ -490,7 +518,7 @@ EXPORT void valve_spare_wait(int *id, char **socket_path) {
     int worker, path_at;
     int got = receive_fork(self_spare.fd, buf, sizeof buf, path_cap, pipes, &worker, &path_at);
     if (got == -2) continue;
-    if (got <= 0) return;  // the template is gone (a malformed message: it checked it first)
+    if (got != 1) return;  // the template is gone (a malformed message: it checked it first)
     close(self_spare.fd);
     self_spare.fd = -1;
     become_worker(pipes[0], pipes[1]);

@@ -141,8 +141,10 @@ class Template {
     }
   };
 
-  Template(Preloader &owner, uint64_t generation, SpawnSpec spec, unsigned deaths)
-      : owner_(owner),
+  Template(Preloader &owner, uint64_t generation, SpawnSpec spec, unsigned deaths, size_t spares)
+      : wanted_spares_(spares),
+        told_spares_(spares),
+        owner_(owner),
         pool_(owner.owner()),
         generation_(generation),
         spec_(std::move(spec)),
@@ -245,6 +247,14 @@ class Template {
     pool_.context().stats().template_launches++;
     pool_.context().log().info("{} launched: loading {}", label(), pool_.api_file());
     return 0;
+  }
+
+  // Keep n spares from now on (the template was started with `spares` in its environment).
+  void want_spares(size_t n) {
+    wanted_spares_ = n;
+    if (state_ != State::ready || n == told_spares_ || ctl_ < 0) return;
+    std::string text = fmt::format("spares {}", n);
+    if (send(ctl_, text.data(), text.size(), MSG_DONTWAIT | MSG_NOSIGNAL) >= 0) told_spares_ = n;
   }
 
   void request(Worker &w, const SpawnSpec &spec) {
@@ -398,8 +408,11 @@ class Template {
       for (auto &[wid, p] : pending_) {
         if (!p.sent) send_fork(wid, p);
       }
+      want_spares(wanted_spares_);
     } else if (sscanf(msg, "spare %d", &pid) == 1) {
       spares_.push_back({pid, false});
+    } else if (sscanf(msg, "dropped %d", &pid) == 1) {
+      forget_spare(pid);
     } else if (sscanf(msg, "parked %d", &pid) == 1) {
       for (Spare &s : spares_) {
         if (s.pid == pid) s.parked = true;
@@ -447,6 +460,8 @@ class Template {
     }
   }
 
+  size_t wanted_spares_;  // what the pool last asked for
+  size_t told_spares_;    // what the template was last told
   Preloader &owner_;
   Preloader::Owner &pool_;
   uint64_t generation_;
@@ -522,6 +537,11 @@ Template *Preloader::find(uint64_t generation) {
   return nullptr;
 }
 
+void Preloader::set_spares(size_t n) {
+  spares_ = n;
+  if (Template *t = find(pool_.generation())) t->want_spares(n);
+}
+
 bool Preloader::fork(Worker &w, const SpawnSpec &spec) {
   if (terminating_) return false;
   if (!checked_) {
@@ -542,8 +562,8 @@ bool Preloader::fork(Worker &w, const SpawnSpec &spec) {
     set_variable(tspec.env, "VALVE_TEMPLATE", "1");
     set_variable(tspec.env, "VALVE_PRELOAD_HELPER", helper_path_);
     set_variable(tspec.env, "VALVE_SPARE_DIR", pool_.context().runtime_dir());
-    set_variable(tspec.env, "VALVE_PRELOAD_SPARES", std::to_string(pool_.config().preload_spares));
-    auto fresh = std::make_unique<Template>(*this, w.generation(), std::move(tspec), 0);
+    set_variable(tspec.env, "VALVE_PRELOAD_SPARES", std::to_string(spares_));
+    auto fresh = std::make_unique<Template>(*this, w.generation(), std::move(tspec), 0, spares_);
     if (int rc = fresh->start(); rc != 0) {
       plain_generations_.insert(w.generation());
       pool_.context().stats().fork_fallbacks++;
@@ -604,7 +624,9 @@ void Preloader::on_template_exit(Template &t, int wait_status) {
                                "forking a worker in between",
                                gen, deaths));
     } else {
-      auto fresh = std::make_unique<Template>(*this, gen, t.spec(), deaths);
+      SpawnSpec spec = t.spec();
+      set_variable(spec.env, "VALVE_PRELOAD_SPARES", std::to_string(spares_));
+      auto fresh = std::make_unique<Template>(*this, gen, std::move(spec), deaths, spares_);
       if (int rc = fresh->start(); rc != 0) {
         fall_back(t, fmt::format("cannot relaunch the template for generation {}: {}", gen,
                                  uv_message(rc)));

@@ -75,6 +75,9 @@ class Preloader {
   // plain launch's spec). Then w.on_forked() or w.on_fork_failed() follows, never from inside
   // fork(). False when w's generation launches plainly (its template failed): launch it so.
   bool fork(Worker &w, const SpawnSpec &spec);
+  // The spares the serving generation's template keeps from now on (--preload-spares, or what
+  // recent demand asks for).
+  void set_spares(size_t n);
   // w no longer wants the fork it asked for (it was stopped first).
   void cancel(Worker &w);
   // valve reaped a child (SIGCHLD): true if it was a template.
@@ -116,6 +119,7 @@ class Preloader {
   std::string script_path_;
   std::string helper_path_;
   bool terminating_ = false;
+  size_t spares_ = 0;  // what set_spares() last said
   struct EndingSpare;
   std::list<std::unique_ptr<EndingSpare>> ending_spares_;
 };

@@ -300,14 +300,27 @@ std::string describe_exit(int status) {
   return fmt::format("ended with wait status {}", status);
 }
 
-std::optional<uint64_t> read_pss_bytes(pid_t pid) {
-  std::ifstream in(fmt::format("/proc/{}/smaps_rollup", pid));
+namespace {
+// The bytes of a "NAME: N kB" line of a /proc file; nullopt when there is none.
+std::optional<uint64_t> read_kb_line(const std::string &path, std::string_view name) {
+  std::ifstream in(path);
   std::string line;
   while (std::getline(in, line)) {
+    if (!line.starts_with(name) || line.size() <= name.size() || line[name.size()] != ':')
+      continue;
     unsigned long kb = 0;
-    if (sscanf(line.c_str(), "Pss: %lu kB", &kb) == 1) return uint64_t{kb} * 1024;
+    if (sscanf(line.c_str() + name.size() + 1, " %lu kB", &kb) == 1) return uint64_t{kb} * 1024;
   }
   return std::nullopt;
+}
+}  // namespace
+
+std::optional<uint64_t> read_pss_bytes(pid_t pid) {
+  return read_kb_line(fmt::format("/proc/{}/smaps_rollup", pid), "Pss");
+}
+
+std::optional<uint64_t> available_memory_bytes() {
+  return read_kb_line("/proc/meminfo", "MemAvailable");
 }
 
 std::vector<std::string> current_environment() {

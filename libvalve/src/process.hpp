@@ -74,6 +74,8 @@ std::string describe_exit(int wait_status);
 // A process's proportional set size from /proc/PID/smaps_rollup (shared pages divided among the
 // processes sharing them); nullopt when it cannot be read.
 std::optional<uint64_t> read_pss_bytes(pid_t pid);
+// The memory the kernel says is available for new work (MemAvailable); nullopt if unknown.
+std::optional<uint64_t> available_memory_bytes();
 
 // Environment of this process as KEY=VALUE strings.
 std::vector<std::string> current_environment();

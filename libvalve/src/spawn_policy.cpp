@@ -20,6 +20,35 @@ size_t workers_to_launch(const PoolCounts &c) {
   return std::min(room, std::max(for_queue, for_min));
 }
 
+void DemandWindow::observe(uint64_t now_ms, size_t demand) {
+  uint64_t epoch = now_ms / kBucketMs + 1;
+  size_t i = epoch % kBuckets;
+  if (epoch_[i] != epoch) {
+    epoch_[i] = epoch;
+    peak_[i] = 0;
+  }
+  peak_[i] = std::max(peak_[i], demand);
+}
+
+std::optional<size_t> DemandWindow::peak(uint64_t now_ms) const {
+  if (now_ms < began_ms_ + kBuckets * kBucketMs) return std::nullopt;
+  uint64_t epoch = now_ms / kBucketMs + 1;
+  size_t most = 0;
+  for (size_t i = 0; i < kBuckets; ++i) {
+    if (epoch_[i] + kBuckets > epoch) most = std::max(most, peak_[i]);
+  }
+  return most;
+}
+
+size_t spare_target(size_t n_max, size_t alive, std::optional<size_t> recent_peak,
+                    size_t affordable) {
+  if (alive >= n_max) return 0;
+  size_t room = n_max - alive;
+  size_t wanted = room;
+  if (recent_peak) wanted = *recent_peak + 1 > alive ? *recent_peak + 1 - alive : 1;
+  return std::min({room, std::max<size_t>(wanted, 1), affordable});
+}
+
 double crash_backoff_seconds(unsigned failures) {
   if (failures == 0) return 0;
   return std::min(30.0, 0.5 * std::pow(2.0, static_cast<double>(std::min(failures, 16u) - 1)));

@@ -155,6 +155,31 @@ class Preload(ValveTestCase):
         self.assertEqual(proc_info(fourth["pid"]).ppid, template["pid"])
         self.assertEqual(self.spare_pids(valve), [])
 
+    def test_auto_spares_cover_what_n_max_allows_and_follow_it(self):
+        # Until five minutes of demand have been seen, auto keeps a spare for each worker n-max
+        # still allows (valve-rs's cold spike: -n 10, one worker up, ten requests at once).
+        valve = self.start_preload("--n-min", "1", "-n", "4")
+        self.ready_workers(valve, 1)
+        template = self.template(valve)
+        first = self.spares(valve, 3)
+        # Fewer workers allowed: the spares past them are killed, the newest first.
+        self.assertEqual(valve.admin("POST", "/scale?n-max=2").status, 200)
+        kept = self.spares(valve, 1)
+        self.assertEqual(kept, first[:1])
+        for pid in first[1:]:
+            wait_until(lambda: not is_alive(pid), 10, message=f"dropped spare {pid} gone")
+        self.assertEqual(valve.get("/hello").status, 200)
+        # More allowed again: spares are forked up to the new room, by the same template.
+        self.assertEqual(valve.admin("POST", "/scale?n-max=5").status, 200)
+        grown = self.spares(valve, 4)
+        self.assertEqual(grown[0], kept[0])
+        self.assertTrue(all(proc_info(p).ppid == template["pid"] for p in grown))
+        # A spike takes them as workers; none is forked past n-max.
+        self.assertEqual(valve.admin("POST", "/scale?n-min=5").status, 200)
+        workers = self.ready_workers(valve, 5)
+        self.assertLessEqual(set(grown), {w["pid"] for w in workers})
+        self.assertEqual(self.spare_pids(valve), [])
+
     def test_a_killed_forked_worker_is_seen_at_once_and_replaced(self):
         valve = self.start_preload("--n-min", "2", "-n", "2")
         victim, other = self.ready_workers(valve, 2)
@@ -203,7 +228,7 @@ class Preload(ValveTestCase):
 
     def test_a_template_that_cannot_load_falls_back_to_plain_launches(self):
         open(os.path.join(self.tmpdir, "no-template"), "w").close()
-        valve = self.start_preload("--n-min", "2", "-n", "2")
+        valve = self.start_preload("--n-min", "2", "-n", "2", "--preload-spares", "1")
         workers = self.ready_workers(valve, 2)
         valve.wait_log(r"preload: generation 1 launches workers plainly: the template for "
                        r"generation 1 \(pid \d+\) exited with status 1 before it loaded the API")
@@ -266,7 +291,7 @@ class Preload(ValveTestCase):
         self.assertEqual(valve.get("/hello").json()["version"], "v3")
 
     def test_nothing_outlives_a_sigkilled_valvectl(self):
-        valve = self.start_preload("--n-min", "2", "-n", "2")
+        valve = self.start_preload("--n-min", "2", "-n", "2", "--preload-spares", "1")
         workers = self.ready_workers(valve, 2)
         template = self.template(valve)
         pids = [w["pid"] for w in workers] + [template["pid"]] + self.spares(valve, 1)
