@@ -1,6 +1,7 @@
 // admin_auth.hpp: the token file, the Authorization header, the comparison, loopback; and the C
 // API's refusal of an admin address beyond loopback without a token.
 #include "admin_auth.hpp"
+#include "util.hpp"
 
 #include <doctest/doctest.h>
 #include <sys/stat.h>
@@ -107,8 +108,18 @@ TEST_CASE("admin_auth: loopback addresses") {
   CHECK_FALSE(loopback("10.0.0.5:9000"));
   CHECK_FALSE(loopback("128.0.0.1:9000"));
   CHECK_FALSE(loopback("[::]:9000"));
-  CHECK_FALSE(loopback("[::ffff:127.0.0.1]:9000"));
+  // 127.x mapped into IPv6 reaches only this machine, as a client of a dual-stack listener does.
+  CHECK(loopback("[::ffff:127.0.0.1]:9000"));
+  CHECK_FALSE(loopback("[::ffff:10.0.0.1]:9000"));
   CHECK_FALSE(loopback("unix:/tmp/admin.sock"));
+}
+
+TEST_CASE("util: is_loopback_ip, for listen addresses and peers alike") {
+  for (const char *ip : {"127.0.0.1", "127.1.2.3", "::1", "::ffff:127.0.0.2"})
+    CHECK_MESSAGE(valve::is_loopback_ip(ip), ip);
+  for (const char *ip : {"10.0.0.1", "128.0.0.1", "::", "::2", "::ffff:10.0.0.1", "::127.0.0.1",
+                         "unknown", "", "127.0.0.1 ", "localhost"})
+    CHECK_FALSE_MESSAGE(valve::is_loopback_ip(ip), ip);
 }
 
 namespace {

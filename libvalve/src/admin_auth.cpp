@@ -93,12 +93,7 @@ bool tokens_equal(std::string_view given, std::string_view expected) {
 }
 
 bool is_loopback(const ListenAddress &address) {
-  if (address.is_unix()) return false;
-  in_addr v4{};
-  if (inet_pton(AF_INET, address.host.c_str(), &v4) == 1) return (ntohl(v4.s_addr) >> 24) == 127;
-  in6_addr v6{};
-  if (inet_pton(AF_INET6, address.host.c_str(), &v6) == 1) return IN6_IS_ADDR_LOOPBACK(&v6);
-  return false;
+  return !address.is_unix() && is_loopback_ip(address.host);
 }
 
 }  // namespace valve

@@ -72,8 +72,7 @@ int ClientConn::accept(uv_stream_t *listener) {
     }
   }
   peer_ip_ = ip;
-  std::string_view v = peer_ip_;
-  peer_trusted_ = v.starts_with("127.") || v == "::1" || v.starts_with("::ffff:127.");
+  peer_trusted_ = is_loopback_ip(peer_ip_);
   timer_.start(ctx_.config().header_timeout);
   set_block(kBody, false);
   return 0;

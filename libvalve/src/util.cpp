@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
@@ -245,6 +246,18 @@ std::string format_seconds(double s) { return fmt::format("{}", s); }  // shorte
 
 std::string uv_message(int err) {
   return fmt::format("{} ({})", uv_strerror(err), uv_err_name(err));
+}
+
+bool is_loopback_ip(std::string_view ip) {
+  char text[INET6_ADDRSTRLEN] = {};
+  if (ip.size() >= sizeof text) return false;
+  ip.copy(text, ip.size());
+  in_addr v4{};
+  if (inet_pton(AF_INET, text, &v4) == 1) return (ntohl(v4.s_addr) >> 24) == 127;
+  in6_addr v6{};
+  if (inet_pton(AF_INET6, text, &v6) != 1) return false;
+  if (IN6_IS_ADDR_LOOPBACK(&v6)) return true;
+  return IN6_IS_ADDR_V4MAPPED(&v6) && v6.s6_addr[12] == 127;
 }
 
 }  // namespace valve

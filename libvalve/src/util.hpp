@@ -112,6 +112,10 @@ bool is_token(std::string_view s);
 std::string_view trim(std::string_view s);
 std::string random_hex(size_t bytes);
 
+// An IP address (text, as uv_ip4_name/uv_ip6_name or a listen address write it) of this machine's
+// loopback: 127.0.0.0/8, ::1, or 127.x mapped into IPv6 (::ffff:127.0.0.1).
+bool is_loopback_ip(std::string_view ip);
+
 // FNV-1a, 64 bits, over text's bytes, continuing from h (the offset basis, to start afresh).
 inline constexpr uint64_t kFnv1aBasis = 0xcbf29ce484222325ull;
 constexpr uint64_t fnv1a64(std::string_view text, uint64_t h = kFnv1aBasis) {
