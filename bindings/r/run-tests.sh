@@ -2,7 +2,8 @@
 # Installs the R package from a copy in the build tree (R CMD INSTALL compiles inside the package
 # directory, and the source tree stays clean) into $VALVE_R_LIB, then runs the testthat suite
 # (`run-tests.sh test`), examples/embed.R (`run-tests.sh example`) or examples/model's tests,
-# written with the package's test client (`run-tests.sh model`). R runs without
+# written with the package's test client (`run-tests.sh model`), or nothing (`run-tests.sh
+# install`, what scripts/install-r-package runs). R runs without
 # LD_LIBRARY_PATH: the package must find libvalve through the rpath its Makevars sets.
 set -eu
 mode=${1:-test}
@@ -21,6 +22,7 @@ mkdir -p "$VALVE_R_LIB"
 R CMD INSTALL --no-test-load --no-multiarch -l "$VALVE_R_LIB" "$stage/valve"
 
 case "$mode" in
+  install) ;;
   test)
     cd "$stage/valve/tests/testthat"
     env -u LD_LIBRARY_PATH $host Rscript --vanilla -e '
@@ -41,7 +43,7 @@ case "$mode" in
       'testthat::test_dir("examples/model/tests/testthat", stop_on_failure = TRUE)'
     ;;
   *)
-    echo "usage: $0 [test|example|model]" >&2
+    echo "usage: $0 [test|example|model|install]" >&2
     exit 2
     ;;
 esac
