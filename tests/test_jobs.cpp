@@ -90,8 +90,9 @@ TEST_CASE("jobs: the bound on how many are kept") {
   table.finish(a, answer(200, "x"), 1000);
   CHECK(table.refusal(4000, &retry));
   CHECK(retry == 7);  // a's answer expires at 11 s
-  CHECK(table.remove(a.id));
-  CHECK_FALSE(table.remove(a.id));
+  std::string id = a.id;  // a goes with it
+  CHECK(table.remove(id));
+  CHECK_FALSE(table.remove(id));
   CHECK_FALSE(table.refusal(4000, &retry));
   JobTable off(limits(0, 0, 10));
   CHECK(off.refusal(0, &retry));
@@ -115,8 +116,9 @@ TEST_CASE("jobs: the bound on stored bytes") {
   auto why = table.refusal(0, &retry);
   REQUIRE(why);
   CHECK(why->find("jobs-max-bytes") != std::string::npos);
-  table.remove(a.id);
-  table.remove(b.id);
+  std::string a_id = a.id, b_id = b.id;
+  table.remove(a_id);
+  table.remove(b_id);
   CHECK(table.stored_bytes() == 0);
   JobTable unbounded(limits(10, 0, 10));
   CHECK(unbounded.room() == UINT64_MAX);

@@ -164,7 +164,10 @@ JobService::JobService(Context &ctx, Proxy::Host &server)
       table_(limits_from(ctx.config())),
       expiry_timer_(ctx.loop(), [this] { expire(); }) {}
 
-JobService::~JobService() = default;
+JobService::~JobService() {
+  // A job's proxy still there when the server goes (its pool ended first): nothing calls it now.
+  for (auto &[proxy, runner] : runners_) delete proxy;
+}
 
 bool JobService::is_job_target(std::string_view target) {
   return target.starts_with(kPrefix) || target == kPrefix.substr(0, kPrefix.size() - 1);
@@ -353,12 +356,17 @@ Json JobService::json() const {
   out["max"] = table_.limits().max_jobs;
   out["stored_bytes"] = table_.stored_bytes();
   out["max_bytes"] = table_.limits().max_bytes;
+  // In the order they came; ids are the keys to the answers: only their first 8 digits show.
+  std::vector<const Job *> jobs;
+  for (const auto &[id, job] : table_.jobs()) jobs.push_back(&job);
+  std::stable_sort(jobs.begin(), jobs.end(), [](const Job *a, const Job *b) {
+    return a->submitted_ms < b->submitted_ms;
+  });
   Json list = Json::array();
-  // Ids are the keys to the answers: the status shows only each one's first 8 digits.
-  for (const auto &[id, job] : table_.jobs()) {
-    Json j = job_json(job, "");
+  for (const Job *job : jobs) {
+    Json j = job_json(*job, "");
     j.erase("location");
-    j["id"] = id.substr(0, 8);
+    j["id"] = job->id.substr(0, 8);
     list.push_back(std::move(j));
   }
   out["jobs"] = std::move(list);

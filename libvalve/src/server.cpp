@@ -100,6 +100,7 @@ Server::~Server() {
   admin_.reset();
   listener_.reset();
   apps_.clear();
+  jobs_.reset();  // its timer, and any job's proxy still there, before the loop closes
   inbox_.reset();
   ctx_->deferred().run();
   ctx_->deferred().close();
