@@ -89,7 +89,7 @@ TEST_CASE("jobs: the bound on how many are kept") {
   CHECK(retry == 0);  // nothing finished: nothing will expire to make room
   table.finish(a, answer(200, "x"), 1000);
   CHECK(table.refusal(4000, &retry));
-  CHECK(retry == 7);  // a's answer expires at 11 s
+  CHECK(retry == 7);      // a's answer expires at 11 s
   std::string id = a.id;  // a goes with it
   CHECK(table.remove(id));
   CHECK_FALSE(table.remove(id));

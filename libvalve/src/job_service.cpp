@@ -141,7 +141,9 @@ class JobService::Runner final : public Proxy::Client {
   void response_done(bool) override { service_.on_answer(*this); }
   void hold_body(bool) override {}
   void start_tunnel() override {}
-  void close() override { service_.on_broken(*this, "the worker failed in the middle of its answer"); }
+  void close() override {
+    service_.on_broken(*this, "the worker failed in the middle of its answer");
+  }
   bool job() const override { return true; }
   void on_dispatched() override { service_.on_started(*this); }
 
@@ -190,15 +192,16 @@ void JobService::serve(Proxy &proxy) {
   Job *job = table_.find(id);
   bool get = req.method == "GET" || req.method == "HEAD";
   if (!get && req.method != "DELETE")
-    return proxy.send_error(405, fmt::format("a job answers GET, HEAD and DELETE, not {}",
-                                             req.method),
+    return proxy.send_error(405,
+                            fmt::format("a job answers GET, HEAD and DELETE, not {}", req.method),
                             "Allow: GET, HEAD, DELETE\r\n");
   if (!job)
-    return proxy.send_error(404, "no such job: it never was, its answer expired "
-                                 "(job-result-ttl) or was deleted, or valve restarted");
-  std::string json_headers =
-      fmt::format("Content-Type: application/json\r\nCache-Control: no-store\r\nX-Request-Id: {}\r\n",
-                  proxy.request_id());
+    return proxy.send_error(404,
+                            "no such job: it never was, its answer expired "
+                            "(job-result-ttl) or was deleted, or valve restarted");
+  std::string json_headers = fmt::format(
+      "Content-Type: application/json\r\nCache-Control: no-store\r\nX-Request-Id: {}\r\n",
+      proxy.request_id());
   if (get && job->finished()) {
     // The stored answer, as the request would have had it.
     const JobAnswer &a = *job->answer;
@@ -302,7 +305,8 @@ void JobService::on_answer(Runner &runner) {
 }
 
 void JobService::on_broken(Runner &runner, std::string_view why) {
-  if (Job *job = table_.find(runner.id())) store(runner.id(), error_answer(502, why, job->request_id));
+  if (Job *job = table_.find(runner.id()))
+    store(runner.id(), error_answer(502, why, job->request_id));
 }
 
 void JobService::store(const std::string &id, JobAnswer answer) {
@@ -359,9 +363,8 @@ Json JobService::json() const {
   // In the order they came; ids are the keys to the answers: only their first 8 digits show.
   std::vector<const Job *> jobs;
   for (const auto &[id, job] : table_.jobs()) jobs.push_back(&job);
-  std::stable_sort(jobs.begin(), jobs.end(), [](const Job *a, const Job *b) {
-    return a->submitted_ms < b->submitted_ms;
-  });
+  std::stable_sort(jobs.begin(), jobs.end(),
+                   [](const Job *a, const Job *b) { return a->submitted_ms < b->submitted_ms; });
   Json list = Json::array();
   for (const Job *job : jobs) {
     Json j = job_json(*job, "");

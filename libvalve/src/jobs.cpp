@@ -48,8 +48,8 @@ std::optional<std::string> JobTable::refusal(int64_t now_ms, double *retry_after
   return std::nullopt;
 }
 
-Job &JobTable::add(std::string method, std::string target, std::string request_id,
-                   std::string app, int64_t now_ms) {
+Job &JobTable::add(std::string method, std::string target, std::string request_id, std::string app,
+                   int64_t now_ms) {
   std::string id = new_job_id();
   while (jobs_.count(id)) id = new_job_id();
   Job &job = jobs_[id];

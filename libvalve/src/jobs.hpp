@@ -34,15 +34,15 @@ struct Job {
   std::string method, target, request_id, app;
   JobState state = JobState::queued;
   int64_t submitted_ms = 0, started_ms = 0, finished_ms = 0, expires_ms = 0;  // 0: not yet
-  std::optional<JobAnswer> answer;  // once finished
+  std::optional<JobAnswer> answer;                                            // once finished
 
   bool finished() const { return state == JobState::done || state == JobState::failed; }
 };
 
 struct JobLimits {
-  size_t max_jobs = 100;     // kept at once, whatever their state (0: no jobs)
-  uint64_t max_bytes = 0;    // of stored answers (0: no limit)
-  double result_ttl = 600;   // seconds a finished job's answer is kept
+  size_t max_jobs = 100;    // kept at once, whatever their state (0: no jobs)
+  uint64_t max_bytes = 0;   // of stored answers (0: no limit)
+  double result_ttl = 600;  // seconds a finished job's answer is kept
 };
 
 class JobTable {

@@ -173,11 +173,11 @@ void Proxy::start() {
   // A job's run (job_service.hpp) queues behind interactive requests, and has its own limits.
   bool job_run = client_ && client_->job();
   if (job_run) priority_ = Priority::batch;
-  timeout_ = job_run                     ? config().job_timeout
+  timeout_ = job_run                      ? config().job_timeout
              : routing.route->timeout > 0 ? routing.route->timeout
                                           : config().timeout;
-  queue_timeout_ = job_run ? std::max(config().queue_timeout, config().job_timeout)
-                           : config().queue_timeout;
+  queue_timeout_ =
+      job_run ? std::max(config().queue_timeout, config().job_timeout) : config().queue_timeout;
   uint64_t limit = config().max_body_size;
   if (limit > 0 && request_.content_length.value_or(0) > limit) {
     send_error(413, fmt::format("request body of {} bytes is larger than the limit of {} bytes",
@@ -189,8 +189,8 @@ void Proxy::start() {
   // hands the request to the jobs, which answer 202.
   job_ = jobs && !websocket_ && jobs->wants_job(request_);
   if (job_ && has_body_ && (buffer == 0 || request_.content_length.value_or(0) > buffer)) {
-    send_error(413, fmt::format("a job's request body must fit request-buffer-size ({} bytes)",
-                                buffer));
+    send_error(413,
+               fmt::format("a job's request body must fit request-buffer-size ({} bytes)", buffer));
     return;
   }
   if (has_body_ && client_ && buffer > 0 && request_.content_length.value_or(0) <= buffer &&

@@ -302,10 +302,10 @@ std::string Server::status_json_now() {
                       : ctx_->stopping() ? "stopping"
                       : started_         ? "running"
                                          : "starting";
-  return valve::status_json(StatusView{
-      state, address_, admin_->address(), ctx_->stats(), apps_, layout_.routes, main_app(),
-      reload_json(), listener_->requests_in_progress(), listener_->connections(), config_,
-      jobs_->json()});
+  return valve::status_json(StatusView{state, address_, admin_->address(), ctx_->stats(), apps_,
+                                       layout_.routes, main_app(), reload_json(),
+                                       listener_->requests_in_progress(), listener_->connections(),
+                                       config_, jobs_->json()});
 }
 
 std::string Server::metrics_text() {
