@@ -80,6 +80,10 @@ TEST_CASE("config: the defaults, spelled out independently of the table") {
       {"client-max-queued", "0"},
       {"priority-header", ""},
       {"timeout", "60"},
+      {"job-timeout", "600"},
+      {"job-result-ttl", "600"},
+      {"jobs-max", "100"},
+      {"jobs-max-bytes", "268435456"},
       {"tunnel-idle-timeout", "3600"},
       {"tunnel-max-lifetime", "0"},
       {"tunnel-ping-interval", "30"},
@@ -147,6 +151,7 @@ TEST_CASE("config: the server options, spelled out independently of the table") 
   // clang-format off
   const char *const expected[] = {
       "host", "port", "workers", "config", "graceful-timeout", "header-timeout",
+      "job-result-ttl", "jobs-max", "jobs-max-bytes",
       "keepalive-timeout", "max-connections", "max-header-size", "admin", "admin-token-file",
       "access-log", "access-log-format", "log-level", "log-format", "runtime-dir", "handle-signals",
       "reap-orphans", "notify"};
@@ -198,7 +203,7 @@ TEST_CASE("config: option_key lists each option once, in table order, then nullp
     INFO("index " << i);
     CHECK(seen.insert(valve::option_key(i)).second);
   }
-  CHECK(i == 61);
+  CHECK(i == 65);
   CHECK(std::string(valve::option_key(0)) == "host");
   CHECK(std::string(valve::option_key(i - 1)) == "preload-spares");
   CHECK(valve::option_key(i + 1000) == nullptr);

@@ -60,6 +60,7 @@ hostname = "api.example.com"
 split = { v1 = 90, v2 = 10 }
 sticky = "cookie:uid"
 priority = "interactive"
+timeout = "2m"
 )");
   std::vector<valve::Mistake> mistakes;
   valve::Config flags;
@@ -97,6 +98,8 @@ priority = "interactive"
   CHECK(canary.backends[0].weight == 90);
   CHECK(canary.sticky.describe() == "cookie:uid");
   CHECK(canary.priority == valve::Priority::interactive);
+  CHECK(canary.timeout == 120);
+  CHECK(mount.timeout == 0);  // an app's own timeout is its --timeout option
 }
 
 TEST_CASE("config file: every mistake is listed with its line and what is expected") {
@@ -124,6 +127,11 @@ weight = 3
 prefix = "/u"
 app = "b"
 priority = "urgent"
+
+[[routes]]
+prefix = "/w"
+app = "b"
+timeout = 0
 )");
   std::vector<valve::Mistake> mistakes;
   CHECK_FALSE(load(file, &mistakes));
@@ -136,6 +144,7 @@ priority = "urgent"
   CHECK(by_line[12] == "route /s: no app is named c");
   CHECK(by_line[19].find("routes[2].weight: unknown key") == 0);
   CHECK(by_line[24] == "routes[3].priority \"urgent\": expected interactive, normal or batch");
+  CHECK(by_line[29] == "routes[4].timeout: expected seconds more than 0, like 30 or \"2m\"");
   CHECK(valve::format_mistakes("x.toml", {{3, "bad"}, {0, "worse"}}) ==
         "x.toml:3: bad\nx.toml: worse");
 }

@@ -94,3 +94,33 @@ function(req, res) {
 function() {
   list(status = "ok", model = deparse(formula(model)))
 }
+
+#* Refit the served model's formula on bootstrap resamples of mtcars: slow on purpose (about a
+#* second of CPU per 1500 resamples), the kind of request to send as a job, so that no client
+#* connection waits on it:
+#*   curl -i -X POST -H 'Prefer: respond-async' 'http://127.0.0.1:3000/refit?resamples=5000'
+#*     # 202, Location: /_valve/jobs/ID
+#*   curl -i http://127.0.0.1:3000/_valve/jobs/ID   # 202 and its state until done, then this answer
+#* Answers the coefficients fitted on all of mtcars, their bootstrap standard errors, and how many
+#* resamples; the same for the same seed on any worker. It writes nothing: model.rds stays as
+#* train.R wrote it (retrain with train.R, then reload valve, to serve a new model).
+#* @param resamples:int bootstrap resamples, 1 to 20000
+#* @param seed:int the random seed of the resampling
+#* @serializer unboxedJSON
+#* @post /refit
+function(res, resamples = "5000", seed = "1") {
+  n <- suppressWarnings(as.integer(resamples))
+  s <- suppressWarnings(as.integer(seed))
+  if (is.na(n) || n < 1 || n > 20000 || is.na(s)) {
+    res$status <- 400
+    return(list(error = "resamples must be a whole number from 1 to 20000, seed a whole number",
+                status = 400))
+  }
+  f <- formula(model)
+  set.seed(s)
+  boot <- replicate(n, coef(lm(f, data = mtcars[sample.int(nrow(mtcars), replace = TRUE), ])))
+  full <- coef(lm(f, data = mtcars))
+  list(formula = deparse(f), resamples = n, seed = s,
+       coefficients = as.list(round(full, 6)),
+       std_errors = as.list(round(apply(boot, 1, sd), 6)))
+}

@@ -217,6 +217,7 @@ std::optional<std::string> Config::check(std::string_view key) const {
   for (auto [k, v] :
        {Positive{"check-unused", check_unused}, Positive{"startup-timeout", startup_timeout},
         Positive{"timeout", timeout}, Positive{"queue-timeout", queue_timeout},
+        Positive{"job-timeout", job_timeout}, Positive{"job-result-ttl", job_result_ttl},
         Positive{"header-timeout", header_timeout},
         Positive{"keepalive-timeout", keepalive_timeout},
         Positive{"health-interval", health_interval}, Positive{"health-timeout", health_timeout}}) {

@@ -81,6 +81,17 @@ namespace valve {
      "class: any client may lower its own, only a trusted (loopback) peer raise it (off when "     \
      "empty)")                                                                                     \
   XX("timeout", timeout, secs, app, "60", "seconds a worker has to answer a request; then 504")    \
+  XX("job-timeout", job_timeout, secs, app, "600",                                                 \
+     "seconds a job (a request sent with Prefer: respond-async) may run on a worker, and may wait " \
+     "for one (at least --queue-timeout); then its stored answer is 504 (or 503)")                 \
+  XX("job-result-ttl", job_result_ttl, secs, server, "600",                                        \
+     "seconds a finished job's answer is kept at its /_valve/jobs/ID; then 404")                   \
+  XX("jobs-max", jobs_max, uint, server, "100",                                                    \
+     "jobs kept at once, queued, running or finished; past it a Prefer: respond-async request "   \
+     "gets 503 (0: no jobs; the preference is ignored and the request answered at once)")          \
+  XX("jobs-max-bytes", jobs_max_bytes, bytes, server, "256m",                                      \
+     "bytes of finished jobs' answers kept in memory; past it a new job gets 503, and an answer "  \
+     "that does not fit is stored as a 503 instead (0: no limit)")                                 \
   XX("tunnel-idle-timeout", tunnel_idle_timeout, secs, app, "3600",                                \
      "seconds a WebSocket may pass no data (pings aside) before valve closes it, freeing its "     \
      "worker (0: no limit)")                                                                       \

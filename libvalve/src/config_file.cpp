@@ -25,7 +25,7 @@ constexpr std::string_view kPathOptions[] = {"file", "env-file", "runtime-dir", 
 // Keys of an app's table that are not options: its own route.
 constexpr std::string_view kMountKeys[] = {"prefix", "hostname", "strip-prefix", "priority"};
 constexpr std::string_view kRouteKeys[] = {"prefix", "hostname", "strip-prefix", "app",
-                                           "split",  "sticky",   "priority"};
+                                           "split",  "sticky",   "priority",     "timeout"};
 
 size_t edit_distance(std::string_view a, std::string_view b) {
   std::vector<size_t> row(b.size() + 1);
@@ -380,13 +380,15 @@ class Reader {
                            s ? " \"" + s->get() + "\"" : std::string()));
           ok = false;
         }
+      } else if (k == "timeout") {
+        ok &= read_route_timeout(route, at, value);
       } else if (std::find(std::begin(kRouteKeys), std::end(kRouteKeys), k) !=
                  std::end(kRouteKeys)) {
         ok &= read_mount_key(route, at, k, value);
       } else {
         fail(line_of(value),
              fmt::format("{}: unknown key{}; a route has prefix, hostname, strip-prefix, app or "
-                         "split, sticky and priority",
+                         "split, sticky, priority and timeout",
                          at,
                          suggestion(k, std::vector<std::string_view>(std::begin(kRouteKeys),
                                                                      std::end(kRouteKeys)))));
@@ -406,6 +408,20 @@ class Reader {
       return;
     }
     layout.routes.push_back(std::move(route));
+  }
+
+  // A route's timeout: seconds, as a number or as --timeout writes them ("90s", "2m").
+  bool read_route_timeout(Route &route, const std::string &where, const toml::node &node) {
+    std::optional<double> seconds;
+    if (auto i = node.as_integer()) seconds = static_cast<double>(i->get());
+    if (auto f = node.as_floating_point()) seconds = f->get();
+    if (auto s = node.as_string()) seconds = parse_seconds(s->get());
+    if (seconds && *seconds > 0) {
+      route.timeout = *seconds;
+      return true;
+    }
+    fail(line_of(node), fmt::format("{}: expected seconds more than 0, like 30 or \"2m\"", where));
+    return false;
   }
 
   bool read_split(Route &route, const std::string &where, const toml::node &node) {

@@ -10,6 +10,7 @@
 
 #include "app.hpp"
 #include "context.hpp"
+#include "job_service.hpp"
 #include "json.hpp"
 #include "pool.hpp"
 #include "router.hpp"
@@ -142,6 +143,8 @@ bool Proxy::retryable() const {
 void Proxy::start() {
   has_body_ = request_.chunked || request_.content_length.value_or(0) > 0;
   body_chunked_ = request_.chunked;
+  JobService *jobs = host_.jobs();
+  if (jobs && JobService::is_job_target(request_.target)) return jobs->serve(*this);
   Routing routing = host_.route(request_, peer_ip_);
   if (!routing.app) {
     const std::string *host = request_.find("host");
@@ -167,6 +170,14 @@ void Proxy::start() {
   client_key_ = valve::client_key(config().client_key, request_, peer_ip_);
   priority_ = request_priority(routing.route->priority, config().priority_header, request_,
                                client_ && client_->peer_trusted());
+  // A job's run (job_service.hpp) queues behind interactive requests, and has its own limits.
+  bool job_run = client_ && client_->job();
+  if (job_run) priority_ = Priority::batch;
+  timeout_ = job_run                      ? config().job_timeout
+             : routing.route->timeout > 0 ? routing.route->timeout
+                                          : config().timeout;
+  queue_timeout_ =
+      job_run ? std::max(config().queue_timeout, config().job_timeout) : config().queue_timeout;
   uint64_t limit = config().max_body_size;
   if (limit > 0 && request_.content_length.value_or(0) > limit) {
     send_error(413, fmt::format("request body of {} bytes is larger than the limit of {} bytes",
@@ -174,6 +185,14 @@ void Proxy::start() {
     return;
   }
   uint64_t buffer = config().request_buffer_size;
+  // Prefer: respond-async: the body is read whole (it must fit request-buffer-size), then submit()
+  // hands the request to the jobs, which answer 202.
+  job_ = jobs && !websocket_ && jobs->wants_job(request_);
+  if (job_ && has_body_ && (buffer == 0 || request_.content_length.value_or(0) > buffer)) {
+    send_error(413,
+               fmt::format("a job's request body must fit request-buffer-size ({} bytes)", buffer));
+    return;
+  }
   if (has_body_ && client_ && buffer > 0 && request_.content_length.value_or(0) <= buffer &&
       !ctx_.stopping()) {
     // Read the body whole first: a slow upload never holds a worker, and a malformed one (a bad
@@ -193,6 +212,7 @@ void Proxy::submit() {
     send_error(503, "the server is shutting down", "Retry-After: 1\r\n");
     return;
   }
+  if (job_) return host_.jobs()->submit(*this);
   if (has_body_ && client_ && !request_complete_) client_->hold_body(true);
   app_->pool->submit(*this);
 }
@@ -264,7 +284,7 @@ void Proxy::on_tunnel_data(std::string_view data) {
 
 void Proxy::on_queued() {
   enter(Phase::queued);
-  timer_.start(config().queue_timeout);
+  timer_.start(queue_timeout_);
 }
 
 void Proxy::reject(int status, std::string_view message) {
@@ -286,7 +306,8 @@ void Proxy::dispatch(Worker &worker, UpstreamConn &conn) {
     ctx_.stats().queue_wait_by_priority[static_cast<size_t>(priority_)].observe(wait);
   }
   conn.attach(*this);
-  timer_.start(config().timeout);
+  timer_.start(timeout_);
+  if (client_) client_->on_dispatched();
   std::string out = upstream_head();
   if (!pending_body_.empty()) {
     out += body_chunked_ ? chunk(pending_body_) : pending_body_;
@@ -379,7 +400,7 @@ int Proxy::on_upstream_head(Head &head) {
     worker_->note_request_result(true);
   }
   if (head.status == 101) return switch_protocols(head);
-  timer_.start(config().timeout);  // the rest of the answer gets a full timeout too
+  timer_.start(timeout_);  // the rest of the answer gets a full timeout too
   bool head_request = request_.method == "HEAD";
   bool bodiless_status = head.status == 204 || head.status == 304;
   // An answer to HEAD, a 204 and a 304 have no body (RFC 9110 9.3.2, RFC 9112 6.3), but a server
@@ -556,18 +577,16 @@ void Proxy::on_timeout() {
   if (phase_ == Phase::queued) {
     app_->pool->cancel(*this);
     reject(503, fmt::format("no worker was free within the queue timeout ({} s)",
-                            format_seconds(config().queue_timeout)));
+                            format_seconds(queue_timeout_)));
     return;
   }
   Worker *w = worker_;
   if (!w) return;
   ++ctx_.stats().timeouts;
   ctx_.log().warn("request {} {} {}: worker {} gave no answer within {} s; replacing it",
-                  request_id_, request_.method, request_.target, w->id(),
-                  format_seconds(config().timeout));
+                  request_id_, request_.method, request_.target, w->id(), format_seconds(timeout_));
   w->kill("a request timed out");  // first, so the pool gives it nothing more
-  send_error(
-      504, fmt::format("the worker gave no answer within {} s", format_seconds(config().timeout)));
+  send_error(504, fmt::format("the worker gave no answer within {} s", format_seconds(timeout_)));
 }
 
 void Proxy::check_tunnel() {
@@ -655,6 +674,31 @@ void Proxy::send_error(int status, std::string_view message, std::string_view ex
   write_client(answer);
   end_response();
   maybe_finish();
+}
+
+void Proxy::send_answer(int status, std::string_view reason, std::string_view headers,
+                        std::string_view body) {
+  timer_.stop();
+  status_ = status;
+  if (!client_ || response_started()) {
+    abort_client();
+    return;
+  }
+  enter(Phase::responding);
+  client_keep_alive_ = request_.keep_alive && whole_request() && !ctx_.stopping();
+  std::string out = fmt::format("HTTP/1.1 {} {}\r\n{}{}\r\n", status, reason, headers,
+                                client_keep_alive_ ? "" : "Connection: close\r\n");
+  if (request_.method != "HEAD") out += body;
+  bytes_out_ += body.size();
+  write_client(out);
+  end_response();
+  maybe_finish();
+}
+
+void Proxy::cancel() {
+  Worker *w = worker_;
+  on_client_gone();  // out of the queue, or its answer is read and dropped
+  if (w) w->kill("its job was cancelled");
 }
 
 void Proxy::abort_client() {

@@ -15,6 +15,7 @@
 namespace valve {
 
 class Context;
+class JobService;
 class Worker;
 struct App;
 struct Config;
@@ -56,6 +57,10 @@ class Proxy final : public Pool::Request, public UpstreamConn::Handler {
     // The worker switched protocols: the client's bytes go unparsed to on_tunnel_data().
     virtual void start_tunnel() = 0;
     virtual void close() = 0;
+    // A job's own client (job_service.hpp): its request runs with --job-timeout, in the batch
+    // class. It hears when a worker takes the request.
+    virtual bool job() const { return false; }
+    virtual void on_dispatched() {}
 
    protected:
     ~Client() = default;
@@ -69,6 +74,8 @@ class Proxy final : public Pool::Request, public UpstreamConn::Handler {
     virtual const std::vector<Route> &routes() const = 0;
     // The proxy is over: the host forgets it (and deletes it after the current callback).
     virtual void on_proxy_done(Proxy &proxy) = 0;
+    // Who takes Prefer: respond-async requests and answers /_valve/jobs/ (null: nobody).
+    virtual JobService *jobs() { return nullptr; }
 
    protected:
     ~Host() = default;
@@ -87,6 +94,20 @@ class Proxy final : public Pool::Request, public UpstreamConn::Handler {
   void on_client_drained();
   // Tunnel bytes from the client (after a 101).
   void on_tunnel_data(std::string_view data);
+
+  // ---- from the jobs (job_service.hpp)
+  // valve's own answer: the status line, then headers (each ending in CRLF, Content-Length among
+  // them), then the body (left out for HEAD). Connection: close is added when the client's
+  // connection cannot stay open.
+  void send_answer(int status, std::string_view reason, std::string_view headers,
+                   std::string_view body);
+  void send_error(int status, std::string_view message, std::string_view extra_headers = {});
+  // The body read whole before submit() (a job's request body).
+  const std::string &buffered_body() const { return pending_body_; }
+  const std::string &peer_ip() const { return peer_ip_; }
+  bool peer_trusted() const { return client_ && client_->peer_trusted(); }
+  // A job's request is cancelled: it leaves the queue, or its worker is stopped (and replaced).
+  void cancel();
 
   // ---- Pool::Request: from the pool
   void on_queued() override;
@@ -137,7 +158,6 @@ class Proxy final : public Pool::Request, public UpstreamConn::Handler {
   // every answer's head passes on. keep_content_length: whether the worker's Content-Length stays.
   void append_worker_headers(std::string &out, const Head &head, bool keep_content_length) const;
   int switch_protocols(Head &head);  // the worker's 101: tell the client, then tunnel
-  void send_error(int status, std::string_view message, std::string_view extra_headers = {});
   void abort_client();  // closes the client's connection (if any) and ends the proxy
   void write_client(std::string_view data);
   void release_hold();     // sends what was held back
@@ -178,6 +198,11 @@ class Proxy final : public Pool::Request, public UpstreamConn::Handler {
   std::string affinity_;
   std::string client_key_;  // whose request it is, for the fair queue
   Priority priority_ = Priority::normal;
+  // Set by start(): a worker's time to answer (--timeout, the route's timeout, or --job-timeout
+  // for a job's run) and the time it may wait in the queue. job_: the request asked to be a job.
+  double timeout_ = 0;
+  double queue_timeout_ = 0;
+  bool job_ = false;
   uint64_t body_bytes_ = 0;
   // The client sent all of its request: the client's side, which ends apart from the answer (a
   // worker may answer before the body is all read).

@@ -34,6 +34,7 @@ struct Route {
   std::vector<Backend> backends;  // one, or a weighted split
   StickyKey sticky;
   Priority priority = Priority::normal;  // of its requests in the queue (fair_queue.hpp)
+  double timeout = 0;  // seconds a worker has to answer its requests (0: the app's --timeout)
   int line = 0;  // in the config file (0: not from one)
 
   std::string describe() const;

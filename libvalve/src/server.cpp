@@ -62,6 +62,7 @@ Server::Server(Config config, Hooks hooks)
   inbox_ = std::make_unique<Inbox>(&loop_);
   for (const AppSpec &spec : layout_.apps) add_app(spec);
   listener_ = std::make_unique<Listener>(*ctx_, *this);
+  jobs_ = std::make_unique<JobService>(*ctx_, *this);
   admin_ = std::make_unique<AdminServer>(*ctx_, *this);
 }
 
@@ -99,6 +100,7 @@ Server::~Server() {
   admin_.reset();
   listener_.reset();
   apps_.clear();
+  jobs_.reset();  // its timer, and any job's proxy still there, before the loop closes
   inbox_.reset();
   ctx_->deferred().run();
   ctx_->deferred().close();
@@ -300,9 +302,10 @@ std::string Server::status_json_now() {
                       : ctx_->stopping() ? "stopping"
                       : started_         ? "running"
                                          : "starting";
-  return valve::status_json(StatusView{
-      state, address_, admin_->address(), ctx_->stats(), apps_, layout_.routes, main_app(),
-      reload_json(), listener_->requests_in_progress(), listener_->connections(), config_});
+  return valve::status_json(StatusView{state, address_, admin_->address(), ctx_->stats(), apps_,
+                                       layout_.routes, main_app(), reload_json(),
+                                       listener_->requests_in_progress(), listener_->connections(),
+                                       config_, jobs_->json()});
 }
 
 std::string Server::metrics_text() {
@@ -874,6 +877,7 @@ void Server::begin_stop(double deadline_seconds) {
     notifier_.send(fmt::format("STOPPING=1\nSTATUS=shutting down: {} requests in progress",
                                listener_->requests_in_progress()));
     listener_->drain();
+    jobs_->stop();  // jobs are kept in memory only: a restart loses them all
     if (listener_->requests_in_progress() > 0 && deadline_seconds > 0)
       ctx_->log().info("waiting up to {} s for {} requests in progress",
                        format_seconds(deadline_seconds), listener_->requests_in_progress());
@@ -922,6 +926,7 @@ void Server::finish() {
   finished_ = true;
   ctx_->set_stopping();
   listener_->close();
+  jobs_->stop();
   if (sigint_) close_handle(sigint_);
   if (sigterm_) close_handle(sigterm_);
   if (sigchld_) close_handle(sigchld_);

@@ -25,6 +25,7 @@
 #include "context.hpp"
 #include "http.hpp"
 #include "inbox.hpp"
+#include "job_service.hpp"
 #include "listener.hpp"
 #include "log.hpp"
 #include "notify.hpp"
@@ -84,6 +85,7 @@ class Server final : public Pool::Observer, public Proxy::Host, public AdminServ
   Routing route(const Head &request, std::string_view peer_ip) override;
   const std::vector<Route> &routes() const override { return layout_.routes; }
   void on_proxy_done(Proxy &proxy) override;
+  JobService *jobs() override { return jobs_.get(); }
 
   // AdminServer::Host
   std::string status_json_now() override;
@@ -161,6 +163,7 @@ class Server final : public Pool::Observer, public Proxy::Host, public AdminServ
   std::unique_ptr<Context> ctx_;
   std::unique_ptr<Inbox> inbox_;
   std::unique_ptr<Listener> listener_;
+  std::unique_ptr<JobService> jobs_;  // Prefer: respond-async requests, and /_valve/jobs/
   std::unique_ptr<AdminServer> admin_;
   uv_signal_t *sigint_ = nullptr;
   uv_signal_t *sigterm_ = nullptr;

@@ -27,6 +27,23 @@ namespace valve {
      "requests a worker did not answer within --timeout", {})                                      \
   XX(retries, counter, "retries", "valve_retries_total",                                           \
      "requests sent again after their worker failed", {})                                          \
+  XX(jobs_submitted, counter, "jobs_submitted", "valve_jobs_submitted_total",                      \
+     "requests taken as jobs (Prefer: respond-async): 202 with a Location", {})                    \
+  XX(jobs_refused, counter, "jobs_refused", "valve_jobs_refused_total",                            \
+     "Prefer: respond-async requests refused with 503: jobs-max jobs kept, or jobs-max-bytes of "  \
+     "answers stored", {})                                                                         \
+  XX(jobs_finished, labeled, "jobs_finished", "valve_jobs_finished_total",                         \
+     "jobs whose answer is stored, by result: done (below 500) or failed (500 and up: the app's "  \
+     "error, or valve's when the worker failed or the job timed out)",                             \
+     VALVE_LABELS("result", "done", "failed"))                                                     \
+  XX(jobs_cancelled, counter, "jobs_cancelled", "valve_jobs_cancelled_total",                      \
+     "jobs cancelled (DELETE) while queued or running", {})                                        \
+  XX(jobs_expired, counter, "jobs_expired", "valve_jobs_expired_total",                            \
+     "finished jobs forgotten once their answer's job-result-ttl passed", {})                      \
+  XX(jobs_queued, gauge, "jobs_queued", "valve_jobs_queued", "jobs waiting for a worker now", {})  \
+  XX(jobs_running, gauge, "jobs_running", "valve_jobs_running", "jobs on a worker now", {})        \
+  XX(jobs_stored_bytes, gauge, "jobs_stored_bytes", "valve_jobs_stored_bytes",                     \
+     "bytes of finished jobs' answers held now (bounded by jobs-max-bytes)", {})                   \
   XX(launches, counter, "launches", "valve_worker_launches_total", "workers launched", {})         \
   XX(exits, counter, "exits", "valve_worker_exits_total", "workers that exited", {})               \
   XX(crashes, counter, "crashes", "valve_worker_crashes_total",                                    \

@@ -76,6 +76,7 @@ std::string status_json(const StatusView &view) {
     route["strip_prefix"] = r.strip_prefix;
     route["sticky"] = r.sticky.describe();
     route["priority"] = priority_name(r.priority);
+    route["timeout"] = r.timeout > 0 ? json_number(r.timeout) : Json(nullptr);
     route["apps"] = std::move(backends);
   }
   const Pool &main = *view.main.pool;
@@ -96,6 +97,7 @@ std::string status_json(const StatusView &view) {
   doc["workers"] = std::move(workers);
   doc["apps"] = std::move(apps);
   doc["routes"] = std::move(routes);
+  doc["jobs"] = view.jobs;
   doc["preload"] = main.preload_json();
   doc["config"] = view.config.to_json_value();
   return json_text(doc);

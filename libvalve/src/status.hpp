@@ -27,6 +27,7 @@ struct StatusView {
   size_t requests_in_progress = 0;
   size_t connections = 0;
   const Config &config;  // the server's options
+  Json jobs;             // the job table's (job_service.hpp)
 };
 
 std::string status_json(const StatusView &view);

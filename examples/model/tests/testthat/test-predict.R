@@ -46,3 +46,32 @@ test_that("/health names the model, and two workers answer at once", {
   status <- valve_status(valve_server_of(url))
   expect_equal(sum(status$workers$state == "ready"), 2)
 })
+
+test_that("/refit runs as a job: 202 and a Location, polled, then the answer it gives at once", {
+  url <- local_valve(api)
+  refit <- function() valve_request(url, "/refit", resamples = 300, seed = 7, method = "POST")
+  at_once <- httr2::req_perform(refit())
+  expect_equal(httr2::resp_status(at_once), 200)
+  expect_equal(httr2::resp_body_json(at_once)$resamples, 300)
+
+  # Prefer: respond-async: valve answers 202 at once and runs the request on a worker later.
+  accepted <- httr2::req_perform(httr2::req_headers(refit(), Prefer = "respond-async"))
+  expect_equal(httr2::resp_status(accepted), 202)
+  expect_equal(httr2::resp_header(accepted, "Preference-Applied"), "respond-async")
+  job <- httr2::resp_header(accepted, "Location")
+  expect_match(job, "^/_valve/jobs/[0-9a-f]{32}$")
+
+  # GET on the job: 202 with its state (queued, running) until it is done, then the answer.
+  deadline <- Sys.time() + 60
+  repeat {
+    polled <- httr2::req_perform(valve_request(url, job))
+    if (httr2::resp_status(polled) != 202) break
+    expect_true(httr2::resp_body_json(polled)$state %in% c("queued", "running"))
+    expect_true(Sys.time() < deadline)
+    Sys.sleep(0.1)
+  }
+  expect_equal(httr2::resp_status(polled), 200)
+  expect_identical(httr2::resp_body_string(polled), httr2::resp_body_string(at_once))
+  expect_equal(httr2::resp_header(polled, "Content-Type"),
+               httr2::resp_header(at_once, "Content-Type"))
+})
