@@ -34,6 +34,9 @@ struct Route {
   std::vector<Backend> backends;  // one, or a weighted split
   StickyKey sticky;
   Priority priority = Priority::normal;  // of its requests in the queue (fair_queue.hpp)
+  // POST answers are cached (with --cache-size), keyed by the body and these request headers too.
+  bool cache_post = false;
+  std::vector<std::string> cache_key_headers;
   int line = 0;  // in the config file (0: not from one)
 
   std::string describe() const;
