@@ -864,7 +864,8 @@ bool Proxy::cache_lookup() {
     cache.count(&CacheCounts::misses);
     send_error(504,
                "the request asked for a stored answer only (only-if-cached) and the cache "
-               "has none that may serve it");
+               "has none that may serve it",
+               "Cache-Status: valve; detail=only-if-cached\r\n");
     return true;
   }
   cache.count(&CacheCounts::misses);

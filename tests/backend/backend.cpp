@@ -39,7 +39,7 @@ char g_read_buffer[64 * 1024];  // reads are consumed synchronously, so one buff
 // clang-format off
 enum class Route {
   hello, echo, sleep, drip, bytes, upload, status, crash, hang, pid, stats, close, noframe,
-  headers_big, cache, not_found
+  headers_big, cache, cache_calls, not_found
 };
 // clang-format on
 
@@ -51,7 +51,7 @@ Route route_for(std::string_view path) {
       {"/crash", Route::crash}, {"/hang", Route::hang},     {"/pid", Route::pid},
       {"/stats", Route::stats}, {"/close", Route::close},   {"/noframe", Route::noframe},
       {"/headers-big", Route::headers_big}, {"/drip", Route::drip},
-      {"/cache", Route::cache}};
+      {"/cache", Route::cache}, {"/cache-calls", Route::cache_calls}};
   // clang-format on
   for (const auto &[name, route] : routes)
     if (name == path) return route;
@@ -499,6 +499,9 @@ void Conn::respond() {
       return;
     case Route::pid:
       return reply(200, "text/plain", fmt::format("{}", getpid()));
+    case Route::cache_calls:  // how many /cache answers this worker began
+      return reply(200, "application/json",
+                   fmt::format(R"({{"calls":{}}})", srv.stats.cache_calls));
     case Route::cache: {
       // /cache?code=200&ms=0&h=Name:Value&h=...: answers with the headers asked for (values
       // percent-decoded) and a body naming this call, so a test sees which answers a worker gave.
