@@ -558,6 +558,41 @@ int run_scale(const AdminAddress &address, const AdminToken &token,
   return kExitOk;
 }
 
+int run_purge(const AdminAddress &address, const AdminToken &token, const std::string &app,
+              const std::string &prefix) {
+  std::string target = "/cache/purge";
+  char sep = '?';
+  if (!app.empty()) {
+    bool plain = std::all_of(app.begin(), app.end(), [](char c) {
+      return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.';
+    });
+    if (!plain) throw CommandError(kExitUsage, "--app " + app + ": not an app's name");
+    target += "?app=" + app;
+    sep = '&';
+  }
+  if (!prefix.empty()) {
+    bool plain = prefix.front() == '/' && std::none_of(prefix.begin(), prefix.end(), [](char c) {
+                   return static_cast<unsigned char>(c) <= ' ' || c == '?' || c == '#' ||
+                          c == '&' || c == '%' || c == '+';
+                 });
+    if (!plain) {
+      throw CommandError(kExitUsage,
+                         "PATH-PREFIX " + prefix + ": expected a path starting with /, like /v1");
+    }
+    target += sep + std::string("prefix=") + prefix;
+  }
+  HttpResponse response = AdminClient(address, token, kRequestTimeout).request("POST", target);
+  if (response.status == 400) throw CommandError(kExitFailure, error_message(response));
+  if (response.status != 200) {
+    throw CommandError(kExitFailure,
+                       address.name() + ": POST /cache/purge: " + error_message(response));
+  }
+  json body = parse_json(address, "POST /cache/purge", response);
+  std::string purged = field(body, "purged");
+  std::cout << "purged " << purged << (purged == "1" ? " answer" : " answers") << '\n';
+  return kExitOk;
+}
+
 CLI::App *add_command(CLI::App &app, const char *name, const char *description, std::string &admin,
                       std::string &token_file) {
   CLI::App *command = app.add_subcommand(name, description);
@@ -593,9 +628,20 @@ AdminCommands::AdminCommands(CLI::App &app) {
   scale_->add_option("--n-max", n_max_, "the most workers run at once")->type_name("M");
   scale_->add_option("--app", app_, "the app to scale, when the config file has several")
       ->type_name("NAME");
+  cache_ = app.add_subcommand("cache", "the shared HTTP cache of a running valvectl");
+  cache_->require_subcommand(1);
+  purge_ = add_command(*cache_, "purge",
+                       "drop the cached answers whose path starts with PATH-PREFIX (all of them "
+                       "without one)",
+                       admin_, token_file_);
+  purge_->add_option("--app", app_, "purge only this app's cache (default: every app's)")
+      ->type_name("NAME");
+  purge_->add_option("prefix", prefix_, "the path prefix of the answers to drop, like /v1")
+      ->type_name("PATH-PREFIX");
 }
 
 CLI::App *AdminCommands::chosen() const {
+  if (purge_->parsed()) return purge_;
   for (CLI::App *command : {status_, reload_, scale_}) {
     if (command->parsed()) return command;
   }
@@ -641,6 +687,7 @@ int AdminCommands::run() const {
     }
     if (command == status_) return run_status(address, token, raw_json_);
     if (command == reload_) return run_reload(address, token);
+    if (command == purge_) return run_purge(address, token, app_, prefix_);
     return run_scale(address, token, n_min, n_max, app_);
   } catch (const CommandError &e) {
     print_error(e.what());

@@ -34,8 +34,22 @@ std::vector<FlagDoc> serving_flags() {
   return out;
 }
 
+// Every command that runs, a group's ("cache") in its place by its own ("cache purge").
 std::vector<const CLI::App *> commands(const CLI::App &app) {
-  return app.get_subcommands([](const CLI::App *) { return true; });
+  std::vector<const CLI::App *> out;
+  for (const CLI::App *command : app.get_subcommands([](const CLI::App *) { return true; })) {
+    auto inner = commands(*command);
+    if (inner.empty()) out.push_back(command);
+    out.insert(out.end(), inner.begin(), inner.end());
+  }
+  return out;
+}
+
+// "purge" under "cache" is "cache purge".
+std::string command_name(const CLI::App *command) {
+  const CLI::App *parent = command->get_parent();
+  if (parent && parent->get_parent()) return command_name(parent) + " " + command->get_name();
+  return command->get_name();
 }
 
 constexpr std::string_view kSummary =
@@ -165,11 +179,12 @@ void print_markdown(const CLI::App &app, std::ostream &out) {
   }
   out << "\n## Commands\n\n"
       << "`valvectl check FILE` reads a config file (see [routing](routing.md)) as `--config` "
-         "would and lists each mistake with its line. `valvectl status`, `valvectl reload` and "
-         "`valvectl scale` talk to the admin interface of a valvectl started with `--admin`. "
+         "would and lists each mistake with its line. `valvectl status`, `valvectl reload`, "
+         "`valvectl scale` and `valvectl cache purge` talk to the admin interface of a valvectl "
+         "started with `--admin`. "
       << kAdminEnv << "\n\n";
   for (const CLI::App *command : commands(app)) {
-    out << "### valvectl " << command->get_name() << "\n\n"
+    out << "### valvectl " << command_name(command) << "\n\n"
         << command->get_description() << ".\n\n"
         << "| flag | meaning |\n| --- | --- |\n";
     for (const CLI::Option *option : command->get_options()) {
@@ -219,7 +234,7 @@ void print_man(const CLI::App &app, std::ostream &out) {
       << ".SH COMMANDS\n"
       << roff(kAdminEnv) << "\n";
   for (const CLI::App *command : commands(app)) {
-    out << ".SS " << command->get_name() << "\n" << roff(command->get_description()) << ".\n";
+    out << ".SS " << command_name(command) << "\n" << roff(command->get_description()) << ".\n";
     for (const CLI::Option *option : command->get_options()) {
       if (option->get_name() == "--help") continue;
       std::string type = option->get_type_name();

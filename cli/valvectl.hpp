@@ -93,12 +93,15 @@ class AdminCommands {
   CLI::App *status_ = nullptr;
   CLI::App *reload_ = nullptr;
   CLI::App *scale_ = nullptr;
+  CLI::App *cache_ = nullptr;  // a group: cache purge
+  CLI::App *purge_ = nullptr;
   std::string admin_;      // shared: only one subcommand runs
   std::string token_file_;  // --admin-token-file, shared too
   bool raw_json_ = false;  // status --json
   std::string n_min_;
   std::string n_max_;
-  std::string app_;  // scale --app
+  std::string app_;     // scale --app, cache purge --app
+  std::string prefix_;  // cache purge PATH-PREFIX
 };
 
 }  // namespace valvectl

@@ -94,6 +94,9 @@ TEST_CASE("config: the defaults, spelled out independently of the table") {
       {"max-header-size", "16384"},
       {"max-body-size", "1073741824"},
       {"request-buffer-size", "1048576"},
+      {"cache-size", "0"},
+      {"cache-entry-max", "1048576"},
+      {"cache-lock-timeout", "5"},
       {"underscores-in-headers", "false"},
       {"health-path", ""},
       {"health-interval", "5"},
@@ -203,7 +206,7 @@ TEST_CASE("config: option_key lists each option once, in table order, then nullp
     INFO("index " << i);
     CHECK(seen.insert(valve::option_key(i)).second);
   }
-  CHECK(i == 65);
+  CHECK(i == 68);
   CHECK(std::string(valve::option_key(0)) == "host");
   CHECK(std::string(valve::option_key(i - 1)) == "preload-spares");
   CHECK(valve::option_key(i + 1000) == nullptr);

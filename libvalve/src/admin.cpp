@@ -203,6 +203,14 @@ class AdminServer::Conn final : public HttpParser::Handler {
       }
     } else if (path == "/reload") {
       if (only(post, "POST")) reload();
+    } else if (path == "/cache/purge" || path == "/cache") {
+      // POST /cache/purge or DELETE /cache, ?app=NAME&prefix=/PATH (a form body too).
+      bool del = head_.method == "DELETE";
+      if (!only(path == "/cache" ? del : post, path == "/cache" ? "DELETE" : "POST")) return;
+      if (const std::string *type = head_.find("content-type");
+          type && type->starts_with("application/x-www-form-urlencoded"))
+        parse_form(body_, params);
+      purge(params);
     } else if (path == "/scale") {
       if (!only(post, "POST")) return;
       if (const std::string *type = head_.find("content-type");
@@ -211,7 +219,7 @@ class AdminServer::Conn final : public HttpParser::Handler {
       scale(params);
     } else {
       error(404, fmt::format("no such admin endpoint: {} (try /status, /metrics, /healthz, "
-                             "/readyz, /reload, /scale)",
+                             "/readyz, /reload, /scale, /cache/purge)",
                              path));
     }
   }
@@ -249,6 +257,25 @@ class AdminServer::Conn final : public HttpParser::Handler {
                            {"duration_ms", r.duration_ms}}) +
                     "\n");
     });
+  }
+
+  void purge(const Params &params) {
+    std::string app, prefix;
+    for (const auto &[name, value] : params) {
+      if (name == "app") {
+        app = value;
+      } else if (name == "prefix") {
+        if (!value.empty() && value.front() != '/')
+          return error(400, fmt::format("prefix {}: expected a path starting with /", value));
+        prefix = value;
+      } else {
+        return error(400,
+                     fmt::format("{} {}: unknown parameter (use app and prefix)", name, value));
+      }
+    }
+    size_t purged = 0;
+    if (auto err = host_.purge_cache(app, prefix, &purged)) return error(400, *err);
+    json(200, json_text({{"app", app}, {"prefix", prefix}, {"purged", purged}}) + "\n");
   }
 
   void scale(const Params &params) {

@@ -34,6 +34,10 @@ class AdminServer {
     virtual std::optional<std::string> scale(const std::optional<std::string> &n_min,
                                              const std::optional<std::string> &n_max,
                                              const std::string &app) = 0;
+    // Drops the cached answers whose path starts with prefix ("": all) from an app's cache, or
+    // from every app's when app is empty: how many, or a message saying why not.
+    virtual std::optional<std::string> purge_cache(const std::string &app,
+                                                   const std::string &prefix, size_t *purged) = 0;
     // The app an app-specific command means: the named one, or the only one.
     virtual App *find_app(std::string_view name, std::string *why) = 0;
 

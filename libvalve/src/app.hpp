@@ -5,6 +5,7 @@
 #include <memory>
 #include <string>
 
+#include "cache.hpp"
 #include "config.hpp"
 #include "pool.hpp"
 #include "router.hpp"
@@ -19,6 +20,7 @@ struct App {
   std::string name;
   Config config;  // the pool reads it by reference: an App never moves
   std::unique_ptr<Pool> pool;
+  std::unique_ptr<Cache> cache;         // with cache-size > 0; a reload's new App starts empty
   size_t in_progress = 0;               // requests routed here and not over yet
   bool ready = false;                   // a worker of it was ready once (or it needs none: n-min 0)
   bool pending = false;                 // started by a reload in progress: not routed to yet

@@ -117,6 +117,15 @@ namespace valve {
   XX("request-buffer-size", request_buffer_size, bytes, app, "1m",                                 \
      "a request body up to this size is read whole before the request goes to a worker, so a "     \
      "slow or malformed upload never holds one; larger bodies stream (0: stream every body)")      \
+  XX("cache-size", cache_size, bytes, app, "0",                                                    \
+     "bytes of the shared HTTP cache in front of this app's workers (0: no cache); it stores only " \
+     "answers the app marks fresh (Cache-Control max-age or s-maxage, Expires), least recently "   \
+     "used first out")                                                                             \
+  XX("cache-entry-max", cache_entry_max, bytes, app, "1m",                                         \
+     "largest answer the cache stores; a bigger one streams to its client and is not kept")        \
+  XX("cache-lock-timeout", cache_lock_timeout, secs, app, "5",                                     \
+     "seconds identical cacheable requests wait for the one a worker is answering, then go on "    \
+     "their own (0: they never wait)")                                                             \
   XX("underscores-in-headers", underscores_in_headers, bool, app, "false",                         \
      "pass request headers whose names contain _ to workers; off, they are dropped (as nginx "     \
      "does), since plumber reads X_User as the same HTTP_X_USER variable as X-User")               \

@@ -16,6 +16,8 @@
 #define TOML_EXCEPTIONS 0
 #include <toml++/toml.h>
 
+#include "util.hpp"
+
 namespace valve {
 
 namespace {
@@ -23,9 +25,11 @@ namespace {
 // Options whose relative paths in a config file are taken from the file's directory.
 constexpr std::string_view kPathOptions[] = {"file", "env-file", "runtime-dir", "access-log"};
 // Keys of an app's table that are not options: its own route.
-constexpr std::string_view kMountKeys[] = {"prefix", "hostname", "strip-prefix", "priority"};
+constexpr std::string_view kMountKeys[] = {"prefix", "hostname", "strip-prefix", "priority",
+                                           "cache-post"};
 constexpr std::string_view kRouteKeys[] = {"prefix", "hostname", "strip-prefix", "app",
-                                           "split",  "sticky",   "priority",     "timeout"};
+                                           "split",  "sticky",   "priority",     "timeout",
+                                           "cache-post"};
 
 size_t edit_distance(std::string_view a, std::string_view b) {
   std::vector<size_t> row(b.size() + 1);
@@ -292,10 +296,10 @@ class Reader {
     if (auto err = app.config.validate()) fail(line, fmt::format("apps.{}: {}", name, *err));
     if (mounted) {
       if (mount.prefix.empty()) {
-        fail(line,
-             fmt::format("apps.{}: hostname, strip-prefix and priority need a prefix to mount the "
-                         "app at (prefix = \"/\" for every path)",
-                         name));
+        fail(line, fmt::format(
+                       "apps.{}: hostname, strip-prefix, priority and cache-post need a prefix to "
+                       "mount the app at (prefix = \"/\" for every path)",
+                       name));
       } else {
         mount.backends.push_back({app.name, 1});
         layout.routes.push_back(std::move(mount));
@@ -316,6 +320,7 @@ class Reader {
       fail(line, fmt::format("{}: expected true or false, got {}", where, type_name(node)));
       return false;
     }
+    if (key == "cache-post") return read_cache_post(route, where, node);
     auto s = node.as_string();
     if (!s) {
       fail(line, fmt::format("{}: expected a string, got {}", where, type_name(node)));
@@ -345,6 +350,31 @@ class Reader {
       route.hostname = v;
     }
     return true;
+  }
+
+  // cache-post = true, or a list of the request headers that key the answers with the body.
+  bool read_cache_post(Route &route, const std::string &where, const toml::node &node) {
+    if (auto b = node.as_boolean()) {
+      route.cache_post = b->get();
+      return true;
+    }
+    if (const toml::array *list = node.as_array()) {
+      for (const toml::node &item : *list) {
+        auto s = item.as_string();
+        if (!s || !is_token(s->get())) {
+          fail(line_of(item), fmt::format("{}: expected a header name, got {}", where,
+                                          s ? "\"" + s->get() + "\"" : type_name(item)));
+          return false;
+        }
+        route.cache_key_headers.push_back(s->get());
+      }
+      route.cache_post = true;
+      return true;
+    }
+    fail(line_of(node), fmt::format("{}: expected true, false or a list of header names, like "
+                                    "[\"Accept\"], got {}",
+                                    where, type_name(node)));
+    return false;
   }
 
   void read_route(Layout &layout, const toml::node &node) {
@@ -388,7 +418,7 @@ class Reader {
       } else {
         fail(line_of(value),
              fmt::format("{}: unknown key{}; a route has prefix, hostname, strip-prefix, app or "
-                         "split, sticky, priority and timeout",
+                         "split, sticky, priority, timeout and cache-post",
                          at,
                          suggestion(k, std::vector<std::string_view>(std::begin(kRouteKeys),
                                                                      std::end(kRouteKeys)))));

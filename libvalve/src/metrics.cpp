@@ -111,6 +111,22 @@ std::string metrics_text(const Stats &s, const std::vector<std::unique_ptr<App>>
     m.gauge("valve_pool_min_workers", "n-min", g.n_min, {{"app", a}});
     m.gauge("valve_pool_max_workers", "n-max", g.n_max, {{"app", a}});
   }
+  // Each app's cache; while a reload replaces an app, its old and new caches add up.
+  std::map<std::string, std::pair<double, double>> caches;  // bytes, entries
+  for (const auto &app : apps)
+    if (const Cache *cache = app->cache.get()) {
+      caches[app->name].first += static_cast<double>(cache->bytes());
+      caches[app->name].second += static_cast<double>(cache->entries());
+    }
+  for (const auto &[a, c] : caches) {
+    m.gauge("valve_cache_bytes", "bytes the cache holds (its bound is cache-size)", c.first,
+            {{"app", a}});
+    m.gauge("valve_cache_entries", "answers the cache holds", c.second, {{"app", a}});
+  }
+#define VALVE_CACHE_METRIC_(member, key, metric, help) \
+  m.counter(metric, help, static_cast<double>(s.cache.member));
+  VALVE_CACHE_STATS(VALVE_CACHE_METRIC_)
+#undef VALVE_CACHE_METRIC_
 #define VALVE_STAT_METRIC_(member, kind, key, metric, help, labels) \
   add_metric<Stats::Kind::kind>(m, metric, help, s.member, labels);
   VALVE_STATS(VALVE_STAT_METRIC_)

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cassert>
 #include <iterator>
 #include <limits>
@@ -80,6 +81,8 @@ const char *Proxy::phase_name(Phase phase) {
       return "routing";
     case Phase::buffering:
       return "buffering";
+    case Phase::collapsed:
+      return "collapsed";
     case Phase::queued:
       return "queued";
     case Phase::waiting:
@@ -107,8 +110,11 @@ namespace {
   if (to == P::finished) return from != P::finished;
   switch (from) {
     case P::routing:  // the body is read first, or the request goes to the pool; or valve's error
-      return to == P::buffering || to == P::queued || to == P::waiting || to == P::responding;
+      return to == P::buffering || to == P::collapsed || to == P::queued || to == P::waiting ||
+             to == P::responding;
     case P::buffering:  // the body is all here, or too big to buffer: to the pool
+      return to == P::collapsed || to == P::queued || to == P::waiting || to == P::responding;
+    case P::collapsed:  // the answer it waited for is stored (or not): it is served, or to the pool
       return to == P::queued || to == P::waiting || to == P::responding;
     case P::queued:  // a worker is free; or valve's error (queue timeout, shutdown, 413)
       return to == P::waiting || to == P::responding;
@@ -178,6 +184,10 @@ void Proxy::start() {
                                           : config().timeout;
   queue_timeout_ =
       job_run ? std::max(config().queue_timeout, config().job_timeout) : config().queue_timeout;
+  if (app_->cache && routing.route->cache_post) {
+    cache_post_ = true;
+    cache_key_headers_ = routing.route->cache_key_headers;
+  }
   uint64_t limit = config().max_body_size;
   if (limit > 0 && request_.content_length.value_or(0) > limit) {
     send_error(413, fmt::format("request body of {} bytes is larger than the limit of {} bytes",
@@ -213,6 +223,7 @@ void Proxy::submit() {
     return;
   }
   if (job_) return host_.jobs()->submit(*this);
+  if (app_->cache && cache_lookup()) return;
   if (has_body_ && client_ && !request_complete_) client_->hold_body(true);
   app_->pool->submit(*this);
 }
@@ -258,6 +269,7 @@ void Proxy::on_client_complete() {
 void Proxy::on_client_gone() {
   client_ = nullptr;
   if (phase_ == Phase::queued) app_->pool->cancel(*this);
+  if (phase_ == Phase::collapsed) app_->cache->stop_waiting(cache_key_, *this);
   drop_hold();  // what was held back cannot reach it now
   if (upstream_ && phase_ == Phase::tunnel) detach_upstream(false);  // it closed its WebSocket
   // A worker that has the whole request is busy with it: it gets no new request until it answers
@@ -431,6 +443,8 @@ int Proxy::on_upstream_head(Head &head) {
   // body; a 204 never has one (RFC 9110 8.6), while a 304's names the 200's size.
   append_worker_headers(
       out, head, (framing_ == Framing::length || framing_ == Framing::none) && head.status != 204);
+  if (std::string cache_status = cache_answer_head(head); !cache_status.empty())
+    append(out, "Cache-Status: {}\r\n", cache_status);
   if (worker_ && config().shiny() && affinity_ != worker_->affinity())
     append(out, "Set-Cookie: {}={}; Path=/; HttpOnly; SameSite=Lax\r\n", kAffinityCookie,
            worker_->affinity());
@@ -498,6 +512,12 @@ void Proxy::on_upstream_tunnel_data(std::string_view data) {
 
 void Proxy::on_upstream_body(std::string_view data) {
   if (data.empty() || framing_ == Framing::none) return;
+  if (cache_answer_) {  // copied aside while it fits an entry
+    if (cache_answer_->body.size() + data.size() > app_->cache->entry_max())
+      cache_answer_.reset();
+    else
+      cache_answer_->body.append(data);
+  }
   bytes_out_ += data.size();
   if (framing_ == Framing::chunked) {
     write_client(chunk(data));
@@ -511,6 +531,7 @@ void Proxy::on_upstream_unfinished() {
 }
 
 void Proxy::on_upstream_complete(bool reusable) {
+  cache_store();
   if (framing_ == Framing::chunked) write_client("0\r\n\r\n");
   end_response();
   detach_upstream(reusable && request_complete_ && reuse_upstream_);
@@ -536,6 +557,7 @@ void Proxy::on_upstream_failed(std::string_view reason) {
   if (w) w->note_request_result(false);
   detach_upstream(false);
   drop_hold();  // what was held never reached the client: the request may still go elsewhere
+  cache_answer_.reset();
   if (response_started()) {
     ctx_.log().warn("request {} {} {}: worker {} failed mid-answer ({}); closing the client",
                     request_id_, request_.method, request_.target, worker_id, reason);
@@ -572,6 +594,12 @@ void Proxy::on_timeout() {
   if (phase_ == Phase::buffering) {
     send_error(408, fmt::format("the request body did not arrive within {} s",
                                 format_seconds(config().header_timeout)));
+    return;
+  }
+  if (phase_ == Phase::collapsed) {
+    app_->cache->stop_waiting(cache_key_, *this);
+    app_->cache->count(&CacheCounts::lock_timeouts);
+    app_->pool->submit(*this);  // it waited long enough: it goes on its own
     return;
   }
   if (phase_ == Phase::queued) {
@@ -770,6 +798,7 @@ void Proxy::maybe_finish() {
   // answer: client_ is null once the answer is done. A queued request always has its client (one
   // that leaves takes it out of the queue).
   if (phase_ == Phase::finished || upstream_ || client_) return;
+  cache_land();  // it led identical requests and gave them nothing to share
   enter(Phase::finished);
   timer_.stop();
   record();
@@ -831,6 +860,154 @@ void Proxy::record() {
                        queue_ms, upstream_ms, total_ms);
   if (!log.json() && ctx_.names_apps()) line += " app=" + (app_ ? app_->name : "-");
   if (log.add(line)) ctx_.defer([&log] { log.flush(); });
+}
+
+// ---- the cache ---------------------------------------------------------------------------------
+
+namespace {
+
+double now_seconds() { return static_cast<double>(unix_ms()) / 1000; }
+
+bool safe_method(std::string_view m) {
+  return m == "GET" || m == "HEAD" || m == "OPTIONS" || m == "TRACE";
+}
+
+}  // namespace
+
+bool Proxy::cache_lookup() {
+  Cache &cache = *app_->cache;
+  const std::string &method = request_.method;
+  const std::string *host_header = request_.find("host");
+  std::string_view host = host_header ? std::string_view(*host_header) : std::string_view();
+  bool get = method == "GET" || method == "HEAD";
+  // A POST to a cache-post route, its body read whole (a body too big to buffer streams).
+  bool post = method == "POST" && cache_post_ && request_complete_;
+  if (!get && !post) {
+    cache_forward_ = method == "POST" && cache_post_ ? CacheForward::bypass : CacheForward::method;
+    return false;
+  }
+  // Ranges, and preconditions that a stored answer cannot weigh, go to the worker.
+  if (websocket_ || request_.find("range") || request_.find("if-match") ||
+      request_.find("if-unmodified-since") || request_.find("if-range")) {
+    cache_forward_ = CacheForward::bypass;
+    return false;
+  }
+  cache_key_ =
+      post ? Cache::post_key(host, request_.target, pending_body_, request_, cache_key_headers_)
+           : Cache::key(method, host, request_.target);
+  cache_request_time_ = now_seconds();
+  Cache::Lookup found = cache.lookup(cache_key_, request_, cache_request_time_);
+  if (found.answer) {
+    cache.count(&CacheCounts::hits);
+    serve_cached(found, false);
+    return true;
+  }
+  cache_forward_ = found.forward;
+  CacheControl cc = parse_cache_control(request_);
+  if (cc.only_if_cached) {
+    cache.count(&CacheCounts::misses);
+    send_error(504,
+               "the request asked for a stored answer only (only-if-cached) and the cache "
+               "has none that may serve it",
+               "Cache-Status: valve; detail=only-if-cached\r\n");
+    return true;
+  }
+  cache.count(&CacheCounts::misses);
+  // Identical requests at once: the first goes to a worker, the others wait for its answer.
+  bool conditional = request_.find("if-none-match") || request_.find("if-modified-since");
+  if (method == "HEAD" || conditional || cc.no_store || found.forward == CacheForward::request ||
+      !(config().cache_lock_timeout > 0))
+    return false;
+  if (cache.lead(cache_key_)) {
+    cache_leads_ = true;
+    return false;
+  }
+  cache.wait(cache_key_, *this);
+  enter(Phase::collapsed);
+  timer_.start(config().cache_lock_timeout);
+  return true;
+}
+
+void Proxy::on_flight_over() {
+  timer_.stop();
+  Cache &cache = *app_->cache;
+  Cache::Lookup found = cache.lookup(cache_key_, request_, now_seconds());
+  if (found.answer) {
+    cache.count(&CacheCounts::coalesced);
+    serve_cached(found, true);
+    return;
+  }
+  app_->pool->submit(*this);  // nothing to share (an error, an uncacheable answer, Vary)
+}
+
+void Proxy::serve_cached(const Cache::Lookup &found, bool collapsed) {
+  const CachedAnswer &answer = *found.answer;
+  status_ = found.not_modified ? 304 : answer.status;
+  enter(Phase::responding);
+  client_keep_alive_ = request_.keep_alive && whole_request() && !ctx_.stopping();
+  std::string extra;
+  if (!answer.find("x-request-id")) append(extra, "X-Request-Id: {}\r\n", request_id_);
+  if (ctx_.names_apps()) append(extra, "Valve-App: {}\r\n", app_->name);
+  bool client_11 = request_.version_major == 1 && request_.version_minor >= 1;
+  extra += client_keep_alive_ ? (client_11 ? "" : "Connection: keep-alive\r\n")
+                              : "Connection: close\r\n";
+  std::string status = collapsed ? fmt::format("valve; fwd=miss; collapsed; ttl={}", found.ttl)
+                                 : fmt::format("valve; hit; ttl={}", found.ttl);
+  std::string out = cached_head(answer, found, status, extra);
+  if (request_.method != "HEAD" && !found.not_modified) {
+    out += answer.body;
+    bytes_out_ += answer.body.size();
+  }
+  write_client(out);
+  end_response();
+  maybe_finish();
+}
+
+std::string Proxy::cache_answer_head(const Head &head) {
+  Cache *cache = app_ ? app_->cache.get() : nullptr;
+  if (!cache) return {};
+  if (cache_key_.empty()) {
+    // RFC 9111 4.4: a non-error answer to an unsafe method makes the stored answers for its URI,
+    // and for the ones its Location and Content-Location name on this host, invalid.
+    bool ok = head.status >= 200 && head.status < 400;
+    if (ok && cache_forward_ == CacheForward::method && !safe_method(request_.method)) {
+      const std::string *host_header = request_.find("host");
+      std::string_view host = host_header ? std::string_view(*host_header) : std::string_view();
+      cache->invalidate(host, request_.target);
+      for (const char *name : {"location", "content-location"}) {
+        const std::string *uri = head.find(name);
+        if (uri && uri->starts_with('/') && !uri->starts_with("//")) cache->invalidate(host, *uri);
+      }
+    }
+    return fmt::format("valve; fwd={}", cache_forward_name(cache_forward_));
+  }
+  std::string status =
+      fmt::format("valve; fwd={}; fwd-status={}", cache_forward_name(cache_forward_), head.status);
+  if (request_.method == "HEAD") return status;
+  if (auto refused = Cache::refuses(request_, head)) {
+    std::string detail = *refused;
+    std::replace(detail.begin(), detail.end(), ' ', '-');
+    return status + "; detail=" + detail;
+  }
+  if (head.content_length.value_or(0) > cache->entry_max()) return status + "; detail=too-big";
+  cache_answer_ = std::make_unique<CachedAnswer>(
+      Cache::make_answer(request_, head, cache_request_time_, now_seconds()));
+  if (head.content_length && !head.chunked) status += "; stored";
+  return status;
+}
+
+void Proxy::cache_store() {
+  if (cache_answer_) {
+    app_->cache->store(cache_key_, std::move(*cache_answer_));
+    cache_answer_.reset();
+  }
+  cache_land();
+}
+
+void Proxy::cache_land() {
+  if (!cache_leads_) return;
+  cache_leads_ = false;
+  app_->cache->land(cache_key_);
 }
 
 }  // namespace valve

@@ -2,10 +2,12 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "cache.hpp"
 #include "http.hpp"
 #include "pool.hpp"
 #include "upstream.hpp"
@@ -22,7 +24,7 @@ struct Config;
 struct Route;
 struct Routing;
 
-class Proxy final : public Pool::Request, public UpstreamConn::Handler {
+class Proxy final : public Pool::Request, public UpstreamConn::Handler, public Cache::Waiter {
  public:
   // Where the exchange is, in the order the phases come (response_started() relies on it): a retry
   // goes from waiting or holding back to queued or waiting, and any phase may end in finished.
@@ -31,6 +33,7 @@ class Proxy final : public Pool::Request, public UpstreamConn::Handler {
   enum class Phase {
     routing,     // made: start() routes it and checks it
     buffering,   // the body is read whole before the request goes to the pool
+    collapsed,   // waits for the answer to an identical request a worker has (the cache)
     queued,      // in the pool's queue, waiting for a free worker
     waiting,     // a worker has the request; the head of its answer has not come
     holding,     // the answer has begun and none of it reached the client: it is held back while
@@ -126,6 +129,9 @@ class Proxy final : public Pool::Request, public UpstreamConn::Handler {
   void on_upstream_tunnel_data(std::string_view data) override;
   void on_upstream_switched(std::string_view early) override;
 
+  // ---- Cache::Waiter: the identical request it waited for has its answer
+  void on_flight_over() override;
+
   bool retryable() const;
   // All of the request has been read (a bodiless one once its head is).
   bool whole_request() const { return request_complete_ || !has_body_; }
@@ -177,6 +183,15 @@ class Proxy final : public Pool::Request, public UpstreamConn::Handler {
 
   const Config &config() const;  // the app's, once routed; the server's before
 
+  // The cache (cache.hpp), with its app's cache-size. cache_lookup(): true when the cache
+  // answered the request or it now waits for an identical one. cache_answer_head(): the answer's
+  // Cache-Status, and whether it is copied aside to be stored; cache_store(): it is whole.
+  bool cache_lookup();
+  void serve_cached(const Cache::Lookup &found, bool collapsed);
+  std::string cache_answer_head(const Head &head);
+  void cache_store();
+  void cache_land();  // a flight it leads is over: its waiters look again or go on alone
+
   Context &ctx_;
   Host &host_;
   App *app_ = nullptr;           // where the routes sent it
@@ -226,6 +241,15 @@ class Proxy final : public Pool::Request, public UpstreamConn::Handler {
   uint64_t upstream_end_ns_ = 0;    // ... and finished answering or failed
   uint64_t bytes_out_ = 0;          // body bytes sent to the client
   uint64_t served_by_ = 0;          // the worker that took it last (0: none)
+  // The cache: the request's key ("" when the cache does not serve it), why it went to a worker,
+  // whether it leads identical requests, the answer being copied aside, the POST route's options.
+  std::string cache_key_;
+  CacheForward cache_forward_ = CacheForward::none;
+  bool cache_leads_ = false;
+  std::unique_ptr<CachedAnswer> cache_answer_;
+  double cache_request_time_ = 0;
+  bool cache_post_ = false;
+  std::vector<std::string> cache_key_headers_;
   Timer timer_;
   std::string held_;  // the answer so far, while holding (see kHoldBytes)
   Timer hold_timer_;

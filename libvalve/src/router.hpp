@@ -35,6 +35,9 @@ struct Route {
   StickyKey sticky;
   Priority priority = Priority::normal;  // of its requests in the queue (fair_queue.hpp)
   double timeout = 0;  // seconds a worker has to answer its requests (0: the app's --timeout)
+  // POST answers are cached (with --cache-size), keyed by the body and these request headers too.
+  bool cache_post = false;
+  std::vector<std::string> cache_key_headers;
   int line = 0;  // in the config file (0: not from one)
 
   std::string describe() const;

@@ -69,6 +69,9 @@ Server::Server(Config config, Hooks hooks)
 App &Server::add_app(const AppSpec &spec) {
   auto app = std::make_unique<App>(spec.name, spec.config);
   app->pool = std::make_unique<Pool>(*ctx_, *this, app->config, spec.name, next_pool_serial_++);
+  if (app->config.cache_size > 0)
+    app->cache = std::make_unique<Cache>(app->config.cache_size, app->config.cache_entry_max,
+                                         &ctx_->stats().cache);
   apps_.push_back(std::move(app));
   return *apps_.back();
 }
@@ -356,6 +359,25 @@ App *Server::find_app(std::string_view name, std::string *why) {
   }
   if (!found) *why = fmt::format("app {}: no such app", name);
   return found;
+}
+
+std::optional<std::string> Server::purge_cache(const std::string &app_name,
+                                               const std::string &prefix, size_t *purged) {
+  *purged = 0;
+  bool any = false;
+  // Every App of that name (a reload's old and new), or of every name.
+  for (auto &a : apps_) {
+    if (!app_name.empty() && a->name != app_name) continue;
+    if (!a->cache) continue;
+    any = true;
+    *purged += a->cache->purge(prefix);
+  }
+  if (any) return std::nullopt;
+  if (!app_name.empty() &&
+      std::none_of(apps_.begin(), apps_.end(), [&](const auto &a) { return a->name == app_name; }))
+    return fmt::format("app {}: no such app", app_name);
+  return app_name.empty() ? std::string("no app has a cache (cache-size is 0)")
+                          : fmt::format("app {}: it has no cache (cache-size is 0)", app_name);
 }
 
 std::optional<std::string> Server::scale(const std::optional<std::string> &n_min,

@@ -95,6 +95,8 @@ class Server final : public Pool::Observer, public Proxy::Host, public AdminServ
   // Reloads every app (and, with a config file, the apps and routes from it); done runs on the
   // loop thread when it is over.
   void reload(ReloadDone done) override { reload_all(std::move(done)); }
+  std::optional<std::string> purge_cache(const std::string &app, const std::string &prefix,
+                                         size_t *purged) override;
   std::optional<std::string> scale(const std::optional<std::string> &n_min,
                                    const std::optional<std::string> &n_max,
                                    const std::string &app) override;

@@ -74,6 +74,31 @@ namespace valve {
      "request bodies read whole ahead of dispatch, held now (the budget for more)", {})
 // clang-format on
 
+// The cache's counters (cache.hpp), each app's and their sum since the start:
+// XX(member, status key, metric, help).
+// clang-format off
+#define VALVE_CACHE_STATS(XX)                                                                      \
+  XX(hits, "hits", "valve_cache_hits_total",                                                       \
+     "requests answered from the cache (its 304s included)")                                      \
+  XX(misses, "misses", "valve_cache_misses_total",                                                 \
+     "cacheable requests that went to a worker: nothing fresh was stored for them")                \
+  XX(stores, "stores", "valve_cache_stores_total", "answers stored in the cache")                  \
+  XX(evictions, "evictions", "valve_cache_evictions_total",                                        \
+     "stored answers dropped to make room (least recently used first)")                           \
+  XX(purged, "purged", "valve_cache_purged_total",                                                 \
+     "stored answers dropped by a purge or by an unsafe method (POST, PUT, DELETE) on their URI")  \
+  XX(coalesced, "coalesced", "valve_cache_coalesced_total",                                        \
+     "requests answered by an identical one's worker call, having waited for it")                  \
+  XX(lock_timeouts, "lock_timeouts", "valve_cache_lock_timeouts_total",                            \
+     "requests that waited cache-lock-timeout for an identical one, then went to a worker")
+// clang-format on
+
+struct CacheCounts {
+#define VALVE_CACHE_MEMBER_(member, key, metric, help) uint64_t member = 0;
+  VALVE_CACHE_STATS(VALVE_CACHE_MEMBER_)
+#undef VALVE_CACHE_MEMBER_
+};
+
 // Answers by status / 100.
 using ByClass = std::array<uint64_t, 6>;
 inline uint64_t total_answers(const ByClass &by_class) {
@@ -120,6 +145,7 @@ struct Stats {
   // The counts of the apps that ended, by name: with those of the apps running, each app's since
   // the start (valve_requests_total, valve_worker_busy_seconds_total).
   std::map<std::string, AppCounts> by_app;
+  CacheCounts cache;             // every app's cache, since the start
   uint64_t started_unix_ms = 0;  // valve_start_time_seconds, the status's uptime_s
 };
 

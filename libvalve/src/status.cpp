@@ -40,6 +40,11 @@ std::string status_json(const StatusView &view) {
   add_total<Stats::Kind::kind>(totals, key, st.member);
   VALVE_STATS(VALVE_STAT_TOTAL_)
 #undef VALVE_STAT_TOTAL_
+  Json cache = Json::object();
+#define VALVE_CACHE_TOTAL_(member, key, metric, help) cache[key] = st.cache.member;
+  VALVE_CACHE_STATS(VALVE_CACHE_TOTAL_)
+#undef VALVE_CACHE_TOTAL_
+  totals["cache"] = std::move(cache);
   // Every app's workers in one list (each names its app), and each app on its own.
   Json workers = Json::array(), apps = Json::array();
   size_t queue = 0;
@@ -60,6 +65,16 @@ std::string status_json(const StatusView &view) {
     a["requests"] = total_answers(app->counts.answers);
     for (int c = 2; c <= 5; ++c) a[kClasses[c]] = app->counts.answers[c];
     a["workers"] = count;
+    if (const Cache *cache = app->cache.get()) {
+      Json c = Json::object();
+      c["size"] = cache->capacity();
+      c["bytes"] = cache->bytes();
+      c["entries"] = cache->entries();
+#define VALVE_CACHE_STATUS_(member, key, metric, help) c[key] = cache->counts().member;
+      VALVE_CACHE_STATS(VALVE_CACHE_STATUS_)
+#undef VALVE_CACHE_STATUS_
+      a["cache"] = std::move(c);
+    }
     a["config"] = app->config.to_json_value();
   }
   Json routes = Json::array();
@@ -77,6 +92,7 @@ std::string status_json(const StatusView &view) {
     route["sticky"] = r.sticky.describe();
     route["priority"] = priority_name(r.priority);
     route["timeout"] = r.timeout > 0 ? json_number(r.timeout) : Json(nullptr);
+    route["cache_post"] = r.cache_post;
     route["apps"] = std::move(backends);
   }
   const Pool &main = *view.main.pool;

@@ -39,7 +39,7 @@ char g_read_buffer[64 * 1024];  // reads are consumed synchronously, so one buff
 // clang-format off
 enum class Route {
   hello, echo, sleep, drip, bytes, upload, status, crash, hang, pid, stats, close, noframe,
-  headers_big, not_found
+  headers_big, cache, cache_calls, not_found
 };
 // clang-format on
 
@@ -50,7 +50,8 @@ Route route_for(std::string_view path) {
       {"/bytes", Route::bytes}, {"/upload", Route::upload}, {"/status", Route::status},
       {"/crash", Route::crash}, {"/hang", Route::hang},     {"/pid", Route::pid},
       {"/stats", Route::stats}, {"/close", Route::close},   {"/noframe", Route::noframe},
-      {"/headers-big", Route::headers_big}, {"/drip", Route::drip}};
+      {"/headers-big", Route::headers_big}, {"/drip", Route::drip},
+      {"/cache", Route::cache}, {"/cache-calls", Route::cache_calls}};
   // clang-format on
   for (const auto &[name, route] : routes)
     if (name == path) return route;
@@ -88,6 +89,23 @@ std::optional<std::string_view> query_param(std::string_view query, std::string_
       return eq == std::string_view::npos ? std::string_view() : part.substr(eq + 1);
   }
   return std::nullopt;
+}
+
+std::string percent_decode(std::string_view s) {
+  std::string out;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == '%' && i + 2 < s.size()) {
+      unsigned v = 0;
+      auto [p, ec] = std::from_chars(s.data() + i + 1, s.data() + i + 3, v, 16);
+      if (ec == std::errc() && p == s.data() + i + 3) {
+        out += static_cast<char>(v);
+        i += 2;
+        continue;
+      }
+    }
+    out += s[i] == '+' ? ' ' : s[i];
+  }
+  return out;
 }
 
 std::optional<uint64_t> parse_number(std::string_view text) {
@@ -147,6 +165,7 @@ void append_json_string(std::string &out, std::string_view s) {
 struct Stats {
   uint64_t requests = 0, in_flight = 0, max_in_flight = 0, connections = 0;
   uint64_t completed = 0;  // requests read to their end (a cut-short one never is)
+  uint64_t cache_calls = 0;  // /cache answers begun
 };
 
 union Stream {
@@ -199,6 +218,9 @@ struct Conn {
   const char *method = "";
   uint64_t body_length = 0, fnv = 0, sleep_ms = 0;
   std::string body;
+  // /cache's answer, given after ms.
+  int cache_status = 200;
+  std::string cache_headers, cache_body;
 
   // /bytes streaming.
   bool streaming = false, stream_chunked = false;
@@ -209,6 +231,11 @@ struct Conn {
   void feed(const char *data, size_t len);
   void process_buffered();
   void respond();
+  void answer_cache() {
+    bool bodiless = cache_status == 204 || cache_status == 304;
+    reply(cache_status, "application/json", cache_body,
+          bodiless ? Framing::bodiless : Framing::length, cache_headers);
+  }
   void reply(int status, std::string_view content_type, std::string_view body_text,
              Framing framing = Framing::length, std::string_view extra_headers = {},
              bool last = true);
@@ -292,7 +319,7 @@ llhttp_settings_t make_parser_settings() {
   s.on_body = [](llhttp_t *p, const char *at, size_t len) {
     Conn *c = conn_of(p);
     c->body_length += len;
-    if (c->route == Route::echo && c->body.size() <= kMaxEchoBody)
+    if ((c->route == Route::echo || c->route == Route::cache) && c->body.size() <= kMaxEchoBody)
       c->body.append(at, std::min(len, kMaxEchoBody + 1 - c->body.size()));
     if (c->route == Route::upload) {
       uint64_t h = c->fnv;
@@ -472,6 +499,44 @@ void Conn::respond() {
       return;
     case Route::pid:
       return reply(200, "text/plain", fmt::format("{}", getpid()));
+    case Route::cache_calls:  // how many /cache answers this worker began
+      return reply(200, "application/json",
+                   fmt::format(R"({{"calls":{}}})", srv.stats.cache_calls));
+    case Route::cache: {
+      // /cache?code=200&ms=0&h=Name:Value&h=...: answers with the headers asked for (values
+      // percent-decoded) and a body naming this call, so a test sees which answers a worker gave.
+      auto code = number("code");
+      auto ms = number("ms");
+      if ((code && (*code < 200 || *code > 599)) || (query_param(query, "ms") && !ms))
+        return bad_query();
+      cache_status = code ? static_cast<int>(*code) : 200;
+      cache_headers.clear();
+      for (std::string_view rest = query; !rest.empty();) {
+        size_t amp = rest.find('&');
+        std::string_view part = rest.substr(0, amp);
+        rest = amp == std::string_view::npos ? std::string_view() : rest.substr(amp + 1);
+        if (!part.starts_with("h=")) continue;
+        std::string header = percent_decode(part.substr(2));
+        size_t colon = header.find(':');
+        if (colon == std::string::npos || colon == 0) return bad_query();
+        cache_headers +=
+            header.substr(0, colon) + ": " +
+            std::string(header.substr(colon + 1).starts_with(' ') ? header.substr(colon + 2)
+                                                                  : header.substr(colon + 1)) +
+            "\r\n";
+      }
+      cache_body =
+          fmt::format(R"({{"call":{},"pid":{},"method":)", ++srv.stats.cache_calls, getpid());
+      append_json_string(cache_body, method);
+      cache_body += ",\"body\":";
+      append_json_string(cache_body, body);
+      cache_body += '}';
+      if (!ms || *ms == 0) return answer_cache();
+      sleep_ms = *ms;
+      uv_timer_start(
+          &timer, [](uv_timer_t *t) { static_cast<Conn *>(t->data)->answer_cache(); }, sleep_ms, 0);
+      return;
+    }
     case Route::stats: {
       const Stats &st = srv.stats;
       return reply(200, "application/json",
