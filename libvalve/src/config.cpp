@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "error_hooks.hpp"
 #include "fair_queue.hpp"
 #include "json.hpp"
 #include "log.hpp"
@@ -202,6 +203,11 @@ std::optional<std::string> Config::check(std::string_view key) const {
   if (key == "admin" && !admin.empty()) {
     if (auto err = check_listen_address(admin)) return fmt::format("admin {}: {}", admin, *err);
   }
+  if (key == "error-hook-url" && !error_hook_url.empty()) {
+    std::string why;
+    if (!parse_hook_url(error_hook_url, &why))
+      return fmt::format("error-hook-url {}: {}", error_hook_url, why);
+  }
   for (auto [k, v] :
        {std::pair{"access-log-format", &access_log_format}, std::pair{"log-format", &log_format}}) {
     if (key == k && *v != "text" && *v != "json")
@@ -216,7 +222,8 @@ std::optional<std::string> Config::check(std::string_view key) const {
         Positive{"timeout", timeout}, Positive{"queue-timeout", queue_timeout},
         Positive{"header-timeout", header_timeout},
         Positive{"keepalive-timeout", keepalive_timeout},
-        Positive{"health-interval", health_interval}, Positive{"health-timeout", health_timeout}}) {
+        Positive{"health-interval", health_interval}, Positive{"health-timeout", health_timeout},
+        Positive{"error-hook-timeout", error_hook_timeout}}) {
     if (key == k && !(v > 0))
       return fmt::format("{} {}: must be more than 0", k, format_seconds(v));
   }

@@ -136,6 +136,13 @@ namespace valve {
      "a file holding the bearer token every admin request but /healthz and /readyz must send "     \
      "(Authorization: Bearer TOKEN); needed for an --admin address beyond loopback; read again "   \
      "on each reload; when empty, the token itself may be in $VALVE_ADMIN_TOKEN")                 \
+  XX("error-hook-command", error_hook_command, str, server, "",                                    \
+     "run this command for each error report (a worker's 5xx), the report's JSON on its stdin "    \
+     "(at most 4 hooks run at once; off when empty)")                                              \
+  XX("error-hook-url", error_hook_url, str, server, "",                                            \
+     "POST each error report's JSON to this http://HOST[:PORT]/PATH (off when empty)")             \
+  XX("error-hook-timeout", error_hook_timeout, secs, server, "10",                                 \
+     "seconds an error hook may take: then its command is killed, its POST dropped")               \
   XX("access-log", access_log, str, server, "",                                                    \
      "log each request: - for stdout, or a file path (off when empty)")                            \
   XX("access-log-format", access_log_format, str, server, "text", "text or json")                  \

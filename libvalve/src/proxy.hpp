@@ -153,6 +153,8 @@ class Proxy final : public Pool::Request, public UpstreamConn::Handler {
   void close_tunnel(const char *reason, std::string_view why, std::string_view close_text);
   void maybe_finish();
   void record();  // metrics and the access log, once the request is over
+  // The figures of the request's route template, and an error report for a worker's 5xx.
+  void record_route(int status, double seconds, double queue_seconds);
   std::string upstream_head() const;
 
   const Config &config() const;  // the app's, once routed; the server's before
@@ -201,6 +203,9 @@ class Proxy final : public Pool::Request, public UpstreamConn::Handler {
   uint64_t upstream_end_ns_ = 0;    // ... and finished answering or failed
   uint64_t bytes_out_ = 0;          // body bytes sent to the client
   uint64_t served_by_ = 0;          // the worker that took it last (0: none)
+  // What that worker printed during the request, and its pid: kept for a 5xx (error_reports.hpp).
+  std::vector<std::string> worker_output_;
+  pid_t worker_pid_ = 0;
   Timer timer_;
   std::string held_;  // the answer so far, while holding (see kHoldBytes)
   Timer hold_timer_;

@@ -16,6 +16,7 @@
 #include <future>
 
 #include "admin_auth.hpp"
+#include "error_reports.hpp"
 #include "json.hpp"
 #include "launch.hpp"
 #include "metrics.hpp"
@@ -63,6 +64,8 @@ Server::Server(Config config, Hooks hooks)
   for (const AppSpec &spec : layout_.apps) add_app(spec);
   listener_ = std::make_unique<Listener>(*ctx_, *this);
   admin_ = std::make_unique<AdminServer>(*ctx_, *this);
+  error_hooks_ = std::make_unique<ErrorHooks>(*ctx_);
+  if (error_hooks_->enabled()) ctx_->errors().set_hooks(error_hooks_.get());
 }
 
 App &Server::add_app(const AppSpec &spec) {
@@ -305,6 +308,8 @@ std::string Server::status_json_now() {
       reload_json(), listener_->requests_in_progress(), listener_->connections(), config_});
 }
 
+std::string Server::errors_json() { return json_text(ctx_->errors().json()) + "\n"; }
+
 std::string Server::metrics_text() {
   return valve::metrics_text(ctx_->stats(), apps_, listener_->requests_in_progress(),
                              listener_->connections());
@@ -545,7 +550,7 @@ int Server::prepare() {
           pid_t pid;
           while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
             if (!self) continue;
-            bool ours = false;
+            bool ours = self->error_hooks_->on_reaped(pid, status);
             for (auto &app : self->apps_) ours = ours || app->pool->on_reaped(pid, status);
             if (!ours) {
               self->ctx_->log().debug("reaped orphan process {} ({})", pid, describe_exit(status));
@@ -928,6 +933,8 @@ void Server::finish() {
   if (sighup_) close_handle(sighup_);
   if (sigusr1_) close_handle(sigusr1_);
   admin_->close();
+  ctx_->errors().set_hooks(nullptr);
+  error_hooks_->close();
   ctx_->access_log().flush();
   stop_timer_.reset();
   notify_timer_.reset();
