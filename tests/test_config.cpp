@@ -102,6 +102,9 @@ TEST_CASE("config: the defaults, spelled out independently of the table") {
       {"max-rss", "0"},
       {"admin", ""},
       {"admin-token-file", ""},
+      {"error-hook-command", ""},
+      {"error-hook-url", ""},
+      {"error-hook-timeout", "10"},
       {"access-log", ""},
       {"access-log-format", "text"},
       {"log-level", "info"},
@@ -148,6 +151,7 @@ TEST_CASE("config: the server options, spelled out independently of the table") 
   const char *const expected[] = {
       "host", "port", "workers", "config", "graceful-timeout", "header-timeout",
       "keepalive-timeout", "max-connections", "max-header-size", "admin", "admin-token-file",
+      "error-hook-command", "error-hook-url", "error-hook-timeout",
       "access-log", "access-log-format", "log-level", "log-format", "runtime-dir", "handle-signals",
       "reap-orphans", "notify"};
   // clang-format on
@@ -181,7 +185,7 @@ TEST_CASE("config: option_key lists each option once, in table order, then nullp
     INFO("index " << i);
     CHECK(seen.insert(valve::option_key(i)).second);
   }
-  CHECK(i == 61);
+  CHECK(i == 64);
   CHECK(std::string(valve::option_key(0)) == "host");
   CHECK(std::string(valve::option_key(i - 1)) == "preload-spares");
   CHECK(valve::option_key(i + 1000) == nullptr);
