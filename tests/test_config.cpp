@@ -60,6 +60,7 @@ TEST_CASE("config: the defaults, spelled out independently of the table") {
       {"type", "plumber"},
       {"file", "plumber.R"},
       {"cmd", ""},
+      {"openapi", ""},
       {"rscript", "Rscript"},
       {"env", ""},
       {"env-file", ""},
@@ -90,6 +91,8 @@ TEST_CASE("config: the defaults, spelled out independently of the table") {
       {"max-header-size", "16384"},
       {"max-body-size", "1073741824"},
       {"request-buffer-size", "1048576"},
+      {"check-requests", "true"},
+      {"check-status", "422"},
       {"underscores-in-headers", "false"},
       {"health-path", ""},
       {"health-interval", "5"},
@@ -185,7 +188,7 @@ TEST_CASE("config: option_key lists each option once, in table order, then nullp
     INFO("index " << i);
     CHECK(seen.insert(valve::option_key(i)).second);
   }
-  CHECK(i == 64);
+  CHECK(i == 67);
   CHECK(std::string(valve::option_key(0)) == "host");
   CHECK(std::string(valve::option_key(i - 1)) == "preload-spares");
   CHECK(valve::option_key(i + 1000) == nullptr);

@@ -180,6 +180,8 @@ std::optional<std::string> Config::check(std::string_view key) const {
     return fmt::format("health-path {}: must start with /", health_path);
   if (key == "worker-nice" && worker_nice > 19)
     return fmt::format("worker-nice {}: must be at most 19", worker_nice);
+  if (key == "check-status" && (check_status < 400 || check_status > 499))
+    return fmt::format("check-status {}: must be from 400 to 499", check_status);
   if (key == "health-rise" && health_rise < 1)
     return fmt::format("health-rise {}: must be at least 1", health_rise);
   if (key == "health-fall" && health_fall < 1)

@@ -38,6 +38,9 @@ namespace valve {
   XX("cmd", cmd, str, app, "",                                                                     \
      "run this shell command as a worker instead of plumber; {port} (or {socket}) is replaced by " \
      "its address")                                                                                \
+  XX("openapi", openapi, str, app, "",                                                             \
+     "an OpenAPI JSON file that describes the API, read at start and on each reload: requests are " \
+     "checked against it instead of the spec plumber workers write (with --cmd, the only spec)")   \
   XX("rscript", rscript, str, app, "Rscript", "the Rscript program that runs plumber workers")     \
   XX("env", env, list, app, "",                                                                    \
      "NAME=VALUE to set in the workers' environment, or NAME to pass valve's own value on "        \
@@ -106,6 +109,13 @@ namespace valve {
   XX("request-buffer-size", request_buffer_size, bytes, app, "1m",                                 \
      "a request body up to this size is read whole before the request goes to a worker, so a "     \
      "slow or malformed upload never holds one; larger bodies stream (0: stream every body)")      \
+  XX("check-requests", check_requests, bool, app, "true",                                          \
+     "check each request's query, path and JSON or form body parameters against the types and "     \
+     "required parameters the API's spec declares (plumber's @param n:int), before a worker "      \
+     "takes it: a request that fails gets --check-status and never reaches R")                     \
+  XX("check-status", check_status, uint, app, "422",                                               \
+     "the status (400 to 499) of a request that fails --check-requests; its JSON body names each "  \
+     "wrong parameter, as FastAPI's does")                                                         \
   XX("underscores-in-headers", underscores_in_headers, bool, app, "false",                         \
      "pass request headers whose names contain _ to workers; off, they are dropped (as nginx "     \
      "does), since plumber reads X_User as the same HTTP_X_USER variable as X-User")               \

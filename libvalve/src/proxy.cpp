@@ -12,6 +12,7 @@
 #include "context.hpp"
 #include "error_reports.hpp"
 #include "json.hpp"
+#include "openapi.hpp"
 #include "pool.hpp"
 #include "router.hpp"
 #include "stats.hpp"
@@ -801,7 +802,9 @@ namespace {
 // The path template of the operation in the app's spec that the request matches (what the worker
 // sees: its prefix stripped, without the query); kUnmatchedRoute when none does, or no spec.
 std::string route_template(const App &app, std::string_view method, std::string_view path) {
-  (void)app, (void)method, (void)path;
+  if (const std::shared_ptr<const ApiSpec> &spec = app.pool->spec()) {
+    if (const ApiOperation *op = spec->match(method, path)) return op->path_template;
+  }
   return kUnmatchedRoute;
 }
 

@@ -8,6 +8,8 @@ one series per path template, however many concrete paths."""
 import http.server
 import json
 import os
+import re
+import subprocess
 import threading
 import time
 import unittest
@@ -15,6 +17,8 @@ import unittest
 from harness import ValveTestCase, app_path, wait_until
 
 import test_admin_page
+
+PROMTOOL = "/usr/bin/promtool"
 
 
 class HookServer:
@@ -55,7 +59,7 @@ class ErrorReports(ValveTestCase):
         self.assertEqual(response.status, 200, response)
         return response.json()
 
-    def route_entry(self, doc, route="unmatched"):
+    def route_entry(self, doc, route):
         for entry in doc["routes"]:
             if entry["route"] == route:
                 return entry
@@ -94,10 +98,12 @@ class ErrorReports(ValveTestCase):
 
         doc = self.errors(valve)
         self.assertEqual(doc["total"], 5, doc)
-        entry = self.route_entry(doc)  # no spec given to valve: every request is "unmatched"
-        self.assertEqual(entry["count"], 5)
-        latest = entry["latest"]
-        self.assertEqual([r["count"] for r in latest], [5, 4, 3, 2, 1], "newest first")
+        # Per route template of the spec plumber wrote, the route with the latest error first.
+        self.assertEqual([(e["route"], e["count"]) for e in doc["routes"]],
+                         [("/filtered", 1), ("/items", 1), ("/boom", 3)])
+        boom = self.route_entry(doc, "/boom")
+        self.assertEqual([r["count"] for r in boom["latest"]], [3, 2, 1], "newest first")
+        latest = [r for e in doc["routes"] for r in e["latest"]]
         by_id = {r["request_id"]: r for r in latest}
         for n, request_id in enumerate(ids):
             report = by_id[request_id]
@@ -106,6 +112,7 @@ class ErrorReports(ValveTestCase):
             self.assertEqual(report["method"], "GET")
             self.assertEqual(report["pid"], worker_pid)
             self.assertEqual(report["app"], "default")
+            self.assertEqual(report["route"], "/boom")
             self.assertIn("valve-test: the model exploded (code 7f3a)", report["error"])
             self.assertTrue(report["error"].startswith("simpleError in "), report["error"])
             # Everything the worker printed during the request, and nothing of the others.
@@ -129,6 +136,7 @@ class ErrorReports(ValveTestCase):
         wait_until(lambda: len(hook.bodies) == 5, 10, message="5 POSTs to the URL hook")
         self.assertEqual({b["request_id"] for b in hook.bodies}, set(by_id))
         self.assertEqual(hook.paths[0], ("/alerts?source=valve", "application/json"))
+        self.assertEqual({b["route"] for b in hook.bodies}, {"/boom", "/items", "/filtered"})
 
         def command_reports():
             if not os.path.exists(hook_out):
@@ -188,6 +196,56 @@ class ErrorReports(ValveTestCase):
         with open(hook_out) as f:
             self.assertGreaterEqual(len(f.read().split()), 4)
         self.assertEqual(valve.get("/hello").status, 200)
+
+    def test_per_route_figures_one_series_per_template(self):
+        def operation(*params):
+            return {"get": {"responses": {"200": {"description": "OK"}},
+                            "parameters": [{"name": p, "in": "path", "required": True,
+                                            "schema": {"type": "string"}} for p in params]}}
+        spec = {"openapi": "3.0.3", "info": {"title": "backend", "version": "1"},
+                "paths": {"/hello": operation(), "/items/{id}": operation("id"),
+                          "/status": operation()}}
+        spec_path = os.path.join(self.tmpdir, "openapi.json")
+        with open(spec_path, "w") as f:
+            json.dump(spec, f)
+        valve = self.start_backend_valve("-n", "1", "--admin", "127.0.0.1:0", "--openapi", spec_path)
+        metric = 'valve_route_requests_total{{app="default",route="{}",code="{}"}}'
+        hello_before = valve.metric(metric.format("/hello", "2xx"))  # the harness's readiness checks
+        for i in range(50):
+            self.assertEqual(valve.get(f"/items/{i}").status, 404)  # the backend has no /items
+        for _ in range(3):
+            self.assertEqual(valve.get("/hello").status, 200)
+        self.assertEqual(valve.get("/status?code=500").status, 500)
+        self.assertEqual(valve.get("/nowhere/7").status, 404)
+        self.assertEqual(valve.get("/nowhere/8").status, 404)
+
+        text = valve.admin("GET", "/metrics").text()
+        routes = set(re.findall(r'^valve_route_requests_total\{app="default",route="([^"]*)"',
+                                text, re.M))
+        self.assertEqual(routes, {"/hello", "/items/{id}", "/status", "unmatched"}, routes)
+        self.assertNotIn("/items/7", text)
+        self.assertEqual(len(re.findall(r'^valve_route_request_duration_seconds_count\{', text,
+                                        re.M)), 4, "one latency series per template")
+        self.assertEqual(len(re.findall(r'^valve_route_queue_wait_seconds_count\{', text, re.M)),
+                         4)
+        self.assertEqual(valve.metric(metric.format("/items/{id}", "4xx")), 50)
+        self.assertEqual(valve.metric(metric.format("/hello", "2xx")), hello_before + 3)
+        self.assertEqual(valve.metric(metric.format("/status", "5xx")), 1)
+        self.assertEqual(valve.metric(metric.format("unmatched", "4xx")), 2)
+        self.assertEqual(valve.metric(
+            'valve_route_request_duration_seconds_count{app="default",route="/items/{id}"}'), 50)
+        check = subprocess.run([PROMTOOL, "check", "metrics"], input=text.encode(),
+                               capture_output=True, timeout=30)
+        self.assertEqual((check.returncode, check.stdout + check.stderr), (0, b""))
+
+        by_route = {r["route"]: r for r in valve.status()["apps"][0]["by_route"]}
+        self.assertEqual(by_route["/items/{id}"]["requests"], 50)
+        self.assertEqual(by_route["/items/{id}"]["4xx"], 50)
+        self.assertGreater(by_route["/hello"]["latency_p99_s"], 0)
+        errors = self.errors(valve)
+        self.assertEqual([(e["route"], e["count"]) for e in errors["routes"]], [("/status", 1)])
+        self.assertEqual(errors["routes"][0]["latest"][0]["output"], [],
+                         "the backend printed nothing")
 
 
 if __name__ == "__main__":
