@@ -102,6 +102,8 @@ Server::~Server() {
   admin_.reset();
   listener_.reset();
   apps_.clear();
+  ctx_->errors().set_hooks(nullptr);
+  error_hooks_.reset();  // ends its deliveries: its handles close in the loop run below
   inbox_.reset();
   ctx_->deferred().run();
   ctx_->deferred().close();
