@@ -44,7 +44,8 @@ TEST_CASE("r_error_text: plumber's printed condition, R's own form, the last one
   CHECK(r_error_text({"<simpleError in g(x): first line", "second line>", "after"}) ==
         "simpleError in g(x): first line\nsecond line");
   CHECK(r_error_text({"<rlang_error: typed>"}) == "rlang_error: typed");
-  CHECK(r_error_text({"Error in log(-1) : oops", "Calls: f"}) == "Error in log(-1) : oops\nCalls: f");
+  CHECK(r_error_text({"Error in log(-1) : oops", "Calls: f"}) ==
+        "Error in log(-1) : oops\nCalls: f");
   CHECK(r_error_text({"<simpleError in a(): one>", "<simpleError in b(): two>"}) ==
         "simpleError in b(): two");
   CHECK(r_error_text({"Warning in f() : careful", "<environment>", "<simpleWarning in f(): w>"})
@@ -92,9 +93,9 @@ TEST_CASE("parse_hook_url: http URLs only, with a host, a port from 1 to 65535")
   REQUIRE(url);
   CHECK(url->host == "::1");
   CHECK(url->path == "/?q");
-  for (const char *bad : {"https://x/", "ftp://x", "http://", "http://:80/", "http://x:0/",
-                          "http://x:65536", "http://x:8a/", "http://u:p@x/", "http://[::1/",
-                          "http://x/a b", "x"}) {
+  for (const char *bad :
+       {"https://x/", "ftp://x", "http://", "http://:80/", "http://x:0/", "http://x:65536",
+        "http://x:8a/", "http://u:p@x/", "http://[::1/", "http://x/a b", "x"}) {
     CHECK_MESSAGE(!valve::parse_hook_url(bad, &why), bad);
     CHECK(why.find("expected http://HOST[:PORT][/PATH]") != std::string::npos);
   }
@@ -138,9 +139,9 @@ TEST_CASE("error hooks: the command gets the report on stdin; a hung one is kill
   REQUIRE(mkdtemp(dir) != nullptr);
   std::string out = std::string(dir) + "/out";
   valve::Config config;
-  REQUIRE_FALSE(config.set("error-hook-command", "/bin/sh -c 'cat >> " + out +
-                                                     "; case $(cat " + out +
-                                                     ") in *hang*) exec sleep 30;; esac'")
+  REQUIRE_FALSE(config
+                    .set("error-hook-command", "/bin/sh -c 'cat >> " + out + "; case $(cat " + out +
+                                                   ") in *hang*) exec sleep 30;; esac'")
                     .has_value());
   REQUIRE_FALSE(config.set("error-hook-timeout", "0.5").has_value());
   {
@@ -175,8 +176,8 @@ TEST_CASE("error hooks: a POST of the JSON to a loopback listener; a refused one
   uv_loop_t *lp = nullptr;
   valve::Config config;
   int port = valve::pick_free_port();
-  REQUIRE_FALSE(config.set("error-hook-url", fmt::format("http://127.0.0.1:{}/hook", port))
-                    .has_value());
+  REQUIRE_FALSE(
+      config.set("error-hook-url", fmt::format("http://127.0.0.1:{}/hook", port)).has_value());
   test::TestLoop loop(config);
   lp = loop.loop();
   struct Server {
@@ -189,22 +190,21 @@ TEST_CASE("error hooks: a POST of the JSON to a loopback listener; a refused one
   sockaddr_in addr;
   uv_ip4_addr("127.0.0.1", port, &addr);
   REQUIRE(uv_tcp_bind(&server.listener, reinterpret_cast<sockaddr *>(&addr), 0) == 0);
-  REQUIRE(uv_listen(reinterpret_cast<uv_stream_t *>(&server.listener), 4,
-                    [](uv_stream_t *l, int) {
-                      auto *s = static_cast<Server *>(l->data);
-                      uv_tcp_init(l->loop, &s->conn);
-                      s->conn.data = s;
-                      uv_accept(l, reinterpret_cast<uv_stream_t *>(&s->conn));
-                      uv_read_start(
-                          reinterpret_cast<uv_stream_t *>(&s->conn), valve::alloc_read_buffer,
+  REQUIRE(uv_listen(reinterpret_cast<uv_stream_t *>(&server.listener), 4, [](uv_stream_t *l, int) {
+            auto *s = static_cast<Server *>(l->data);
+            uv_tcp_init(l->loop, &s->conn);
+            s->conn.data = s;
+            uv_accept(l, reinterpret_cast<uv_stream_t *>(&s->conn));
+            uv_read_start(reinterpret_cast<uv_stream_t *>(&s->conn), valve::alloc_read_buffer,
                           [](uv_stream_t *c, ssize_t n, const uv_buf_t *buf) {
                             auto *s = static_cast<Server *>(c->data);
                             if (n <= 0) return;
                             s->got.append(buf->base, static_cast<size_t>(n));
                             if (s->got.find("\r\n\r\n{\"n\":2}") == std::string::npos) return;
-                            valve::write_string(c, "HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n");
+                            valve::write_string(
+                                c, "HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n");
                           });
-                    }) == 0);
+          }) == 0);
   valve::ErrorHooks hooks(loop.ctx());
   hooks.send(R"({"n":2})");
   auto &results = loop.ctx().stats().error_hooks;

@@ -212,9 +212,10 @@ class AdminServer::Conn final : public HttpParser::Handler {
         parse_form(body_, params);
       scale(params);
     } else {
-      error(404, fmt::format("no such admin endpoint: {} (try /status, /metrics, /errors, /healthz, "
-                             "/readyz, /reload, /scale)",
-                             path));
+      error(404,
+            fmt::format("no such admin endpoint: {} (try /status, /metrics, /errors, /healthz, "
+                        "/readyz, /reload, /scale)",
+                        path));
     }
   }
 

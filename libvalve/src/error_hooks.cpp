@@ -52,7 +52,8 @@ std::optional<HookUrl> parse_hook_url(std::string_view url, std::string *why) {
     out.port = n;
   }
   for (char c : out.path) {
-    if (static_cast<unsigned char>(c) <= ' ' || c == 0x7f) return fail("a space or control in the path");
+    if (static_cast<unsigned char>(c) <= ' ' || c == 0x7f)
+      return fail("a space or control in the path");
   }
   out.host_header = std::string(authority);
   return out;
@@ -130,12 +131,12 @@ class ErrorHooks::Delivery {
     pid_ = child.pid;
     if (child.pidfd >= 0) ::close(child.pidfd);
     const Logger &log = hooks_.ctx_.log();
-    out_ = std::make_unique<LineReader>(hooks_.ctx_.loop(), child.out_fd, [&log](std::string_view l) {
-      log.info("error-hook-command: {}", l);
-    });
-    err_ = std::make_unique<LineReader>(hooks_.ctx_.loop(), child.err_fd, [&log](std::string_view l) {
-      log.info("error-hook-command: {}", l);
-    });
+    out_ = std::make_unique<LineReader>(
+        hooks_.ctx_.loop(), child.out_fd,
+        [&log](std::string_view l) { log.info("error-hook-command: {}", l); });
+    err_ = std::make_unique<LineReader>(
+        hooks_.ctx_.loop(), child.err_fd,
+        [&log](std::string_view l) { log.info("error-hook-command: {}", l); });
     poll_.start(0.02, 0.02);
   }
 
@@ -152,7 +153,8 @@ class ErrorHooks::Delivery {
 
   void exited(int wait_status) {
     pid_ = -1;
-    if (killed_) return done("timeout", fmt::format("killed after {} s", format_seconds(hooks_.timeout_)));
+    if (killed_)
+      return done("timeout", fmt::format("killed after {} s", format_seconds(hooks_.timeout_)));
     if (wait_status == kExitUnknown) return done("ok");
     if (WIFEXITED(wait_status) && WEXITSTATUS(wait_status) == 0) return done("ok");
     done("failed", describe_exit(wait_status));
@@ -231,7 +233,8 @@ class ErrorHooks::Delivery {
         url.path, url.host_header, body_.size());
     request += body_;
     auto *stream = reinterpret_cast<uv_stream_t *>(tcp_);
-    if (int rc = write_string(stream, std::move(request)); rc != 0) return done("failed", uv_message(rc));
+    if (int rc = write_string(stream, std::move(request)); rc != 0)
+      return done("failed", uv_message(rc));
     uv_read_start(stream, alloc_read_buffer, [](uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
       if (auto *self = static_cast<Delivery *>(s->data)) self->on_read(n, buf);
     });
@@ -298,7 +301,8 @@ void ErrorHooks::pump() {
   while (!closed_ && running_.size() < kHookDeliveries && !waiting_.empty()) {
     auto [body, command] = std::move(waiting_.front());
     waiting_.pop_front();
-    Delivery *d = running_.emplace_back(std::make_unique<Delivery>(*this, std::move(body), command)).get();
+    Delivery *d =
+        running_.emplace_back(std::make_unique<Delivery>(*this, std::move(body), command)).get();
     d->start();
   }
 }
@@ -322,8 +326,8 @@ void ErrorHooks::close() {
   if (closed_) return;
   closed_ = true;
   if (!running_.empty() || !waiting_.empty())
-    ctx_.log().info("error hooks: {} deliveries ended and {} dropped as valve stops", running_.size(),
-                    waiting_.size());
+    ctx_.log().info("error hooks: {} deliveries ended and {} dropped as valve stops",
+                    running_.size(), waiting_.size());
   waiting_.clear();
   running_.clear();
 }

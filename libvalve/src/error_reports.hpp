@@ -27,18 +27,18 @@ constexpr size_t kRequestOutputLines = 20;
 constexpr size_t kRequestOutputBytes = 4096;
 
 struct ErrorReport {
-  int64_t time_ms = 0;       // wall clock
+  int64_t time_ms = 0;  // wall clock
   std::string app;
-  std::string route;         // the spec's path template; "" when no operation matched
+  std::string route;  // the spec's path template; "" when no operation matched
   std::string method;
-  std::string target;        // as the client sent it
+  std::string target;  // as the client sent it
   int status = 0;
-  std::string request_id;    // the X-Request-Id the client got
+  std::string request_id;  // the X-Request-Id the client got
   uint64_t worker = 0;
   pid_t pid = 0;
-  std::string error;         // the R error in the output (r_error_text), "" when none was seen
+  std::string error;  // the R error in the output (r_error_text), "" when none was seen
   std::vector<std::string> output;  // every line the worker printed during the request
-  uint64_t count = 0;        // errors on this route so far, this one included
+  uint64_t count = 0;               // errors on this route so far, this one included
 
   Json json() const;
 };

@@ -210,7 +210,8 @@ class Worker final : public UpstreamConn::Owner {
   Timer health_timer_;
   Timer drain_timer_;
   std::deque<std::string> tail_;
-  std::deque<std::string> request_lines_;  // the last since the lease that found it without requests
+  // The last lines since the lease that found it without requests.
+  std::deque<std::string> request_lines_;
   size_t request_bytes_ = 0;
   bool output_shared_ = false;  // a second request was leased while one was on it
 };
