@@ -801,7 +801,7 @@ namespace {
 
 // The path template of the operation in the app's spec that the request matches (what the worker
 // sees: its prefix stripped, without the query); kUnmatchedRoute when none does, or no spec.
-std::string route_template(const App &app, std::string_view method, std::string_view path) {
+std::string_view route_template(const App &app, std::string_view method, std::string_view path) {
   if (const std::shared_ptr<const ApiSpec> &spec = app.pool->spec()) {
     if (const ApiOperation *op = spec->match(method, path)) return op->path_template;
   }
@@ -812,13 +812,14 @@ std::string route_template(const App &app, std::string_view method, std::string_
 
 void Proxy::record_route(int status, double seconds, double queue_seconds) {
   std::string_view path(upstream_target_);
-  std::string route = route_template(*app_, request_.method, path.substr(0, path.find('?')));
+  // A view into the pool's spec, which stays as it is until this function returns.
+  std::string_view route = route_template(*app_, request_.method, path.substr(0, path.find('?')));
   app_->counts.count_route(route, status, seconds, queue_seconds);
   if (status < 500 || served_by_ == 0) return;  // valve's own 503s never reached a worker
   ErrorReport report;
   report.time_ms = unix_ms();
   report.app = app_->name;
-  report.route = std::move(route);
+  report.route = std::string(route);
   report.method = request_.method;
   report.target = request_.target;
   report.status = status;
