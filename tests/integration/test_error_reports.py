@@ -171,9 +171,16 @@ class ErrorReports(ValveTestCase):
         closed = HookServer()
         dead_port = closed.port
         closed.close()
+        token_file = os.path.join(self.tmpdir, "admin-token")
+        with open(token_file, "w") as f:
+            f.write("errors-token-0123456789\n")
         valve = self.start_backend_valve(
-            "-n", "1", "--admin", "127.0.0.1:0", "--error-hook-command", script,
+            "-n", "1", "--admin", "127.0.0.1:0", "--admin-token-file", token_file,
+            "--error-hook-command", script,
             "--error-hook-url", f"http://127.0.0.1:{dead_port}/", "--error-hook-timeout", "1")
+        # /errors needs the admin token, as /status does.
+        self.assertEqual(valve.admin("GET", "/errors").status, 401)
+        valve.admin_token = "errors-token-0123456789"
         worker_pid = int(valve.get("/pid").text())
         slowest = 0.0
         for _ in range(30):
