@@ -60,6 +60,7 @@ TEST_CASE("config: the defaults, spelled out independently of the table") {
       {"type", "plumber"},
       {"file", "plumber.R"},
       {"cmd", ""},
+      {"openapi", ""},
       {"rscript", "Rscript"},
       {"env", ""},
       {"env-file", ""},
@@ -97,6 +98,8 @@ TEST_CASE("config: the defaults, spelled out independently of the table") {
       {"cache-size", "0"},
       {"cache-entry-max", "1048576"},
       {"cache-lock-timeout", "5"},
+      {"check-requests", "true"},
+      {"check-status", "422"},
       {"underscores-in-headers", "false"},
       {"health-path", ""},
       {"health-interval", "5"},
@@ -109,6 +112,9 @@ TEST_CASE("config: the defaults, spelled out independently of the table") {
       {"max-rss", "0"},
       {"admin", ""},
       {"admin-token-file", ""},
+      {"error-hook-command", ""},
+      {"error-hook-url", ""},
+      {"error-hook-timeout", "10"},
       {"access-log", ""},
       {"access-log-format", "text"},
       {"log-level", "info"},
@@ -156,6 +162,7 @@ TEST_CASE("config: the server options, spelled out independently of the table") 
       "host", "port", "workers", "config", "graceful-timeout", "header-timeout",
       "job-result-ttl", "jobs-max", "jobs-max-bytes",
       "keepalive-timeout", "max-connections", "max-header-size", "admin", "admin-token-file",
+      "error-hook-command", "error-hook-url", "error-hook-timeout",
       "access-log", "access-log-format", "log-level", "log-format", "runtime-dir", "handle-signals",
       "reap-orphans", "notify"};
   // clang-format on
@@ -206,7 +213,7 @@ TEST_CASE("config: option_key lists each option once, in table order, then nullp
     INFO("index " << i);
     CHECK(seen.insert(valve::option_key(i)).second);
   }
-  CHECK(i == 68);
+  CHECK(i == 74);
   CHECK(std::string(valve::option_key(0)) == "host");
   CHECK(std::string(valve::option_key(i - 1)) == "preload-spares");
   CHECK(valve::option_key(i + 1000) == nullptr);

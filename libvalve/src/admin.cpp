@@ -191,6 +191,8 @@ class AdminServer::Conn final : public HttpParser::Handler {
       if (only(get, "GET")) json(200, host_.status_json_now() + "\n");
     } else if (path == "/metrics") {
       if (only(get, "GET")) respond(200, "text/plain; version=0.0.4", host_.metrics_text());
+    } else if (path == "/errors") {
+      if (only(get, "GET")) json(200, host_.errors_json());
     } else if (path == "/healthz") {
       if (only(get, "GET")) json(200, json_text({{"status", "ok"}}) + "\n");
     } else if (path == "/readyz") {
@@ -218,9 +220,10 @@ class AdminServer::Conn final : public HttpParser::Handler {
         parse_form(body_, params);
       scale(params);
     } else {
-      error(404, fmt::format("no such admin endpoint: {} (try /status, /metrics, /healthz, "
-                             "/readyz, /reload, /scale, /cache/purge)",
-                             path));
+      error(404,
+            fmt::format("no such admin endpoint: {} (try /status, /metrics, /errors, /healthz, "
+                        "/readyz, /reload, /scale, /cache/purge)",
+                        path));
     }
   }
 

@@ -25,6 +25,8 @@ class AdminServer {
    public:
     virtual std::string status_json_now() = 0;
     virtual std::string metrics_text() = 0;
+    // The latest error reports per route (error_reports.hpp), as JSON.
+    virtual std::string errors_json() = 0;
     // Whether /readyz passes; else why not.
     virtual bool ready(std::string *why) = 0;
     // Reloads every app; done runs when it is over.

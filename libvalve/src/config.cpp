@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "error_hooks.hpp"
 #include "fair_queue.hpp"
 #include "json.hpp"
 #include "log.hpp"
@@ -179,6 +180,8 @@ std::optional<std::string> Config::check(std::string_view key) const {
     return fmt::format("health-path {}: must start with /", health_path);
   if (key == "worker-nice" && worker_nice > 19)
     return fmt::format("worker-nice {}: must be at most 19", worker_nice);
+  if (key == "check-status" && (check_status < 400 || check_status > 499))
+    return fmt::format("check-status {}: must be from 400 to 499", check_status);
   if (key == "health-rise" && health_rise < 1)
     return fmt::format("health-rise {}: must be at least 1", health_rise);
   if (key == "health-fall" && health_fall < 1)
@@ -205,6 +208,11 @@ std::optional<std::string> Config::check(std::string_view key) const {
   if (key == "admin" && !admin.empty()) {
     if (auto err = check_listen_address(admin)) return fmt::format("admin {}: {}", admin, *err);
   }
+  if (key == "error-hook-url" && !error_hook_url.empty()) {
+    std::string why;
+    if (!parse_hook_url(error_hook_url, &why))
+      return fmt::format("error-hook-url {}: {}", error_hook_url, why);
+  }
   for (auto [k, v] :
        {std::pair{"access-log-format", &access_log_format}, std::pair{"log-format", &log_format}}) {
     if (key == k && *v != "text" && *v != "json")
@@ -220,7 +228,8 @@ std::optional<std::string> Config::check(std::string_view key) const {
         Positive{"job-timeout", job_timeout}, Positive{"job-result-ttl", job_result_ttl},
         Positive{"header-timeout", header_timeout},
         Positive{"keepalive-timeout", keepalive_timeout},
-        Positive{"health-interval", health_interval}, Positive{"health-timeout", health_timeout}}) {
+        Positive{"health-interval", health_interval}, Positive{"health-timeout", health_timeout},
+        Positive{"error-hook-timeout", error_hook_timeout}}) {
     if (key == k && !(v > 0))
       return fmt::format("{} {}: must be more than 0", k, format_seconds(v));
   }

@@ -38,6 +38,9 @@ namespace valve {
   XX("cmd", cmd, str, app, "",                                                                     \
      "run this shell command as a worker instead of plumber; {port} (or {socket}) is replaced by " \
      "its address")                                                                                \
+  XX("openapi", openapi, str, app, "",                                                             \
+     "an OpenAPI JSON file that describes the API, read at start and on each reload: requests are " \
+     "checked against it instead of the spec plumber workers write (with --cmd, the only spec)")   \
   XX("rscript", rscript, str, app, "Rscript", "the Rscript program that runs plumber workers")     \
   XX("env", env, list, app, "",                                                                    \
      "NAME=VALUE to set in the workers' environment, or NAME to pass valve's own value on "        \
@@ -126,6 +129,13 @@ namespace valve {
   XX("cache-lock-timeout", cache_lock_timeout, secs, app, "5",                                     \
      "seconds identical cacheable requests wait for the one a worker is answering, then go on "    \
      "their own (0: they never wait)")                                                             \
+  XX("check-requests", check_requests, bool, app, "true",                                          \
+     "check each request's query, path and JSON or form body parameters against the types and "     \
+     "required parameters the API's spec declares (plumber's @param n:int), before a worker "      \
+     "takes it: a request that fails gets --check-status and never reaches R")                     \
+  XX("check-status", check_status, uint, app, "422",                                               \
+     "the status (400 to 499) of a request that fails --check-requests; its JSON body names each "  \
+     "wrong parameter, as FastAPI's does")                                                         \
   XX("underscores-in-headers", underscores_in_headers, bool, app, "false",                         \
      "pass request headers whose names contain _ to workers; off, they are dropped (as nginx "     \
      "does), since plumber reads X_User as the same HTTP_X_USER variable as X-User")               \
@@ -156,6 +166,13 @@ namespace valve {
      "a file holding the bearer token every admin request but /healthz and /readyz must send "     \
      "(Authorization: Bearer TOKEN); needed for an --admin address beyond loopback; read again "   \
      "on each reload; when empty, the token itself may be in $VALVE_ADMIN_TOKEN")                 \
+  XX("error-hook-command", error_hook_command, str, server, "",                                    \
+     "run this command for each error report (a worker's 5xx), the report's JSON on its stdin "    \
+     "(at most 4 hooks run at once; off when empty)")                                              \
+  XX("error-hook-url", error_hook_url, str, server, "",                                            \
+     "POST each error report's JSON to this http://HOST[:PORT]/PATH (off when empty)")             \
+  XX("error-hook-timeout", error_hook_timeout, secs, server, "10",                                 \
+     "seconds an error hook may take: then its command is killed, its POST dropped")               \
   XX("access-log", access_log, str, server, "",                                                    \
      "log each request: - for stdout, or a file path (off when empty)")                            \
   XX("access-log-format", access_log_format, str, server, "text", "text or json")                  \

@@ -23,7 +23,8 @@ namespace valve {
 namespace {
 
 // Options whose relative paths in a config file are taken from the file's directory.
-constexpr std::string_view kPathOptions[] = {"file", "env-file", "runtime-dir", "access-log"};
+constexpr std::string_view kPathOptions[] = {"file", "openapi", "env-file", "runtime-dir",
+                                             "access-log"};
 // Keys of an app's table that are not options: its own route.
 constexpr std::string_view kMountKeys[] = {"prefix", "hostname", "strip-prefix", "priority",
                                            "cache-post"};

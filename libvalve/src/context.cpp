@@ -1,5 +1,6 @@
 #include "context.hpp"
 
+#include "error_reports.hpp"
 #include "util.hpp"
 
 namespace valve {
@@ -59,11 +60,14 @@ Context::Context(uv_loop_t *loop, const Config &config, Logger log, EventSink ev
     : loop_(loop),
       config_(config),
       log_(log),
+      errors_(std::make_unique<ErrorReports>()),
       deferred_(loop),
       events_(events),
       events_data_(events_data) {
   stats_.started_unix_ms = static_cast<uint64_t>(unix_ms());
 }
+
+Context::~Context() = default;
 
 void Context::emit(const std::string &event_json) const {
   if (events_) events_(events_data_, event_json.c_str());

@@ -18,6 +18,8 @@
 
 namespace valve {
 
+class ErrorReports;
+
 using EventSink = void (*)(void *user_data, const char *event_json);
 
 // Calls run on the loop thread after the current callback has returned (from a check handle, with
@@ -69,6 +71,7 @@ class Context {
  public:
   // config: the server's options, which outlive the context.
   Context(uv_loop_t *loop, const Config &config, Logger log, EventSink events, void *events_data);
+  ~Context();
   Context(const Context &) = delete;
   Context &operator=(const Context &) = delete;
 
@@ -78,6 +81,8 @@ class Context {
   Stats &stats() { return stats_; }
   const Stats &stats() const { return stats_; }
   AccessLog &access_log() { return access_log_; }
+  // Each worker's 5xx with what the worker printed (error_reports.hpp).
+  ErrorReports &errors() { return *errors_; }
   Deferred &deferred() { return deferred_; }
 
   // Runs fn on the loop thread soon, after the current callback has returned.
@@ -119,6 +124,7 @@ class Context {
   Logger log_;
   Stats stats_;
   AccessLog access_log_;
+  std::unique_ptr<ErrorReports> errors_;
   Deferred deferred_;
   EventSink events_;
   void *events_data_;

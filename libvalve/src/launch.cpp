@@ -38,6 +38,15 @@ local({
     message("valve: cannot load ", file, ": ", conditionMessage(e))
     quit(save = "no", status = 1)
   })
+  # The API's OpenAPI spec, for valve's request checks: once per generation (the first worker
+  # writes it), never in the way of serving.
+  spec_file <- Sys.getenv("VALVE_OPENAPI_FILE")
+  if (nzchar(spec_file) && !file.exists(spec_file)) tryCatch({
+    spec <- suppressMessages(router$getApiSpec())
+    tmp <- paste0(spec_file, ".", Sys.getpid())
+    writeLines(jsonlite::toJSON(spec, auto_unbox = TRUE, null = "null", digits = NA), tmp)
+    file.rename(tmp, spec_file)
+  }, error = function(e) message("valve: cannot write the API's OpenAPI spec: ", conditionMessage(e)))
   httpuv::startPipeServer(socket, strtoi("077", 8L), router)
   repeat httpuv::service(1000)
 })
@@ -83,6 +92,8 @@ int plan_worker_launch(const LaunchSettings &settings, uint64_t id, WorkerLaunch
     set_variable(spec.env, "VALVE_FILE", settings.api_file);
     set_variable(spec.env, "VALVE_SOCKET", socket_path);
     set_variable(spec.env, "VALVE_TYPE", cfg.type);
+    if (!settings.openapi_path.empty())
+      set_variable(spec.env, "VALVE_OPENAPI_FILE", settings.openapi_path);
     // The API's own directory, as plumber (or shiny) reads it: its relative paths mean the same
     // while it serves, and a worker of another user is not left in a directory it may not enter.
     spec.cwd = settings.api_dir;

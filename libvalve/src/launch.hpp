@@ -35,6 +35,8 @@ struct LaunchSettings {
   const std::string &api_dir;            // where workers start
   const std::vector<std::string> &env;   // the whole environment
   const std::optional<Credentials> &as;  // who workers run as (unset: valve's user)
+  // Where a plumber worker writes the API's OpenAPI spec (VALVE_OPENAPI_FILE; empty: it does not).
+  std::string openapi_path = {};
 };
 
 // The launch of worker `id`: 0, or a negative errno (no free port for {port}).

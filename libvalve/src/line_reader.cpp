@@ -26,6 +26,19 @@ LineReader::LineReader(uv_loop_t *loop, int fd, Sink sink)
 
 LineReader::~LineReader() { close_handle(pipe_); }
 
+void LineReader::drain() {
+  uv_os_fd_t fd = -1;
+  if (!pipe_ || uv_fileno(reinterpret_cast<uv_handle_t *>(pipe_), &fd) != 0) return;
+  // libuv made the pipe non-blocking; its own next read then finds what is left (or EAGAIN).
+  char buf[4096];
+  for (int i = 0; i < 16 && pipe_; ++i) {
+    ssize_t n = read(fd, buf, sizeof buf);
+    if (n <= 0) return;  // end of file is left for libuv to see
+    uv_buf_t b = uv_buf_init(buf, static_cast<unsigned>(n));
+    on_read(n, &b);
+  }
+}
+
 void LineReader::on_read(ssize_t n, const uv_buf_t *buf) {
   if (n < 0) {
     if (!partial_.empty()) sink_(partial_);

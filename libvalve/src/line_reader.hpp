@@ -22,6 +22,10 @@ class LineReader {
   LineReader(const LineReader &) = delete;
   LineReader &operator=(const LineReader &) = delete;
 
+  // Reads what the pipe holds now, at once (up to 64 KB), rather than on the loop's next turn: a
+  // worker's output written before its answer is then in before the answer is looked at.
+  void drain();
+
  private:
   void on_read(ssize_t n, const uv_buf_t *buf);
 

@@ -52,6 +52,23 @@ std::string metrics_text(const Stats &s, const std::vector<std::unique_ptr<App>>
       m.counter("valve_requests_total", "answered requests by app and status class",
                 static_cast<double>(totals.answers[c]), {{"app", app}, {"code", kClasses[c]}});
   }
+  // Per route template of the API's spec: as many series as it has operations, plus "unmatched".
+  for (const auto &[app, totals] : by_app) {
+    for (const auto &[route, r] : totals.routes) {
+      for (int c = 1; c <= 5; ++c)
+        m.counter("valve_route_requests_total",
+                  "answered requests by app, route template (from the API's spec) and status class",
+                  static_cast<double>(r.answers[c]),
+                  {{"app", app}, {"route", route}, {"code", kClasses[c]}});
+      m.histogram("valve_route_request_duration_seconds",
+                  "seconds from a request's arrival to the end of its answer, by app and route "
+                  "template",
+                  r.latency, {{"app", app}, {"route", route}});
+      m.histogram("valve_route_queue_wait_seconds",
+                  "seconds a request waited for a worker, by app and route template", r.queue_wait,
+                  {{"app", app}, {"route", route}});
+    }
+  }
   for (const auto &[app, totals] : by_app)
     m.counter("valve_worker_busy_seconds_total",
               "seconds workers spent serving requests (dispatch to the end of the answer; "

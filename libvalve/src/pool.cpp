@@ -1,5 +1,6 @@
 #include "pool.hpp"
 
+#include <dirent.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -7,13 +8,18 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <climits>
+#include <cstring>
+#include <fstream>
+#include <sstream>
 #include <vector>
 
 #include "context.hpp"
 #include "http.hpp"
 #include "json.hpp"
 #include "launch.hpp"
+#include "openapi.hpp"
 #include "preloader.hpp"
 #include "process.hpp"
 #include "spawn_policy.hpp"
@@ -28,6 +34,18 @@ constexpr int kExitPlumberMissing = 78;   // set by the R bootstrap script
 constexpr uint64_t kStableMs = 10000;     // a worker up this long after ready ends a crash loop
 constexpr double kMonitorSeconds = 1;     // how often resident memory is read
 constexpr uint64_t kSpareBytes = 16 << 20;  // what a spare may cost (about 12 MB: it wrote that)
+
+bool read_file(const std::string &path, std::string *text, std::string *why) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    *why = fmt::format("cannot open {}: {}", path, strerror(errno));
+    return false;
+  }
+  std::ostringstream all;
+  all << in.rdbuf();
+  *text = std::move(all).str();
+  return true;
+}
 }  // namespace
 
 Pool::Pool(Context &ctx, Observer &observer, const Config &config, std::string name,
@@ -52,6 +70,12 @@ const Logger &Pool::log() const { return ctx_.log(); }
 int Pool::plan_launch(uint64_t id, WorkerLaunch *out) const {
   LaunchSettings settings{config_,  ctx_.runtime_dir(), rscript_path_,        api_file_,
                           api_dir_, worker_env_,        identity_.credentials};
+  // A new worker is of the current generation (launch_one lists it once launched); a relaunch
+  // keeps its own.
+  uint64_t generation = generation_;
+  for (auto &w : workers_)
+    if (w->id() == id) generation = w->generation();
+  settings.openapi_path = openapi_path(generation);
   return plan_worker_launch(settings, id, out);
 }
 
@@ -69,6 +93,16 @@ std::optional<std::string> Pool::check_environment() {
   if (!identity) return error;
   identity_ = std::move(*identity);
   if (auto err = load_worker_environment()) return err;
+  if (!config_.openapi.empty()) {
+    char resolved[PATH_MAX];
+    std::string text, why;
+    if (!realpath(config_.openapi.c_str(), resolved) || !read_file(resolved, &text, &why))
+      return fmt::format("openapi {}: cannot read: {}", config_.openapi,
+                         why.empty() ? strerror(errno) : why);
+    if (!ApiSpec::parse(text, &why))
+      return fmt::format("openapi {}: not an OpenAPI document: {}", config_.openapi, why);
+    openapi_file_ = resolved;
+  }
   if (!config_.cmd.empty()) return std::nullopt;
   auto rscript = find_executable(config_.rscript);
   if (!rscript)
@@ -137,6 +171,45 @@ Json Pool::preload_json() const { return preloader_ ? preloader_->json() : Json(
 
 void Pool::remove_runtime_files() {
   if (preloader_) preloader_->remove_files();
+  // Each generation's spec, and a worker's half-written one.
+  std::string prefix = fmt::format("openapi-{}-", serial_);
+  const std::string &dir = ctx_.runtime_dir();
+  if (DIR *d = opendir(dir.c_str())) {
+    while (dirent *e = readdir(d)) {
+      if (std::string_view(e->d_name).starts_with(prefix)) unlinkat(dirfd(d), e->d_name, 0);
+    }
+    closedir(d);
+  }
+}
+
+std::string Pool::openapi_path(uint64_t generation) const {
+  if (!config_.cmd.empty() || config_.shiny() || !openapi_file_.empty()) return {};
+  return fmt::format("{}/openapi-{}-{}.json", ctx_.runtime_dir(), serial_, generation);
+}
+
+bool Pool::load_spec(uint64_t generation) {
+  std::string path = openapi_file_.empty() ? openapi_path(generation) : openapi_file_;
+  if (path.empty()) return false;
+  std::string text, why;
+  if (!read_file(path, &text, &why)) {
+    log().warn("openapi: generation {} gave no spec ({}): its requests are not checked{}",
+               generation, why, spec_ ? " but against the last one" : "");
+    return false;
+  }
+  auto spec = ApiSpec::parse(text, &why);
+  if (!spec) {
+    log().warn("openapi: {}: cannot parse it ({}); {}", path, why,
+               spec_ ? "the last spec stays in force" : "requests are not checked");
+    return false;
+  }
+  log().info("openapi: generation {}: {} operations, {} with checked parameters{}", generation,
+             spec->operations().size(), spec->checked_operations(),
+             openapi_file_.empty() ? "" : fmt::format(" (from {})", openapi_file_));
+  previous_spec_ = std::move(spec_);
+  previous_spec_generation_ = spec_generation_;
+  spec_ = std::move(spec);
+  spec_generation_ = generation;
+  return true;
 }
 
 Worker *Pool::find_pid(int pid) {
@@ -257,7 +330,10 @@ void Pool::drain_queue() {
 }
 
 void Pool::on_worker_ready(Worker &w) {
-  (void)w;
+  if (w.generation() == generation_ && w.generation() > spec_tried_) {
+    spec_tried_ = w.generation();  // once a generation: its first ready worker wrote the spec
+    load_spec(w.generation());
+  }
   if (!ever_ready_) failures_ = 0;  // start-up succeeded; later crash loops count from here
   if (!ever_ready_) {
     ever_ready_ = true;
@@ -417,6 +493,10 @@ void Pool::abort_reload(std::string why) {
   }
   for (Worker *w : fresh) w->stop("its reload failed");
   worker_env_ = std::move(previous_env_);
+  if (spec_generation_ == failed) {
+    spec_ = std::move(previous_spec_);
+    spec_generation_ = previous_spec_generation_;
+  }
   failures_ = 0;
   next_launch_ms_ = 0;
   finish_reload(

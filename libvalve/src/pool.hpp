@@ -24,6 +24,7 @@
 
 namespace valve {
 
+class ApiSpec;
 class Context;
 class UpstreamConn;
 struct Head;
@@ -147,6 +148,13 @@ class Pool final : public Worker::Owner, public Preloader::Owner {
   uint64_t resident_bytes() const;
   // Whether traffic can be served now (a worker is ready and healthy); else why not.
   bool ready(std::string *why) const;
+  // The API's OpenAPI spec (openapi.hpp) of the generation serving, for request checks: from
+  // --openapi, else the one its plumber workers wrote as they started. Replaced when a worker of a
+  // new generation is ready (at start and on a reload); a spec that cannot be read or parsed
+  // keeps the one before. Null while there is none.
+  const std::shared_ptr<const ApiSpec> &spec() const { return spec_; }
+  // Where generation's plumber workers write the spec (empty: they write none).
+  std::string openapi_path(uint64_t generation) const;
 
  private:
   Worker *pick(const Request *req);
@@ -169,6 +177,8 @@ class Pool final : public Worker::Owner, public Preloader::Owner {
   void finish_reload(bool ok, std::string error);
   void monitor();  // resident memory, max-rss
   bool is_current(const Worker &w) const;
+  // Reads generation's spec, from --openapi or its workers' file; true if it is in force.
+  bool load_spec(uint64_t generation);
   // The workers' environment from the configuration, the identity and --env-file.
   std::optional<std::string> load_worker_environment();
 
@@ -181,6 +191,12 @@ class Pool final : public Worker::Owner, public Preloader::Owner {
   std::string rscript_path_;
   std::string api_file_;
   std::string api_dir_;
+  std::string openapi_file_;  // --openapi, absolute
+  std::shared_ptr<const ApiSpec> spec_;
+  uint64_t spec_generation_ = 0;
+  std::shared_ptr<const ApiSpec> previous_spec_;  // restored if a reload fails
+  uint64_t previous_spec_generation_ = 0;
+  uint64_t spec_tried_ = 0;  // the last generation whose spec was read
   Identity identity_;
   std::vector<std::string> worker_env_;
   std::unique_ptr<Preloader> preloader_;  // before workers_: it outlives them

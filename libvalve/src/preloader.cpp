@@ -56,6 +56,14 @@ local({
     message("valve: cannot load ", file, ": ", conditionMessage(e))
     quit(save = "no", status = 1)
   })
+  # As worker.R does: the API's OpenAPI spec for valve's request checks, once per generation.
+  spec_file <- Sys.getenv("VALVE_OPENAPI_FILE")
+  if (nzchar(spec_file) && !file.exists(spec_file)) tryCatch({
+    spec <- suppressMessages(router$getApiSpec())
+    tmp <- paste0(spec_file, ".", Sys.getpid())
+    writeLines(jsonlite::toJSON(spec, auto_unbox = TRUE, null = "null", digits = NA), tmp)
+    file.rename(tmp, spec_file)
+  }, error = function(e) message("valve: cannot write the API's OpenAPI spec: ", conditionMessage(e)))
   hook <- get0("valve_post_fork", envir = envir, mode = "function")
   # Answers the readiness probe's path in-process, without a connection (plumber answers 404): R
   # compiles plumber's request path here once, not in every worker as it first serves.

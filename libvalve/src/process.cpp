@@ -91,7 +91,8 @@ int spawn_process(const SpawnSpec &spec, Spawned *out) {
     for (int sig = 1; sig < NSIG; ++sig) {
       if (sig != SIGKILL && sig != SIGSTOP) signal(sig, SIG_DFL);
     }
-    if (dup2(devnull >= 0 ? devnull : out_pipe[1], 0) < 0) child_fail("dup2", errno);
+    if (dup2(spec.stdin_fd >= 0 ? spec.stdin_fd : devnull >= 0 ? devnull : out_pipe[1], 0) < 0)
+      child_fail("dup2", errno);
     if (dup2(out_pipe[1], 1) < 0) child_fail("dup2", errno);
     if (dup2(err_pipe[1], 2) < 0) child_fail("dup2", errno);
     // Descriptors to keep go to 3, 4, ...: first above every target, so none is overwritten.

@@ -27,6 +27,7 @@ struct SpawnSpec {
   std::optional<Credentials> as;  // unset: valve's own user
   std::vector<int> keep_fds;      // passed on as descriptors 3, 4, ... (all others are closed)
   int nice = 0;                   // added to the child's niceness (0 to 19)
+  int stdin_fd = -1;              // the child's stdin (-1: /dev/null); the caller closes its own
 };
 
 struct Spawned {
@@ -39,7 +40,7 @@ struct Spawned {
 // Forks and execs spec. The child leads its own process group (so its whole tree can be signalled,
 // and a terminal's Ctrl-C reaches only valve), switches to spec.as if set, dies with its parent
 // thread (PR_SET_PDEATHSIG, set after the switch, which would clear it), gets default signal
-// dispositions, stdin from /dev/null and no other inherited descriptor.
+// dispositions, stdin from spec.stdin_fd or /dev/null and no other inherited descriptor.
 // Returns 0 or a negative errno.
 int spawn_process(const SpawnSpec &spec, Spawned *out);
 

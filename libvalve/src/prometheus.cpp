@@ -76,6 +76,15 @@ void Histogram::observe(double v) {
   sum_ += v;
 }
 
+Histogram &Histogram::operator+=(const Histogram &other) {
+  assert(other.bounds_ == bounds_);
+  for (size_t i = 0; i < counts_.size() && i < other.counts_.size(); ++i)
+    counts_[i] += other.counts_[i];
+  count_ += other.count_;
+  sum_ += other.sum_;
+  return *this;
+}
+
 std::vector<uint64_t> Histogram::cumulative() const {
   std::vector<uint64_t> out(bounds_.size());
   uint64_t n = 0;

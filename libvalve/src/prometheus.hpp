@@ -20,6 +20,8 @@ class Histogram {
   static std::vector<double> latency_buckets();
 
   void observe(double v);  // NaN is ignored
+  // Adds other's observations; its bounds must be the same (asserted).
+  Histogram &operator+=(const Histogram &other);
   const std::vector<double> &bounds() const { return bounds_; }
   // Observations <= each bound, in the order of bounds(); the +Inf bucket is count().
   std::vector<uint64_t> cumulative() const;

@@ -12,7 +12,9 @@
 #include "app.hpp"
 #include "context.hpp"
 #include "job_service.hpp"
+#include "error_reports.hpp"
 #include "json.hpp"
+#include "openapi.hpp"
 #include "pool.hpp"
 #include "router.hpp"
 #include "stats.hpp"
@@ -786,6 +788,11 @@ void Proxy::detach_upstream(bool reusable) {
     if (w) w->note_tunnel(false);
   }
   if (conn && w && websocket_) w->hold_tunnel(false);
+  // A 5xx, or no answer yet (valve's 502 or 504 may follow): what the worker printed meanwhile.
+  if (conn && w && phase_ != Phase::tunnel && (status_ == 0 || status_ >= 500)) {
+    worker_output_ = w->request_output();
+    worker_pid_ = w->pid();
+  }
   if (conn && w) {
     conn->detach();
     if (app_) app_->pool->done(*this);  // before the worker is free: it may take this client's next
@@ -818,6 +825,7 @@ void Proxy::record() {
   stats.by_class[std::min(status / 100, 5)]++;
   if (app_) app_->counts.answers[std::min(status / 100, 5)]++;
   stats.latency.observe(total_ms / 1000);
+  if (app_) record_route(status, total_ms / 1000, dispatched_ns_ ? queue_ms / 1000 : -1);
   if (ctx_.wants_events()) {
     Json event = Json::object();
     event["event"] = "request_completed";
@@ -1009,5 +1017,41 @@ void Proxy::cache_land() {
   cache_leads_ = false;
   app_->cache->land(cache_key_);
 }
+
+namespace {
+
+// The path template of the operation in the app's spec that the request matches (what the worker
+// sees: its prefix stripped, without the query); kUnmatchedRoute when none does, or no spec.
+std::string_view route_template(const App &app, std::string_view method, std::string_view path) {
+  if (const std::shared_ptr<const ApiSpec> &spec = app.pool->spec()) {
+    if (const ApiOperation *op = spec->match(method, path)) return op->path_template;
+  }
+  return kUnmatchedRoute;
+}
+
+}  // namespace
+
+void Proxy::record_route(int status, double seconds, double queue_seconds) {
+  std::string_view path(upstream_target_);
+  // A view into the pool's spec, which stays as it is until this function returns.
+  std::string_view route = route_template(*app_, request_.method, path.substr(0, path.find('?')));
+  app_->counts.count_route(route, status, seconds, queue_seconds);
+  if (status < 500 || served_by_ == 0) return;  // valve's own 503s never reached a worker
+  ErrorReport report;
+  report.time_ms = unix_ms();
+  report.app = app_->name;
+  report.route = std::string(route);
+  report.method = request_.method;
+  report.target = request_.target;
+  report.status = status;
+  report.request_id = request_id_;
+  report.worker = served_by_;
+  report.pid = worker_pid_;
+  report.error = r_error_text(worker_output_);
+  report.output = std::move(worker_output_);
+  ++ctx_.stats().error_reports;
+  ctx_.errors().add(std::move(report));
+}
+
 
 }  // namespace valve

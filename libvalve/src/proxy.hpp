@@ -179,6 +179,8 @@ class Proxy final : public Pool::Request, public UpstreamConn::Handler, public C
   void close_tunnel(const char *reason, std::string_view why, std::string_view close_text);
   void maybe_finish();
   void record();  // metrics and the access log, once the request is over
+  // The figures of the request's route template, and an error report for a worker's 5xx.
+  void record_route(int status, double seconds, double queue_seconds);
   std::string upstream_head() const;
 
   const Config &config() const;  // the app's, once routed; the server's before
@@ -250,6 +252,9 @@ class Proxy final : public Pool::Request, public UpstreamConn::Handler, public C
   double cache_request_time_ = 0;
   bool cache_post_ = false;
   std::vector<std::string> cache_key_headers_;
+  // What that worker printed during the request, and its pid: kept for a 5xx (error_reports.hpp).
+  std::vector<std::string> worker_output_;
+  pid_t worker_pid_ = 0;
   Timer timer_;
   std::string held_;  // the answer so far, while holding (see kHoldBytes)
   Timer hold_timer_;

@@ -16,6 +16,7 @@
 #include <future>
 
 #include "admin_auth.hpp"
+#include "error_reports.hpp"
 #include "json.hpp"
 #include "launch.hpp"
 #include "metrics.hpp"
@@ -64,6 +65,8 @@ Server::Server(Config config, Hooks hooks)
   listener_ = std::make_unique<Listener>(*ctx_, *this);
   jobs_ = std::make_unique<JobService>(*ctx_, *this);
   admin_ = std::make_unique<AdminServer>(*ctx_, *this);
+  error_hooks_ = std::make_unique<ErrorHooks>(*ctx_);
+  if (error_hooks_->enabled()) ctx_->errors().set_hooks(error_hooks_.get());
 }
 
 App &Server::add_app(const AppSpec &spec) {
@@ -104,6 +107,8 @@ Server::~Server() {
   listener_.reset();
   apps_.clear();
   jobs_.reset();  // its timer, and any job's proxy still there, before the loop closes
+  ctx_->errors().set_hooks(nullptr);
+  error_hooks_.reset();  // ends its deliveries: its handles close in the loop run below
   inbox_.reset();
   ctx_->deferred().run();
   ctx_->deferred().close();
@@ -310,6 +315,8 @@ std::string Server::status_json_now() {
                                        listener_->requests_in_progress(), listener_->connections(),
                                        config_, jobs_->json()});
 }
+
+std::string Server::errors_json() { return json_text(ctx_->errors().json()) + "\n"; }
 
 std::string Server::metrics_text() {
   return valve::metrics_text(ctx_->stats(), apps_, listener_->requests_in_progress(),
@@ -570,7 +577,7 @@ int Server::prepare() {
           pid_t pid;
           while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
             if (!self) continue;
-            bool ours = false;
+            bool ours = self->error_hooks_->on_reaped(pid, status);
             for (auto &app : self->apps_) ours = ours || app->pool->on_reaped(pid, status);
             if (!ours) {
               self->ctx_->log().debug("reaped orphan process {} ({})", pid, describe_exit(status));
@@ -955,6 +962,8 @@ void Server::finish() {
   if (sighup_) close_handle(sighup_);
   if (sigusr1_) close_handle(sigusr1_);
   admin_->close();
+  ctx_->errors().set_hooks(nullptr);
+  error_hooks_->close();
   ctx_->access_log().flush();
   stop_timer_.reset();
   notify_timer_.reset();

@@ -23,6 +23,7 @@
 #include "config.hpp"
 #include "config_file.hpp"
 #include "context.hpp"
+#include "error_hooks.hpp"
 #include "http.hpp"
 #include "inbox.hpp"
 #include "job_service.hpp"
@@ -90,6 +91,7 @@ class Server final : public Pool::Observer, public Proxy::Host, public AdminServ
   // AdminServer::Host
   std::string status_json_now() override;
   std::string metrics_text() override;
+  std::string errors_json() override;
   // Whether /readyz passes: not stopping, and a worker can take a request; else why not.
   bool ready(std::string *why) override;
   // Reloads every app (and, with a config file, the apps and routes from it); done runs on the
@@ -167,6 +169,7 @@ class Server final : public Pool::Observer, public Proxy::Host, public AdminServ
   std::unique_ptr<Listener> listener_;
   std::unique_ptr<JobService> jobs_;  // Prefer: respond-async requests, and /_valve/jobs/
   std::unique_ptr<AdminServer> admin_;
+  std::unique_ptr<ErrorHooks> error_hooks_;
   uv_signal_t *sigint_ = nullptr;
   uv_signal_t *sigterm_ = nullptr;
   uv_signal_t *sigchld_ = nullptr;

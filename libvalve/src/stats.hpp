@@ -1,11 +1,13 @@
 // What the server counts for /metrics and /status. Loop thread only.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <map>
 #include <numeric>
 #include <string>
+#include <string_view>
 
 #include "prometheus.hpp"
 
@@ -44,6 +46,11 @@ namespace valve {
   XX(jobs_running, gauge, "jobs_running", "valve_jobs_running", "jobs on a worker now", {})        \
   XX(jobs_stored_bytes, gauge, "jobs_stored_bytes", "valve_jobs_stored_bytes",                     \
      "bytes of finished jobs' answers held now (bounded by jobs-max-bytes)", {})                   \
+  XX(error_reports, counter, "error_reports", "valve_error_reports_total",                          \
+     "5xx answers of workers, each kept as an error report (the admin interface's /errors)", {})   \
+  XX(error_hooks, labeled, "error_hooks", "valve_error_hooks_total",                               \
+     "error reports handed to --error-hook-command and --error-hook-url, by result",               \
+     VALVE_LABELS("result", "ok", "failed", "timeout", "dropped"))                                 \
   XX(launches, counter, "launches", "valve_worker_launches_total", "workers launched", {})         \
   XX(exits, counter, "exits", "valve_worker_exits_total", "workers that exited", {})               \
   XX(crashes, counter, "crashes", "valve_worker_crashes_total",                                    \
@@ -105,6 +112,24 @@ inline uint64_t total_answers(const ByClass &by_class) {
   return std::accumulate(by_class.begin(), by_class.end(), uint64_t{0});
 }
 
+// What no operation of the API's spec matched (or there is no spec): one series for all of it.
+inline constexpr const char *kUnmatchedRoute = "unmatched";
+
+// One route template's answers, the seconds from arrival to the end of each answer, and the
+// seconds dispatched requests waited for a worker (valve_route_*, the status's apps[].routes).
+struct RouteFigures {
+  ByClass answers{};
+  Histogram latency;
+  Histogram queue_wait;
+
+  RouteFigures &operator+=(const RouteFigures &other) {
+    for (size_t c = 0; c < answers.size(); ++c) answers[c] += other.answers[c];
+    latency += other.latency;
+    queue_wait += other.queue_wait;
+    return *this;
+  }
+};
+
 // One app's answers and its workers' time. Each App counts its own (its entry in the status shows
 // them); when it ends they are added to Stats::by_app, so that no metric goes backwards.
 struct AppCounts {
@@ -112,11 +137,24 @@ struct AppCounts {
   // Seconds its workers spent on requests (from dispatch to the end of the answer, WebSockets
   // aside): their rate over the pool's worker count is how busy its workers are.
   double busy_seconds = 0;
+  // By the path template of the spec's operation the request matched (kUnmatchedRoute for none):
+  // as many as the spec has operations, plus one, never one per concrete path.
+  std::map<std::string, RouteFigures, std::less<>> routes;
 
   AppCounts &operator+=(const AppCounts &other) {
     for (size_t c = 0; c < answers.size(); ++c) answers[c] += other.answers[c];
     busy_seconds += other.busy_seconds;
+    for (const auto &[route, figures] : other.routes) routes[route] += figures;
     return *this;
+  }
+  // One answer on route: queue_seconds < 0 when it never reached a worker.
+  void count_route(std::string_view route, int status, double seconds, double queue_seconds) {
+    auto it = routes.find(route);
+    if (it == routes.end()) it = routes.try_emplace(std::string(route)).first;
+    RouteFigures &r = it->second;
+    r.answers[std::min(status / 100, 5)]++;
+    r.latency.observe(seconds);
+    if (queue_seconds >= 0) r.queue_wait.observe(queue_seconds);
   }
 };
 

@@ -75,6 +75,18 @@ std::string status_json(const StatusView &view) {
 #undef VALVE_CACHE_STATUS_
       a["cache"] = std::move(c);
     }
+    Json routes = Json::array();
+    for (const auto &[route, r] : app->counts.routes) {
+      Json &entry = routes.emplace_back(Json::object());
+      entry["route"] = route;
+      entry["requests"] = total_answers(r.answers);
+      for (int c = 2; c <= 5; ++c) entry[kClasses[c]] = r.answers[c];
+      entry["latency_sum_s"] = json_rounded(r.latency.sum(), 6);
+      entry["latency_p50_s"] = json_rounded(r.latency.quantile(0.5), 6);
+      entry["latency_p99_s"] = json_rounded(r.latency.quantile(0.99), 6);
+      entry["queue_wait_sum_s"] = json_rounded(r.queue_wait.sum(), 6);
+    }
+    a["by_route"] = std::move(routes);
     a["config"] = app->config.to_json_value();
   }
   Json routes = Json::array();

@@ -11,6 +11,7 @@
 #include <random>
 
 #include "context.hpp"
+#include "error_reports.hpp"
 #include "json.hpp"
 #include "launch.hpp"
 #include "line_reader.hpp"
@@ -288,6 +289,13 @@ uint64_t Worker::sample_rss() {
 }
 
 UpstreamConn &Worker::lease() {
+  if (in_flight_ == 0) {
+    request_lines_.clear();
+    request_bytes_ = 0;
+    output_shared_ = false;
+  } else {
+    output_shared_ = true;
+  }
   ++in_flight_;
   if (!idle_.empty()) {
     UpstreamConn *conn = idle_.back();
@@ -410,6 +418,19 @@ void Worker::on_line(bool is_stderr, std::string_view line) {
   ctx_.log().info("{}{}: {}", label(), is_stderr ? "" : " [stdout]", line);
   tail_.emplace_back(line);
   if (tail_.size() > kOutputTailLines) tail_.pop_front();
+  // The last lines (an R error comes last): at most kRequestOutputLines, of kRequestOutputBytes.
+  request_bytes_ += request_lines_.emplace_back(line.substr(0, kRequestOutputBytes / 4)).size();
+  while (request_lines_.size() > kRequestOutputLines || request_bytes_ > kRequestOutputBytes) {
+    request_bytes_ -= request_lines_.front().size();
+    request_lines_.pop_front();
+  }
+}
+
+std::vector<std::string> Worker::request_output() {
+  if (out_) out_->drain();
+  if (err_) err_->drain();
+  if (output_shared_) return {};
+  return {request_lines_.begin(), request_lines_.end()};
 }
 
 std::string Worker::tail() const {

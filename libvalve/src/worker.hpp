@@ -144,6 +144,10 @@ class Worker final : public UpstreamConn::Owner {
   int port() const { return port_; }
   std::string address() const;
   std::string tail() const;  // the last lines the process wrote, for error messages
+  // The lines the process printed since its current request began (its pipes read first), at most
+  // kRequestOutputLines; empty when another request was on it meanwhile (worker-concurrency > 1):
+  // then no line can be told to be this request's.
+  std::vector<std::string> request_output();
   Context &context() { return ctx_; }
   std::string label() const;
 
@@ -206,6 +210,10 @@ class Worker final : public UpstreamConn::Owner {
   Timer health_timer_;
   Timer drain_timer_;
   std::deque<std::string> tail_;
+  // The last lines since the lease that found it without requests.
+  std::deque<std::string> request_lines_;
+  size_t request_bytes_ = 0;
+  bool output_shared_ = false;  // a second request was leased while one was on it
 };
 
 }  // namespace valve
