@@ -137,7 +137,8 @@ class Proxy final : public Pool::Request, public UpstreamConn::Handler {
   // every answer's head passes on. keep_content_length: whether the worker's Content-Length stays.
   void append_worker_headers(std::string &out, const Head &head, bool keep_content_length) const;
   int switch_protocols(Head &head);  // the worker's 101: tell the client, then tunnel
-  void send_error(int status, std::string_view message, std::string_view extra_headers = {});
+  void send_error(int status, std::string_view message, std::string_view extra_headers = {},
+                  const nlohmann::ordered_json *detail = nullptr);
   void abort_client();  // closes the client's connection (if any) and ends the proxy
   void write_client(std::string_view data);
   void release_hold();     // sends what was held back
@@ -175,6 +176,7 @@ class Proxy final : public Pool::Request, public UpstreamConn::Handler {
   bool has_body_ = false;
   bool body_chunked_ = false;
   bool websocket_ = false;
+  bool check_requests_ = false;  // its route's check-requests, else its app's
   std::string affinity_;
   std::string client_key_;  // whose request it is, for the fair queue
   Priority priority_ = Priority::normal;

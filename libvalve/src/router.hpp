@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -34,6 +35,7 @@ struct Route {
   std::vector<Backend> backends;  // one, or a weighted split
   StickyKey sticky;
   Priority priority = Priority::normal;  // of its requests in the queue (fair_queue.hpp)
+  std::optional<bool> check_requests;    // unset: its app's --check-requests
   int line = 0;  // in the config file (0: not from one)
 
   std::string describe() const;
