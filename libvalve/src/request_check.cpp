@@ -3,6 +3,7 @@
 #include "util.hpp"
 
 #include <algorithm>
+#include <array>
 #include <charconv>
 #include <cmath>
 #include <optional>
@@ -40,6 +41,13 @@ std::string percent_decode(std::string_view s) {
 // on '=' with empty pieces left out, kept only when exactly a key and a value remain; both
 // percent-decoded (decoded() does it, for the few that need it). The first pairs in place, so that
 // a usual query allocates nothing.
+// The bytes a query's scan stops at: separators and escapes.
+constexpr auto kSpecial = [] {
+  std::array<bool, 256> table{};
+  for (unsigned char c : {'&', '=', '%', '+'}) table[c] = true;
+  return table;
+}();
+
 class Pairs {
  public:
   // Raw views; the encoded ones ('%' or '+') are decoded where they are used.
@@ -55,9 +63,12 @@ class Pairs {
     size_t n = 0, start = 0;
     bool encoded[2] = {false, false}, escapes = false;
     for (size_t i = 0; i <= text.size(); ++i) {
+      while (i < text.size() && !kSpecial[static_cast<unsigned char>(text[i])]) ++i;
       char c = i < text.size() ? text[i] : '&';
-      if (c == '%' || c == '+') escapes = true;
-      if (c != '=' && c != '&') continue;
+      if (c == '%' || c == '+') {
+        escapes = true;
+        continue;
+      }
       if (i > start) {
         if (n < 2) {
           pieces[n] = text.substr(start, i - start);
