@@ -154,7 +154,7 @@ Failure text_failure(ParamType t, std::string_view text) {
       while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
       while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
       if (!s.empty() && (s.front() == '-' || s.front() == '+')) s.remove_prefix(1);
-      bool digits = !s.empty() && s.find_first_not_of("0123456789") == std::string_view::npos;
+      bool digits = s.size() >= 10 && s.find_first_not_of("0123456789") == std::string_view::npos;
       if (digits)
         return {"int_parsing_size",
                 "Input should be a valid integer, R's integers go from -2147483647 to 2147483647"};
