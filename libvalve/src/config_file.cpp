@@ -30,7 +30,7 @@ constexpr std::string_view kMountKeys[] = {"prefix", "hostname", "strip-prefix",
                                            "cache-post"};
 constexpr std::string_view kRouteKeys[] = {"prefix", "hostname", "strip-prefix", "app",
                                            "split",  "sticky",   "priority",     "timeout",
-                                           "cache-post"};
+                                           "cache-post", "check-requests"};
 
 size_t edit_distance(std::string_view a, std::string_view b) {
   std::vector<size_t> row(b.size() + 1);
@@ -313,9 +313,12 @@ class Reader {
   bool read_mount_key(Route &route, const std::string &where, std::string_view key,
                       const toml::node &node) {
     int line = line_of(node);
-    if (key == "strip-prefix") {
+    if (key == "strip-prefix" || key == "check-requests") {
       if (auto b = node.as_boolean()) {
-        route.strip_prefix = b->get();
+        if (key == "strip-prefix")
+          route.strip_prefix = b->get();
+        else
+          route.check_requests = b->get();
         return true;
       }
       fail(line, fmt::format("{}: expected true or false, got {}", where, type_name(node)));
@@ -419,7 +422,7 @@ class Reader {
       } else {
         fail(line_of(value),
              fmt::format("{}: unknown key{}; a route has prefix, hostname, strip-prefix, app or "
-                         "split, sticky, priority, timeout and cache-post",
+                         "split, sticky, priority, timeout, cache-post and check-requests",
                          at,
                          suggestion(k, std::vector<std::string_view>(std::begin(kRouteKeys),
                                                                      std::end(kRouteKeys)))));

@@ -241,9 +241,13 @@ void HttpParser::resume() { llhttp_resume(&parser_); }
 void HttpParser::resume_after_upgrade() { llhttp_resume_after_upgrade(&parser_); }
 
 std::string error_response(int status, std::string_view message, std::string_view request_id,
-                           bool keep_alive, std::string_view extra_headers) {
-  std::string body =
-      json_text({{"error", message}, {"status", status}, {"request_id", request_id}}) + "\n";
+                           bool keep_alive, std::string_view extra_headers, const Json *detail) {
+  Json doc = Json::object();
+  if (detail) doc["detail"] = *detail;
+  doc["error"] = message;
+  doc["status"] = status;
+  doc["request_id"] = request_id;
+  std::string body = json_text(doc) + "\n";
   return fmt::format(
       "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nX-Request-Id: "
       "{}\r\n{}{}\r\n{}",
@@ -277,6 +281,8 @@ const char *status_reason(int status) {
       return "URI Too Long";
     case 417:
       return "Expectation Failed";
+    case 422:
+      return "Unprocessable Content";
     case 431:
       return "Request Header Fields Too Large";
     case 500:

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <llhttp.h>
+#include <nlohmann/json_fwd.hpp>
 
 #include "chunked.hpp"
 #include "util.hpp"
@@ -130,9 +131,11 @@ class HttpParser {
 
 // A complete JSON error response from valve itself:
 // {"error": message, "status": status, "request_id": id}, with X-Request-Id and, unless keep_alive,
-// Connection: close. extra_headers are whole "Name: value\r\n" lines.
+// Connection: close. extra_headers are whole "Name: value\r\n" lines. A detail (the request
+// check's list) comes first, as FastAPI's {"detail": [...]}.
 std::string error_response(int status, std::string_view message, std::string_view request_id,
-                           bool keep_alive, std::string_view extra_headers = {});
+                           bool keep_alive, std::string_view extra_headers = {},
+                           const nlohmann::ordered_json *detail = nullptr);
 
 // The reason phrase for a status code ("Service Unavailable"); "Unknown" if none.
 const char *status_reason(int status);

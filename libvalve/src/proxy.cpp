@@ -16,6 +16,7 @@
 #include "json.hpp"
 #include "openapi.hpp"
 #include "pool.hpp"
+#include "request_check.hpp"
 #include "router.hpp"
 #include "stats.hpp"
 #include "upstream.hpp"
@@ -190,6 +191,7 @@ void Proxy::start() {
     cache_post_ = true;
     cache_key_headers_ = routing.route->cache_key_headers;
   }
+  check_requests_ = routing.route->check_requests.value_or(config().check_requests);
   uint64_t limit = config().max_body_size;
   if (limit > 0 && request_.content_length.value_or(0) > limit) {
     send_error(413, fmt::format("request body of {} bytes is larger than the limit of {} bytes",
@@ -223,6 +225,17 @@ void Proxy::submit() {
   if (ctx_.stopping()) {
     send_error(503, "the server is shutting down", "Retry-After: 1\r\n");
     return;
+  }
+  if (check_requests_) {  // the API's declared types (request_check.hpp): refused before any worker
+    std::string_view body = pending_body_;
+    Json detail = check_proxied(app_->pool->spec().get(), request_, upstream_target_,
+                                request_complete_ || !has_body_ ? &body : nullptr);
+    if (!detail.is_null()) {
+      ++ctx_.stats().check_refusals;
+      send_error(static_cast<int>(config().check_status),
+                 "the request's parameters do not match the API's declared types", {}, &detail);
+      return;
+    }
   }
   if (job_) return host_.jobs()->submit(*this);
   if (app_->cache && cache_lookup()) return;
@@ -683,7 +696,8 @@ void Proxy::close_tunnel(const char *reason, std::string_view why, std::string_v
   maybe_finish();
 }
 
-void Proxy::send_error(int status, std::string_view message, std::string_view extra_headers) {
+void Proxy::send_error(int status, std::string_view message, std::string_view extra_headers,
+                       const Json *detail) {
   timer_.stop();
   drop_hold();
   if (upstream_) detach_upstream(false);
@@ -698,7 +712,8 @@ void Proxy::send_error(int status, std::string_view message, std::string_view ex
   client_keep_alive_ = request_.keep_alive && whole_request() && !ctx_.stopping();
   std::string headers(extra_headers);
   if (app_ && ctx_.names_apps()) headers += fmt::format("Valve-App: {}\r\n", app_->name);
-  std::string answer = error_response(status, message, request_id_, client_keep_alive_, headers);
+  std::string answer =
+      error_response(status, message, request_id_, client_keep_alive_, headers, detail);
   // An answer to HEAD is its head alone, Content-Length as a GET's would be (RFC 9110 9.3.2).
   if (request_.method == "HEAD") answer.resize(answer.find("\r\n\r\n") + 4);
   write_client(answer);

@@ -104,7 +104,8 @@ class Proxy final : public Pool::Request, public UpstreamConn::Handler, public C
   // connection cannot stay open.
   void send_answer(int status, std::string_view reason, std::string_view headers,
                    std::string_view body);
-  void send_error(int status, std::string_view message, std::string_view extra_headers = {});
+  void send_error(int status, std::string_view message, std::string_view extra_headers = {},
+                  const nlohmann::ordered_json *detail = nullptr);
   // The body read whole before submit() (a job's request body).
   const std::string &buffered_body() const { return pending_body_; }
   const std::string &peer_ip() const { return peer_ip_; }
@@ -212,6 +213,7 @@ class Proxy final : public Pool::Request, public UpstreamConn::Handler, public C
   bool has_body_ = false;
   bool body_chunked_ = false;
   bool websocket_ = false;
+  bool check_requests_ = false;  // its route's check-requests, else its app's
   std::string affinity_;
   std::string client_key_;  // whose request it is, for the fair queue
   Priority priority_ = Priority::normal;

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -38,6 +39,7 @@ struct Route {
   // POST answers are cached (with --cache-size), keyed by the body and these request headers too.
   bool cache_post = false;
   std::vector<std::string> cache_key_headers;
+  std::optional<bool> check_requests;    // unset: its app's --check-requests
   int line = 0;  // in the config file (0: not from one)
 
   std::string describe() const;

@@ -25,6 +25,9 @@ namespace valve {
      "requests refused with 503 (queue full, queue timeout, shutting down)", {})                   \
   XX(client_limited, counter, "client_limited", "valve_client_limited_total",                      \
      "requests refused with 429: their client had client-max-queued requests waiting", {})         \
+  XX(check_refusals, counter, "check_refusals", "valve_check_refusals_total",                      \
+     "requests refused with --check-status: a parameter was not of its declared type, or a "       \
+     "required one was missing (--check-requests)", {})                                            \
   XX(timeouts, counter, "timeouts", "valve_request_timeouts_total",                                \
      "requests a worker did not answer within --timeout", {})                                      \
   XX(retries, counter, "retries", "valve_retries_total",                                           \

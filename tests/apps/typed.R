@@ -15,7 +15,7 @@ count <- function() calls <<- calls + 1L
 #* @get /search
 function(n, x = 0, flag = FALSE, label = "", ids = NULL) {
   count()
-  list(n = n, x = x, flag = flag, label = label, ids = I(ids),
+  list(n = n, x = x, flag = flag, label = label, ids = as.list(ids),
        n_int = as.integer(n), x_num = as.numeric(x), flag_lgl = as.logical(flag))
 }
 
@@ -45,7 +45,7 @@ function() {
 #* @post /fit
 function(wt, hp, am = FALSE, tags = NULL) {
   count()
-  list(wt = wt, hp = hp, am = am, tags = I(tags), sum = as.numeric(wt) + as.numeric(hp))
+  list(wt = wt, hp = hp, am = am, tags = as.list(tags), sum = as.numeric(wt) + as.numeric(hp))
 }
 
 #* No declared types: nothing is checked but required arguments.

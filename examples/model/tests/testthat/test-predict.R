@@ -24,7 +24,7 @@ test_that("/predict answers one car and several, in order", {
 test_that("wrong input gets 400 and a message saying what to fix", {
   url <- local_valve(api)
   cases <- list(
-    list(body = list(wt = "heavy", hp = 110, am = 1), says = "wt must be a number, got a string"),
+    list(body = list(wt = "2.62", hp = 110, am = 1), says = "wt must be a number, got a string"),
     list(body = list(wt = 2.62, hp = 110), says = "missing am"),
     list(body = list(wt = 2.62, hp = 110, am = 3), says = "am must be 0")
   )
@@ -37,6 +37,16 @@ test_that("wrong input gets 400 and a message saying what to fix", {
                                                  type = "application/json"))
   expect_equal(httr2::resp_status(resp), 400)
   expect_match(httr2::resp_body_json(resp)$error, "not valid JSON")
+})
+
+test_that("a wrong type never reaches R: valve answers 422 naming the parameter", {
+  url <- local_valve(api)
+  resp <- httr2::req_perform(predict_request(url, list(wt = "heavy", hp = 110, am = 1)))
+  expect_equal(httr2::resp_status(resp), 422)
+  detail <- httr2::resp_body_json(resp)$detail
+  expect_length(detail, 1)
+  expect_equal(unlist(detail[[1]]$loc), c("body", "wt"))
+  expect_equal(detail[[1]]$input, "heavy")
 })
 
 test_that("/health names the model, and two workers answer at once", {
