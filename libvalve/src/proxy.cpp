@@ -64,7 +64,10 @@ Proxy::Proxy(Context &ctx, Host &host, Client &client, Head request)
   request_id_ = id && !id->empty() && id->size() <= 200 ? *id : random_hex(16);
 }
 
-Proxy::~Proxy() { release_buffered(); }
+Proxy::~Proxy() {
+  Batcher::leave(*this);
+  release_buffered();
+}
 
 void Proxy::release_buffered() {
   ctx_.stats().buffered_body_bytes -= buffered_;
@@ -167,6 +170,10 @@ void Proxy::start() {
   client_key_ = valve::client_key(config().client_key, request_, peer_ip_);
   priority_ = request_priority(routing.route->priority, config().priority_header, request_,
                                client_ && client_->peer_trusted());
+  if (routing.route->batch.enabled()) {
+    batch_ = routing.route->batch;
+    batch_prefix_ = routing.route->prefix;
+  }
   uint64_t limit = config().max_body_size;
   if (limit > 0 && request_.content_length.value_or(0) > limit) {
     send_error(413, fmt::format("request body of {} bytes is larger than the limit of {} bytes",
@@ -193,8 +200,52 @@ void Proxy::submit() {
     send_error(503, "the server is shutting down", "Retry-After: 1\r\n");
     return;
   }
+  // A whole JSON body for a batching route waits in a batch, unless a worker is free for it now.
+  if (batch_.enabled() && request_complete_ &&
+      batchable_request(request_, batch_prefix_, pending_body_)) {
+    enter(Phase::queued);
+    if (app_->batcher(batch_).offer(*this, client_key_, priority_)) return;
+  }
   if (has_body_ && client_ && !request_complete_) client_->hold_body(true);
   app_->pool->submit(*this);
+}
+
+void Proxy::batch_alone() {
+  batch_ = BatchSpec();
+  app_->pool->submit(*this);
+}
+
+void Proxy::batch_failed(int status, std::string_view message, bool retry_after) {
+  if (retry_after) {
+    reject(status, message);
+  } else {
+    send_error(status, message);
+  }
+}
+
+void Proxy::batch_answered(std::string_view json, uint64_t worker_id) {
+  served_by_ = worker_id;
+  status_ = 200;
+  if (!client_) {
+    maybe_finish();
+    return;
+  }
+  enter(Phase::responding);
+  client_keep_alive_ = request_.keep_alive && !ctx_.stopping();
+  bool client_11 = request_.version_major == 1 && request_.version_minor >= 1;
+  std::string out = fmt::format(
+      "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n"
+      "X-Request-Id: {}\r\n",
+      json.size(), request_id_);
+  if (ctx_.names_apps()) append(out, "Valve-App: {}\r\n", app_->name);
+  out += client_keep_alive_ ? (client_11 ? "" : "Connection: keep-alive\r\n")
+                            : "Connection: close\r\n";
+  out += "\r\n";
+  out += json;
+  bytes_out_ = json.size();
+  write_client(out);
+  end_response();
+  maybe_finish();
 }
 
 void Proxy::on_client_body(std::string_view data) {
@@ -237,6 +288,7 @@ void Proxy::on_client_complete() {
 
 void Proxy::on_client_gone() {
   client_ = nullptr;
+  Batcher::leave(*this);
   if (phase_ == Phase::queued) app_->pool->cancel(*this);
   drop_hold();  // what was held back cannot reach it now
   if (upstream_ && phase_ == Phase::tunnel) detach_upstream(false);  // it closed its WebSocket
@@ -263,7 +315,7 @@ void Proxy::on_tunnel_data(std::string_view data) {
 }
 
 void Proxy::on_queued() {
-  enter(Phase::queued);
+  if (phase_ != Phase::queued) enter(Phase::queued);  // a batch's member was already
   timer_.start(config().queue_timeout);
 }
 

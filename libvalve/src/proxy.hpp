@@ -6,6 +6,7 @@
 #include <string_view>
 #include <vector>
 
+#include "batcher.hpp"
 #include "http.hpp"
 #include "pool.hpp"
 #include "upstream.hpp"
@@ -21,7 +22,7 @@ struct Config;
 struct Route;
 struct Routing;
 
-class Proxy final : public Pool::Request, public UpstreamConn::Handler {
+class Proxy final : public Pool::Request, public UpstreamConn::Handler, public Batcher::Member {
  public:
   // Where the exchange is, in the order the phases come (response_started() relies on it): a retry
   // goes from waiting or holding back to queued or waiting, and any phase may end in finished.
@@ -105,12 +106,18 @@ class Proxy final : public Pool::Request, public UpstreamConn::Handler {
   void on_upstream_tunnel_data(std::string_view data) override;
   void on_upstream_switched(std::string_view early) override;
 
+  // ---- Batcher::Member: a batch it joined (batcher.hpp) answers it
+  std::string_view batch_request_body() const override { return pending_body_; }
+  void batch_answered(std::string_view json, uint64_t worker_id) override;
+  void batch_failed(int status, std::string_view message, bool retry_after) override;
+  void batch_alone() override;
+
   bool retryable() const;
   // All of the request has been read (a bodiless one once its head is).
   bool whole_request() const { return request_complete_ || !has_body_; }
   uint64_t excluded_worker() const override { return excluded_worker_; }
   const Head &request() const override { return request_; }
-  const std::string &request_id() const { return request_id_; }
+  const std::string &request_id() const override { return request_id_; }
   // Valve began answering the client (the worker's answer passed on, its 101, or valve's own
   // error): no other answer can be given. Asked by the client's connection, while it is there.
   bool response_started() const { return phase_ >= Phase::responding; }
@@ -178,6 +185,8 @@ class Proxy final : public Pool::Request, public UpstreamConn::Handler {
   std::string affinity_;
   std::string client_key_;  // whose request it is, for the fair queue
   Priority priority_ = Priority::normal;
+  BatchSpec batch_;           // the route's micro-batching: off once the request goes alone
+  std::string batch_prefix_;  // the route's path, the one path that is batched
   uint64_t body_bytes_ = 0;
   // The client sent all of its request: the client's side, which ends apart from the answer (a
   // worker may answer before the body is all read).
