@@ -1,12 +1,17 @@
-// batcher.hpp: which requests may join a batch, the batch route's body, and how its answer is
-// split back (the proxying itself is driven by tests/integration/test_batching.py).
+// batcher.hpp: which requests may join a batch, the batch route's body, how its answer is split
+// back, and a route's batch keys in the config file (the proxying itself is driven by
+// tests/integration/test_batching.py).
 #include <doctest/doctest.h>
 
+#include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "batcher.hpp"
+#include "config_file.hpp"
 #include "http.hpp"
+#include "support.hpp"
 
 namespace {
 
@@ -67,4 +72,55 @@ TEST_CASE("batcher: a 2xx JSON array of one element per member is split back") {
   CHECK_FALSE(split_batch_answer(200, "[1,2,3]", 2));
   CHECK_FALSE(split_batch_answer(200, "[1]", 2));
   CHECK_FALSE(split_batch_answer(200, "", 1));
+}
+
+TEST_CASE("batcher: a route's batch-path, batch-max and batch-retry-singly from the config file") {
+  test::TempFile file(R"([apps.model]
+file = "plumber.R"
+prefix = "/"
+
+[[routes]]
+prefix = "/predict"
+app = "model"
+batch-path = "/predict_batch"
+batch-max = 16
+batch-retry-singly = false
+
+[[routes]]
+prefix = "/other"
+app = "model"
+)");
+  valve::Config options;
+  REQUIRE_FALSE(options.set("config", file.path).has_value());
+  std::vector<valve::Mistake> mistakes;
+  auto layout = valve::load_layout(options, &mistakes);
+  REQUIRE(layout);
+  std::map<std::string, valve::BatchSpec> by_prefix;
+  for (const valve::Route &r : layout->routes) by_prefix[r.prefix] = r.batch;
+  CHECK(by_prefix["/predict"].path == "/predict_batch");
+  CHECK(by_prefix["/predict"].max == 16);
+  CHECK_FALSE(by_prefix["/predict"].retry_singly);
+  CHECK_FALSE(by_prefix["/other"].enabled());
+  CHECK(by_prefix["/other"].max == 32);
+  CHECK(by_prefix["/other"].retry_singly);
+  CHECK_FALSE(by_prefix["/"].enabled());
+
+  // Mistakes name the key and what it takes.
+  for (auto [line, expected] : std::vector<std::pair<std::string, std::string>>{
+           {"batch-path = \"predict_batch\"", "routes[1].batch-path \"predict_batch\": expected"},
+           {"batch-max = 0", "routes[1].batch-max: expected a whole number from 1 to 10000, got 0"},
+           {"batch-max = \"8\"", "routes[1].batch-max: expected a whole number from 1 to 10000"},
+           {"batch-retry-singly = 1", "routes[1].batch-retry-singly: expected true or false"},
+           {"batch-mx = 8", "did you mean batch-max?"}}) {
+    test::TempFile bad(
+        "[apps.model]\nfile = \"plumber.R\"\n\n[[routes]]\nprefix = \"/p\"\n"
+        "app = \"model\"\n" +
+        line + "\n");
+    valve::Config o;
+    REQUIRE_FALSE(o.set("config", bad.path).has_value());
+    std::vector<valve::Mistake> found;
+    CHECK_FALSE(valve::load_layout(o, &found));
+    REQUIRE(found.size() >= 1);
+    CHECK_MESSAGE(found[0].message.find(expected) != std::string::npos, found[0].message);
+  }
 }
