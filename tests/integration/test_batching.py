@@ -1,9 +1,10 @@
-"""Micro-batching (a route's batch-path) with real plumber workers (tests/apps/batch.R, two
-workers): an idle pool sends each request alone; concurrent requests go to the batch route in
-fewer worker calls, and each client gets, as its JSON body, what the single route gives for its
-input alone; a malformed batch answer is retried one by one (or is each member's 502 without
-batch-retry-singly); a body that is not JSON goes alone; clients that leave a waiting batch harm
-no one."""
+"""Micro-batching (a route's batch-path) with real plumber workers (tests/apps/batch.R: an app of
+two workers, and one of one worker with a short queue timeout): an idle pool sends each request
+alone; concurrent requests go to the batch route in fewer worker calls, and each client gets, as
+its JSON body, what the single route gives for its input alone; a malformed batch answer is retried
+one by one (or is each member's 502 without batch-retry-singly); a body that is not JSON goes
+alone; clients that leave a waiting batch harm no one; a batch that waits past queue-timeout gives
+each of its requests the 503 a lone one gets."""
 
 import json
 import os
@@ -45,11 +46,26 @@ prefix = "/strict"
 app = "api"
 batch-path = "/bad_batch"
 batch-retry-singly = false
+# One worker and a short queue timeout, by Host.
+[apps.qt]
+file = "{app_path('batch.R')}"
+n-min = 1
+n-max = 1
+queue-timeout = "0.5s"
+[[routes]]
+prefix = "/"
+hostname = "qt.test"
+app = "qt"
+[[routes]]
+prefix = "/double"
+hostname = "qt.test"
+app = "qt"
+batch-path = "/double_batch"
 """)
         valve = self.start_valve("--config", config, "--admin", "127.0.0.1:0", ready="/hello",
                                  ready_timeout=60)
-        wait_until(lambda: sum(w["state"] == "ready" for w in valve.status()["workers"]) == 2, 60,
-                   message="two workers ready")
+        wait_until(lambda: sum(w["state"] == "ready" for w in valve.status()["workers"]) == 3, 60,
+                   message="three workers ready")
         return valve
 
     def counts(self, valve):
@@ -191,6 +207,23 @@ batch-retry-singly = false
         after = self.counts(valve)
         self.assertEqual(after["batched_requests"] - before["batched_requests"], len(inputs) // 2,
                          after)
+        # A batch that waits past queue-timeout: each of its requests gets the 503 a lone one would.
+        qt = {"Host": "qt.test"}
+        holder = threading.Thread(target=valve.get, args=("/sleep?s=1.5", qt))
+        holder.start()
+        time.sleep(0.3)
+        results = parallel([lambda x=x: valve.post("/double", json.dumps({"x": x}),
+                                                   headers=dict(JSON, **qt))
+                            for x in inputs[:4]], timeout=30)
+        holder.join(10)
+        for response in results:
+            self.assertEqual(response.status, 503, response)
+            self.assertEqual(response.json()["status"], 503)
+            self.assertIn("queue timeout", response.json()["error"])
+            self.assertEqual(response.header("Retry-After"), "1")
+        self.assertEqual(valve.post("/double", json.dumps({"x": 7}), headers=dict(JSON, **qt))
+                         .json(), singles[7])
+
         # The workers serve on, alone and batched.
         self.assertEqual(self.post(valve, "/double", 7).json(), singles[7])
         status = valve.status()
