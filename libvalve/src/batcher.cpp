@@ -247,7 +247,7 @@ void Batch::on_upstream_failed(std::string_view reason) {
   timer_.stop();
   if (worker_) worker_->note_request_result(false);
   detach(false);
-  fail(502, fmt::format("the worker failed before answering the batch: {}", reason));
+  fail(502, fmt::format("the worker failed before answering the batch: {}", reason), worker_id_);
   end();
 }
 
@@ -265,8 +265,10 @@ void Batch::on_timeout() {
       batcher_.spec().path, worker_id_, format_seconds(batcher_.config().timeout));
   if (worker_) worker_->kill("a request timed out");
   detach(false);
-  fail(504, fmt::format("the worker gave no answer to the batch within {} s",
-                        format_seconds(batcher_.config().timeout)));
+  fail(504,
+       fmt::format("the worker gave no answer to the batch within {} s",
+                   format_seconds(batcher_.config().timeout)),
+       worker_id_);
   end();
 }
 
@@ -298,7 +300,7 @@ void Batch::deliver(int status, std::string_view body) {
   }
 }
 
-void Batch::fail(int status, std::string message) {
+void Batch::fail(int status, std::string message, uint64_t failed_worker) {
   Context &ctx = batcher_.context();
   bool singly = batcher_.spec().retry_singly && !ctx.stopping();
   ++ctx.stats().batch_failures;
@@ -312,7 +314,7 @@ void Batch::fail(int status, std::string message) {
     m->batch_ = nullptr;
     if (singly) {
       ++ctx.stats().batch_fallbacks;
-      m->batch_alone();
+      m->batch_alone(failed_worker);
     } else {
       m->batch_failed(status, message, false);
     }

@@ -47,8 +47,9 @@ class Batcher {
     virtual void batch_answered(std::string_view json, uint64_t worker_id) = 0;
     // The batch failed or was refused: valve's error for it.
     virtual void batch_failed(int status, std::string_view message, bool retry_after) = 0;
-    // The batch failed: it goes alone to its route, as a request of its own.
-    virtual void batch_alone() = 0;
+    // The batch failed: it goes alone to its route, as a request of its own, avoiding the worker
+    // that failed it (0: none).
+    virtual void batch_alone(uint64_t avoid_worker) = 0;
     bool in_batch() const { return batch_ != nullptr; }
 
    protected:
@@ -136,7 +137,7 @@ class Batch final : public Pool::Request, public UpstreamConn::Handler {
   void on_timeout();
   // Each member gets its element, or the failure (alone with batch-retry-singly).
   void deliver(int status, std::string_view body);
-  void fail(int status, std::string message);
+  void fail(int status, std::string message, uint64_t failed_worker = 0);
   void end();
 
   Batcher &batcher_;

@@ -210,8 +210,9 @@ void Proxy::submit() {
   app_->pool->submit(*this);
 }
 
-void Proxy::batch_alone() {
+void Proxy::batch_alone(uint64_t avoid_worker) {
   batch_ = BatchSpec();
+  if (avoid_worker != 0) excluded_worker_ = avoid_worker;
   app_->pool->submit(*this);
 }
 

@@ -110,7 +110,7 @@ class Proxy final : public Pool::Request, public UpstreamConn::Handler, public B
   std::string_view batch_request_body() const override { return pending_body_; }
   void batch_answered(std::string_view json, uint64_t worker_id) override;
   void batch_failed(int status, std::string_view message, bool retry_after) override;
-  void batch_alone() override;
+  void batch_alone(uint64_t avoid_worker) override;
 
   bool retryable() const;
   // All of the request has been read (a bodiless one once its head is).

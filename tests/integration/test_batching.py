@@ -14,7 +14,7 @@ import threading
 import time
 import unittest
 
-from harness import ValveTestCase, app_path, format_request, parallel, wait_until
+from harness import ValveTestCase, app_path, backend_cmd, format_request, parallel, wait_until
 
 JSON = {"Content-Type": "application/json"}
 
@@ -228,6 +228,67 @@ batch-path = "/double_batch"
         self.assertEqual(self.post(valve, "/double", 7).json(), singles[7])
         status = valve.status()
         self.assertEqual(status["totals"]["batched_requests"], after["batched_requests"])
+
+    def test_worker_failures_native(self):
+        """The native backend, two workers taking one request at a time: a batch whose worker dies
+        (/crash) is retried one by one, on another worker; one that outlasts --timeout (/hang)
+        kills its worker and is, without batch-retry-singly, each request's 504."""
+        config = os.path.join(self.tmpdir, "native.toml")
+        with open(config, "w") as f:
+            f.write(f"""
+n-min = 2
+n-max = 2
+worker-concurrency = 1
+timeout = "1s"
+[apps.native]
+cmd = {json.dumps(backend_cmd())}
+[[routes]]
+prefix = "/"
+app = "native"
+[[routes]]
+prefix = "/hello"
+app = "native"
+batch-path = "/crash"
+[[routes]]
+prefix = "/pid"
+app = "native"
+batch-path = "/hang"
+batch-retry-singly = false
+""")
+        valve = self.start_valve("--config", config, "--admin", "127.0.0.1:0", ready="/hello")
+        wait_until(lambda: sum(w["state"] == "ready" for w in valve.status()["workers"]) == 2, 20,
+                   message="two workers ready")
+
+        def held(path, n):
+            holders = [threading.Thread(target=valve.get, args=("/sleep?ms=400",))
+                       for _ in range(2)]
+            for holder in holders:
+                holder.start()
+            time.sleep(0.15)
+            results = parallel([lambda i=i: valve.post(path, json.dumps({"i": i}), headers=JSON)
+                                for i in range(n)], timeout=30)
+            for holder in holders:
+                holder.join(10)
+            return results
+
+        before = self.counts(valve)
+        for response in held("/hello", 5):
+            self.assertEqual(response.status, 200, response)
+            self.assertEqual(response.text().strip(), "hello")
+        after = self.counts(valve)
+        self.assertEqual(after["batches"] - before["batches"], 1, after)
+        self.assertEqual(after["batch_failures"] - before["batch_failures"], 1, after)
+        self.assertEqual(after["batch_fallbacks"] - before["batch_fallbacks"], 5, after)
+        self.assertRegex(valve.log(), r"batch \w+ of 5 requests to /crash: the worker failed")
+
+        started = time.monotonic()
+        for response in held("/pid", 3):
+            self.assertEqual(response.status, 504, response)
+            self.assertEqual(response.json()["status"], 504)
+        self.assertLess(time.monotonic() - started, 5)
+        self.assertRegex(valve.log(), r"gave no answer within 1 s; replacing it")
+        valve.wait_ready("/hello", timeout=20)
+
 
 
 if __name__ == "__main__":
