@@ -127,4 +127,42 @@ function(res, resamples = "5000", seed = "1") {
   list(formula = deparse(f), resamples = n, seed = s,
        coefficients = as.list(round(full, 6)),
        std_errors = as.list(round(apply(boot, 1, sd), 6)))
+# valve's micro-batching (examples/model/batch.toml): valve gathers concurrent /predict requests and
+# sends their bodies here as one JSON array; this answers an array with, for each body, what
+# /predict answers for it alone, from one predict() on all their cars. If any body is not one
+# /predict would answer with 200, the batch answers 400, and valve sends each request alone to
+# /predict (batch-retry-singly), where it gets its own answer. (bindings/r's valve_batch_route()
+# makes such a route from a one-request function.)
+#* Predict for a batch of /predict bodies (valve sends these): a JSON array of them.
+#* @parser json_text
+#* @serializer unboxedJSON
+#* @post /predict_batch
+function(req, res) {
+  fail <- function(message) {
+    res$status <- 400
+    list(error = message, status = 400)
+  }
+  bodies <- tryCatch(jsonlite::fromJSON(req$postBody, simplifyVector = FALSE),
+                     error = function(e) NULL)
+  if (!is.list(bodies) || !is.null(names(bodies)) || length(bodies) == 0) {
+    return(fail("send a non-empty JSON array of /predict bodies"))
+  }
+  # Each body as /predict takes it: one car object, or an array of cars.
+  per_body <- lapply(bodies, function(b) if (is.list(b) && !is.null(names(b))) list(b) else b)
+  for (i in seq_along(per_body)) {
+    cars <- per_body[[i]]
+    if (!is.list(cars) || length(cars) == 0 || length(cars) > max_cars) {
+      return(fail(sprintf("body %d: not what /predict takes", i)))
+    }
+    for (car in cars) {
+      if (!is.null(car_problem(car, "a car"))) return(fail(sprintf("body %d: a car is invalid", i)))
+    }
+  }
+  cars <- do.call(c, per_body)
+  newdata <- data.frame(wt = vapply(cars, function(car) car$wt, numeric(1)),
+                        hp = vapply(cars, function(car) car$hp, numeric(1)),
+                        am = vapply(cars, function(car) car$am, numeric(1)))
+  mpg <- round(unname(predict(model, newdata)), 3)
+  owner <- rep(seq_along(per_body), lengths(per_body))
+  lapply(seq_along(per_body), function(i) list(mpg = I(mpg[owner == i])))
 }

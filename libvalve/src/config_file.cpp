@@ -26,11 +26,13 @@ namespace {
 constexpr std::string_view kPathOptions[] = {"file", "openapi", "env-file", "runtime-dir",
                                              "access-log"};
 // Keys of an app's table that are not options: its own route.
-constexpr std::string_view kMountKeys[] = {"prefix", "hostname", "strip-prefix", "priority",
-                                           "cache-post"};
-constexpr std::string_view kRouteKeys[] = {"prefix", "hostname", "strip-prefix", "app",
-                                           "split",  "sticky",   "priority",     "timeout",
-                                           "cache-post", "check-requests"};
+constexpr std::string_view kMountKeys[] = {
+    "prefix",     "hostname",  "strip-prefix",      "priority", "cache-post",
+    "batch-path", "batch-max", "batch-retry-singly"};
+constexpr std::string_view kRouteKeys[] = {
+    "prefix",     "hostname",       "strip-prefix", "app",       "split",
+    "sticky",     "priority",       "timeout",      "cache-post", "check-requests",
+    "batch-path", "batch-max",      "batch-retry-singly"};
 
 size_t edit_distance(std::string_view a, std::string_view b) {
   std::vector<size_t> row(b.size() + 1);
@@ -297,10 +299,10 @@ class Reader {
     if (auto err = app.config.validate()) fail(line, fmt::format("apps.{}: {}", name, *err));
     if (mounted) {
       if (mount.prefix.empty()) {
-        fail(line, fmt::format(
-                       "apps.{}: hostname, strip-prefix, priority and cache-post need a prefix to "
-                       "mount the app at (prefix = \"/\" for every path)",
-                       name));
+        fail(line,
+             fmt::format("apps.{}: hostname, strip-prefix, priority, cache-post and batch-* need a "
+                         "prefix to mount the app at (prefix = \"/\" for every path)",
+                         name));
       } else {
         mount.backends.push_back({app.name, 1});
         layout.routes.push_back(std::move(mount));
@@ -313,12 +315,24 @@ class Reader {
   bool read_mount_key(Route &route, const std::string &where, std::string_view key,
                       const toml::node &node) {
     int line = line_of(node);
-    if (key == "strip-prefix" || key == "check-requests") {
+    if (key == "batch-max") {
+      auto n = node.as_integer();
+      if (n && n->get() >= 1 && n->get() <= 10000) {
+        route.batch.max = static_cast<size_t>(n->get());
+        return true;
+      }
+      fail(line, fmt::format("{}: expected a whole number from 1 to 10000, got {}", where,
+                             n ? std::to_string(n->get()) : type_name(node)));
+      return false;
+    }
+    if (key == "strip-prefix" || key == "check-requests" || key == "batch-retry-singly") {
       if (auto b = node.as_boolean()) {
         if (key == "strip-prefix")
           route.strip_prefix = b->get();
-        else
+        else if (key == "check-requests")
           route.check_requests = b->get();
+        else
+          route.batch.retry_singly = b->get();
         return true;
       }
       fail(line, fmt::format("{}: expected true or false, got {}", where, type_name(node)));
@@ -335,6 +349,16 @@ class Reader {
       if (parse_priority(v, &route.priority)) return true;
       fail(line, fmt::format("{} \"{}\": expected interactive, normal or batch", where, v));
       return false;
+    }
+    if (key == "batch-path") {
+      if (v.empty() || v.front() != '/' || v.find_first_of("?# \t\r\n") != std::string::npos) {
+        fail(line, fmt::format("{} \"{}\": expected the API's batch route, a path starting with "
+                               "/, like \"/predict_batch\"",
+                               where, v));
+        return false;
+      }
+      route.batch.path = v;
+      return true;
     }
     if (key == "prefix") {
       if (v.empty() || v.front() != '/' || v.find_first_of("?# \t") != std::string::npos) {
@@ -422,7 +446,8 @@ class Reader {
       } else {
         fail(line_of(value),
              fmt::format("{}: unknown key{}; a route has prefix, hostname, strip-prefix, app or "
-                         "split, sticky, priority, timeout, cache-post and check-requests",
+                         "split, sticky, priority, timeout, cache-post, check-requests, "
+                         "batch-path, batch-max and batch-retry-singly",
                          at,
                          suggestion(k, std::vector<std::string_view>(std::begin(kRouteKeys),
                                                                      std::end(kRouteKeys)))));

@@ -69,7 +69,10 @@ Proxy::Proxy(Context &ctx, Host &host, Client &client, Head request)
   request_id_ = id && !id->empty() && id->size() <= 200 ? *id : random_hex(16);
 }
 
-Proxy::~Proxy() { release_buffered(); }
+Proxy::~Proxy() {
+  Batcher::leave(*this);
+  release_buffered();
+}
 
 void Proxy::release_buffered() {
   ctx_.stats().buffered_body_bytes -= buffered_;
@@ -192,6 +195,10 @@ void Proxy::start() {
     cache_key_headers_ = routing.route->cache_key_headers;
   }
   check_requests_ = routing.route->check_requests.value_or(config().check_requests);
+  if (routing.route->batch.enabled()) {
+    batch_ = routing.route->batch;
+    batch_prefix_ = routing.route->prefix;
+  }
   uint64_t limit = config().max_body_size;
   if (limit > 0 && request_.content_length.value_or(0) > limit) {
     send_error(413, fmt::format("request body of {} bytes is larger than the limit of {} bytes",
@@ -239,8 +246,53 @@ void Proxy::submit() {
   }
   if (job_) return host_.jobs()->submit(*this);
   if (app_->cache && cache_lookup()) return;
+  // A whole JSON body for a batching route waits in a batch, unless a worker is free for it now.
+  if (batch_.enabled() && request_complete_ &&
+      batchable_request(request_, batch_prefix_, pending_body_)) {
+    enter(Phase::queued);
+    if (app_->batcher(batch_).offer(*this, client_key_, priority_)) return;
+  }
   if (has_body_ && client_ && !request_complete_) client_->hold_body(true);
   app_->pool->submit(*this);
+}
+
+void Proxy::batch_alone(uint64_t avoid_worker) {
+  batch_ = BatchSpec();
+  if (avoid_worker != 0) excluded_worker_ = avoid_worker;
+  app_->pool->submit(*this);
+}
+
+void Proxy::batch_failed(int status, std::string_view message, bool retry_after) {
+  if (retry_after) {
+    reject(status, message);
+  } else {
+    send_error(status, message);
+  }
+}
+
+void Proxy::batch_answered(std::string_view json, uint64_t worker_id) {
+  served_by_ = worker_id;
+  status_ = 200;
+  if (!client_) {
+    maybe_finish();
+    return;
+  }
+  enter(Phase::responding);
+  client_keep_alive_ = request_.keep_alive && !ctx_.stopping();
+  bool client_11 = request_.version_major == 1 && request_.version_minor >= 1;
+  std::string out = fmt::format(
+      "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n"
+      "X-Request-Id: {}\r\n",
+      json.size(), request_id_);
+  if (ctx_.names_apps()) append(out, "Valve-App: {}\r\n", app_->name);
+  out += client_keep_alive_ ? (client_11 ? "" : "Connection: keep-alive\r\n")
+                            : "Connection: close\r\n";
+  out += "\r\n";
+  out += json;
+  bytes_out_ = json.size();
+  write_client(out);
+  end_response();
+  maybe_finish();
 }
 
 void Proxy::on_client_body(std::string_view data) {
@@ -283,6 +335,7 @@ void Proxy::on_client_complete() {
 
 void Proxy::on_client_gone() {
   client_ = nullptr;
+  Batcher::leave(*this);
   if (phase_ == Phase::queued) app_->pool->cancel(*this);
   if (phase_ == Phase::collapsed) app_->cache->stop_waiting(cache_key_, *this);
   drop_hold();  // what was held back cannot reach it now
@@ -310,7 +363,7 @@ void Proxy::on_tunnel_data(std::string_view data) {
 }
 
 void Proxy::on_queued() {
-  enter(Phase::queued);
+  if (phase_ != Phase::queued) enter(Phase::queued);  // a batch's member was already
   timer_.start(queue_timeout_);
 }
 

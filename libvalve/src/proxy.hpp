@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "cache.hpp"
+#include "batcher.hpp"
 #include "http.hpp"
 #include "pool.hpp"
 #include "upstream.hpp"
@@ -24,7 +25,10 @@ struct Config;
 struct Route;
 struct Routing;
 
-class Proxy final : public Pool::Request, public UpstreamConn::Handler, public Cache::Waiter {
+class Proxy final : public Pool::Request,
+                    public UpstreamConn::Handler,
+                    public Cache::Waiter,
+                    public Batcher::Member {
  public:
   // Where the exchange is, in the order the phases come (response_started() relies on it): a retry
   // goes from waiting or holding back to queued or waiting, and any phase may end in finished.
@@ -132,13 +136,18 @@ class Proxy final : public Pool::Request, public UpstreamConn::Handler, public C
 
   // ---- Cache::Waiter: the identical request it waited for has its answer
   void on_flight_over() override;
+  // ---- Batcher::Member: a batch it joined (batcher.hpp) answers it
+  std::string_view batch_request_body() const override { return pending_body_; }
+  void batch_answered(std::string_view json, uint64_t worker_id) override;
+  void batch_failed(int status, std::string_view message, bool retry_after) override;
+  void batch_alone(uint64_t avoid_worker) override;
 
   bool retryable() const;
   // All of the request has been read (a bodiless one once its head is).
   bool whole_request() const { return request_complete_ || !has_body_; }
   uint64_t excluded_worker() const override { return excluded_worker_; }
   const Head &request() const override { return request_; }
-  const std::string &request_id() const { return request_id_; }
+  const std::string &request_id() const override { return request_id_; }
   // Valve began answering the client (the worker's answer passed on, its 101, or valve's own
   // error): no other answer can be given. Asked by the client's connection, while it is there.
   bool response_started() const { return phase_ >= Phase::responding; }
@@ -222,6 +231,8 @@ class Proxy final : public Pool::Request, public UpstreamConn::Handler, public C
   double timeout_ = 0;
   double queue_timeout_ = 0;
   bool job_ = false;
+  BatchSpec batch_;           // the route's micro-batching: off once the request goes alone
+  std::string batch_prefix_;  // the route's path, the one path that is batched
   uint64_t body_bytes_ = 0;
   // The client sent all of its request: the client's side, which ends apart from the answer (a
   // worker may answer before the body is all read).

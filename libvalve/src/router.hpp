@@ -28,6 +28,15 @@ struct Backend {
   double weight = 1;
 };
 
+// Micro-batching on a route (batcher.hpp): a POST of a JSON body to exactly the route's prefix may
+// go to the API's batch route with others, as one JSON array. Off while path is empty.
+struct BatchSpec {
+  std::string path;          // the API's batch route, as the worker sees it: batch-path
+  size_t max = 32;           // members at most: batch-max
+  bool retry_singly = true;  // a failed batch's members go alone to the route: batch-retry-singly
+  bool enabled() const { return !path.empty(); }
+};
+
 struct Route {
   std::string hostname;  // matched against Host without its port, case-insensitively; empty: any
   std::string prefix;    // matched on whole path segments: "/v1" takes /v1 and /v1/x, not /v10
@@ -40,6 +49,7 @@ struct Route {
   bool cache_post = false;
   std::vector<std::string> cache_key_headers;
   std::optional<bool> check_requests;    // unset: its app's --check-requests
+  BatchSpec batch;
   int line = 0;  // in the config file (0: not from one)
 
   std::string describe() const;

@@ -54,6 +54,14 @@ namespace valve {
   XX(error_hooks, labeled, "error_hooks", "valve_error_hooks_total",                               \
      "error reports handed to --error-hook-command and --error-hook-url, by result",               \
      VALVE_LABELS("result", "ok", "failed", "timeout", "dropped"))                                 \
+  XX(batches, counter, "batches", "valve_batches_total",                                           \
+     "batches sent to a batch route (batch-path)", {})                                             \
+  XX(batched_requests, counter, "batched_requests", "valve_batched_requests_total",                \
+     "requests sent in a batch: over valve_batches_total, the mean batch size", {})                \
+  XX(batch_failures, counter, "batch_failures", "valve_batch_failures_total",                      \
+     "batches whose answer was an error or no JSON array of one element per request", {})          \
+  XX(batch_fallbacks, counter, "batch_fallbacks", "valve_batch_fallbacks_total",                   \
+     "requests of a failed batch sent alone to their route (batch-retry-singly)", {})              \
   XX(launches, counter, "launches", "valve_worker_launches_total", "workers launched", {})         \
   XX(exits, counter, "exits", "valve_worker_exits_total", "workers that exited", {})               \
   XX(crashes, counter, "crashes", "valve_worker_crashes_total",                                    \

@@ -84,4 +84,19 @@ test_that("/refit runs as a job: 202 and a Location, polled, then the answer it 
   expect_identical(httr2::resp_body_string(polled), httr2::resp_body_string(at_once))
   expect_equal(httr2::resp_header(polled, "Content-Type"),
                httr2::resp_header(at_once, "Content-Type"))
+test_that("/predict_batch answers, for each /predict body, what /predict answers for it alone", {
+  url <- local_valve(api)
+  bodies <- list(list(wt = 2.62, hp = 110, am = 1),
+                 list(list(wt = 5.4, hp = 230, am = 0), list(wt = 1.9, hp = 66, am = 1)))
+  alone <- lapply(bodies, function(body) {
+    httr2::resp_body_string(httr2::req_perform(predict_request(url, body)))
+  })
+  resp <- httr2::req_perform(valve_request(url, "/predict_batch", json = bodies))
+  expect_equal(httr2::resp_status(resp), 200)
+  elements <- jsonlite::fromJSON(httr2::resp_body_string(resp), simplifyVector = FALSE)
+  expect_equal(elements, lapply(alone, jsonlite::fromJSON, simplifyVector = FALSE))
+  # A body /predict would refuse fails the batch (valve then sends each request alone).
+  resp <- httr2::req_perform(valve_request(url, "/predict_batch",
+                                           json = list(list(wt = "heavy", hp = 110, am = 1))))
+  expect_equal(httr2::resp_status(resp), 400)
 })
