@@ -112,16 +112,7 @@ class ErrorHooks::Delivery {
       return done("failed", "the report did not fit in the command's stdin pipe");
     }
     SpawnSpec spec;
-    const std::string &line = hooks_.command_;
-    auto words = split_command(line);
-    std::optional<std::string> program = words ? find_executable(words->front()) : std::nullopt;
-    if (program) {
-      spec.path = *program;
-      spec.argv = std::move(*words);
-    } else {
-      spec.path = "/bin/sh";
-      spec.argv = {"/bin/sh", "-c", line};
-    }
+    set_command(spec, hooks_.command_);
     spec.env = current_environment();
     spec.stdin_fd = p[0];
     Spawned child;

@@ -38,16 +38,9 @@ local({
     message("valve: cannot load ", file, ": ", conditionMessage(e))
     quit(save = "no", status = 1)
   })
-  # The API's OpenAPI spec, for valve's request checks: once per generation (the first worker
-  # writes it), never in the way of serving.
-  spec_file <- Sys.getenv("VALVE_OPENAPI_FILE")
-  if (nzchar(spec_file) && !file.exists(spec_file)) tryCatch({
-    spec <- suppressMessages(router$getApiSpec())
-    tmp <- paste0(spec_file, ".", Sys.getpid())
-    writeLines(jsonlite::toJSON(spec, auto_unbox = TRUE, null = "null", digits = NA), tmp)
-    file.rename(tmp, spec_file)
-  }, error = function(e) message("valve: cannot write the API's OpenAPI spec: ", conditionMessage(e)))
-  httpuv::startPipeServer(socket, strtoi("077", 8L), router)
+  # The API's OpenAPI spec, for valve's request checks (kWriteOpenApiSpecR).
+)R";
+constexpr const char *kWorkerScriptServe = R"R(  httpuv::startPipeServer(socket, strtoi("077", 8L), router)
   repeat httpuv::service(1000)
 })
 )R";
@@ -60,12 +53,22 @@ std::string replace_all(std::string s, std::string_view from, std::string_view t
 
 }  // namespace
 
+const char *const kWriteOpenApiSpecR =
+    R"R(  spec_file <- Sys.getenv("VALVE_OPENAPI_FILE")
+  if (nzchar(spec_file) && !file.exists(spec_file)) tryCatch({
+    spec <- suppressMessages(router$getApiSpec())
+    tmp <- paste0(spec_file, ".", Sys.getpid())
+    writeLines(jsonlite::toJSON(spec, auto_unbox = TRUE, null = "null", digits = NA), tmp)
+    file.rename(tmp, spec_file)
+  }, error = function(e) message("valve: cannot write the API's OpenAPI spec: ", conditionMessage(e)))
+)R";
+
 std::string worker_script_path(const std::string &runtime_dir) { return runtime_dir + "/worker.R"; }
 
 bool write_worker_script(const std::string &runtime_dir) {
   std::string path = worker_script_path(runtime_dir);
   std::ofstream script(path);
-  script << kWorkerScript;
+  script << kWorkerScript << kWriteOpenApiSpecR << kWorkerScriptServe;
   script.close();
   if (!script) return false;
   chmod(path.c_str(), 0644);
@@ -112,17 +115,7 @@ int plan_worker_launch(const LaunchSettings &settings, uint64_t id, WorkerLaunch
       set_variable(spec.env, "VALVE_PORT", std::to_string(port));
       if (!socket_path.empty()) socket_path.clear();  // both given: traffic goes to the port
     }
-    // A simple command is exec'd directly so that it, not a shell, is valve's child: only a child
-    // gets the parent-death signal. Shell syntax runs under /bin/sh (exec its last program).
-    auto words = split_command(command);
-    std::optional<std::string> program = words ? find_executable(words->front()) : std::nullopt;
-    if (program) {
-      spec.path = *program;
-      spec.argv = std::move(*words);
-    } else {
-      spec.path = "/bin/sh";
-      spec.argv = {"/bin/sh", "-c", command};
-    }
+    set_command(spec, command);  // shell syntax: /bin/sh (exec its last program)
   }
   return 0;
 }

@@ -13,6 +13,11 @@
 
 namespace valve {
 
+// R code that both the worker script and the preload template run once `router` is loaded: the
+// API's OpenAPI spec, for valve's request checks, written to VALVE_OPENAPI_FILE once per
+// generation (the first worker writes it, renamed into place whole), never in the way of serving.
+extern const char *const kWriteOpenApiSpecR;
+
 // The R script every plumber or shiny worker runs, in the runtime directory.
 std::string worker_script_path(const std::string &runtime_dir);
 // Writes it (mode 0644): false when it cannot.

@@ -19,6 +19,7 @@
 #include "config.hpp"
 #include "context.hpp"
 #include "json.hpp"
+#include "launch.hpp"
 #include "line_reader.hpp"
 #include "process.hpp"
 #include "sandbox.hpp"
@@ -56,15 +57,9 @@ local({
     message("valve: cannot load ", file, ": ", conditionMessage(e))
     quit(save = "no", status = 1)
   })
-  # As worker.R does: the API's OpenAPI spec for valve's request checks, once per generation.
-  spec_file <- Sys.getenv("VALVE_OPENAPI_FILE")
-  if (nzchar(spec_file) && !file.exists(spec_file)) tryCatch({
-    spec <- suppressMessages(router$getApiSpec())
-    tmp <- paste0(spec_file, ".", Sys.getpid())
-    writeLines(jsonlite::toJSON(spec, auto_unbox = TRUE, null = "null", digits = NA), tmp)
-    file.rename(tmp, spec_file)
-  }, error = function(e) message("valve: cannot write the API's OpenAPI spec: ", conditionMessage(e)))
-  hook <- get0("valve_post_fork", envir = envir, mode = "function")
+  # As worker.R does: the API's OpenAPI spec for valve's request checks (kWriteOpenApiSpecR).
+)R";
+constexpr const char *kTemplateScriptForks = R"R(  hook <- get0("valve_post_fork", envir = envir, mode = "function")
   # Answers the readiness probe's path in-process, without a connection (plumber answers 404): R
   # compiles plumber's request path here once, not in every worker as it first serves.
   warm_up <- function() for (i in 1:2) tryCatch({
@@ -523,7 +518,8 @@ bool Preloader::write_files(std::string *why) {
   const std::string &dir = pool_.context().runtime_dir();
   script_path_ = fmt::format("{}/template-{}.R", dir, pool_.serial());
   helper_path_ = fmt::format("{}/preload-{}.so", dir, pool_.serial());
-  if (!write_file(script_path_, kTemplateScript, std::strlen(kTemplateScript)) ||
+  std::string script = std::string(kTemplateScript) + kWriteOpenApiSpecR + kTemplateScriptForks;
+  if (!write_file(script_path_, script.data(), script.size()) ||
       !write_file(helper_path_, kPreloadHelper, kPreloadHelperSize)) {
     *why = fmt::format("cannot write the template's files in {}: {}", dir, strerror(errno));
     return false;

@@ -301,6 +301,18 @@ std::string describe_exit(int status) {
   return fmt::format("ended with wait status {}", status);
 }
 
+void set_command(SpawnSpec &spec, const std::string &line) {
+  auto words = split_command(line);
+  std::optional<std::string> program = words ? find_executable(words->front()) : std::nullopt;
+  if (program) {
+    spec.path = *program;
+    spec.argv = std::move(*words);
+  } else {
+    spec.path = "/bin/sh";
+    spec.argv = {"/bin/sh", "-c", line};
+  }
+}
+
 namespace {
 // The bytes of a "NAME: N kB" line of a /proc file; nullopt when there is none.
 std::optional<uint64_t> read_kb_line(const std::string &path, std::string_view name) {

@@ -52,6 +52,11 @@ std::optional<std::vector<std::string>> split_command(std::string_view line);
 // Finds an executable: a path with a slash is checked as it is, otherwise looked up in PATH.
 std::optional<std::string> find_executable(const std::string &name);
 
+// Sets spec's program and arguments to run a command line: a simple command whose program is
+// found is exec'd directly (so that it, not a shell, is valve's child: only a child gets the
+// parent-death signal), anything else runs under /bin/sh -c.
+void set_command(SpawnSpec &spec, const std::string &line);
+
 // Signals a worker's whole process group (falls back to the pid alone).
 void signal_group(pid_t pid, int sig);
 
