@@ -127,6 +127,8 @@ function(res, resamples = "5000", seed = "1") {
   list(formula = deparse(f), resamples = n, seed = s,
        coefficients = as.list(round(full, 6)),
        std_errors = as.list(round(apply(boot, 1, sd), 6)))
+}
+
 # valve's micro-batching (examples/model/batch.toml): valve gathers concurrent /predict requests and
 # sends their bodies here as one JSON array; this answers an array with, for each body, what
 # /predict answers for it alone, from one predict() on all their cars. If any body is not one

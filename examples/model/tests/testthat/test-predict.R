@@ -84,6 +84,8 @@ test_that("/refit runs as a job: 202 and a Location, polled, then the answer it 
   expect_identical(httr2::resp_body_string(polled), httr2::resp_body_string(at_once))
   expect_equal(httr2::resp_header(polled, "Content-Type"),
                httr2::resp_header(at_once, "Content-Type"))
+})
+
 test_that("/predict_batch answers, for each /predict body, what /predict answers for it alone", {
   url <- local_valve(api)
   bodies <- list(list(wt = 2.62, hp = 110, am = 1),
