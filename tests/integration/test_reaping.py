@@ -11,7 +11,7 @@ import harness
 from harness import ValveTestCase, children, descendants, proc_info, wait_until
 
 # Each worker leaves an orphan: a background `sleep` whose parent shell exits at once.
-ORPHAN_SLEEP = "1.5"
+ORPHAN_SLEEP = "5"  # long enough that both workers' orphans overlap, however slow the start
 
 
 def orphaning_cmd():
@@ -29,7 +29,7 @@ class Subreaper(ValveTestCase):
         # The orphans are reparented to valvectl, not to the machine's init...
         wait_until(lambda: len(orphans_of(valve.pid)) == 2, 5, message="two adopted orphans")
         # ...and reaped when they exit: no zombie stays behind.
-        wait_until(lambda: not orphans_of(valve.pid), 6, message="orphans reaped")
+        wait_until(lambda: not orphans_of(valve.pid), 10, message="orphans reaped")
         self.assertEqual(valve.zombies(), [])
         self.assertEqual(valve.get("/hello").status, 200)
 
@@ -56,7 +56,7 @@ class Pid1(ValveTestCase):
         self.assertEqual(nspid[-1], "1", "valvectl is not PID 1 in its namespace")
 
         wait_until(lambda: len(orphans_of(init)) == 2, 5, message="two orphans adopted by PID 1")
-        wait_until(lambda: not orphans_of(init), 6, message="orphans reaped by PID 1")
+        wait_until(lambda: not orphans_of(init), 10, message="orphans reaped by PID 1")
         zombies = [p for p in descendants(init) if p.state == "Z"]
         self.assertEqual(zombies, [])
         self.assertEqual(valve.get("/hello").status, 200)
