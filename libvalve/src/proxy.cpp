@@ -235,7 +235,7 @@ void Proxy::submit() {
   }
   if (check_requests_) {  // the API's declared types (request_check.hpp): refused before any worker
     std::string_view body = pending_body_;
-    Json detail = check_proxied(app_->pool->spec().get(), request_, upstream_target_,
+    Json detail = check_proxied(operation(), request_, upstream_target_,
                                 request_complete_ || !has_body_ ? &body : nullptr);
     if (!detail.is_null()) {
       ++ctx_.stats().check_refusals;
@@ -1086,23 +1086,20 @@ void Proxy::cache_land() {
   app_->cache->land(cache_key_);
 }
 
-namespace {
-
-// The path template of the operation in the app's spec that the request matches (what the worker
-// sees: its prefix stripped, without the query); kUnmatchedRoute when none does, or no spec.
-std::string_view route_template(const App &app, std::string_view method, std::string_view path) {
-  if (const std::shared_ptr<const ApiSpec> &spec = app.pool->spec()) {
-    if (const ApiOperation *op = spec->match(method, path)) return op->path_template;
+const ApiOperation *Proxy::operation() {
+  if (!spec_) {
+    spec_ = app_->pool->spec();
+    if (!spec_) return nullptr;
+    std::string_view path(upstream_target_);
+    operation_ = spec_->match(request_.method, path.substr(0, path.find('?')));
   }
-  return kUnmatchedRoute;
+  return operation_;
 }
 
-}  // namespace
-
 void Proxy::record_route(int status, double seconds, double queue_seconds) {
-  std::string_view path(upstream_target_);
-  // A view into the pool's spec, which stays as it is until this function returns.
-  std::string_view route = route_template(*app_, request_.method, path.substr(0, path.find('?')));
+  // A view into the spec the proxy holds (spec_), the one its request was checked against.
+  const ApiOperation *op = operation();
+  std::string_view route = op ? std::string_view(op->path_template) : kUnmatchedRoute;
   app_->counts.count_route(route, status, seconds, queue_seconds);
   if (status < 500 || served_by_ == 0) return;  // valve's own 503s never reached a worker
   ErrorReport report;

@@ -20,6 +20,7 @@ namespace valve {
 class Context;
 class JobService;
 class Worker;
+struct ApiOperation;
 struct App;
 struct Config;
 struct Route;
@@ -191,6 +192,8 @@ class Proxy final : public Pool::Request,
   void record();  // metrics and the access log, once the request is over
   // The figures of the request's route template, and an error report for a worker's 5xx.
   void record_route(int status, double seconds, double queue_seconds);
+  // The spec's operation for the request (its path as the worker gets it), or null: matched once.
+  const ApiOperation *operation();
   std::string upstream_head() const;
 
   const Config &config() const;  // the app's, once routed; the server's before
@@ -223,6 +226,10 @@ class Proxy final : public Pool::Request,
   bool body_chunked_ = false;
   bool websocket_ = false;
   bool check_requests_ = false;  // its route's check-requests, else its app's
+  // The app's spec when operation() first asked, and the operation of it the request matches:
+  // matched once, for the type check and for the per-route figures.
+  std::shared_ptr<const ApiSpec> spec_;
+  const ApiOperation *operation_ = nullptr;
   std::string affinity_;
   std::string client_key_;  // whose request it is, for the fair queue
   Priority priority_ = Priority::normal;

@@ -680,13 +680,11 @@ std::vector<Violation> check_request(const ApiOperation &op, std::string_view pa
   return out;
 }
 
-Json check_proxied(const ApiSpec *spec, const Head &request, std::string_view target,
+Json check_proxied(const ApiOperation *op, const Head &request, std::string_view target,
                    const std::string_view *body) {
-  if (!spec) return Json();
+  if (!op || !op->checked) return Json();
   size_t q = target.find('?');
   std::string_view path = target.substr(0, q);
-  const ApiOperation *op = spec->match(request.method, path);
-  if (!op || !op->checked) return Json();
   std::string_view query = q == std::string_view::npos ? std::string_view() : target.substr(q + 1);
   const std::string *type = request.find("content-type");
   auto violations = check_request(*op, path, query, body, type ? *type : std::string_view());

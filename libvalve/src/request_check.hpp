@@ -48,9 +48,9 @@ std::vector<Violation> check_request(const ApiOperation &op, std::string_view pa
                                      std::string_view content_type);
 
 // The check of a request the proxy is about to submit: its target as the worker gets it (path and
-// query), body (null when not read whole) and Content-Type against spec's operation for it. The
-// detail of a refusal, or null when it passes (or spec is null, or declares nothing for it).
-Json check_proxied(const ApiSpec *spec, const Head &request, std::string_view target,
+// query), body (null when not read whole) and Content-Type against op, the spec's operation for
+// it. The detail of a refusal, or null when it passes (or op is null, or declares nothing).
+Json check_proxied(const ApiOperation *op, const Head &request, std::string_view target,
                    const std::string_view *body);
 
 // The JSON array of FastAPI's "detail": each violation's loc, msg, type and input.
