@@ -68,7 +68,7 @@ class AnswerReader final : public HttpParser::Handler {
   JobAnswer answer_;
 };
 
-// The name of a preference ("wait" of "wait=10"), and its value without quotes or parameters.
+// The name of a preference: "wait" of "wait=10".
 std::string_view preference_name(std::string_view item) {
   return trim(item.substr(0, item.find_first_of("=;")));
 }
@@ -304,10 +304,10 @@ void JobService::submit(Proxy &proxy) {
   sync_gauges();
   // With wait=N the client waits for the answer, at most the job's own time limit (job-timeout);
   // else (or when N is 0) it has its 202 at once, the job's state in it.
-  uint64_t wait = std::min<uint64_t>(
-      prefer_wait(req).value_or(0),
-      static_cast<uint64_t>(proxy.app() ? proxy.app()->config.job_timeout
-                                        : ctx_.config().job_timeout));
+  uint64_t wait =
+      std::min<uint64_t>(prefer_wait(req).value_or(0),
+                         static_cast<uint64_t>(proxy.app() ? proxy.app()->config.job_timeout
+                                                           : ctx_.config().job_timeout));
   if (!expiry_timer_.active() && !ctx_.stopping()) expiry_timer_.start(1, 1);
   if (wait > 0) {
     auto waiter = std::make_unique<Waiter>(ctx_.loop(), [this, id] { wait_over(id); });

@@ -92,8 +92,8 @@ class JobService final : public Proxy::Host {
   Proxy::Host &server_;
   JobTable table_;
   std::unordered_map<Proxy *, std::unique_ptr<Runner>> runners_;
-  std::unordered_map<std::string, std::unique_ptr<Slot>> slots_;  // by job id, until it is over
-  std::map<std::string, AppJobs, std::less<>> apps_;               // by app name
+  std::unordered_map<std::string, std::unique_ptr<Slot>> slots_;      // by job id, until it is over
+  std::map<std::string, AppJobs, std::less<>> apps_;                  // by app name
   std::unordered_map<std::string, std::unique_ptr<Waiter>> waiters_;  // by job id
   bool stopped_ = false;
   DeferredCalls calls_;

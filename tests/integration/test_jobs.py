@@ -313,6 +313,12 @@ app = "default"
             doc = state(valve, j)
             self.assertEqual((doc["state"], doc["held"]), ("queued", True), doc)
         self.assertFalse(state(valve, jobs[0])["held"])
+        # A held job cancelled: it leaves the hold, and never runs.
+        cancelled = submit(valve, "GET", "/sleep?ms=700")
+        self.assertEqual(valve.metric("valve_jobs_held"), 3)
+        r = valve.request("DELETE", cancelled)
+        self.assertEqual((r.status, r.json()["state"]), (200, "cancelled"), r)
+        self.assertEqual(valve.get(cancelled).status, 404)
         self.assertEqual(valve.metric("valve_jobs_held"), 2)
         self.assertEqual(valve.metric("valve_jobs_queued"), 2)
         self.assertEqual(valve.metric("valve_jobs_running"), 1)
@@ -333,6 +339,8 @@ app = "default"
             self.assertGreaterEqual(after[0], before[1] - 0.01, spans)
         self.assertEqual(valve.metric("valve_jobs_held"), 0)
         self.assertEqual(valve.status()["jobs"]["apps"], {})
+        self.assertEqual(valve.metric('valve_jobs_finished_total{result="done"}'), 3)
+        self.assertEqual(valve.metric("valve_jobs_cancelled_total"), 1)
 
     def test_jobs_workers_max_holds_across_a_reload(self):
         # The default: n-max - 1, here 1 (one worker always left for plain requests).
