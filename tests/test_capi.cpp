@@ -187,7 +187,7 @@ TEST_CASE("capi: valve_config_key lists every option, each described, then NULL"
     // A non-empty default is named in the description.
     if (*value) CHECK(std::string(about).find("(default: ") != std::string::npos);
   }
-  CHECK(i == 74);
+  CHECK(i == 75);
   CHECK(valve_config_key(i) == nullptr);
   CHECK(valve_config_key(static_cast<size_t>(-1)) == nullptr);
   CHECK(keys.count("n-max") == 1);

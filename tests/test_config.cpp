@@ -85,6 +85,7 @@ TEST_CASE("config: the defaults, spelled out independently of the table") {
       {"job-result-ttl", "600"},
       {"jobs-max", "100"},
       {"jobs-max-bytes", "268435456"},
+      {"jobs-workers-max", "0"},
       {"tunnel-idle-timeout", "3600"},
       {"tunnel-max-lifetime", "0"},
       {"tunnel-ping-interval", "30"},
@@ -189,6 +190,21 @@ TEST_CASE("config: the workers WebSockets may hold, by type unless set") {
   CHECK(c.tunnel_ping_interval == 0.5);
 }
 
+TEST_CASE("config: the jobs that may run at once, n-max - 1 unless set") {
+  Config c;
+  CHECK(c.jobs_workers() == 2);  // n-max 3: one worker is kept for plain requests
+  REQUIRE_FALSE(c.set("n-max", "1"));
+  CHECK(c.jobs_workers() == 1);  // the only worker: nothing can be kept
+  REQUIRE_FALSE(c.set("n-max", "8"));
+  REQUIRE_FALSE(c.set("type", "shiny"));
+  CHECK(c.jobs_workers() == 7);  // whatever the type: a job holds its worker's request
+  REQUIRE_FALSE(c.set("jobs-workers-max", "8"));
+  CHECK(c.jobs_workers() == 8);  // as many as n-max: no worker kept
+  auto err = c.set("jobs-workers-max", "-1");
+  REQUIRE(err);
+  CHECK(err->find("jobs-workers-max -1") != std::string::npos);
+}
+
 TEST_CASE("config: preload-spares is auto or a number up to 64") {
   Config c;
   CHECK_FALSE(c.fixed_preload_spares().has_value());  // auto
@@ -213,7 +229,7 @@ TEST_CASE("config: option_key lists each option once, in table order, then nullp
     INFO("index " << i);
     CHECK(seen.insert(valve::option_key(i)).second);
   }
-  CHECK(i == 74);
+  CHECK(i == 75);
   CHECK(std::string(valve::option_key(0)) == "host");
   CHECK(std::string(valve::option_key(i - 1)) == "preload-spares");
   CHECK(valve::option_key(i + 1000) == nullptr);

@@ -280,6 +280,12 @@ uint64_t Config::tunnel_workers() const {
   return shiny() || n_max <= 1 ? n_max : n_max - 1;
 }
 
+uint64_t Config::jobs_workers() const {
+  if (jobs_workers_max > 0) return jobs_workers_max;
+  // A job holds a plumber worker for minutes: one is kept for plain requests, as for WebSockets.
+  return n_max <= 1 ? 1 : n_max - 1;
+}
+
 std::optional<unsigned> Config::fixed_preload_spares() const {
   auto n = parse_uint(preload_spares);
   if (!n || *n > kMaxPreloadSpares) return std::nullopt;

@@ -95,6 +95,9 @@ namespace valve {
   XX("jobs-max-bytes", jobs_max_bytes, bytes, server, "256m",                                      \
      "bytes of finished jobs' answers kept in memory; past it a new job gets 503, and an answer "  \
      "that does not fit is stored as a 503 instead (0: no limit)")                                 \
+  XX("jobs-workers-max", jobs_workers_max, uint, app, "0",                                         \
+     "most of an app's workers that jobs may hold at once; more jobs wait in valve (queued) until "\
+     "one finishes (0: n-max - 1, at least 1, so that plain requests always have a worker)")       \
   XX("tunnel-idle-timeout", tunnel_idle_timeout, secs, app, "3600",                                \
      "seconds a WebSocket may pass no data (pings aside) before valve closes it, freeing its "     \
      "worker (0: no limit)")                                                                       \
@@ -236,6 +239,8 @@ struct Config {
   // The workers WebSockets may hold in force: tunnel-workers-max, or when 0 the default for the
   // type (at least 1).
   uint64_t tunnel_workers() const;
+  // The jobs that may run at once: jobs-workers-max, or when 0 n-max - 1 (at least 1).
+  uint64_t jobs_workers() const;
   // preload-spares as a fixed number; nullopt for auto.
   std::optional<unsigned> fixed_preload_spares() const;
   bool shiny() const { return type == "shiny"; }

@@ -121,6 +121,7 @@ Json job_json(const Job &job, std::string_view location) {
   Json j = Json::object();
   j["id"] = job.id;
   j["state"] = job_state_name(job.state);
+  j["held"] = job.held;
   j["location"] = location;
   j["method"] = job.method;
   j["target"] = job.target;

@@ -33,6 +33,7 @@ struct Job {
   std::string id;  // 32 hex digits from the kernel's random source: knowing it is the key
   std::string method, target, request_id, app;
   JobState state = JobState::queued;
+  bool held = false;  // queued in valve: its app's jobs hold jobs-workers-max workers
   int64_t submitted_ms = 0, started_ms = 0, finished_ms = 0, expires_ms = 0;  // 0: not yet
   std::optional<JobAnswer> answer;                                            // once finished
 

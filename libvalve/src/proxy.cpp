@@ -71,6 +71,8 @@ Proxy::Proxy(Context &ctx, Host &host, Client &client, Head request)
 
 Proxy::~Proxy() {
   Batcher::leave(*this);
+  if (job_)
+    if (JobService *jobs = host_.jobs()) jobs->forget_waiter(*this);
   release_buffered();
 }
 
@@ -336,6 +338,8 @@ void Proxy::on_client_complete() {
 void Proxy::on_client_gone() {
   client_ = nullptr;
   Batcher::leave(*this);
+  if (job_)  // it may wait for its job's answer (Prefer: wait=N)
+    if (JobService *jobs = host_.jobs()) jobs->forget_waiter(*this);
   if (phase_ == Phase::queued) app_->pool->cancel(*this);
   if (phase_ == Phase::collapsed) app_->cache->stop_waiting(cache_key_, *this);
   drop_hold();  // what was held back cannot reach it now

@@ -84,6 +84,12 @@ class Proxy final : public Pool::Request,
     virtual void on_proxy_done(Proxy &proxy) = 0;
     // Who takes Prefer: respond-async requests and answers /_valve/jobs/ (null: nobody).
     virtual JobService *jobs() { return nullptr; }
+    // The settings of the app of that name that serves now (a reload's new one once it does),
+    // or null when none does: the jobs read their bound on workers (jobs-workers-max) from it.
+    virtual const Config *app_config(std::string_view app) {
+      (void)app;
+      return nullptr;
+    }
 
    protected:
     ~Host() = default;

@@ -707,6 +707,16 @@ Routing Server::route(const Head &request, std::string_view peer_ip) {
   return out;
 }
 
+const Config *Server::app_config(std::string_view name) {
+  const Config *found = nullptr;
+  for (auto &a : apps_) {
+    if (a->name != name || a->pending) continue;
+    if (!a->retiring) return &a->config;
+    found = &a->config;  // leaving: only when no app of that name serves
+  }
+  return found;
+}
+
 void Server::on_proxy_done(Proxy &proxy) {
   if (App *app = proxy.app()) {
     if (app->in_progress > 0) --app->in_progress;

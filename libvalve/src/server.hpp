@@ -87,6 +87,7 @@ class Server final : public Pool::Observer, public Proxy::Host, public AdminServ
   const std::vector<Route> &routes() const override { return layout_.routes; }
   void on_proxy_done(Proxy &proxy) override;
   JobService *jobs() override { return jobs_.get(); }
+  const Config *app_config(std::string_view app) override;
 
   // AdminServer::Host
   std::string status_json_now() override;

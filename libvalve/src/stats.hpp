@@ -45,7 +45,12 @@ namespace valve {
      "jobs cancelled (DELETE) while queued or running", {})                                        \
   XX(jobs_expired, counter, "jobs_expired", "valve_jobs_expired_total",                            \
      "finished jobs forgotten once their answer's job-result-ttl passed", {})                      \
+  XX(jobs_waited, counter, "jobs_waited", "valve_jobs_waited_total",                               \
+     "jobs answered within their client's Prefer: wait=N, as if synchronously (not kept)", {})     \
   XX(jobs_queued, gauge, "jobs_queued", "valve_jobs_queued", "jobs waiting for a worker now", {})  \
+  XX(jobs_held, gauge, "jobs_held", "valve_jobs_held",                                             \
+     "queued jobs held in valve while their app's jobs hold --jobs-workers-max workers (a part "   \
+     "of valve_jobs_queued)", {})                                                                  \
   XX(jobs_running, gauge, "jobs_running", "valve_jobs_running", "jobs on a worker now", {})        \
   XX(jobs_stored_bytes, gauge, "jobs_stored_bytes", "valve_jobs_stored_bytes",                     \
      "bytes of finished jobs' answers held now (bounded by jobs-max-bytes)", {})                   \

@@ -3,16 +3,20 @@ it answers the job's state, then the stored answer, which equals the synchronous
 headers, body: a real plumber API, then the native backend's echo of the request it got); DELETE
 cancels a queued job and a running one (its worker is stopped and replaced, other requests
 unharmed); --job-timeout apart from --timeout; the answer's lifetime; the bounds on jobs and on
-stored bytes; interactive requests overtake queued jobs; a config-file route's timeout."""
+stored bytes; interactive requests overtake queued jobs; a config-file route's timeout;
+--jobs-workers-max (jobs past it held in valve, a plain request served at once, the bound kept
+across a reload); Prefer: wait=N (the job's own answer when it comes in time, else the 202)."""
 
 import json
 import os
+import socket
+import struct
 import threading
 import time
 import unittest
 from datetime import datetime
 
-from harness import ValveTestCase, app_path, backend_cmd, wait_until
+from harness import ValveTestCase, app_path, backend_cmd, format_request, wait_until
 
 PREFIX = "/_valve/jobs/"
 ASYNC = {"Prefer": "respond-async"}
@@ -297,6 +301,120 @@ app = "default"
         # A job on that route has --job-timeout, not the route's.
         location = submit(valve, "GET", "/quick/sleep?ms=600")
         self.assertEqual(result(valve, location).status, 200)
+
+
+    def test_jobs_workers_max_holds_jobs_back(self):
+        valve = self.start_backend_valve("-n", "2", "--n-min", "2", "--jobs-workers-max", "1",
+                                         "--admin", "127.0.0.1:0")
+        wait_until(lambda: len(worker_pids(valve)) == 2, 10)
+        jobs = [submit(valve, "GET", "/sleep?ms=700") for _ in range(3)]
+        wait_until(lambda: state(valve, jobs[0])["state"] == "running", 5)
+        for j in jobs[1:]:
+            doc = state(valve, j)
+            self.assertEqual((doc["state"], doc["held"]), ("queued", True), doc)
+        self.assertFalse(state(valve, jobs[0])["held"])
+        # A held job cancelled: it leaves the hold, and never runs.
+        cancelled = submit(valve, "GET", "/sleep?ms=700")
+        self.assertEqual(valve.metric("valve_jobs_held"), 3)
+        r = valve.request("DELETE", cancelled)
+        self.assertEqual((r.status, r.json()["state"]), (200, "cancelled"), r)
+        self.assertEqual(valve.get(cancelled).status, 404)
+        self.assertEqual(valve.metric("valve_jobs_held"), 2)
+        self.assertEqual(valve.metric("valve_jobs_queued"), 2)
+        self.assertEqual(valve.metric("valve_jobs_running"), 1)
+        apps = valve.status()["jobs"]["apps"]
+        self.assertEqual(apps, {"default": {"admitted": 1, "held": 2, "workers_max": 1}}, apps)
+        # The other worker is left for plain requests: served at once, not behind the jobs.
+        for _ in range(3):
+            r = valve.get("/sleep?ms=50")
+            self.assertEqual(r.status, 200, r)
+            self.assertLess(r.elapsed, 0.4, r)
+        # One at a time, each started once the one before finished.
+        spans = []
+        for j in jobs:
+            self.assertEqual(result(valve, j).status, 200)
+            doc = valve.request("DELETE", j).json()
+            spans.append((utc(doc["started"]), utc(doc["finished"])))
+        for before, after in zip(spans, spans[1:]):
+            self.assertGreaterEqual(after[0], before[1] - 0.01, spans)
+        self.assertEqual(valve.metric("valve_jobs_held"), 0)
+        self.assertEqual(valve.status()["jobs"]["apps"], {})
+        self.assertEqual(valve.metric('valve_jobs_finished_total{result="done"}'), 3)
+        self.assertEqual(valve.metric("valve_jobs_cancelled_total"), 1)
+
+    def test_jobs_workers_max_holds_across_a_reload(self):
+        # The default: n-max - 1, here 1 (one worker always left for plain requests).
+        valve = self.start_backend_valve("-n", "2", "--n-min", "2", "--admin", "127.0.0.1:0")
+        wait_until(lambda: len(worker_pids(valve)) == 2, 10)
+        long = submit(valve, "GET", "/sleep?ms=2500")
+        wait_until(lambda: state(valve, long)["state"] == "running", 5)
+        held = submit(valve, "GET", "/sleep?ms=100")
+        self.assertTrue(state(valve, held)["held"])
+        # A new generation of two idle workers: the job on the old one still counts.
+        reload = valve.admin("POST", "/reload")
+        self.assertEqual(reload.status, 200, reload)
+        self.assertEqual(state(valve, long)["state"], "running")
+        time.sleep(1.2)  # the bound is looked at again every second
+        doc = state(valve, held)
+        self.assertEqual((doc["state"], doc["held"]), ("queued", True), doc)
+        self.assertEqual(valve.get("/hello").status, 200)
+        spans = []
+        for j in (long, held):
+            self.assertEqual(result(valve, j).status, 200)
+            doc = valve.request("DELETE", j).json()
+            spans.append((utc(doc["started"]), utc(doc["finished"])))
+        self.assertGreaterEqual(spans[1][0], spans[0][1] - 0.01, spans)
+        # Raised by a scale (n-max 3: 2 jobs at once), a held job goes within the second the
+        # bound is looked at again.
+        jobs = [submit(valve, "GET", "/sleep?ms=2500") for _ in range(2)]
+        wait_until(lambda: state(valve, jobs[0])["state"] == "running", 5)
+        self.assertTrue(state(valve, jobs[1])["held"])
+        self.assertEqual(valve.admin("POST", "/scale?n-max=3").status, 200)
+        wait_until(lambda: state(valve, jobs[1])["state"] == "running", 2)
+        self.assertEqual(state(valve, jobs[0])["state"], "running")
+
+    def test_prefer_wait(self):
+        valve = self.start_backend_valve("-n", "2", "--n-min", "2", "--jobs-workers-max", "1",
+                                         "--job-timeout", "1.5", "--admin", "127.0.0.1:0")
+        # In time: the job's own answer, as if synchronous; nothing kept.
+        headers = {"Prefer": "return=minimal, respond-async, wait=5", "X-Request-Id": "waited-1"}
+        sync = valve.get("/echo?b=2", headers={"Prefer": "return=minimal",
+                                               "X-Request-Id": "waited-1"})
+        r = valve.get("/echo?b=2", headers=headers)
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.header("Preference-Applied"), "wait=1", r)  # as capped, by job-timeout
+        self.assertIsNone(r.header("Location"), r)
+        self.assertLess(r.elapsed, 1, r)
+        self.assertEqual(r.body, sync.body)  # the worker saw neither respond-async nor wait
+        self.assertIn(["Prefer", "return=minimal"], r.json()["headers"])
+        self.assertEqual(valve.metric("valve_jobs_waited_total"), 1)
+        self.assertEqual(valve.metric("valve_jobs_submitted_total"), 1)
+        self.assertEqual(valve.status()["jobs"]["kept"], 0)
+        # Not in time: the 202 once the wait is over, capped at --job-timeout (1.5 s: 1 s).
+        r = valve.get("/sleep?ms=1200", headers={"Prefer": "respond-async, wait=100"})
+        self.assertEqual(r.status, 202, r)
+        self.assertEqual(r.header("Preference-Applied"), "respond-async, wait=1", r)
+        self.assertGreater(r.elapsed, 0.9, r)
+        self.assertLess(r.elapsed, 1.15, r)
+        location = r.header("Location")
+        self.assertEqual(result(valve, location).status, 200)
+        # A wait that is not delta-seconds is ignored: the 202 at once.
+        r = valve.get("/hello", headers={"Prefer": "respond-async, wait=soon"})
+        self.assertEqual((r.status, r.header("Preference-Applied")), (202, "respond-async"), r)
+        result(valve, r.header("Location"))
+        # A client that leaves (a reset) while its job is held: the job is dropped, never run.
+        busy = submit(valve, "GET", "/sleep?ms=1000")
+        wait_until(lambda: state(valve, busy)["state"] == "running", 5)
+        with valve.raw() as conn:
+            conn.send(format_request("GET", "/sleep?ms=10", [("Prefer", "respond-async, wait=1")]))
+            wait_until(lambda: valve.metric("valve_jobs_held") == 1, 5)
+            conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        wait_until(lambda: valve.metric("valve_jobs_held") == 0, 5)
+        self.assertEqual([j["target"] for j in valve.status()["jobs"]["jobs"]],
+                         ["/sleep?ms=1200", "/hello", "/sleep?ms=1000"])
+        self.assertEqual(result(valve, busy).status, 200)
+        self.assertEqual(valve.metric("valve_jobs_submitted_total"), 5)
+        self.assertEqual(valve.metric('valve_jobs_finished_total{result="done"}'), 4)
 
 
 if __name__ == "__main__":
