@@ -161,6 +161,7 @@ TempDir::~TempDir() {
 int TempDir::make(const std::string &base, std::string_view prefix,
                   const std::optional<Credentials> &as) {
   std::string dir = base;
+  while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
   if (!dir.starts_with('/')) {  // the worker starts elsewhere: what valve means is absolute
     char cwd[4096];
     if (!getcwd(cwd, sizeof cwd)) return -errno;
