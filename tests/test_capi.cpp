@@ -18,6 +18,7 @@
 #include <chrono>
 #include <csignal>
 #include <cstring>
+#include <fstream>
 #include <functional>
 #include <mutex>
 #include <set>
@@ -103,6 +104,45 @@ int port_of(const std::string &address) {
 }
 
 // No child of this process is left (every worker was reaped by the server).
+// TMPDIR set to a fresh directory while it lives (where valve makes its runtime directory and its
+// workers' temporary directories), then restored; what is left is removed by rm, not by valve.
+struct ScopedTmpdir {
+  std::string dir, saved;
+  bool had = false;
+  ScopedTmpdir() {
+    char templ[] = "/tmp/valve-unit-capi-XXXXXX";
+    REQUIRE(mkdtemp(templ) != nullptr);
+    dir = templ;
+    if (const char *old = getenv("TMPDIR")) had = true, saved = old;
+    setenv("TMPDIR", dir.c_str(), 1);
+  }
+  ~ScopedTmpdir() {
+    had ? setenv("TMPDIR", saved.c_str(), 1) : unsetenv("TMPDIR");
+    CHECK(system(("rm -rf '" + dir + "'").c_str()) == 0);
+  }
+  std::vector<std::string> entries() const {
+    std::vector<std::string> out;
+    if (DIR *d = opendir(dir.c_str())) {
+      while (dirent *e = readdir(d)) {
+        if (std::string(e->d_name) != "." && std::string(e->d_name) != "..")
+          out.push_back(e->d_name);
+      }
+      closedir(d);
+    }
+    return out;
+  }
+};
+
+// The TMPDIR a process was started with ("" if none).
+std::string environ_tmpdir(pid_t pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/environ");
+  std::string entry;
+  while (std::getline(f, entry, '\0')) {
+    if (entry.starts_with("TMPDIR=")) return entry.substr(7);
+  }
+  return "";
+}
+
 bool no_children_left() {
   int status;
   return waitpid(-1, &status, WNOHANG) == -1 && errno == ECHILD;
@@ -347,6 +387,7 @@ TEST_CASE("capi: embedding round trip with the native backend, 5 times in one pr
 
   for (int round = 0; round < 5; ++round) {
     INFO("round " << round);
+    ScopedTmpdir tmp;
     LogSink sink;
     ServerGuard s;
     {
@@ -402,6 +443,10 @@ TEST_CASE("capi: embedding round trip with the native backend, 5 times in one pr
     auto worker_pid = static_cast<pid_t>(workers[0]["pid"].number);
     REQUIRE(worker_pid > 0);
     CHECK(getpgid(worker_pid) == worker_pid);
+    // Its own TMPDIR, beside valve's runtime directory in the TMPDIR valve was given.
+    std::string worker_tmp = environ_tmpdir(worker_pid);
+    CHECK(worker_tmp.starts_with(tmp.dir + "/valve-worker-"));
+    CHECK(tmp.entries().size() == 2);
 
     CHECK(valve_server_stop(s.sv, 5) == 0);
     CHECK(valve_server_wait(s.sv) == 0);
@@ -413,6 +458,8 @@ TEST_CASE("capi: embedding round trip with the native backend, 5 times in one pr
     CHECK(errno == ESRCH);
     CHECK(test::live_members_of_group(worker_pid).empty());
     CHECK(no_children_left());
+    // The worker's temporary directory and the runtime directory went with them.
+    CHECK(tmp.entries() == std::vector<std::string>{});
 
     // The stopped server still answers status.
     REQUIRE(valve_server_status(s.sv, &json) == 0);

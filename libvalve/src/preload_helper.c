@@ -5,7 +5,8 @@
 // (R_TempDir) is found with dlsym. Built without sanitizers: it runs inside a stock R.
 //
 // Protocol on the control socket (SOCK_SEQPACKET, one message a packet, text):
-//   valve -> template  "fork ID PATH" with the worker's stdout and stderr (SCM_RIGHTS),
+//   valve -> template  "fork ID PATH" with the worker's stdout and stderr (SCM_RIGHTS), and on a
+//                      second line the worker's own temporary directory, when valve made one,
 //                      "spares N" (keep N spares from now on)
 //   template -> valve  "ready PID", "forked ID PID", "failed ID ERRNO", "exit ID PID WAITSTATUS",
 //                      "spare PID" (a spare was forked), "parked PID" (it is warm and waits),
@@ -138,14 +139,22 @@ static void *watch_lifeline(void *arg) {
 }
 
 // A temporary directory of the worker's own: R deletes tempdir() when it quits, and the one the
-// template made is shared by every worker forked from it.
-static void own_tempdir(void) {
+// template made is shared by every worker forked from it. With `dir` (the directory valve made for
+// this worker, and removes once it has exited however it ended) it is made there, and dir becomes
+// the worker's TMPDIR; without, beside the template's.
+static void own_tempdir(const char *dir) {
   char **r_tempdir = (char **)dlsym(RTLD_DEFAULT, "R_TempDir");
-  if (!r_tempdir || !*r_tempdir) return;
   char path[PATH_MAX];
-  const char *slash = strrchr(*r_tempdir, '/');
-  int len = slash ? (int)(slash - *r_tempdir) : 0;
-  if (snprintf(path, sizeof path, "%.*s/RtmpXXXXXX", len, *r_tempdir) >= (int)sizeof path) return;
+  if (dir && *dir) {
+    setenv("TMPDIR", dir, 1);
+    if (!r_tempdir) return;
+    if (snprintf(path, sizeof path, "%s/RtmpXXXXXX", dir) >= (int)sizeof path) return;
+  } else {
+    if (!r_tempdir || !*r_tempdir) return;
+    const char *slash = strrchr(*r_tempdir, '/');
+    int len = slash ? (int)(slash - *r_tempdir) : 0;
+    if (snprintf(path, sizeof path, "%.*s/RtmpXXXXXX", len, *r_tempdir) >= (int)sizeof path) return;
+  }
   if (!mkdtemp(path)) return;
   char *copy = strdup(path);
   if (copy) *r_tempdir = copy;  // the template's string stays: it is not this process's to free
@@ -176,12 +185,12 @@ static void become_child(int ctl, int lifeline) {
 
 // Becoming a worker: its output goes to the pipes valve reads, and it gets a tempdir of its own
 // (a spare uses the template's until then, so that killing an unused spare leaves nothing).
-static void become_worker(int out, int err) {
+static void become_worker(int out, int err, const char *tmpdir) {
   dup2(out, 1);
   dup2(err, 2);
   close(out);
   close(err);
-  own_tempdir();
+  own_tempdir(tmpdir);
 }
 
 // A fresh random seed for R's set.seed(): never NA_integer_ (INT_MIN).
@@ -209,12 +218,13 @@ static int received_fds(struct msghdr *msg, int fds[2]) {
   return n;
 }
 
-// Receives one "fork ID PATH" message and its two pipes from fd (valve's control socket, or a
-// spare's end of its socketpair) into buf. 1: a well-formed one (*worker, buf + *path_at, pipes);
+// Receives one "fork ID PATH[\nTMPDIR]" message and its two pipes from fd (valve's control socket,
+// or a spare's end of its socketpair) into buf. 1: a well-formed one (*worker, buf + *path_at,
+// buf + *tmp_at, pipes: the newline becomes the end of PATH, *tmp_at is 0 without a TMPDIR);
 // 0: a malformed one (its descriptors closed, *worker what could be read); 2: "spares N" (N in
 // *worker); -1: the peer is gone; -2: nothing to read (EINTR, EAGAIN).
 static int receive_fork(int fd, char *buf, size_t size, size_t path_cap, int pipes[2], int *worker,
-                        int *path_at) {
+                        int *path_at, int *tmp_at) {
   union {
     char space[CMSG_SPACE(4 * sizeof(int))];
     struct cmsghdr align;
@@ -231,13 +241,19 @@ static int receive_fork(int fd, char *buf, size_t size, size_t path_cap, int pip
   int got = received_fds(&msg, pipes);
   *worker = 0;
   *path_at = 0;
+  *tmp_at = 0;
   int wanted;
   if (got == 0 && sscanf(buf, "spares %d", &wanted) == 1 && wanted >= 0) {
     *worker = wanted;
     return 2;
   }
-  if (got != 2 || sscanf(buf, "fork %d %n", worker, path_at) != 1 || *worker <= 0 ||
-      *path_at == 0 || strlen(buf + *path_at) > path_cap) {
+  int parsed = sscanf(buf, "fork %d %n", worker, path_at) == 1 && *path_at > 0;
+  char *newline = parsed ? strchr(buf + *path_at, '\n') : NULL;
+  if (newline) {
+    *newline = 0;
+    *tmp_at = (int)(newline + 1 - buf);
+  }
+  if (got != 2 || !parsed || *worker <= 0 || strlen(buf + *path_at) > path_cap) {
     for (int i = 0; i < got; ++i) close(pipes[i]);
     return 0;
   }
@@ -423,10 +439,10 @@ EXPORT void valve_template_serve(int *ctl_fd, int *lifeline_fd, int *id, char **
     }
     if (fds[1].revents) reap(ctl);
     if (!fds[0].revents) continue;
-    char buf[PATH_MAX + 64];
+    char buf[2 * PATH_MAX + 64];  // the socket's path and the temporary directory's
     int pipes[2] = {-1, -1};
-    int worker, path_at;
-    int got = receive_fork(ctl, buf, sizeof buf, path_cap, pipes, &worker, &path_at);
+    int worker, path_at, tmp_at;
+    int got = receive_fork(ctl, buf, sizeof buf, path_cap, pipes, &worker, &path_at, &tmp_at);
     if (got == -2) continue;
     if (got == -1) return;  // valve closed the channel (or is gone): the template ends
     if (got == 2) {
@@ -439,13 +455,15 @@ EXPORT void valve_template_serve(int *ctl_fd, int *lifeline_fd, int *id, char **
       send_text(ctl, reply);
       continue;
     }
+    if (tmp_at > 0) buf[tmp_at - 1] = '\n';  // the spare is handed the whole message
     if (!hand_to_spare(ctl, buf, pipes, worker)) {
+      if (tmp_at > 0) buf[tmp_at - 1] = 0;
       fflush(NULL);  // nothing buffered in the template may be written twice
       pid_t pid = fork();
       int fork_errno = errno;
       if (pid == 0) {
         become_child(ctl, *lifeline_fd);
-        become_worker(pipes[0], pipes[1]);
+        become_worker(pipes[0], pipes[1], tmp_at > 0 ? buf + tmp_at : NULL);
         strcpy(*socket_path, buf + path_at);
         *seed = fresh_seed();
         *id = worker;
@@ -513,15 +531,16 @@ EXPORT void valve_spare_wait(int *id, char **socket_path) {
   *id = 0;
   send(self_spare.fd, "parked", 6, MSG_NOSIGNAL);
   for (;;) {
-    char buf[PATH_MAX + 64];
+    char buf[2 * PATH_MAX + 64];  // the socket's path and the temporary directory's
     int pipes[2] = {-1, -1};
-    int worker, path_at;
-    int got = receive_fork(self_spare.fd, buf, sizeof buf, path_cap, pipes, &worker, &path_at);
+    int worker, path_at, tmp_at;
+    int got =
+        receive_fork(self_spare.fd, buf, sizeof buf, path_cap, pipes, &worker, &path_at, &tmp_at);
     if (got == -2) continue;
     if (got != 1) return;  // the template is gone (a malformed message: it checked it first)
     close(self_spare.fd);
     self_spare.fd = -1;
-    become_worker(pipes[0], pipes[1]);
+    become_worker(pipes[0], pipes[1], tmp_at > 0 ? buf + tmp_at : NULL);
     // Atomic: a client connects to the spare's listening socket under its new name, never to
     // nothing once the name exists.
     if (rename(self_spare.path, buf + path_at) != 0) return;

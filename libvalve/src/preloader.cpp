@@ -24,6 +24,7 @@
 #include "process.hpp"
 #include "sandbox.hpp"
 #include "stats.hpp"
+#include "tempdir.hpp"
 #include "util.hpp"
 #include "worker.hpp"
 
@@ -219,6 +220,15 @@ class Template {
     if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) return -errno;
     SpawnSpec spec = spec_;
     spec.keep_fds = {sv[1], owner_.lifeline_fd()};  // fds 3 and 4 in template.R
+    // A temporary directory of its own, as a worker has (spares use it until they become one).
+    std::string base = temp_base(spec.env);
+    if (int rc =
+            tmpdir_.make(base, fmt::format("valve-template-{}-{}", getpid(), generation_), spec.as);
+        rc != 0)
+      pool_.context().log().warn(
+          "the template for generation {}: cannot make its temporary directory in {}: {}",
+          generation_, base, uv_message(rc));
+    tmpdir_.give_to(spec.env);
     Spawned child;
     int rc = spawn_process(spec, &child);
     close(sv[1]);
@@ -305,6 +315,7 @@ class Template {
     pool_.context().log().write(
         expected ? LogLevel::info : LogLevel::warn,
         fmt::format("{} {}{}", label(), describe_exit(status), expected ? "" : " unexpectedly"));
+    tmpdir_.remove_later(pool_.context());
     owner_.on_template_exit(*this, status);  // may destroy this template: nothing after it
   }
 
@@ -336,7 +347,9 @@ class Template {
     if (pipe2(out, O_CLOEXEC) != 0 || pipe2(err, O_CLOEXEC) != 0) {
       rc = errno;
     } else {
+      // "fork ID SOCKET", then on a line of its own the worker's temporary directory, if made.
       std::string text = fmt::format("fork {} {}", id, p.worker->socket_path());
+      if (!p.worker->tmpdir().empty()) text += "\n" + p.worker->tmpdir();
       iovec iov{text.data(), text.size()};
       union {
         char space[CMSG_SPACE(2 * sizeof(int))];
@@ -477,6 +490,7 @@ class Template {
   uint64_t started_ms_ = 0;
   uint64_t ready_ms_ = 0;
   uint64_t forks_ = 0;
+  TempDir tmpdir_;  // its own; the forked workers have theirs
   struct Spare {
     pid_t pid;
     bool parked;  // warm and waiting

@@ -8,10 +8,13 @@
 //   Rscript, environment, directory), running template.R instead of worker.R. It loads the API
 //   with plumber::pr() and starts no server (forking a process whose libuv loop runs is unsafe).
 // - It then calls, through .C(), a small C helper (preload_helper.c, built with libvalve and
-//   written next to template.R) that waits on a control socket from valve: "fork ID PATH" with the
-//   worker's stdout and stderr pipes passed by SCM_RIGHTS. The helper forks; the child takes its
-//   own process group, the pipes as fds 1 and 2, a temporary directory and a random seed of its
-//   own, returns into R, runs the API's valve_post_fork() hook and serves on PATH. R alone cannot
+//   written next to template.R) that waits on a control socket from valve: "fork ID PATH" (and the
+//   worker's temporary directory) with the worker's stdout and stderr pipes passed by SCM_RIGHTS.
+//   The helper forks; the child takes its own process group, the pipes as fds 1 and 2, that
+//   directory as TMPDIR with its R tempdir() inside, and a random seed of its own, returns into R,
+//   runs the API's valve_post_fork() hook and serves on PATH. valve, not the template, removes the
+//   directory once the worker has exited (tempdir.hpp): it sees every worker's end, also after the
+//   template died, and a --user worker's tree is removed with valve's rights, following no link. R alone cannot
 //   do this (parallel::mcfork gives no process group, no fd-level redirection, no exit status).
 // - Forked workers are the template's children, not valve's: valve sees them end through a pidfd
 //   (which works for any process) and gets their exit status from the template, which reaps them

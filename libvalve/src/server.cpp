@@ -22,6 +22,7 @@
 #include "metrics.hpp"
 #include "process.hpp"
 #include "status.hpp"
+#include "tempdir.hpp"
 #include "valve/valve.h"
 
 namespace valve {
@@ -988,15 +989,10 @@ void Server::remove_runtime_dir() {
   if (apps_.empty()) return;
   unlink(worker_script_path(dir).c_str());
   for (auto &app : apps_) app->pool->remove_runtime_files();
+  // valve made it: all in it goes (a --user worker's too, which may have put links there).
   if (own_runtime_dir_) {
-    if (DIR *d = opendir(dir.c_str())) {
-      while (dirent *e = readdir(d)) {
-        std::string name = e->d_name;
-        if (name.ends_with(".sock")) unlink((dir + "/" + name).c_str());
-      }
-      closedir(d);
-    }
-    rmdir(dir.c_str());
+    if (int rc = remove_tree(dir); rc != 0)
+      ctx_->log().warn("cannot remove the runtime directory {}: {}", dir, uv_message(rc));
   }
 }
 

@@ -110,13 +110,17 @@ int Worker::launch() {
   socket_path_ = plan.socket_path;
   port_ = plan.port;
   if (!socket_path_.empty()) unlink(socket_path_.c_str());
+  make_tmpdir(spec);
 
   started_ms_ = monotonic_ms();
+  // The template is given the spec as it is (it makes a directory of its own under the same
+  // TMPDIR); the forked worker is told its directory with the fork.
   if (cfg.preload && plan.preloadable && owner_.fork(*this, spec)) {
     fork_pending_ = true;  // on_forked() or on_fork_failed() follows
     startup_timer_.start(cfg.startup_timeout);
     return 0;
   }
+  tmpdir_.give_to(spec.env);
   Spawned child;
   int rc = spawn_process(spec, &child);
   if (rc != 0) return rc;
@@ -135,8 +139,10 @@ void Worker::on_fork_failed(const SpawnSpec &spec, std::string_view why) {
   fork_pending_ = false;
   ctx_.log().warn("worker {}: {}; launching it plainly", id_, why);
   startup_timer_.start(owner_.config().startup_timeout);  // the wait for a template is not its own
+  SpawnSpec own = spec;
+  tmpdir_.give_to(own.env);
   Spawned child;
-  int rc = spawn_process(spec, &child);
+  int rc = spawn_process(own, &child);
   if (rc != 0) {
     ctx_.log().error("cannot launch worker {}: {}", id_, uv_message(rc));
     stop_requested_ = true;
@@ -145,6 +151,18 @@ void Worker::on_fork_failed(const SpawnSpec &spec, std::string_view why) {
     return;
   }
   attach(child);
+}
+
+void Worker::make_tmpdir(const SpawnSpec &spec) {
+  std::string base = temp_base(spec.env);
+  int rc = tmpdir_.make(base, fmt::format("valve-worker-{}-{}", getpid(), id_), spec.as);
+  // A worker runs without one rather than not at all: its temporary files then go to the TMPDIR
+  // it would have had, as without valve (where R, if it cannot write there either, says so).
+  if (rc != 0)
+    ctx_.log().warn(
+        "worker {}: cannot make its temporary directory in {}: {}; its temporary files go to {} "
+        "itself, and stay there if it is killed",
+        id_, base, uv_message(rc), base);
 }
 
 void Worker::end_unstarted(std::string_view why) {
@@ -407,6 +425,7 @@ void Worker::on_exit(int wait_status) {
                          {"expected", stop_requested_}}));
   fail_conns(fmt::format("worker {} {}", id_, describe_exit(wait_status)));
   if (!socket_path_.empty()) unlink(socket_path_.c_str());
+  tmpdir_.remove_later(ctx_);  // however it ended: R removes its tempdir() only on a normal quit
   owner_.on_worker_exit(*this, wait_status, !was_ready());
 }
 

@@ -13,6 +13,7 @@
 
 #include "context.hpp"
 #include "health.hpp"
+#include "tempdir.hpp"
 #include "upstream.hpp"
 #include "util.hpp"
 
@@ -141,6 +142,8 @@ class Worker final : public UpstreamConn::Owner {
   bool stop_chosen() const { return stop_chosen_; }
   bool lost_race() const { return lost_race_; }
   const std::string &socket_path() const { return socket_path_; }
+  // Its own temporary directory (its TMPDIR), removed once it has exited; empty if none was made.
+  const std::string &tmpdir() const { return tmpdir_.path(); }
   int port() const { return port_; }
   std::string address() const;
   std::string tail() const;  // the last lines the process wrote, for error messages
@@ -155,6 +158,7 @@ class Worker final : public UpstreamConn::Owner {
 
  private:
   WorkerAddress worker_address() const { return {socket_path_, port_}; }
+  void make_tmpdir(const SpawnSpec &spec);
   void attach(const Spawned &child);  // the process exists: watch it, read its output, probe it
   void end_unstarted(std::string_view why);  // stopped or killed before the template forked it
   void on_probe_result(bool answered);
@@ -175,6 +179,7 @@ class Worker final : public UpstreamConn::Owner {
   State state_ = State::starting;
   std::string socket_path_;
   int port_ = 0;
+  TempDir tmpdir_;
   size_t in_flight_ = 0;
   size_t tunnels_ = 0;
   size_t tunnel_holds_ = 0;

@@ -31,6 +31,15 @@ function() {
        template = Sys.getenv("VALVE_TEMPLATE"), tempdir = tempdir())
 }
 
+#* Writes a temporary file, as an API that saves an upload or renders a plot does.
+#* @serializer unboxedJSON
+#* @get /tempfile
+function() {
+  path <- tempfile(fileext = ".txt")
+  writeLines(rep("scratch", 1000), path)
+  list(pid = Sys.getpid(), path = path, tmpdir = Sys.getenv("TMPDIR"))
+}
+
 #* Random draws: each worker must have a seed of its own.
 #* @serializer unboxedJSON
 #* @get /random

@@ -16,6 +16,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 #include <valve/valve.h>
@@ -186,9 +187,8 @@ Harness *harness = nullptr;
 
 Harness *start() {
   auto *h = new Harness;
-  char templ[] = "/tmp/valve-fuzz-XXXXXX";
-  if (!mkdtemp(templ)) die("mkdtemp");
-  h->runtime_dir = templ;
+  h->runtime_dir = fuzz::private_tmpdir("request") + "/runtime";
+  if (mkdir(h->runtime_dir.c_str(), 0700) != 0) die("mkdir", h->runtime_dir);
   valve_config_t *cfg = nullptr;
   if (valve_config_new(&cfg) != 0) die("valve_config_new");
   set(cfg, "port", "0");

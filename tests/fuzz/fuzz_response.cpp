@@ -53,6 +53,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 #include <valve/valve.h>
@@ -308,9 +309,8 @@ Harness *harness = nullptr;
 
 Harness *start() {
   auto *h = new Harness;
-  char templ[] = "/tmp/valve-fuzz-response-XXXXXX";
-  if (!mkdtemp(templ)) die("mkdtemp");
-  h->runtime_dir = templ;
+  h->runtime_dir = fuzz::private_tmpdir("response") + "/runtime";
+  if (mkdir(h->runtime_dir.c_str(), 0700) != 0) die("mkdir", h->runtime_dir);
   // Two apps: a, mounted at /a with its prefix stripped, and b at every other path; two workers
   // each, so a retry has another to go to (in a pool of one, the same worker takes it again).
   std::string toml = R"(port = 0

@@ -1,12 +1,13 @@
 // What both libFuzzer harnesses (fuzz_request.cpp, fuzz_response.cpp) need around a real valve
 // server: deadlines, socket waits and writes that a signal does not cut short, valve's last log
-// lines, and config setters that abort with valve's message.
+// lines, config setters that abort with valve's message, and a TMPDIR of the harness's own.
 #pragma once
 
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <unistd.h>
 #include <valve/valve.h>
 
 #include <array>
@@ -29,6 +30,25 @@ extern const char *const kName;
 [[noreturn]] inline void die(const char *what, const std::string &detail = {}) {
   std::fprintf(stderr, "%s: %s%s%s\n", kName, what, detail.empty() ? "" : ": ", detail.c_str());
   std::abort();
+}
+
+// Makes ${TMPDIR:-/tmp}/valve-fuzz-NAME-XXXXXX and makes it this process's TMPDIR, so that valve's
+// workers' temporary directories go there too; it is removed with all in it when the process
+// exits (libFuzzer calls exit() at -max_total_time, with valve still serving: nothing else would).
+inline std::string private_tmpdir(const char *name) {
+  static std::string dir;
+  const char *base = std::getenv("TMPDIR");
+  std::string templ =
+      std::string(base && *base ? base : "/tmp") + "/valve-fuzz-" + name + "-XXXXXX";
+  if (!mkdtemp(templ.data())) die("mkdtemp", templ);
+  dir = templ;
+  setenv("TMPDIR", dir.c_str(), 1);
+  std::atexit([] {
+    std::string rm = "rm -rf '" + dir + "'";
+    if (std::system(rm.c_str()) != 0)
+      std::fprintf(stderr, "%s: cannot remove %s\n", kName, dir.c_str());
+  });
+  return dir;
 }
 
 inline int64_t now_ms() {

@@ -595,6 +595,10 @@ class Valve:
         full_env = dict(os.environ)
         full_env.update(env or {})
         full_env[TAG_VARIABLE] = self.tag
+        # valvectl's TMPDIR, where its runtime directory and its workers' temporary directories go:
+        # the test's own, removed with it even when valvectl could not clean up (SIGKILL).
+        self.tmp = (env or {}).get("TMPDIR") or private_tmpdir(tmpdir, self.tag)
+        full_env["TMPDIR"] = self.tmp
         argv = [VALVECTL] + serving_flags(env, allow_root)
         if port is not None:
             argv += ["--port", str(port)]
@@ -845,6 +849,47 @@ class Valve:
                 pass
 
 
+def private_tmpdir(parent, name):
+    """A TMPDIR for one valvectl under a test's directory: like /tmp, anyone may make a directory
+    there (workers of --user too); its parent is made traversable for them."""
+    path = os.path.join(parent, f"tmp-{name}")
+    os.makedirs(path, exist_ok=True)
+    os.chmod(path, 0o1777)
+    os.chmod(parent, os.stat(parent).st_mode | 0o111)
+    return path
+
+
+def tmp_entries(path):
+    """What is left in a valvectl's TMPDIR (its runtime directory, its workers' directories)."""
+    try:
+        return sorted(os.listdir(path))
+    except FileNotFoundError:
+        return []
+
+
+TMPDIR_RE = re.compile(r"valve-(worker|template)-(\d+)-(\d+)-\w{6}$")
+
+
+def owned_tmpdirs(valve):
+    """The temporary directories valvectl made in its TMPDIR for its workers and preload
+    templates: {("worker", id) or ("template", generation): path}."""
+    found = {}
+    for name in tmp_entries(valve.tmp):
+        match = TMPDIR_RE.match(name)
+        if match and int(match.group(2)) == valve.pid:
+            found[(match.group(1), int(match.group(3)))] = os.path.join(valve.tmp, name)
+    return found
+
+
+def tmpdir_owners(status):
+    """Whose temporary directories may exist, from valve's /status: its workers' and templates'."""
+    owners = {("worker", w["id"]) for w in status["workers"]}
+    for t in (status.get("preload") or {}).get("templates", []):
+        if t["state"] != "exited":
+            owners.add(("template", t["generation"]))
+    return owners
+
+
 def run_valvectl(args, timeout=15.0, cwd=None, env=None, allow_root=True):
     """Runs valvectl to completion (for flag errors, --help, start-up failures). Returns
     (exit code, stdout, stderr, seconds, leftover pids). Kills it by PID if it runs past timeout,
@@ -856,6 +901,10 @@ def run_valvectl(args, timeout=15.0, cwd=None, env=None, allow_root=True):
     full_env = dict(os.environ)
     full_env.update(env or {})
     full_env[TAG_VARIABLE] = tag
+    own_tmp = None
+    if not (env or {}).get("TMPDIR"):  # one of its own, removed below whatever valvectl left
+        own_tmp = full_env["TMPDIR"] = tempfile.mkdtemp(prefix="valve-run-")
+        os.chmod(own_tmp, 0o1777)
     if not os.access(VALVECTL, os.X_OK):
         raise AssertionError(f"valvectl not found at {VALVECTL} (set VALVECTL)")
     started = time.monotonic()
@@ -880,6 +929,8 @@ def run_valvectl(args, timeout=15.0, cwd=None, env=None, allow_root=True):
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+    if own_tmp:
+        shutil.rmtree(own_tmp, ignore_errors=True)
     return code, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"), elapsed, left
 
 
@@ -985,6 +1036,20 @@ class ValveTestCase(unittest.TestCase):
             self.fail("; ".join(problems))
 
     # -- assertions shared by the test files
+    def assertOnlyLiveTmpdirs(self, valve, what, timeout=15):
+        """Eventually (valve removes them off its loop) the temporary directories in valvectl's
+        TMPDIR are exactly those of its workers and templates still there (needs --admin)."""
+        last = {}
+
+        def settled():
+            last["dirs"], last["owners"] = set(owned_tmpdirs(valve)), tmpdir_owners(valve.status())
+            return last["dirs"] == last["owners"]
+        try:
+            wait_until(settled, timeout, message=f"only live workers' directories after {what}")
+        except TimeoutError:
+            self.fail(f"after {what}: directories of {sorted(last['dirs'])}, but workers and "
+                      f"templates {sorted(last['owners'])}")
+
     def assertValveError(self, response, status):
         """valve's own error answer: the status, JSON {"error", "status", "request_id"}."""
         self.assertEqual(response.status, status, response)

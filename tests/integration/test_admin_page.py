@@ -120,7 +120,9 @@ class AdminPage(ValveTestCase):
                 f"--user-data-dir={profile}", "--no-first-run", "--no-default-browser-check",
                 "--disable-extensions", "--hide-scrollbars", "--virtual-time-budget=5000"]
         tag = os.urandom(8).hex()
-        env = dict(os.environ, HOME=profile, XDG_CONFIG_HOME=profile, XDG_CACHE_HOME=profile)
+        # TMPDIR too: Chromium's org.chromium.Chromium.* scratch directories stay in the test's.
+        env = dict(os.environ, HOME=profile, XDG_CONFIG_HOME=profile, XDG_CACHE_HOME=profile,
+                   TMPDIR=profile)
         env[TAG_VARIABLE] = tag
         proc = subprocess.Popen(argv + list(args), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, env=env, start_new_session=True)

@@ -9,7 +9,7 @@ import stat
 import tempfile
 import unittest
 
-from harness import ValveTestCase, app_path, run_valvectl, wait_until
+from harness import ValveTestCase, app_path, run_valvectl, tmp_entries, wait_until
 
 IS_ROOT = os.geteuid() == 0
 
@@ -223,6 +223,13 @@ class Identity(ValveTestCase):
                 self.assertEqual((info.st_uid, stat.S_IMODE(info.st_mode)), (65534, 0o700))
                 # valve itself stays root (it must, to signal and replace its workers).
                 self.assertEqual(proc_uids(valve.pid)[:2], (0, 0))
+                # The worker's temporary directory is its own, private, and goes when it ends.
+                tmp = valve.get("/env?names=TMPDIR").json()["values"]["TMPDIR"]
+                self.assertEqual(os.path.dirname(tmp), valve.tmp)
+                info = os.stat(tmp)
+                self.assertEqual((info.st_uid, stat.S_IMODE(info.st_mode)), (65534, 0o700))
+                self.assertEqual(valve.stop(), (0, []))
+                self.assertEqual(tmp_entries(valve.tmp), [])
 
 
 if __name__ == "__main__":

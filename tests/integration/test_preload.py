@@ -4,7 +4,8 @@ become the next workers and are replaced, and one that dies is not; a killed wor
 seen and replaced; a killed template is relaunched while its workers keep serving; a template that
 cannot load falls back to plain launches and says so; a failing post-fork hook fails the start; a
 reload replaces the template first (and a broken one keeps the old generation); and nothing outlives
-valvectl, not even when it is SIGKILLed."""
+valvectl, not even when it is SIGKILLed. Each forked worker's (and each template's) temporary
+directory is its own, and goes once it has exited: killed, recycled, reloaded, valvectl stopped."""
 
 import json
 import os
@@ -13,8 +14,8 @@ import shutil
 import signal
 import unittest
 
-from harness import UnixHTTPConnection, ValveTestCase, app_path, is_alive, proc_info, \
-    run_valvectl, wait_until
+from harness import UnixHTTPConnection, ValveTestCase, app_path, is_alive, owned_tmpdirs, \
+    proc_info, run_valvectl, tmp_entries, wait_until
 
 
 def worker_get(worker, path):
@@ -289,6 +290,48 @@ class Preload(ValveTestCase):
         workers = self.ready_workers(valve, 2, generation=4)
         self.assertTrue(all(w["forked"] for w in workers), workers)
         self.assertEqual(valve.get("/hello").json()["version"], "v3")
+
+    def test_forked_workers_tmpdirs_are_removed_however_they_end(self):
+        valve = self.start_preload("--n-min", "2", "-n", "2", "--max-requests", "3",
+                                   "--preload-spares", "1")
+        workers = self.ready_workers(valve, 2)
+        template = self.template(valve)
+        dirs = owned_tmpdirs(valve)
+        with open(f"/proc/{template['pid']}/environ", "rb") as f:
+            self.assertIn(b"TMPDIR=" + dirs[("template", 1)].encode() + b"\0", f.read())
+        for w in workers:
+            # R's tempdir() is made by the helper in the directory valve made for this worker.
+            written = worker_get(w, "/tempfile")
+            own = dirs[("worker", w["id"])]
+            self.assertEqual(written["tmpdir"], own)
+            self.assertTrue(written["path"].startswith(own + "/Rtmp"), written)
+        self.assertOnlyLiveTmpdirs(valve, "the start")
+
+        victim = workers[0]
+        os.kill(victim["pid"], signal.SIGKILL)
+        wait_until(lambda: not os.path.exists(dirs[("worker", victim["id"])]), 10,
+                   message="the killed forked worker's directory")
+        self.assertOnlyLiveTmpdirs(valve, "kill -9 of a forked worker")
+
+        before = [key for key in owned_tmpdirs(valve) if key[0] == "worker"]
+        for _ in range(6):  # --max-requests 3: at least one of the two is recycled
+            self.assertEqual(valve.get("/hello").status, 200)
+        wait_until(lambda: any(key not in owned_tmpdirs(valve) for key in before), 30,
+                   message="a recycled forked worker's directory removed")
+        self.assertOnlyLiveTmpdirs(valve, "--max-requests recycling")
+
+        # A reload: the old template and its workers go, and their directories with them.
+        self.ready_workers(valve, 2)
+        self.assertEqual(valve.admin("POST", "/reload", timeout=90).status, 200)
+        self.ready_workers(valve, 2, generation=2)
+        wait_until(lambda: [t["generation"] for t in valve.status()["preload"]["templates"]]
+                   == [2], 15, message="only generation 2's template")
+        self.assertOnlyLiveTmpdirs(valve, "a reload")
+        self.assertNotIn(("template", 1), owned_tmpdirs(valve))
+
+        code, left = valve.stop()
+        self.assertEqual((code, left), (0, []))
+        self.assertEqual(tmp_entries(valve.tmp), [], "valvectl's TMPDIR after it stopped")
 
     def test_nothing_outlives_a_sigkilled_valvectl(self):
         valve = self.start_preload("--n-min", "2", "-n", "2", "--preload-spares", "1")

@@ -1,5 +1,7 @@
 """Supervising real R workers: a broken plumber.R, workers dying (killed, crashing mid-request),
-idle reaping, a graceful stop, and no R process left when valvectl is SIGKILLed."""
+idle reaping, a graceful stop, and no R process left when valvectl is SIGKILLed; R's tempdir()
+inside the worker's own temporary directory, removed once the worker has exited (killed, recycled,
+stopped), where R alone would leave it."""
 
 import os
 import signal
@@ -7,8 +9,8 @@ import threading
 import time
 import unittest
 
-from harness import (SteadyLoad, ValveTestCase, app_path, is_alive, parallel, run_valvectl,
-                     wait_until)
+from harness import (SteadyLoad, ValveTestCase, app_path, is_alive, owned_tmpdirs, parallel,
+                     run_valvectl, tmp_entries, wait_until)
 
 
 class BrokenApi(ValveTestCase):
@@ -89,6 +91,39 @@ class RWorkers(ValveTestCase):
         self.assertEqual(result["r"].json()["slept"], 1.5)
         self.assertEqual(valve.wait_exit(15), 0)
         self.assertEqual(valve.wait_no_leftovers(5), [])
+
+    def test_r_tempdir_is_removed_however_the_worker_ends(self):
+        valve = self.start_valve("-f", app_path("preload.R"), "-n", "2", "--n-min", "2",
+                                 "--max-requests", "3", "--admin", "127.0.0.1:0",
+                                 ready="/hello", ready_timeout=60,
+                                 env={"VALVE_TEST_DIR": self.tmpdir})
+        wait_until(lambda: len([w for w in valve.status()["workers"] if w["state"] == "ready"])
+                   == 2, 60, message="two ready R workers")
+        written = valve.get("/tempfile").json()
+        dirs = owned_tmpdirs(valve)
+        (worker,) = [w for w in valve.status()["workers"] if w["pid"] == written["pid"]]
+        own = dirs[("worker", worker["id"])]
+        # R's tempdir() and what it writes there are inside the worker's own TMPDIR.
+        self.assertEqual(written["tmpdir"], own)
+        self.assertTrue(written["path"].startswith(own + "/Rtmp"), written)
+        self.assertTrue(os.path.exists(written["path"]))
+        self.assertOnlyLiveTmpdirs(valve, "the start")
+
+        os.kill(written["pid"], signal.SIGKILL)
+        wait_until(lambda: not os.path.exists(own), 10, message="the killed R worker's directory")
+        self.assertOnlyLiveTmpdirs(valve, "kill -9 of an R worker")
+
+        first = valve.get("/tempfile").json()
+        for _ in range(6):  # --max-requests 3: the worker that answered first is recycled
+            valve.get("/hello")
+        wait_until(lambda: not os.path.exists(first["path"]), 30,
+                   message="the recycled R worker's temporary file")
+        self.assertOnlyLiveTmpdirs(valve, "--max-requests recycling")
+        self.assertEqual(valve.get("/hello").status, 200)
+
+        code, left = valve.stop()
+        self.assertEqual((code, left), (0, []))
+        self.assertEqual(tmp_entries(valve.tmp), [], "valvectl's TMPDIR after it stopped")
 
     def test_sigkill_of_valvectl_leaves_no_r_process(self):
         valve = self.start_api("-n", "3", "--n-min", "2")

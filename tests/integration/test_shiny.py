@@ -29,8 +29,9 @@ class DevTools:
     def __init__(self, test):
         self.profile = tempfile.mkdtemp(prefix="chromium-", dir=test.tmpdir)
         self.tag = os.urandom(8).hex()
+        # TMPDIR too: Chromium's org.chromium.Chromium.* scratch directories stay in the test's.
         env = dict(os.environ, HOME=self.profile, XDG_CONFIG_HOME=self.profile,
-                   XDG_CACHE_HOME=self.profile)
+                   XDG_CACHE_HOME=self.profile, TMPDIR=self.profile)
         env[TAG_VARIABLE] = self.tag
         argv = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
                 f"--user-data-dir={self.profile}", "--no-first-run", "--no-default-browser-check",

@@ -3,8 +3,9 @@ slow, failing and large answers and POST bodies, on kept-alive connections and o
 request) through valvectl with real R workers recycled by --max-requests, a reload every 20 s
 (SIGHUP and POST /reload in turn) and a random worker killed with SIGKILL every 10 s. No request is
 lost: every one gets its endpoint's answer, or a 502 if it is a POST whose worker was killed under
-it (valve retries GET and HEAD only: docs/operations.md). valvectl's descriptors stay flat, and
-the pool is whole after. bench/soak's Load, Churn, Sampler and verdict() do the work."""
+it (valve retries GET and HEAD only: docs/operations.md). valvectl's descriptors stay flat, so do
+the entries in its TMPDIR (no killed or recycled worker's temporary directory stays), and the pool
+is whole after. bench/soak's Load, Churn, Sampler and verdict() do the work."""
 
 import importlib.machinery
 import importlib.util
@@ -40,7 +41,7 @@ class Soak(ValveTestCase):
                                  "--max-requests-jitter", "5", "--access-log", access_log,
                                  "--access-log-format", "json", ready="/fast", ready_timeout=60)
         admin_port = int(valve.admin_address().rpartition(":")[2])
-        target = soak.Target(valve.port, admin_port, valve.pid, access_log)
+        target = soak.Target(valve.port, admin_port, valve.pid, access_log, tmp=valve.tmp)
         wait_until(lambda: soak.settled(target, WORKERS), 60, message="two ready workers")
         for _ in range(10):  # each worker's first requests, in which R compiles plumber's code
             valve.get("/fast?msg=warm")
@@ -67,7 +68,9 @@ class Soak(ValveTestCase):
         report = (f"{result['outcomes']}, statuses {result['statuses']}; {len(kills)} kills, "
                   f"{len(reloads)} reloads, {recycles:.0f} recycles; descriptors idle "
                   f"{idle_before['valvectl_fds']} -> {idle_after['valvectl_fds']}, "
-                  f"{result['flat'].get('valvectl_fds')}; problems {result['problems'][:5]}; "
+                  f"{result['flat'].get('valvectl_fds')}; TMPDIR entries idle "
+                  f"{idle_before['tmp_entries']} -> {idle_after['tmp_entries']}, "
+                  f"{result['flat'].get('tmp_entries')}; problems {result['problems'][:5]}; "
                   f"churn errors {[e for e in churn.events if e['event'] == 'error']}")
         print(report)
         self.assertGreaterEqual(len(kills), SECONDS // 10 - 1, report)
@@ -87,6 +90,8 @@ class Soak(ValveTestCase):
         self.assertLessEqual(idle_after["valvectl_fds"], idle_before["valvectl_fds"] + WORKERS,
                              report)
         self.assertEqual(idle_after["zombies"], 0, report)
+        self.assertTrue(result["flat"]["tmp_entries"]["flat"], report)
+        self.assertLessEqual(idle_after["tmp_entries"], idle_before["tmp_entries"], report)
 
 
 if __name__ == "__main__":
