@@ -179,6 +179,24 @@ TEST_CASE("openapi: x-valve-routes: plumber's own order and path patterns, own p
   CHECK_FALSE(typed.own_parsers);
 }
 
+TEST_CASE("openapi: OpenAPI 3.1's type lists, and members of unexpected kinds, parse") {
+  std::string error;
+  auto spec = ApiSpec::parse(R"({"paths": {"/a": {"get": {"parameters": [
+    {"name": "n", "in": "query", "schema": {"type": ["null", "integer"]}},
+    {"name": "m", "in": "query", "schema": {"type": 5, "format": 1}},
+    {"name": 7, "in": "query"}, {"name": "k", "in": []}]}}},
+   "x-valve-routes": [{"path": 3}, {"path": "/a", "methods": ["GET"], "params": [{"name": 1}],
+                       "parsers": "yes"}]})",
+                             &error);
+  REQUIRE_MESSAGE(spec, error);
+  REQUIRE(spec->operations().size() == 1);
+  const ApiOperation &op = spec->operations()[0];
+  REQUIRE(op.params.size() == 2);
+  CHECK(op.params[0].type == ParamType::integer);
+  CHECK(op.params[1].type == ParamType::other);
+  CHECK_FALSE(op.own_parsers);
+}
+
 TEST_CASE("openapi: the text each type takes is what R and plumber read as one") {
   using valve::valid_path_text;
   using valve::valid_text;

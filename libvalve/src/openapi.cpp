@@ -142,22 +142,44 @@ bool path_run(ParamType t, std::string_view s) {
   return true;
 }
 
+// An object's string or boolean member; empty or false when it is missing or of another type.
+std::string text_field(const Json &object, const char *key) {
+  auto it = object.find(key);
+  return it != object.end() && it->is_string() ? it->get<std::string>() : std::string();
+}
+bool flag_field(const Json &object, const char *key) {
+  auto it = object.find(key);
+  return it != object.end() && it->is_boolean() && it->get<bool>();
+}
+
+// A schema's type: a string, or the first of OpenAPI 3.1's list of them besides "null"; "string"
+// when it names none, "" when it is of another kind (not checked).
+std::string schema_type(const Json &schema) {
+  auto it = schema.find("type");
+  if (it == schema.end()) return "string";
+  if (it->is_string()) return it->get<std::string>();
+  if (it->is_array())
+    for (auto &t : *it)
+      if (t.is_string() && t.get<std::string>() != "null") return t.get<std::string>();
+  return "";
+}
+
 ParamType type_of(const Json &schema, bool *array) {
   *array = false;
   if (!schema.is_object()) return ParamType::string;
-  std::string type = schema.value("type", std::string("string"));
+  std::string type = schema_type(schema);
   if (type == "array") {
     *array = true;
     auto items = schema.find("items");
     if (items == schema.end() || !items->is_object()) return ParamType::string;
-    type = items->value("type", std::string("string"));
+    type = schema_type(*items);
     if (type == "array") return ParamType::other;
   }
   if (type == "integer") return ParamType::integer;
   if (type == "number") return ParamType::number;
   if (type == "boolean") return ParamType::boolean;
   if (type == "string") {
-    std::string format = schema.value("format", std::string());
+    std::string format = text_field(schema, "format");
     return format == "binary" ? ParamType::other : ParamType::string;
   }
   return ParamType::other;
@@ -184,7 +206,7 @@ bool for_each_segment(std::string_view path, F &&f) {
 
 void add_param(ApiOperation &op, const Json &p) {
   if (!p.is_object()) return;
-  std::string where = p.value("in", std::string("query"));
+  std::string where = p.contains("in") ? text_field(p, "in") : std::string("query");
   ApiParam param;
   if (where == "query") {
     param.in = ParamIn::query;
@@ -239,7 +261,7 @@ void add_params(ApiOperation &op, const Json &item, const Json &op_json) {
   if (auto ps = item.find("parameters"); ps != item.end() && ps->is_array()) {
     for (auto &p : *ps) {
       if (!p.is_object() || !p.contains("name")) continue;
-      std::string n = p.value("name", std::string());
+      std::string n = text_field(p, "name");
       bool known = false;
       for (auto &q : op.params) known |= q.name == n;
       if (!known) add_param(op, p);
@@ -390,7 +412,7 @@ std::shared_ptr<const ApiSpec> ApiSpec::parse(std::string_view json, std::string
     // of the spec (two routes may share one: /o/<id:int> and /o/<id> are both /o/{id}).
     for (auto &route : *routes) {
       if (!route.is_object()) continue;
-      std::string path = route.value("path", std::string());
+      std::string path = text_field(route, "path");
       auto methods = route.find("methods");
       if (path.empty() || path.front() != '/' || methods == route.end() || !methods->is_array())
         continue;
@@ -412,16 +434,16 @@ std::shared_ptr<const ApiSpec> ApiSpec::parse(std::string_view json, std::string
         if (auto ps = route.find("params"); ps != route.end() && ps->is_array()) {
           for (auto &p : *ps) {
             if (!p.is_object()) continue;
-            std::string name = p.value("name", std::string());
+            std::string name = text_field(p, "name");
             for (auto &param : op.params) {
               if (param.in != ParamIn::path || param.name != name) continue;
               bool array = false;
-              param.type = type_of(Json{{"type", p.value("type", std::string("string"))}}, &array);
-              param.array = p.value("array", false);
+              param.type = type_of(Json{{"type", text_field(p, "type")}}, &array);
+              param.array = flag_field(p, "array");
             }
           }
         }
-        op.own_parsers = route.value("parsers", false);
+        op.own_parsers = flag_field(route, "parsers");
         finish(op);
         spec->operations_.push_back(std::move(op));
       }
