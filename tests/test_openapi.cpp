@@ -149,8 +149,8 @@ TEST_CASE("openapi: x-valve-routes: plumber's own order and path patterns, own p
   const ApiOperation &typed = spec->operations()[0], &any = spec->operations()[1];
   CHECK(spec->match("GET", "/o/12") == &typed);
   CHECK(spec->match("GET", "/o/99999999999") == &typed);  // -?\d+, whatever R makes of it
-  CHECK(spec->match("GET", "/o/abc") == &any);             // plumber's second route, not a 422
-  CHECK(spec->match("GET", "/o/latest") == &any);          // declared after <id>: never reached
+  CHECK(spec->match("GET", "/o/abc") == &any);            // plumber's second route, not a 422
+  CHECK(spec->match("GET", "/o/latest") == &any);         // declared after <id>: never reached
   CHECK(any.params[0].type == ParamType::string);
   CHECK(any.params[1].type == ParamType::integer);  // the query parameter stays the spec's
   // An array in a path: plumber's (?:(?:-?\d+),?)+.

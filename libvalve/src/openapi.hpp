@@ -67,9 +67,9 @@ class ApiSpec {
   // The operation a request takes, as plumber routes it: the first in plumber's order (its
   // routes as the worker script lists them in x-valve-routes, else the spec's order) whose
   // template matches the path (without its query) segment by segment, a typed path parameter
-  // only where its router's pattern takes the value (route_text); when a path matches a template only but for a path
-  // parameter's type, that operation (the check then names the parameter). nullptr: none.
-  // Allocates nothing.
+  // only where its router's pattern takes the value (route_text); when a path matches a template
+  // only but for a path parameter's type, that operation (the check then names the parameter).
+  // nullptr: none. Allocates nothing.
   const ApiOperation *match(std::string_view method, std::string_view path) const;
 
   const std::vector<ApiOperation> &operations() const { return operations_; }
