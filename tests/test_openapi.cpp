@@ -123,6 +123,80 @@ TEST_CASE("openapi: match() routes as plumber does: method, segments, typed path
   CHECK(spec->match("GET", "") == nullptr);
 }
 
+TEST_CASE("openapi: x-valve-routes: plumber's own order and path patterns, own parsers") {
+  // As valve's worker script writes it: /o/<id:int> and /o/<id> share the spec's /o/{id} (the
+  // first one's types), declared before /o/latest; /up has its own @parser.
+  std::string error;
+  auto spec = ApiSpec::parse(R"({"paths": {
+    "/o/{id}": {"get": {"parameters": [
+      {"name": "id", "in": "path", "required": true, "schema": {"type": "integer"}},
+      {"name": "n", "in": "query", "schema": {"type": "integer"}}]}},
+    "/o/latest": {"get": {}},
+    "/a/{ids}": {"get": {"parameters": [
+      {"name": "ids", "in": "path", "required": true,
+       "schema": {"type": "array", "items": {"type": "integer"}}}]}},
+    "/up": {"post": {"parameters": [
+      {"name": "n", "in": "query", "required": true, "schema": {"type": "integer"}}]}}},
+   "x-valve-routes": [
+    {"path": "/o/{id}", "methods": ["GET"], "params": [{"name": "id", "type": "integer", "array": false}], "parsers": false},
+    {"path": "/o/{id}", "methods": ["GET"], "params": [{"name": "id", "type": "string", "array": false}], "parsers": false},
+    {"path": "/o/latest", "methods": ["GET"], "params": [], "parsers": false},
+    {"path": "/a/{ids}", "methods": ["GET"], "params": [{"name": "ids", "type": "integer", "array": true}], "parsers": false},
+    {"path": "/up", "methods": ["POST", "PUT"], "params": [], "parsers": true}]})",
+                             &error);
+  REQUIRE_MESSAGE(spec, error);
+  REQUIRE(spec->operations().size() == 6);
+  const ApiOperation &typed = spec->operations()[0], &any = spec->operations()[1];
+  CHECK(spec->match("GET", "/o/12") == &typed);
+  CHECK(spec->match("GET", "/o/99999999999") == &typed);  // -?\d+, whatever R makes of it
+  CHECK(spec->match("GET", "/o/abc") == &any);            // plumber's second route, not a 422
+  CHECK(spec->match("GET", "/o/latest") == &any);         // declared after <id>: never reached
+  CHECK(any.params[0].type == ParamType::string);
+  CHECK(any.params[1].type == ParamType::integer);  // the query parameter stays the spec's
+  // An array in a path: plumber's (?:(?:-?\d+),?)+.
+  const ApiOperation *ids = &spec->operations()[3];
+  CHECK(spec->match("GET", "/a/1,2,3") == ids);
+  CHECK(spec->match("GET", "/a/1,2,") == ids);
+  CHECK(spec->match("GET", "/a/1-2") == ids);
+  CHECK(valve::route_text(ParamType::integer, true, "1,-2"));
+  CHECK_FALSE(valve::route_text(ParamType::integer, true, "1,,2"));
+  CHECK_FALSE(valve::route_text(ParamType::integer, true, ",1"));
+  CHECK_FALSE(valve::route_text(ParamType::integer, true, "1,x"));
+  CHECK(valve::route_text(ParamType::number, true, "1.5.5,-.5"));
+  CHECK_FALSE(valve::route_text(ParamType::number, true, "1."));
+  CHECK(valve::route_text(ParamType::boolean, true, "truefalse,T,0"));
+  CHECK_FALSE(valve::route_text(ParamType::boolean, true, "True"));
+  CHECK_FALSE(valve::route_text(ParamType::boolean, false, "True"));  // as.logical's, not plumber's
+  CHECK(valve::route_text(ParamType::string, true, "a,b"));
+  CHECK_FALSE(valve::route_text(ParamType::integer, false, "1-2"));
+  CHECK_FALSE(valve::route_text(ParamType::integer, false, "+1"));
+  // Each method of a route; its own @parser noted.
+  const ApiOperation *up = spec->match("PUT", "/up");
+  REQUIRE(up != nullptr);
+  CHECK(up->own_parsers);
+  CHECK(up->params.empty());  // the spec has no PUT /up
+  CHECK(spec->match("POST", "/up")->params.size() == 1);
+  CHECK_FALSE(typed.own_parsers);
+}
+
+TEST_CASE("openapi: OpenAPI 3.1's type lists, and members of unexpected kinds, parse") {
+  std::string error;
+  auto spec = ApiSpec::parse(R"({"paths": {"/a": {"get": {"parameters": [
+    {"name": "n", "in": "query", "schema": {"type": ["null", "integer"]}},
+    {"name": "m", "in": "query", "schema": {"type": 5, "format": 1}},
+    {"name": 7, "in": "query"}, {"name": "k", "in": []}]}}},
+   "x-valve-routes": [{"path": 3}, {"path": "/a", "methods": ["GET"], "params": [{"name": 1}],
+                       "parsers": "yes"}]})",
+                             &error);
+  REQUIRE_MESSAGE(spec, error);
+  REQUIRE(spec->operations().size() == 1);
+  const ApiOperation &op = spec->operations()[0];
+  REQUIRE(op.params.size() == 2);
+  CHECK(op.params[0].type == ParamType::integer);
+  CHECK(op.params[1].type == ParamType::other);
+  CHECK_FALSE(op.own_parsers);
+}
+
 TEST_CASE("openapi: the text each type takes is what R and plumber read as one") {
   using valve::valid_path_text;
   using valve::valid_text;

@@ -99,7 +99,10 @@ TEST_CASE("request check: JSON and form bodies, by Content-Type as plumber picks
   CHECK(post(R"({"n": [1, "x", [2]]})", "application/json") ==
         V{"body.n.1:int_parsing", "body.n.2:int_type"});
   CHECK(post(R"({"n": 1, "v": [true, 2]})", "application/json") == V{"body.v.1:bool_type"});
-  CHECK(post(R"([{"n": 5}])", "application/json") == V{"query.n:missing"});  // no named args
+  // Not an object: not looked into (plumber makes [{"n": 5}] a data frame, its columns arguments).
+  CHECK(post(R"([{"n": 5}])", "application/json") == V{});
+  CHECK(post(R"([{"n": "x"}])", "application/json") == V{});
+  CHECK(post(R"(5)", "application/json") == V{});
   CHECK(post(R"({"n": 5)", "application/json") == V{});  // plumber answers bad JSON itself
   CHECK(post(R"({"n": 5})", "text/plain") == V{"query.n:missing"});
   CHECK(post("n=5&v=T", "application/x-www-form-urlencoded") == V{});
@@ -107,15 +110,34 @@ TEST_CASE("request check: JSON and form bodies, by Content-Type as plumber picks
   CHECK(post("n=x", "application/xml") == V{"body.n:int_parsing"});  // plumber's fallback: form
   CHECK(post("--x", "multipart/form-data; boundary=x") == V{});      // not looked into
   CHECK(post("", "application/json", "/q?n=1") == V{});
-  // The query and the body both count, and are both checked.
+  // The query and the body both count; of a name in both, R gets the query's (plumber passes the
+  // first of its query, path and body arguments), the one checked.
   CHECK(post(R"({"x": 1})", "application/json", "/q?n=2") == V{});
-  CHECK(post(R"({"n": "y"})", "application/json", "/q?n=x") ==
-        V{"query.n:int_parsing", "body.n:int_parsing"});
+  CHECK(post(R"({"n": "y"})", "application/json", "/q?n=x") == V{"query.n:int_parsing"});
+  CHECK(post(R"({"n": "y"})", "application/json", "/q?n=1") == V{});
+  CHECK(post("n=y", "application/x-www-form-urlencoded", "/q?n=1") == V{});
+  CHECK(post(R"({"n": 1, "v": [true, "y"]})", "application/json", "/q?v=") ==
+        V{"body.v.1:bool_parsing"});  // an empty query value is dropped: the body's counts
   // A body not read whole: its parameters are never missing.
   std::string_view path = "/q";
   static auto s = spec();
   auto unread = valve::check_request(*s->match("POST", path), path, "", nullptr, "");
   CHECK(unread.empty());
+}
+
+TEST_CASE("request check: an endpoint with its own @parser: its body is plumber's to read") {
+  std::string error;
+  auto s = ApiSpec::parse(R"({"paths": {"/t": {"post": {"parameters": [
+      {"name": "n", "in": "query", "required": true, "schema": {"type": "integer"}}]}}},
+    "x-valve-routes": [{"path": "/t", "methods": ["POST"], "params": [], "parsers": true}]})",
+                          &error);
+  REQUIRE_MESSAGE(s, error);
+  const valve::ApiOperation *op = s->match("POST", "/t");
+  REQUIRE(op != nullptr);
+  std::string_view json = R"({"n": "x"})", empty;
+  CHECK(valve::check_request(*op, "/t", "", &json, "application/json").empty());
+  CHECK(valve::check_request(*op, "/t", "", &empty, "").empty());  // n may come from the body
+  CHECK(valve::check_request(*op, "/t", "n=x", &json, "application/json").size() == 1);
 }
 
 TEST_CASE("request check: the one-pass JSON scan agrees with nlohmann's parser") {

@@ -57,6 +57,28 @@ const char *const kWriteOpenApiSpecR =
     R"R(  spec_file <- Sys.getenv("VALVE_OPENAPI_FILE")
   if (nzchar(spec_file) && !file.exists(spec_file)) tryCatch({
     spec <- suppressMessages(router$getApiSpec())
+    # plumber's routes as it routes, which the spec does not keep: in its order, each path
+    # parameter with the type its pattern takes, and whether the endpoint has its own @parser.
+    routes <- list()
+    add_routes <- function(r, prefix) {
+      # Its groups as it routes them: __first__, each filter's @preempt ones, the rest.
+      routing <- c("__first__", vapply(r$filters, function(f) f$name, ""), "__no-preempt__")
+      groups <- names(r$endpoints)
+      groups <- c(intersect(routing, groups), setdiff(groups, routing))
+      for (group in r$endpoints[groups]) for (e in group) {
+        typed <- e$getTypedParams()
+        routes[[length(routes) + 1L]] <<- list(
+          path = gsub("<([^:>]+)(:[^>]+)?>", "{\\1}", paste0(prefix, e$path)),
+          methods = as.list(toupper(e$verbs)),
+          params = lapply(seq_len(NROW(typed)), function(i) list(
+            name = typed$name[[i]], type = typed$type[[i]], array = isTRUE(typed$isArray[[i]]))),
+          parsers = !is.null(e$parsers))
+      }
+      for (m in names(r$mounts)) add_routes(r$mounts[[m]], paste0(prefix, sub("/$", "", m)))
+    }
+    # Without them (a router add_routes cannot read), valve matches the spec's paths in order.
+    tryCatch(add_routes(router, ""), error = function(e) routes <<- list())
+    spec[["x-valve-routes"]] <- routes
     tmp <- paste0(spec_file, ".", Sys.getpid())
     writeLines(jsonlite::toJSON(spec, auto_unbox = TRUE, null = "null", digits = NA), tmp)
     file.rename(tmp, spec_file)

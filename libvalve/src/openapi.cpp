@@ -102,22 +102,84 @@ bool valid_boolean(std::string_view s) {
   return false;
 }
 
+// plumber's boolean pattern for a path, [01tfTF]|true|false|TRUE|FALSE.
+bool path_boolean(std::string_view s) {
+  return (s.size() == 1 && std::string_view("01tfTF").find(s[0]) != std::string_view::npos) ||
+         s == "true" || s == "false" || s == "TRUE" || s == "FALSE";
+}
+
+// A run of plumber's pattern for type t, repeated without separators, as its array pattern
+// (?:(?:item),?)+ takes between two commas: -?\d+ runs are "1-2"; -?\d*\.?\d+ runs "1.5.5".
+bool path_run(ParamType t, std::string_view s) {
+  if (s.empty()) return false;
+  switch (t) {
+    case ParamType::integer:
+    case ParamType::number:
+      // Each '-' followed by a digit (or a '.' for numbers), each '.' by a digit, a digit last.
+      for (size_t i = 0; i < s.size(); ++i) {
+        char c = s[i], next = i + 1 < s.size() ? s[i + 1] : '\0';
+        if (is_digit(c)) continue;
+        if (c == '-' && (is_digit(next) || (t == ParamType::number && next == '.'))) continue;
+        if (c == '.' && t == ParamType::number && is_digit(next)) continue;
+        return false;
+      }
+      return true;
+    case ParamType::boolean: {
+      // Which prefixes are runs of words: linear, the words being at most 5 long.
+      std::vector<bool> ok(s.size() + 1);
+      ok[0] = true;
+      for (size_t i = 0; i < s.size(); ++i) {
+        if (!ok[i]) continue;
+        for (size_t n = 1; n <= 5 && i + n <= s.size(); ++n)
+          if (path_boolean(s.substr(i, n))) ok[i + n] = true;
+      }
+      return ok[s.size()];
+    }
+    case ParamType::string:
+    case ParamType::other:
+      return true;
+  }
+  return true;
+}
+
+// An object's string or boolean member; empty or false when it is missing or of another type.
+std::string text_field(const Json &object, const char *key) {
+  auto it = object.find(key);
+  return it != object.end() && it->is_string() ? it->get<std::string>() : std::string();
+}
+bool flag_field(const Json &object, const char *key) {
+  auto it = object.find(key);
+  return it != object.end() && it->is_boolean() && it->get<bool>();
+}
+
+// A schema's type: a string, or the first of OpenAPI 3.1's list of them besides "null"; "string"
+// when it names none, "" when it is of another kind (not checked).
+std::string schema_type(const Json &schema) {
+  auto it = schema.find("type");
+  if (it == schema.end()) return "string";
+  if (it->is_string()) return it->get<std::string>();
+  if (it->is_array())
+    for (auto &t : *it)
+      if (t.is_string() && t.get<std::string>() != "null") return t.get<std::string>();
+  return "";
+}
+
 ParamType type_of(const Json &schema, bool *array) {
   *array = false;
   if (!schema.is_object()) return ParamType::string;
-  std::string type = schema.value("type", std::string("string"));
+  std::string type = schema_type(schema);
   if (type == "array") {
     *array = true;
     auto items = schema.find("items");
     if (items == schema.end() || !items->is_object()) return ParamType::string;
-    type = items->value("type", std::string("string"));
+    type = schema_type(*items);
     if (type == "array") return ParamType::other;
   }
   if (type == "integer") return ParamType::integer;
   if (type == "number") return ParamType::number;
   if (type == "boolean") return ParamType::boolean;
   if (type == "string") {
-    std::string format = schema.value("format", std::string());
+    std::string format = text_field(schema, "format");
     return format == "binary" ? ParamType::other : ParamType::string;
   }
   return ParamType::other;
@@ -144,7 +206,7 @@ bool for_each_segment(std::string_view path, F &&f) {
 
 void add_param(ApiOperation &op, const Json &p) {
   if (!p.is_object()) return;
-  std::string where = p.value("in", std::string("query"));
+  std::string where = p.contains("in") ? text_field(p, "in") : std::string("query");
   ApiParam param;
   if (where == "query") {
     param.in = ParamIn::query;
@@ -192,6 +254,52 @@ void add_body(ApiOperation &op, const Json &body) {
   }
 }
 
+// An operation's parameters: its own, the path item's it does not override, its requestBody's.
+void add_params(ApiOperation &op, const Json &item, const Json &op_json) {
+  if (auto ps = op_json.find("parameters"); ps != op_json.end() && ps->is_array())
+    for (auto &p : *ps) add_param(op, p);
+  if (auto ps = item.find("parameters"); ps != item.end() && ps->is_array()) {
+    for (auto &p : *ps) {
+      if (!p.is_object() || !p.contains("name")) continue;
+      std::string n = text_field(p, "name");
+      bool known = false;
+      for (auto &q : op.params) known |= q.name == n;
+      if (!known) add_param(op, p);
+    }
+  }
+  if (auto rb = op_json.find("requestBody"); rb != op_json.end()) add_body(op, *rb);
+}
+
+// The template's segments, each path parameter found in (or added to) op.params.
+bool add_segments(ApiOperation &op) {
+  return for_each_segment(op.path_template, [&](std::string_view seg) {
+    ApiOperation::Segment s;
+    if (seg.size() >= 2 && seg.front() == '{' && seg.back() == '}') {
+      std::string_view name = seg.substr(1, seg.size() - 2);
+      for (size_t i = 0; i < op.params.size(); ++i)
+        if (op.params[i].in == ParamIn::path && op.params[i].name == name)
+          s.param = static_cast<int>(i);
+      if (s.param < 0) {  // a template parameter the list forgot: untyped
+        ApiParam p;
+        p.name = std::string(name);
+        p.in = ParamIn::path;
+        p.required = true;
+        op.params.push_back(std::move(p));
+        s.param = static_cast<int>(op.params.size() - 1);
+      }
+    } else {
+      s.literal = std::string(seg);
+    }
+    op.segments.push_back(std::move(s));
+    return true;
+  });
+}
+
+void finish(ApiOperation &op) {
+  for (auto &p : op.params)
+    op.checked |= p.required || (p.type != ParamType::string && p.type != ParamType::other);
+}
+
 }  // namespace
 
 bool valid_text(ParamType t, std::string_view text) {
@@ -222,6 +330,32 @@ bool valid_path_text(ParamType t, std::string_view text) {
       return !text.empty();
   }
   return true;
+}
+
+bool route_text(ParamType t, bool array, std::string_view text) {
+  if (text.empty()) return false;
+  if (!array) {
+    switch (t) {
+      case ParamType::integer:
+        return path_run(t, text) && text.find('-', 1) == std::string_view::npos;
+      case ParamType::number:
+        return path_number(text);
+      case ParamType::boolean:
+        return path_boolean(text);
+      case ParamType::string:
+      case ParamType::other:
+        return true;
+    }
+  }
+  // Runs separated by single commas, a trailing comma allowed.
+  if (text.front() == ',') return false;
+  if (text.back() == ',') text.remove_suffix(1);
+  while (true) {
+    size_t comma = text.find(',');
+    if (!path_run(t, text.substr(0, comma))) return false;
+    if (comma == std::string_view::npos) return true;
+    text.remove_prefix(comma + 1);
+  }
 }
 
 const char *type_label(ParamType t) {
@@ -272,6 +406,50 @@ std::shared_ptr<const ApiSpec> ApiSpec::parse(std::string_view json, std::string
     return nullptr;
   }
   auto spec = std::make_shared<ApiSpec>();
+  auto routes = doc.find("x-valve-routes");
+  if (routes != doc.end() && routes->is_array() && !routes->empty()) {
+    // The spec valve's worker script writes: plumber's routes in its order, each an operation
+    // of the spec (two routes may share one: /o/<id:int> and /o/<id> are both /o/{id}).
+    for (auto &route : *routes) {
+      if (!route.is_object()) continue;
+      std::string path = text_field(route, "path");
+      auto methods = route.find("methods");
+      if (path.empty() || path.front() != '/' || methods == route.end() || !methods->is_array())
+        continue;
+      auto item = paths->find(path);
+      for (auto &m : *methods) {
+        if (!m.is_string()) continue;
+        ApiOperation op;
+        op.method = upper(m.get<std::string>());
+        op.path_template = path;
+        if (item != paths->end() && item->is_object()) {
+          std::string lower = op.method;
+          for (char &c : lower)
+            if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+          if (auto op_json = item->find(lower); op_json != item->end() && op_json->is_object())
+            add_params(op, *item, *op_json);
+        }
+        if (!add_segments(op)) continue;
+        // The route's own pattern types its path parameters, whatever the spec merged.
+        if (auto ps = route.find("params"); ps != route.end() && ps->is_array()) {
+          for (auto &p : *ps) {
+            if (!p.is_object()) continue;
+            std::string name = text_field(p, "name");
+            for (auto &param : op.params) {
+              if (param.in != ParamIn::path || param.name != name) continue;
+              bool array = false;
+              param.type = type_of(Json{{"type", text_field(p, "type")}}, &array);
+              param.array = flag_field(p, "array");
+            }
+          }
+        }
+        op.own_parsers = flag_field(route, "parsers");
+        finish(op);
+        spec->operations_.push_back(std::move(op));
+      }
+    }
+    return spec;
+  }
   for (auto &[path, item] : paths->items()) {
     if (!item.is_object() || path.empty() || path.front() != '/') continue;
     for (auto &[method, op_json] : item.items()) {
@@ -283,43 +461,9 @@ std::shared_ptr<const ApiSpec> ApiSpec::parse(std::string_view json, std::string
       ApiOperation op;
       op.method = upper(method);
       op.path_template = path;
-      // Path-level parameters apply to each operation, which may override them by name.
-      if (auto ps = op_json.find("parameters"); ps != op_json.end() && ps->is_array())
-        for (auto &p : *ps) add_param(op, p);
-      if (auto ps = item.find("parameters"); ps != item.end() && ps->is_array()) {
-        for (auto &p : *ps) {
-          if (!p.is_object() || !p.contains("name")) continue;
-          std::string n = p.value("name", std::string());
-          bool known = false;
-          for (auto &q : op.params) known |= q.name == n;
-          if (!known) add_param(op, p);
-        }
-      }
-      if (auto rb = op_json.find("requestBody"); rb != op_json.end()) add_body(op, *rb);
-      bool ok = for_each_segment(path, [&](std::string_view seg) {
-        ApiOperation::Segment s;
-        if (seg.size() >= 2 && seg.front() == '{' && seg.back() == '}') {
-          std::string_view name = seg.substr(1, seg.size() - 2);
-          for (size_t i = 0; i < op.params.size(); ++i)
-            if (op.params[i].in == ParamIn::path && op.params[i].name == name)
-              s.param = static_cast<int>(i);
-          if (s.param < 0) {  // a template parameter the list forgot: untyped
-            ApiParam p;
-            p.name = std::string(name);
-            p.in = ParamIn::path;
-            p.required = true;
-            op.params.push_back(std::move(p));
-            s.param = static_cast<int>(op.params.size() - 1);
-          }
-        } else {
-          s.literal = std::string(seg);
-        }
-        op.segments.push_back(std::move(s));
-        return true;
-      });
-      if (!ok) continue;
-      for (auto &p : op.params)
-        op.checked |= p.required || (p.type != ParamType::string && p.type != ParamType::other);
+      add_params(op, item, op_json);
+      if (!add_segments(op)) continue;
+      finish(op);
       spec->operations_.push_back(std::move(op));
     }
   }
@@ -343,7 +487,8 @@ const ApiOperation *ApiSpec::match(std::string_view method, std::string_view pat
       const ApiOperation::Segment &s = op.segments[i++];
       if (s.param < 0) return seg == s.literal;
       if (seg.empty()) return false;
-      typed_ok = typed_ok && valid_path_text(op.params[static_cast<size_t>(s.param)].type, seg);
+      const ApiParam &p = op.params[static_cast<size_t>(s.param)];
+      typed_ok = typed_ok && route_text(p.type, p.array, seg);
       return true;
     });
     if (!shape_ok || i != op.segments.size()) continue;

@@ -35,6 +35,8 @@ struct ApiOperation {
   // Whether any parameter can fail a check (typed, or required): if not, a request is not looked
   // at.
   bool checked = false;
+  // The endpoint has its own @parser (x-valve-routes says so): its body is plumber's to read.
+  bool own_parsers = false;
 
   // The template's segments: a literal, or the index in params of a path parameter.
   struct Segment {
@@ -50,6 +52,9 @@ bool valid_text(ParamType t, std::string_view text);
 // The text plumber's router takes for a typed path parameter (<id:int>): its pattern for the type
 // (-?\d+ for int), and a value R converts (not NA).
 bool valid_path_text(ParamType t, std::string_view text);
+// Whether plumber's router takes text for a path parameter <name:t> (or <name:[t]>): its
+// pattern for the type (-?\d+ for int, (?:(?:-?\d+),?)+ for [int]), whatever R makes of it.
+bool route_text(ParamType t, bool array, std::string_view text);
 // The words for a type in messages and in FastAPI's error types: "integer" / "int", ...
 const char *type_label(ParamType t);
 const char *type_code(ParamType t);
@@ -59,11 +64,12 @@ class ApiSpec {
   // Parses an OpenAPI 3 document (JSON). nullptr and *error when it is not one.
   static std::shared_ptr<const ApiSpec> parse(std::string_view json, std::string *error);
 
-  // The operation a request takes, as plumber routes it: the first in the spec's order whose
+  // The operation a request takes, as plumber routes it: the first in plumber's order (its
+  // routes as the worker script lists them in x-valve-routes, else the spec's order) whose
   // template matches the path (without its query) segment by segment, a typed path parameter
-  // only where its value has the type; when a path matches a template only but for a path
-  // parameter's type, that operation (the check then names the parameter). nullptr: none.
-  // Allocates nothing.
+  // only where its router's pattern takes the value (route_text); when a path matches a template
+  // only but for a path parameter's type, that operation (the check then names the parameter).
+  // nullptr: none. Allocates nothing.
   const ApiOperation *match(std::string_view method, std::string_view path) const;
 
   const std::vector<ApiOperation> &operations() const { return operations_; }

@@ -186,6 +186,20 @@ Failure type_failure(ParamType t) {
 
 bool checked_type(ParamType t) { return t != ParamType::string && t != ParamType::other; }
 
+// A path parameter's value: one plumber's router takes, and R converts (an int in R's range);
+// for an array, each comma-separated item, as plumber's converter splits it.
+bool valid_path(const ApiParam &p, std::string_view seg) {
+  if (!route_text(p.type, p.array, seg)) return false;
+  if (!p.array) return valid_path_text(p.type, seg);
+  if (!seg.empty() && seg.back() == ',') seg.remove_suffix(1);
+  while (true) {
+    size_t comma = seg.find(',');
+    if (!valid_path_text(p.type, seg.substr(0, comma))) return false;
+    if (comma == std::string_view::npos) return true;
+    seg.remove_prefix(comma + 1);
+  }
+}
+
 // One JSON value (not an array) of type t; else *why says what is wrong.
 bool json_scalar_ok(ParamType t, const nlohmann::json &v, Failure *why) {
   if (v.is_string()) {
@@ -608,14 +622,15 @@ std::vector<Violation> check_request(const ApiOperation &op, std::string_view pa
     path = slash == std::string_view::npos ? std::string_view() : path.substr(slash + 1);
     if (s.param < 0) continue;
     const ApiParam &p = op.params[static_cast<size_t>(s.param)];
-    if (checked_type(p.type) && !valid_path_text(p.type, seg))
+    if (checked_type(p.type) && !valid_path(p, seg))
       check.fail("path", p, -1, text_failure(p.type, seg), Json(std::string(seg)));
   }
   if (!has_args) return out;
 
   Pairs query_pairs(query);
-  // The body's arguments, when plumber would parse some and valve has the body whole.
-  BodyKind kind = body ? body_kind(content_type, *body) : BodyKind::unknown;
+  // The body's arguments, when plumber would parse some with its default parsers and valve has
+  // the body whole.
+  BodyKind kind = body && !op.own_parsers ? body_kind(content_type, *body) : BodyKind::unknown;
   nlohmann::json json_body;
   std::optional<Pairs> form;
   uint64_t json_found = 0;
@@ -624,13 +639,18 @@ std::vector<Violation> check_request(const ApiOperation &op, std::string_view pa
   QuickJson::Result quick_result = QuickJson::unsure;
   if (kind == BodyKind::json && body && !body->empty() && op.params.size() <= 64)
     quick_result = quick.run();
+  // A JSON body that is not an object (an array of objects is a data frame to plumber, whose
+  // columns it passes as arguments) is not looked into.
+  bool json_object = true;
   if (quick_result == QuickJson::ok) {
     json_scanned = quick.object;
     json_found = quick.found;
+    json_object = quick.object;
   } else if (kind == BodyKind::json && body && !body->empty()) {
     JsonScan scan(op);
     if (!nlohmann::json::sax_parse(*body, &scan))
       return out;  // plumber answers a body it cannot parse itself
+    json_object = scan.object;
     if (scan.wrong || op.params.size() > 64) {
       json_body = nlohmann::json::parse(*body, nullptr, false);
       if (!json_body.is_object()) json_body = nlohmann::json();  // no named arguments
@@ -641,21 +661,27 @@ std::vector<Violation> check_request(const ApiOperation &op, std::string_view pa
   } else if (kind == BodyKind::form && body) {
     form.emplace(*body);
   }
-  bool body_known = kind != BodyKind::unknown;
+  bool body_known = kind != BodyKind::unknown && json_object;
 
   for (size_t i = 0; i < op.params.size(); ++i) {
     const ApiParam &p = op.params[i];
     if (p.in == ParamIn::path) continue;
     bool found = json_scanned && (json_found >> i & 1);
     int index = 0;
-    if (p.in == ParamIn::query) {
-      query_pairs.each([&](const Pairs::Pair &pair) {
-        if (!key_is(pair, p.name)) return;
-        found = true;
-        check.text("query", p, pair, &index);
-      });
-    }
-    if (form) {
+    // plumber gives a function the first of its query, path and body arguments of a name: a
+    // body value behind a query or path one never reaches R.
+    bool shadowed = false;
+    query_pairs.each([&](const Pairs::Pair &pair) {
+      if (!key_is(pair, p.name)) return;
+      shadowed = true;
+      if (p.in != ParamIn::query) return;
+      found = true;
+      check.text("query", p, pair, &index);
+    });
+    for (const ApiParam &q : op.params) shadowed |= q.in == ParamIn::path && q.name == p.name;
+    if (shadowed) {
+      // checked where it was found first
+    } else if (form) {
       form->each([&](const Pairs::Pair &pair) {
         if (!key_is(pair, p.name)) return;
         found = true;
