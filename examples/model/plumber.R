@@ -54,7 +54,8 @@ car_problem <- function(car, where) {
 #* Body: {"wt": 2.62, "hp": 110, "am": 1}, or an array of such objects.
 #* wt is the weight in 1000 lb, hp the gross horsepower, am 0 (automatic) or 1 (manual).
 #* Answers {"mpg": [...]}, one prediction per car, in order.
-#* valve checks the declared types before R sees a request: {"wt": "heavy"} gets 422 from valve.
+#* The body is read by its own parser (json_text, above), so valve leaves it to this function,
+#* which answers 400 and what to fix for {"wt": "heavy"}; /refit's query is checked by valve.
 #* @param wt:numeric weight in 1000 lb
 #* @param hp:numeric gross horsepower
 #* @param am:numeric 0 (automatic) or 1 (manual)

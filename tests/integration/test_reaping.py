@@ -4,6 +4,7 @@ has a temporary directory of its own (its TMPDIR), removed once it has exited, h
 (killed, recycled, reloaded, scaled down, valvectl stopped), and valvectl's runtime directory goes
 when it stops."""
 
+import concurrent.futures
 import os
 import re
 import signal
@@ -142,19 +143,24 @@ class TempDirs(ValveTestCase):
         for d in before:
             if not os.path.exists(os.path.join(d, "outside-link")):
                 self.litter(d)
-        for _ in range(20):  # more than 3 workers x max-requests 4: every one is recycled
-            self.assertEqual(valve.get("/hello").status, 200)
-        wait_until(lambda: not (self.live_dirs(valve) & before), 15,
-                   message="every worker recycled by --max-requests")
+        def recycled():
+            # Three requests at once each look, so that every worker takes one (one after another,
+            # the pool would give them all to the worker it used last, and its replacements).
+            with concurrent.futures.ThreadPoolExecutor(3) as pool:
+                for answer in pool.map(lambda _: valve.get("/sleep?ms=150"), range(3)):
+                    self.assertEqual(answer.status, 200)
+            return not (self.live_dirs(valve) & before)
+
+        wait_until(recycled, 45, message="every worker recycled by --max-requests")
         self.assert_only_live_workers_dirs(valve, "--max-requests recycling")
 
         before = self.live_dirs(valve)
         self.assertEqual(valve.admin("POST", "/reload", timeout=30).status, 200)
-        wait_until(lambda: not (self.live_dirs(valve) & before), 15, message="reloaded workers")
+        wait_until(lambda: not (self.live_dirs(valve) & before), 30, message="reloaded workers")
         self.assert_only_live_workers_dirs(valve, "a reload")
 
         self.assertEqual(valve.admin("POST", "/scale?n-min=1&n-max=1").status, 200)
-        wait_until(lambda: len(valve.worker_pids()) == 1, 15, message="scaled down to one")
+        wait_until(lambda: len(valve.worker_pids()) == 1, 30, message="scaled down to one")
         self.assert_only_live_workers_dirs(valve, "a scale-down")
         self.assertTrue(tmp_entries(valve.tmp))  # the runtime directory and one worker's
 

@@ -41,12 +41,14 @@ test_that("wrong input gets 400 and a message saying what to fix", {
 
 test_that("a wrong type never reaches R: valve answers 422 naming the parameter", {
   url <- local_valve(api)
-  resp <- httr2::req_perform(predict_request(url, list(wt = "heavy", hp = 110, am = 1)))
+  # /refit's @param resamples:int is checked before R sees the request (/predict reads its body
+  # with its own parser, json_text, which valve leaves to R).
+  resp <- httr2::req_perform(valve_request(url, "/refit", resamples = "lots", method = "POST"))
   expect_equal(httr2::resp_status(resp), 422)
   detail <- httr2::resp_body_json(resp)$detail
   expect_length(detail, 1)
-  expect_equal(unlist(detail[[1]]$loc), c("body", "wt"))
-  expect_equal(detail[[1]]$input, "heavy")
+  expect_equal(unlist(detail[[1]]$loc), c("query", "resamples"))
+  expect_equal(detail[[1]]$input, "lots")
 })
 
 test_that("/health names the model, and two workers answer at once", {
